@@ -1,0 +1,22 @@
+//! HTTP plumbing written once for every Cadenza service and client.
+//!
+//! - [`serve`]: accept loop with TLS and ALPN (HTTP/2 or HTTP/1.1 on one port), a connection
+//!   limit, header-read and handshake timeouts, and graceful shutdown.
+//! - [`ApiError`]: the one JSON error shape clients see; each service maps its own error enum
+//!   into it in exactly one place.
+//! - [`tls`]: self-signed certificates for the embedded setup, PEM loading, client configs.
+//! - [`client`]: a pooled HTTPS client (HTTP/2 when the server offers it) and JSON helpers.
+
+mod body;
+pub mod client;
+mod error;
+mod server;
+mod shutdown;
+pub mod tls;
+
+pub use body::{
+    Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, secrets_match,
+};
+pub use error::ApiError;
+pub use server::{ConnInfo, Handler, Listening, ServerLimits, bind_and_serve};
+pub use shutdown::{Shutdown, ShutdownTrigger};

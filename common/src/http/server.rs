@@ -1,0 +1,211 @@
+//! The accept loop every service runs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::{Body, Shutdown};
+
+/// What a handler learns about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The peer's address, with IPv4-mapped IPv6 addresses made plain IPv4.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// A service: turns a request into a response. Errors are responses too; a handler maps its
+/// own error enum to [`super::ApiError`] in one place.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Limits applied to every connection.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Connections beyond this are closed at accept.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed for a request's headers to arrive (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Largest request head, bytes.
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_h2_streams: u32,
+    /// Time given to open connections to finish after shutdown is signalled.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_h2_streams: 128,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A server bound to a port and serving in the background.
+#[derive(Debug)]
+pub struct Listening {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Ends after shutdown once connections have drained.
+    pub task: JoinHandle<()>,
+}
+
+/// Binds `addr` and serves `handler` until `shutdown` fires.
+pub async fn bind_and_serve<H: Handler>(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServerLimits,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+) -> std::io::Result<Listening> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(accept_loop(listener, tls, limits, handler, shutdown));
+    Ok(Listening { addr, task })
+}
+
+async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServerLimits,
+    handler: Arc<H>,
+    mut shutdown: Shutdown,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_h2_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256));
+    let builder = Arc::new(builder);
+    let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo {
+            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            tls: acceptor.is_some(),
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_one(
+                stream,
+                conn,
+                acceptor,
+                handshake_timeout,
+                &builder,
+                handler,
+                watcher,
+            )
+            .await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+async fn serve_one<H: Handler>(
+    stream: TcpStream,
+    conn: ConnInfo,
+    acceptor: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    builder: &auto::Builder<TokioExecutor>,
+    handler: Arc<H>,
+    watcher: Watcher,
+) {
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(req, conn).await) }
+    });
+    let result = match acceptor {
+        Some(acceptor) => {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = TokioIo::new(tls);
+            watcher
+                .watch(builder.serve_connection(io, service).into_owned())
+                .await
+        }
+        None => {
+            let io = TokioIo::new(stream);
+            watcher
+                .watch(builder.serve_connection(io, service).into_owned())
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}

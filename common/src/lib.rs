@@ -1,0 +1,27 @@
+//! Types and plumbing shared by every Cadenza service and the player.
+//!
+//! This crate holds what crosses a process boundary — identifiers, the playback grant, the
+//! signed edge token, content encryption — and the HTTP plumbing written once for the edge,
+//! the origin and the control plane (TLS, ALPN-negotiated HTTP/1.1 and HTTP/2, limits,
+//! graceful shutdown, error → response). It holds no service logic: nothing here knows about
+//! catalogues, caches or codecs.
+
+mod crypto;
+pub mod http;
+mod ids;
+mod range;
+mod territories;
+mod token;
+mod wire;
+
+pub use crypto::{ContentKey, CryptoError, random_bytes};
+pub use ids::{FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode};
+pub use range::{ByteRange, RangeRequest, parse_range};
+pub use territories::{Territories, TerritoryError};
+pub use token::{
+    EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, verify_leeway_default,
+};
+pub use wire::{
+    IngestRequest, IngestResponse, JobLease, JobOutcome, PlaybackGrant, PlaybackRequest, Quality,
+    RenditionRecord, RenditionSummary, TrackStatus, TrackView, UploadReceipt,
+};

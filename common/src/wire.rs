@@ -1,0 +1,192 @@
+//! JSON bodies exchanged between the player, the label's pipeline and the services.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ContentKey;
+use crate::ids::{FileId, JobId, TrackId, UploadId};
+use crate::territories::Territories;
+use crate::token::EdgeToken;
+
+/// A rendition tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// 96 kbps.
+    Low,
+    /// 160 kbps.
+    Normal,
+    /// 320 kbps.
+    High,
+}
+
+impl Quality {
+    /// Every tier, lowest first.
+    pub const ALL: [Quality; 3] = [Quality::Low, Quality::Normal, Quality::High];
+
+    /// Nominal bitrate in kbit/s.
+    pub fn kbps(self) -> u32 {
+        match self {
+            Self::Low => 96,
+            Self::Normal => 160,
+            Self::High => 320,
+        }
+    }
+
+    /// The lowercase name used in JSON and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+        }
+    }
+}
+
+impl std::str::FromStr for Quality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "low" | "96" => Ok(Self::Low),
+            "normal" | "160" => Ok(Self::Normal),
+            "high" | "320" => Ok(Self::High),
+            _ => Err(format!("unknown quality {s:?}: use low, normal or high")),
+        }
+    }
+}
+
+/// The origin's answer to a master upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReceipt {
+    pub upload_id: UploadId,
+    pub size: u64,
+    /// SHA-256 of the master, hexadecimal.
+    pub sha256: String,
+}
+
+/// Metadata a label submits with an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestRequest {
+    pub upload_id: UploadId,
+    pub title: String,
+    pub artist: String,
+    #[serde(default)]
+    pub isrc: Option<String>,
+    pub territories: Territories,
+}
+
+/// Where a track is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackStatus {
+    /// Upload stored, waiting for a transcoder.
+    Received,
+    /// A transcoder holds the job.
+    Transcoding,
+    /// Every rendition is stored: playable.
+    Ready,
+    /// Refused; `TrackView::failure` says why.
+    Failed,
+}
+
+/// The answer to an ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub track_id: TrackId,
+    pub status: TrackStatus,
+}
+
+/// One rendition as the transcoder reports it and the control plane stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenditionRecord {
+    pub quality: Quality,
+    pub file_id: FileId,
+    /// Size of the encrypted file in bytes.
+    pub size: u64,
+    /// Measured mean bitrate of the Vorbis stream, kbit/s.
+    pub bitrate_kbps: u32,
+    pub key: ContentKey,
+    /// SHA-256 of the unencrypted Ogg file, hexadecimal.
+    pub plaintext_sha256: String,
+}
+
+/// A track as the control plane shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackView {
+    pub track_id: TrackId,
+    pub title: String,
+    pub artist: String,
+    pub isrc: Option<String>,
+    pub territories: Territories,
+    pub status: TrackStatus,
+    /// Why the track failed, when it did.
+    pub failure: Option<String>,
+    /// Duration of the master in milliseconds, once transcoded.
+    pub duration_ms: Option<u64>,
+    /// Renditions by quality, once ready (keys omitted).
+    pub renditions: Vec<RenditionSummary>,
+}
+
+/// A rendition without its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenditionSummary {
+    pub quality: Quality,
+    pub file_id: FileId,
+    pub size: u64,
+    pub bitrate_kbps: u32,
+}
+
+/// A transcode job handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLease {
+    pub job_id: JobId,
+    pub track_id: TrackId,
+    pub upload_id: UploadId,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Seconds since the epoch after which the job may be given to another worker.
+    pub lease_expires_at: u64,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum JobOutcome {
+    /// Every rendition is stored at the origin.
+    Completed {
+        renditions: Vec<RenditionRecord>,
+        /// Frames in the master at its own rate, and that rate.
+        master_frames: u64,
+        master_sample_rate: u32,
+    },
+    /// The master was refused, with the reason shown to the label.
+    Failed { reason: String },
+}
+
+/// A player's request for a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaybackRequest {
+    pub track_id: TrackId,
+    #[serde(default)]
+    pub quality: Option<Quality>,
+}
+
+/// Everything a player needs to fetch, decrypt and decode one rendition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaybackGrant {
+    pub track_id: TrackId,
+    pub quality: Quality,
+    pub file_id: FileId,
+    /// Size of the encrypted file in bytes.
+    pub size: u64,
+    /// Always `"ogg/vorbis"` today.
+    pub format: String,
+    pub bitrate_kbps: u32,
+    pub duration_ms: u64,
+    pub key: ContentKey,
+    /// Edge base URLs, best first; the file is at `{edge}/a/{file_id}`.
+    pub edges: Vec<String>,
+    /// Bearer token for the edges.
+    pub token: EdgeToken,
+    /// When the token expires, seconds since the epoch.
+    pub expires_at: u64,
+}

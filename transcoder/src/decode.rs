@@ -1,0 +1,260 @@
+//! Master decoding with symphonia: any supported container and codec in, planar `f32` blocks
+//! out, with the limits that keep a hostile file from costing more than a real one.
+
+use std::fs::File;
+use std::path::Path;
+
+use symphonia::core::audio::{Channels, GenericAudioBufferRef};
+use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
+use symphonia::core::common::Limit;
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+use crate::TranscodeError;
+
+/// Bounds on what a master may be.
+#[derive(Debug, Clone)]
+pub struct DecodeLimits {
+    /// Longest accepted duration, seconds.
+    pub max_duration_secs: u64,
+    /// Lowest and highest accepted sample rates, Hz.
+    pub sample_rate: (u32, u32),
+    /// Most channels accepted.
+    pub max_channels: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_duration_secs: 2 * 60 * 60,
+            sample_rate: (8_000, 384_000),
+            max_channels: 8,
+        }
+    }
+}
+
+/// What the master is, learnt from its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasterFormat {
+    pub sample_rate: u32,
+    pub channels: Layout,
+    /// Frame count the container declares, when it declares one.
+    pub declared_frames: Option<u64>,
+}
+
+/// Channel layout: where each decoded plane sits, as symphonia position bits (in plane order),
+/// or `None` per plane for unpositioned channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of planes.
+    pub count: usize,
+    /// Position bitmask (symphonia `Position` bits), 0 when the channels are unpositioned.
+    pub positions: u64,
+}
+
+/// A decoder over one master, yielding planar blocks.
+pub struct MasterDecoder {
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn AudioDecoder>,
+    track_id: u32,
+    info: MasterFormat,
+    max_frames: u64,
+    decoded_frames: u64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for MasterDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterDecoder({:?})", self.info)
+    }
+}
+
+fn refused(reason: impl Into<String>) -> TranscodeError {
+    TranscodeError::Refused(reason.into())
+}
+
+fn describe(e: SymError) -> String {
+    match e {
+        SymError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends in the middle of the audio (truncated)".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+impl MasterDecoder {
+    /// Opens a master file and checks its format against `limits`.
+    pub fn open(path: &Path, limits: &DecodeLimits) -> Result<Self, TranscodeError> {
+        let file = File::open(path).map_err(TranscodeError::Io)?;
+        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        // Artwork and tags are not needed to transcode; bounding them keeps a master with a
+        // huge embedded picture from costing memory.
+        let mut meta_opts = MetadataOptions::default();
+        meta_opts.limit_tag_bytes = Limit::Maximum(1 << 20);
+        meta_opts.limit_visual_bytes = Limit::Maximum(16 << 20);
+        let format = symphonia::default::get_probe()
+            .probe(&hint, mss, FormatOptions::default(), meta_opts)
+            .map_err(|e| refused(format!("not a supported audio file: {}", describe(e))))?;
+        let track = format
+            .default_track(TrackType::Audio)
+            .ok_or_else(|| refused("the file holds no audio track"))?;
+        let track_id = track.id;
+        let declared_frames = track.num_frames;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .ok_or_else(|| refused("the audio track has no codec parameters"))?
+            .clone();
+        let sample_rate = params
+            .sample_rate
+            .ok_or_else(|| refused("the header gives no sample rate"))?;
+        let (lo, hi) = limits.sample_rate;
+        if !(lo..=hi).contains(&sample_rate) {
+            return Err(refused(format!(
+                "sample rate {sample_rate} Hz is outside {lo}–{hi} Hz"
+            )));
+        }
+        let channels = params
+            .channels
+            .as_ref()
+            .ok_or_else(|| refused("the header gives no channel layout"))?;
+        let layout = layout_of(channels);
+        if layout.count == 0 || layout.count > limits.max_channels {
+            return Err(refused(format!(
+                "{} channels; between 1 and {} are accepted",
+                layout.count, limits.max_channels
+            )));
+        }
+        let max_frames = limits.max_duration_secs * u64::from(sample_rate);
+        if let Some(n) = declared_frames {
+            if n > max_frames {
+                return Err(refused(format!(
+                    "declared duration {} s is over the {} s limit",
+                    n / u64::from(sample_rate),
+                    limits.max_duration_secs
+                )));
+            }
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(&params, &AudioDecoderOptions::default().verify(true))
+            .map_err(|e| refused(format!("unsupported codec: {}", describe(e))))?;
+        Ok(Self {
+            format,
+            decoder,
+            track_id,
+            info: MasterFormat {
+                sample_rate,
+                channels: layout,
+                declared_frames,
+            },
+            max_frames,
+            decoded_frames: 0,
+            finished: false,
+        })
+    }
+
+    /// The master's format.
+    pub fn format(&self) -> MasterFormat {
+        self.info
+    }
+
+    /// Frames decoded so far.
+    pub fn decoded_frames(&self) -> u64 {
+        self.decoded_frames
+    }
+
+    /// Decodes the next block into `planes` (one `Vec` per channel, replaced), returning the
+    /// frame count, or `Ok(0)` at the end after every integrity check has passed.
+    pub fn next_block(&mut self, planes: &mut Vec<Vec<f32>>) -> Result<usize, TranscodeError> {
+        loop {
+            if self.finished {
+                return Ok(0);
+            }
+            let packet = match self.format.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return self.finish().map(|()| 0),
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return self.finish().map(|()| 0);
+                }
+                Err(e) => {
+                    return Err(refused(format!(
+                        "the container is damaged: {}",
+                        describe(e)
+                    )));
+                }
+            };
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            let buf = self
+                .decoder
+                .decode(&packet)
+                .map_err(|e| refused(format!("the audio is damaged: {}", describe(e))))?;
+            if buf.frames() == 0 {
+                continue;
+            }
+            if buf.num_planes() != self.info.channels.count {
+                return Err(refused("the channel count changes mid-stream"));
+            }
+            if buf.spec().rate() != self.info.sample_rate {
+                return Err(refused("the sample rate changes mid-stream"));
+            }
+            let frames = buf.frames();
+            copy_planar(&buf, planes);
+            self.decoded_frames += frames as u64;
+            if self.decoded_frames > self.max_frames {
+                return Err(refused(format!(
+                    "the audio runs past the {} s limit",
+                    self.max_frames / u64::from(self.info.sample_rate)
+                )));
+            }
+            return Ok(frames);
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), TranscodeError> {
+        self.finished = true;
+        if self.decoder.finalize().verify_ok == Some(false) {
+            return Err(refused(
+                "the decoded audio does not match the checksum in the file (MD5 mismatch)",
+            ));
+        }
+        if self.decoded_frames == 0 {
+            return Err(refused("the file holds no audio"));
+        }
+        if let Some(declared) = self.info.declared_frames {
+            if declared != self.decoded_frames {
+                return Err(refused(format!(
+                    "the header declares {declared} frames but {} decode",
+                    self.decoded_frames
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn copy_planar(buf: &GenericAudioBufferRef<'_>, planes: &mut Vec<Vec<f32>>) {
+    buf.copy_to_vecs_planar::<f32>(planes);
+}
+
+fn layout_of(channels: &Channels) -> Layout {
+    match channels {
+        Channels::Positioned(p) => Layout {
+            count: p.bits().count_ones() as usize,
+            positions: p.bits(),
+        },
+        other => Layout {
+            count: other.count(),
+            positions: 0,
+        },
+    }
+}

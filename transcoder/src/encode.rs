@@ -1,0 +1,76 @@
+//! Ogg Vorbis encoding with libvorbis (aoTuV) through `vorbis_rs`, one encoder per tier.
+
+use std::num::{NonZeroU8, NonZeroU32};
+
+use cadenza_common::Quality;
+use vorbis_rs::{VorbisBitrateManagementStrategy, VorbisEncoder, VorbisEncoderBuilder};
+
+use crate::TranscodeError;
+
+/// The sample rate every rendition is encoded at.
+pub const OUTPUT_RATE: u32 = 44_100;
+
+/// One tier's encoder writing into memory.
+pub struct TierEncoder {
+    quality: Quality,
+    encoder: VorbisEncoder<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TierEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TierEncoder({:?})", self.quality)
+    }
+}
+
+fn encoder_error(quality: Quality, e: vorbis_rs::VorbisError) -> TranscodeError {
+    TranscodeError::Encode(format!("{} kbps: {e}", quality.kbps()))
+}
+
+impl TierEncoder {
+    /// A stereo 44.1 kHz encoder for `quality`, with a fixed Ogg stream serial so that the
+    /// same input always gives the same bytes, and the given Vorbis comments.
+    pub fn new(
+        quality: Quality,
+        serial: i32,
+        comments: &[(&str, String)],
+    ) -> Result<Self, TranscodeError> {
+        let rate =
+            NonZeroU32::new(OUTPUT_RATE).ok_or_else(|| TranscodeError::Encode("rate".into()))?;
+        let channels =
+            NonZeroU8::new(2).ok_or_else(|| TranscodeError::Encode("channels".into()))?;
+        let bitrate = NonZeroU32::new(quality.kbps() * 1000)
+            .ok_or_else(|| TranscodeError::Encode("bitrate".into()))?;
+        let mut builder = VorbisEncoderBuilder::new_with_serial(rate, channels, Vec::new(), serial);
+        builder.bitrate_management_strategy(VorbisBitrateManagementStrategy::Vbr {
+            target_bitrate: bitrate,
+        });
+        for (tag, value) in comments {
+            builder
+                .comment_tag(*tag, value.as_str())
+                .map_err(|e| encoder_error(quality, e))?;
+        }
+        let encoder = builder.build().map_err(|e| encoder_error(quality, e))?;
+        Ok(Self { quality, encoder })
+    }
+
+    /// The tier.
+    pub fn quality(&self) -> Quality {
+        self.quality
+    }
+
+    /// Encodes a block of stereo frames.
+    pub fn encode(&mut self, left: &[f32], right: &[f32]) -> Result<(), TranscodeError> {
+        if left.is_empty() {
+            return Ok(());
+        }
+        self.encoder
+            .encode_audio_block([left, right])
+            .map_err(|e| encoder_error(self.quality, e))
+    }
+
+    /// Ends the stream and returns the Ogg file.
+    pub fn finish(self) -> Result<Vec<u8>, TranscodeError> {
+        let quality = self.quality;
+        self.encoder.finish().map_err(|e| encoder_error(quality, e))
+    }
+}

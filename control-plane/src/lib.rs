@@ -1,1 +1,14 @@
-//! cadenza-control-plane
+//! The control plane: catalogue, transcode jobs and playback grants.
+//!
+//! It owns the truth about tracks — metadata, territories, renditions and their content keys
+//! — in a SQL store (SQLite embedded), queues transcode jobs and leases them to workers, and
+//! answers `POST /v1/playback` with a grant: the rendition's file id and key, the edges to
+//! fetch it from, and an edge token it signs with Ed25519. It never touches audio bytes.
+
+mod grant;
+mod service;
+mod store;
+
+pub use grant::GrantPolicy;
+pub use service::{ControlPlane, ControlPlaneConfig};
+pub use store::{Store, StoreError};

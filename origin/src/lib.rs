@@ -1,1 +1,13 @@
-//! cadenza-origin
+//! The origin: where masters arrive and renditions live.
+//!
+//! Labels upload masters and submit their metadata here; the origin stores masters in the
+//! object store, registers the track and its transcode job with the control plane, and serves
+//! rendition bytes to edges by range. Storage sits behind [`ObjectStore`]; the embedded
+//! default is [`LocalDirStore`], a directory written with temp file + fsync + rename. The
+//! origin never decodes audio and holds no content keys.
+
+mod service;
+mod store;
+
+pub use service::{Origin, OriginConfig};
+pub use store::{LocalDirStore, ObjectKey, ObjectRead, ObjectStore, StoreError};

@@ -10,6 +10,7 @@
 mod body;
 pub mod client;
 mod error;
+mod ranges;
 mod server;
 mod shutdown;
 pub mod tls;
@@ -18,5 +19,6 @@ pub use body::{
     Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, secrets_match,
 };
 pub use error::ApiError;
+pub use ranges::ranged_response;
 pub use server::{ConnInfo, Handler, Listening, ServerLimits, bind_and_serve};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -1,0 +1,238 @@
+//! The control plane's HTTP API.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /v1/playback` | player | a grant for a track |
+//! | `GET /v1/tracks/{id}` | anyone | a track's status and renditions (no keys) |
+//! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
+//! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job |
+//! | `POST /internal/v1/jobs/lease?wait_ms=N` | transcoder | lease a job (long poll) |
+//! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
+//! | `GET /healthz` | anyone | liveness |
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use cadenza_common::http::{
+    ApiError, Body, ConnInfo, Handler, bearer_token, empty, json_response, read_json,
+    secrets_match,
+};
+use cadenza_common::{
+    IngestRequest, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
+    TrackId, TrackStatus,
+};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+
+use crate::grant::{self, GrantPolicy};
+use crate::store::{Store, StoreError};
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Bearer token for internal endpoints.
+    pub service_token: String,
+    /// How long a job lease lasts.
+    pub job_lease: Duration,
+    /// Leases a job may use before it is failed.
+    pub max_job_attempts: u32,
+    /// Grant policy (token lifetime, edges).
+    pub grants: GrantPolicy,
+}
+
+/// The control plane service.
+pub struct ControlPlane {
+    config: ControlPlaneConfig,
+    store: Store,
+    signing: SigningKey,
+    jobs_queued: Notify,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("config", &self.config).finish()
+    }
+}
+
+const JSON_LIMIT: usize = 1024 * 1024;
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(30);
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::JobNotLeased(job) => {
+                ApiError::new(StatusCode::CONFLICT, "job_not_leased", format!("job {job} is not leased"))
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl ControlPlane {
+    /// A control plane over `store`, signing edge tokens with `signing`.
+    pub fn new(config: ControlPlaneConfig, store: Store, signing: SigningKey) -> Self {
+        Self {
+            config,
+            store,
+            signing,
+            jobs_queued: Notify::new(),
+        }
+    }
+
+    /// The store, for tools and tests.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn authorize_service(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        match bearer_token(req.headers()) {
+            Some(t) if secrets_match(t.as_bytes(), self.config.service_token.as_bytes()) => Ok(()),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            (Method::POST, ["v1", "playback"]) => self.playback(req).await,
+            (Method::GET, ["v1", "tracks", id]) => {
+                let id: TrackId = id
+                    .parse()
+                    .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
+                let view = self
+                    .store
+                    .track(&id)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("no such track"))?;
+                Ok(json_response(StatusCode::OK, &view))
+            }
+            (Method::GET, ["v1", "edge-keys"]) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"keys": [{
+                    "kid": self.signing.kid(),
+                    "alg": "Ed25519",
+                    "public_key": base64::engine::general_purpose::STANDARD.encode(self.signing.public_key()),
+                }]}),
+            )),
+            (Method::POST, ["internal", "v1", "tracks"]) => {
+                self.authorize_service(&req)?;
+                let ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
+                let track_id = self.store.create_track(&ingest, now_secs()).await?;
+                self.jobs_queued.notify_waiters();
+                tracing::info!(track = %track_id, title = %ingest.title, "track registered");
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &IngestResponse {
+                        track_id,
+                        status: TrackStatus::Received,
+                    },
+                ))
+            }
+            (Method::POST, ["internal", "v1", "jobs", "lease"]) => {
+                self.authorize_service(&req)?;
+                let wait = wait_param(req.uri().query());
+                self.lease(wait).await
+            }
+            (Method::POST, ["internal", "v1", "jobs", id, "complete"]) => {
+                self.authorize_service(&req)?;
+                let id: JobId = id
+                    .parse()
+                    .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
+                let outcome: JobOutcome = read_json(req.into_body(), JSON_LIMIT).await?;
+                self.store.complete_job(&id, &outcome).await?;
+                Ok(json_response(StatusCode::OK, &serde_json::json!({"job_id": id})))
+            }
+            _ => Err(ApiError::not_found("no such endpoint")),
+        }
+    }
+
+    /// Long poll: answers with a job as soon as one is runnable, or 204 after `wait`.
+    async fn lease(&self, wait: Duration) -> Result<Response<Body>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a job queued in between is not missed.
+            let notified = self.jobs_queued.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let cfg = &self.config;
+            if let Some(job) = self
+                .store
+                .lease_job(now_secs(), cfg.job_lease, cfg.max_job_attempts)
+                .await?
+            {
+                return Ok(json_response(StatusCode::OK, &job));
+            }
+            // Wake at the deadline, or every second to pick up expired leases.
+            let step = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs(1));
+            if step.is_zero() {
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                return Ok(resp);
+            }
+            let _ = tokio::time::timeout(step, notified).await;
+        }
+    }
+
+    async fn playback(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let want: PlaybackRequest = read_json(req.into_body(), JSON_LIMIT).await?;
+        let track = self
+            .store
+            .track(&want.track_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such track"))?;
+        match track.status {
+            TrackStatus::Ready => {}
+            TrackStatus::Failed => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "track_failed",
+                    track.failure.unwrap_or_else(|| "the track failed to transcode".into()),
+                ));
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "track_not_ready",
+                    "the track is still being transcoded",
+                ));
+            }
+        }
+        let renditions = self.store.renditions(&want.track_id).await?;
+        let rendition = grant::choose(&renditions, want.quality.unwrap_or(Quality::Normal))
+            .ok_or_else(|| ApiError::internal(format!("ready track {} has no renditions", track.track_id)))?;
+        let grant = grant::build(&track, rendition, &self.signing, &self.config.grants, now_secs());
+        Ok(json_response(StatusCode::OK, &grant))
+    }
+}
+
+fn wait_param(query: Option<&str>) -> Duration {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("wait_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+        .min(MAX_LEASE_WAIT)
+}
+
+impl Handler for ControlPlane {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The catalogue and job queue in SQL.
+//!
+//! Every method takes `now` (seconds since the epoch) from the caller; nothing here reads a
+//! clock. Each state change is one transaction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use cadenza_common::{
+    ContentKey, FileId, IngestRequest, JobId, JobLease, JobOutcome, Quality, RenditionRecord,
+    RenditionSummary, Territories, TrackId, TrackStatus, TrackView, UploadId,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored value does not parse: the database was edited by hand or is corrupt.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The job is not leased (already finished, or never existed).
+    #[error("job {0} is not leased")]
+    JobNotLeased(String),
+}
+
+/// Schema migrations, applied in order once each.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_catalogue.sql"))];
+
+/// The catalogue store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn parse<T: FromStr>(s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| corrupt(format!("{s:?}: {e}")))
+}
+
+fn parse_status(s: &str) -> Result<TrackStatus, StoreError> {
+    Ok(match s {
+        "received" => TrackStatus::Received,
+        "transcoding" => TrackStatus::Transcoding,
+        "ready" => TrackStatus::Ready,
+        "failed" => TrackStatus::Failed,
+        other => return Err(corrupt(format!("track status {other:?}"))),
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+            .execute(&self.pool)
+            .await?;
+        for &(version, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !done {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Records a new track and queues its transcode job.
+    pub async fn create_track(&self, req: &IngestRequest, now: u64) -> Result<TrackId, StoreError> {
+        let track_id = TrackId::random();
+        let job_id = JobId::random();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, 'received', ?)",
+        )
+        .bind(track_id.as_str())
+        .bind(req.title.trim())
+        .bind(req.artist.trim())
+        .bind(req.isrc.as_deref())
+        .bind(req.territories.to_string())
+        .bind(req.upload_id.as_str())
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, track_id, upload_id, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
+        )
+        .bind(job_id.as_str())
+        .bind(track_id.as_str())
+        .bind(req.upload_id.as_str())
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(track_id)
+    }
+
+    /// Leases the oldest runnable job — queued, or leased with an expired lease — for
+    /// `lease`, or `None` when there is none. A job that has used `max_attempts` leases is
+    /// failed instead of leased again.
+    pub async fn lease_job(
+        &self,
+        now: u64,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Option<JobLease>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Jobs whose workers died too often are failed with a reason.
+        let exhausted = sqlx::query(
+            "SELECT id, track_id FROM jobs WHERE state = 'leased' AND lease_expires_at <= ? AND attempts >= ?",
+        )
+        .bind(now as i64)
+        .bind(i64::from(max_attempts))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in exhausted {
+            let reason = format!("transcoding did not finish after {max_attempts} attempts");
+            let job: String = row.try_get("id")?;
+            let track: String = row.try_get("track_id")?;
+            sqlx::query("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?")
+                .bind(&reason)
+                .bind(&job)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+                .bind(&reason)
+                .bind(&track)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let expires = now + lease.as_secs();
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = ?
+             WHERE id = (SELECT id FROM jobs
+                         WHERE state = 'queued' OR (state = 'leased' AND lease_expires_at <= ?)
+                         ORDER BY created_at, id LIMIT 1)
+             RETURNING id, track_id, upload_id, attempts",
+        )
+        .bind(expires as i64)
+        .bind(now as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let lease = match row {
+            None => None,
+            Some(row) => {
+                let track_id: String = row.try_get("track_id")?;
+                sqlx::query("UPDATE tracks SET status = 'transcoding' WHERE id = ?")
+                    .bind(&track_id)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(JobLease {
+                    job_id: parse(&row.try_get::<String, _>("id")?)?,
+                    track_id: parse(&track_id)?,
+                    upload_id: parse::<UploadId>(&row.try_get::<String, _>("upload_id")?)?,
+                    attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    lease_expires_at: expires,
+                })
+            }
+        };
+        tx.commit().await?;
+        Ok(lease)
+    }
+
+    /// Records how a job ended. Completing a finished job again changes nothing, so a worker
+    /// retrying a report after a lost response is harmless.
+    pub async fn complete_job(&self, job_id: &JobId, outcome: &JobOutcome) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT track_id, state FROM jobs WHERE id = ?")
+            .bind(job_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
+        let state: String = row.try_get("state")?;
+        let track_id: String = row.try_get("track_id")?;
+        match state.as_str() {
+            "done" | "failed" => return Ok(()),
+            "leased" => {}
+            _ => return Err(StoreError::JobNotLeased(job_id.to_string())),
+        }
+        match outcome {
+            JobOutcome::Completed {
+                renditions,
+                master_frames,
+                master_sample_rate,
+            } => {
+                for r in renditions {
+                    sqlx::query(
+                        "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(r.file_id.as_str())
+                    .bind(&track_id)
+                    .bind(r.quality.as_str())
+                    .bind(r.size as i64)
+                    .bind(i64::from(r.bitrate_kbps))
+                    .bind(r.key.key_hex())
+                    .bind(r.key.iv_hex())
+                    .bind(&r.plaintext_sha256)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = ?, master_rate = ? WHERE id = ?",
+                )
+                .bind(*master_frames as i64)
+                .bind(i64::from(*master_sample_rate))
+                .bind(&track_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?")
+                    .bind(job_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            JobOutcome::Failed { reason } => {
+                sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+                    .bind(reason)
+                    .bind(&track_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?")
+                    .bind(reason)
+                    .bind(job_id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A track with its renditions (without keys).
+    pub async fn track(&self, id: &TrackId) -> Result<Option<TrackView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate FROM tracks WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let frames: Option<i64> = row.try_get("master_frames")?;
+        let rate: Option<i64> = row.try_get("master_rate")?;
+        let duration_ms = match (frames, rate) {
+            (Some(f), Some(r)) if r > 0 => Some((f as u64 * 1000) / r as u64),
+            _ => None,
+        };
+        let renditions = self
+            .renditions(id)
+            .await?
+            .into_iter()
+            .map(|r| RenditionSummary {
+                quality: r.quality,
+                file_id: r.file_id,
+                size: r.size,
+                bitrate_kbps: r.bitrate_kbps,
+            })
+            .collect();
+        Ok(Some(TrackView {
+            track_id: id.clone(),
+            title: row.try_get("title")?,
+            artist: row.try_get("artist")?,
+            isrc: row.try_get("isrc")?,
+            territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
+            status: parse_status(&row.try_get::<String, _>("status")?)?,
+            failure: row.try_get("failure")?,
+            duration_ms,
+            renditions,
+        }))
+    }
+
+    /// A track's renditions with their keys, lowest tier first.
+    pub async fn renditions(&self, id: &TrackId) -> Result<Vec<RenditionRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256 FROM renditions WHERE track_id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(RenditionRecord {
+                    quality: parse::<Quality>(&row.try_get::<String, _>("quality")?)?,
+                    file_id: parse::<FileId>(&row.try_get::<String, _>("file_id")?)?,
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    bitrate_kbps: row.try_get::<i64, _>("bitrate_kbps")? as u32,
+                    key: ContentKey::from_hex(
+                        &row.try_get::<String, _>("key_hex")?,
+                        &row.try_get::<String, _>("iv_hex")?,
+                    )
+                    .map_err(corrupt)?,
+                    plaintext_sha256: row.try_get("plaintext_sha256")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by_key(|r| r.quality);
+        Ok(out)
+    }
+}

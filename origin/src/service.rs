@@ -1,0 +1,367 @@
+//! The origin's HTTP API.
+//!
+//! | route | who | what |
+//! |---|---|---|
+//! | `POST /v1/uploads` | label | master bytes in the body → upload receipt |
+//! | `POST /v1/ingest` | label | metadata for an upload → track id |
+//! | `GET /v1/tracks/{id}` | label | track status (from the control plane) |
+//! | `GET, HEAD /v1/objects/{file_id}` | edge | rendition bytes by range |
+//! | `GET /internal/v1/masters/{upload_id}` | service | a master, for transcoders |
+//! | `PUT /internal/v1/objects/{file_id}` | service | store a rendition (content-checked) |
+//! | `GET /healthz` | anyone | liveness |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadenza_common::http::client::{self, ClientError, HttpClient};
+use cadenza_common::http::{
+    ApiError, Body, ConnInfo, Handler, bearer_token, json_response, ranged_response, read_json,
+    secrets_match,
+};
+use cadenza_common::{
+    FileId, IngestRequest, IngestResponse, TrackId, UploadId, UploadReceipt, hex_encode,
+};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ring::digest::{Context, SHA256};
+use tokio::io::AsyncWriteExt;
+
+use crate::store::{ObjectKey, ObjectStore, StoreError};
+
+/// How the origin is set up.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Where uploads are written before they enter the store; on the store's filesystem for
+    /// the local store so entering it is a rename.
+    pub staging_dir: PathBuf,
+    /// Control plane base URL.
+    pub control_plane: String,
+    /// Bearer token for service-to-service calls (both directions).
+    pub service_token: String,
+    /// Bearer token labels use.
+    pub label_key: String,
+    /// Bearer token edges use to read renditions.
+    pub edge_key: String,
+    /// Largest accepted master, bytes.
+    pub max_upload_bytes: u64,
+}
+
+/// The origin service.
+pub struct Origin {
+    config: OriginConfig,
+    store: Arc<dyn ObjectStore>,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin").field("config", &self.config).finish()
+    }
+}
+
+const JSON_LIMIT: usize = 64 * 1024;
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::not_found("no such object"),
+            StoreError::Io(e) => ApiError::unavailable(e),
+        }
+    }
+}
+
+fn upstream(e: ClientError) -> ApiError {
+    match &e {
+        ClientError::Status { status, body, .. } if status.is_client_error() => {
+            let message = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| body.clone());
+            ApiError::new(*status, "rejected", message)
+        }
+        _ => ApiError::unavailable(e),
+    }
+}
+
+fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e: T::Err| ApiError::bad_request("bad_id", e.to_string()))
+}
+
+impl Origin {
+    /// An origin over `store`, calling the control plane with `client`.
+    pub async fn new(
+        config: OriginConfig,
+        store: Arc<dyn ObjectStore>,
+        client: HttpClient,
+    ) -> std::io::Result<Self> {
+        tokio::fs::create_dir_all(&config.staging_dir).await?;
+        Ok(Self {
+            config,
+            store,
+            client,
+        })
+    }
+
+    fn authorize(&self, req: &Request<Incoming>, secret: &str) -> Result<(), ApiError> {
+        match bearer_token(req.headers()) {
+            Some(t) if secrets_match(t.as_bytes(), secret.as_bytes()) => Ok(()),
+            _ => Err(ApiError::unauthorized()),
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().clone(), segments.as_slice()) {
+            (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            (Method::POST, ["v1", "uploads"]) => {
+                self.authorize(&req, &self.config.label_key)?;
+                self.upload(req).await
+            }
+            (Method::POST, ["v1", "ingest"]) => {
+                self.authorize(&req, &self.config.label_key)?;
+                self.ingest(req).await
+            }
+            (Method::GET, ["v1", "tracks", id]) => {
+                self.authorize(&req, &self.config.label_key)?;
+                let id: TrackId = parse_id(id)?;
+                let url = format!("{}/v1/tracks/{id}", self.config.control_plane);
+                let view: serde_json::Value =
+                    client::call_json::<(), _>(&self.client, Method::GET, &url, None, None, CALL_TIMEOUT)
+                        .await
+                        .map_err(upstream)?;
+                Ok(json_response(StatusCode::OK, &view))
+            }
+            (m @ (Method::GET | Method::HEAD), ["v1", "objects", id]) => {
+                self.authorize(&req, &self.config.edge_key)?;
+                let id: FileId = parse_id(id)?;
+                self.read_object(&m, &req, ObjectKey::rendition(&id), id.as_str()).await
+            }
+            (m @ Method::GET, ["internal", "v1", "masters", id]) => {
+                self.authorize(&req, &self.config.service_token)?;
+                let id: UploadId = parse_id(id)?;
+                self.read_object(&m, &req, ObjectKey::master(&id), id.as_str()).await
+            }
+            (Method::PUT, ["internal", "v1", "objects", id]) => {
+                self.authorize(&req, &self.config.service_token)?;
+                let id: FileId = parse_id(id)?;
+                self.put_rendition(id, req).await
+            }
+            (_, ["v1", "uploads" | "ingest"] | ["v1", "tracks" | "objects", _] | ["internal", "v1", ..]) => {
+                Err(ApiError::method_not_allowed())
+            }
+            _ => Err(ApiError::not_found("no such endpoint")),
+        }
+    }
+
+    async fn read_object(
+        &self,
+        method: &Method,
+        req: &Request<Incoming>,
+        key: ObjectKey,
+        etag: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let size = self.store.size(&key).await?;
+        // Open the part to send first, so a store failure is an error status rather than a
+        // broken body.
+        let plan = cadenza_common::parse_range(
+            req.headers().get(header::RANGE).map(|v| v.as_bytes()),
+            size,
+        );
+        let part = match plan {
+            cadenza_common::RangeRequest::Partial(r) => Some((r.start, r.len())),
+            cadenza_common::RangeRequest::Full => Some((0, size)),
+            cadenza_common::RangeRequest::Unsatisfiable => None,
+        };
+        let mut opened = match part {
+            Some((offset, len)) if method == Method::GET && len > 0 => {
+                Some(self.store.read(&key, offset, len).await?.body)
+            }
+            _ => None,
+        };
+        Ok(ranged_response(method, req.headers(), size, etag, |_, _| {
+            opened.take().unwrap_or_else(cadenza_common::http::empty)
+        }))
+    }
+
+    /// Streams a request body into a staging file, hashing it, refusing it past `limit`.
+    async fn stage(&self, req: Request<Incoming>, limit: u64) -> Result<(PathBuf, u64, [u8; 32]), ApiError> {
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > limit {
+                return Err(too_large(limit));
+            }
+        }
+        let path = self.config.staging_dir.join(format!("{}.part", UploadId::random()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::unavailable)?;
+            let mut hash = Context::new(&SHA256);
+            let mut size = 0u64;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiError::bad_request("body_broken", e.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    size += data.len() as u64;
+                    if size > limit {
+                        return Err(too_large(limit));
+                    }
+                    hash.update(&data);
+                    file.write_all(&data).await.map_err(ApiError::unavailable)?;
+                }
+            }
+            file.sync_all().await.map_err(ApiError::unavailable)?;
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(hash.finish().as_ref());
+            Ok((size, digest))
+        }
+        .await;
+        match result {
+            Ok((size, digest)) => Ok((path, size, digest)),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let (staged, size, digest) = self.stage(req, self.config.max_upload_bytes).await?;
+        if size == 0 {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(ApiError::bad_request("empty_upload", "the upload is empty"));
+        }
+        let upload_id = UploadId::random();
+        if let Err(e) = self.store.put_file(&ObjectKey::master(&upload_id), &staged).await {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(e.into());
+        }
+        tracing::info!(upload = %upload_id, size, "master stored");
+        Ok(json_response(
+            StatusCode::CREATED,
+            &UploadReceipt {
+                upload_id,
+                size,
+                sha256: hex_encode(&digest),
+            },
+        ))
+    }
+
+    async fn ingest(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
+        validate(&ingest)?;
+        match self.store.size(&ObjectKey::master(&ingest.upload_id)).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => return Err(ApiError::not_found("no such upload")),
+            Err(e) => return Err(e.into()),
+        }
+        let url = format!("{}/internal/v1/tracks", self.config.control_plane);
+        let created: IngestResponse = client::call_json(
+            &self.client,
+            Method::POST,
+            &url,
+            Some(&self.config.service_token),
+            Some(&ingest),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(upstream)?;
+        Ok(json_response(StatusCode::ACCEPTED, &created))
+    }
+
+    async fn put_rendition(&self, id: FileId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let key = ObjectKey::rendition(&id);
+        let (staged, _, digest) = self.stage(req, self.config.max_upload_bytes).await?;
+        // Content addressing: the id is the hash of the bytes, so a corrupted transfer or a
+        // wrong id can never be stored under a name edges will trust.
+        if FileId::from_bytes(&digest) != id {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(ApiError::bad_request(
+                "content_mismatch",
+                "the body's SHA-256 does not match the file id",
+            ));
+        }
+        if self.store.size(&key).await.is_ok() {
+            // Immutable and content-addressed: an identical object is already there.
+            let _ = tokio::fs::remove_file(&staged).await;
+        } else if let Err(e) = self.store.put_file(&key, &staged).await {
+            let _ = tokio::fs::remove_file(&staged).await;
+            return Err(e.into());
+        }
+        Ok(json_response(StatusCode::CREATED, &serde_json::json!({"file_id": id})))
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("uploads are limited to {limit} bytes"),
+    )
+}
+
+/// Checks the metadata a label sent.
+fn validate(req: &IngestRequest) -> Result<(), ApiError> {
+    for (field, value) in [("title", &req.title), ("artist", &req.artist)] {
+        let len = value.trim().chars().count();
+        if len == 0 || len > 512 {
+            return Err(ApiError::bad_request(
+                "bad_metadata",
+                format!("{field} must be 1–512 characters"),
+            ));
+        }
+    }
+    if let Some(isrc) = &req.isrc {
+        if !valid_isrc(isrc) {
+            return Err(ApiError::bad_request(
+                "bad_isrc",
+                format!("{isrc:?} is not an ISRC (CC-XXX-YY-NNNNN, e.g. GBAYE6300001)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ISO 3901: two letters (country), three alphanumerics (registrant), two digits (year),
+/// five digits (designation); hyphens allowed between the parts.
+fn valid_isrc(isrc: &str) -> bool {
+    let s: Vec<u8> = isrc.bytes().filter(|&b| b != b'-').collect();
+    s.len() == 12
+        && s[..2].iter().all(u8::is_ascii_alphabetic)
+        && s[2..5].iter().all(u8::is_ascii_alphanumeric)
+        && s[5..].iter().all(u8::is_ascii_digit)
+}
+
+impl Handler for Origin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isrc_validation() {
+        for good in ["GBAYE6300001", "US-S1Z-99-00001", "gbaye6300001"] {
+            assert!(valid_isrc(good), "{good}");
+        }
+        for bad in ["", "GBAYE630000", "GBAYE63000011", "1BAYE6300001", "GBAYE63X0001"] {
+            assert!(!valid_isrc(bad), "{bad}");
+        }
+    }
+}

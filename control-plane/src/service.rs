@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, empty, json_response, read_json,
-    secrets_match,
+    ApiError, Body, ConnInfo, Handler, bearer_token, empty, json_response, read_json, secrets_match,
 };
 use cadenza_common::{
     IngestRequest, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
@@ -52,7 +51,9 @@ pub struct ControlPlane {
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlPlane").field("config", &self.config).finish()
+        f.debug_struct("ControlPlane")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -69,9 +70,11 @@ fn now_secs() -> u64 {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::JobNotLeased(job) => {
-                ApiError::new(StatusCode::CONFLICT, "job_not_leased", format!("job {job} is not leased"))
-            }
+            StoreError::JobNotLeased(job) => ApiError::new(
+                StatusCode::CONFLICT,
+                "job_not_leased",
+                format!("job {job} is not leased"),
+            ),
             other => ApiError::internal(other),
         }
     }
@@ -104,12 +107,15 @@ impl ControlPlane {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
-            (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            (Method::GET, ["healthz"]) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true}),
+            )),
             (Method::POST, ["v1", "playback"]) => self.playback(req).await,
             (Method::GET, ["v1", "tracks", id]) => {
-                let id: TrackId = id
-                    .parse()
-                    .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
+                let id: TrackId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
                 let view = self
                     .store
                     .track(&id)
@@ -146,12 +152,15 @@ impl ControlPlane {
             }
             (Method::POST, ["internal", "v1", "jobs", id, "complete"]) => {
                 self.authorize_service(&req)?;
-                let id: JobId = id
-                    .parse()
-                    .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
+                let id: JobId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
                 let outcome: JobOutcome = read_json(req.into_body(), JSON_LIMIT).await?;
                 self.store.complete_job(&id, &outcome).await?;
-                Ok(json_response(StatusCode::OK, &serde_json::json!({"job_id": id})))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"job_id": id}),
+                ))
             }
             _ => Err(ApiError::not_found("no such endpoint")),
         }
@@ -199,7 +208,9 @@ impl ControlPlane {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "track_failed",
-                    track.failure.unwrap_or_else(|| "the track failed to transcode".into()),
+                    track
+                        .failure
+                        .unwrap_or_else(|| "the track failed to transcode".into()),
                 ));
             }
             _ => {
@@ -212,8 +223,16 @@ impl ControlPlane {
         }
         let renditions = self.store.renditions(&want.track_id).await?;
         let rendition = grant::choose(&renditions, want.quality.unwrap_or(Quality::Normal))
-            .ok_or_else(|| ApiError::internal(format!("ready track {} has no renditions", track.track_id)))?;
-        let grant = grant::build(&track, rendition, &self.signing, &self.config.grants, now_secs());
+            .ok_or_else(|| {
+                ApiError::internal(format!("ready track {} has no renditions", track.track_id))
+            })?;
+        let grant = grant::build(
+            &track,
+            rendition,
+            &self.signing,
+            &self.config.grants,
+            now_secs(),
+        );
         Ok(json_response(StatusCode::OK, &grant))
     }
 }

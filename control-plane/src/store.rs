@@ -45,7 +45,8 @@ fn parse<T: FromStr>(s: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e: T::Err| corrupt(format!("{s:?}: {e}")))
+    s.parse()
+        .map_err(|e: T::Err| corrupt(format!("{s:?}: {e}")))
 }
 
 fn parse_status(s: &str) -> Result<TrackStatus, StoreError> {
@@ -89,7 +90,9 @@ impl Store {
                 .await?
                 .is_some();
             if !done {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
                     .bind(version)
                     .execute(&mut *tx)
@@ -199,7 +202,11 @@ impl Store {
 
     /// Records how a job ended. Completing a finished job again changes nothing, so a worker
     /// retrying a report after a lost response is harmless.
-    pub async fn complete_job(&self, job_id: &JobId, outcome: &JobOutcome) -> Result<(), StoreError> {
+    pub async fn complete_job(
+        &self,
+        job_id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query("SELECT track_id, state FROM jobs WHERE id = ?")
             .bind(job_id.as_str())

@@ -1,1 +1,16 @@
-//! cadenza-edge
+//! The edge: serves encrypted renditions by byte range to players holding a signed token.
+//!
+//! A request for `/a/{file_id}` is checked (token signature, expiry and file; listener
+//! country against the token's territories when a GeoIP database is configured), then
+//! answered from a cache of fixed, aligned slices held in memory (moka, weighted by bytes).
+//! A missing slice is fetched once from the origin however many requests want it — moka's
+//! `try_get_with` collapses concurrent loads of one key. Renditions are immutable and
+//! content-addressed, so a cached slice never goes stale. The edge holds no content keys.
+
+mod cache;
+mod service;
+mod slices;
+
+pub use cache::{SliceCache, UpstreamConfig};
+pub use service::{Edge, EdgeConfig, UnknownCountry};
+pub use slices::SliceMath;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, json_response, ranged_response, read_json,
-    secrets_match,
+    ApiError, Body, ConnInfo, Handler, bearer_token, json_response, plan_span, range_plan,
+    ranged_response, read_json, secrets_match,
 };
 use cadenza_common::{
     FileId, IngestRequest, IngestResponse, TrackId, UploadId, UploadReceipt, hex_encode,
@@ -57,7 +57,9 @@ pub struct Origin {
 
 impl std::fmt::Debug for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Origin").field("config", &self.config).finish()
+        f.debug_struct("Origin")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -120,7 +122,10 @@ impl Origin {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
-            (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &serde_json::json!({"ok": true}))),
+            (Method::GET, ["healthz"]) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true}),
+            )),
             (Method::POST, ["v1", "uploads"]) => {
                 self.authorize(&req, &self.config.label_key)?;
                 self.upload(req).await
@@ -133,30 +138,41 @@ impl Origin {
                 self.authorize(&req, &self.config.label_key)?;
                 let id: TrackId = parse_id(id)?;
                 let url = format!("{}/v1/tracks/{id}", self.config.control_plane);
-                let view: serde_json::Value =
-                    client::call_json::<(), _>(&self.client, Method::GET, &url, None, None, CALL_TIMEOUT)
-                        .await
-                        .map_err(upstream)?;
+                let view: serde_json::Value = client::call_json::<(), _>(
+                    &self.client,
+                    Method::GET,
+                    &url,
+                    None,
+                    None,
+                    CALL_TIMEOUT,
+                )
+                .await
+                .map_err(upstream)?;
                 Ok(json_response(StatusCode::OK, &view))
             }
             (m @ (Method::GET | Method::HEAD), ["v1", "objects", id]) => {
                 self.authorize(&req, &self.config.edge_key)?;
                 let id: FileId = parse_id(id)?;
-                self.read_object(&m, &req, ObjectKey::rendition(&id), id.as_str()).await
+                self.read_object(&m, &req, ObjectKey::rendition(&id), id.as_str())
+                    .await
             }
             (m @ Method::GET, ["internal", "v1", "masters", id]) => {
                 self.authorize(&req, &self.config.service_token)?;
                 let id: UploadId = parse_id(id)?;
-                self.read_object(&m, &req, ObjectKey::master(&id), id.as_str()).await
+                self.read_object(&m, &req, ObjectKey::master(&id), id.as_str())
+                    .await
             }
             (Method::PUT, ["internal", "v1", "objects", id]) => {
                 self.authorize(&req, &self.config.service_token)?;
                 let id: FileId = parse_id(id)?;
                 self.put_rendition(id, req).await
             }
-            (_, ["v1", "uploads" | "ingest"] | ["v1", "tracks" | "objects", _] | ["internal", "v1", ..]) => {
-                Err(ApiError::method_not_allowed())
-            }
+            (
+                _,
+                ["v1", "uploads" | "ingest"]
+                | ["v1", "tracks" | "objects", _]
+                | ["internal", "v1", ..],
+            ) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         }
     }
@@ -171,28 +187,24 @@ impl Origin {
         let size = self.store.size(&key).await?;
         // Open the part to send first, so a store failure is an error status rather than a
         // broken body.
-        let plan = cadenza_common::parse_range(
-            req.headers().get(header::RANGE).map(|v| v.as_bytes()),
-            size,
-        );
-        let part = match plan {
-            cadenza_common::RangeRequest::Partial(r) => Some((r.start, r.len())),
-            cadenza_common::RangeRequest::Full => Some((0, size)),
-            cadenza_common::RangeRequest::Unsatisfiable => None,
-        };
-        let mut opened = match part {
+        let plan = range_plan(req.headers(), size);
+        let mut opened = match plan_span(plan, size) {
             Some((offset, len)) if method == Method::GET && len > 0 => {
                 Some(self.store.read(&key, offset, len).await?.body)
             }
             _ => None,
         };
-        Ok(ranged_response(method, req.headers(), size, etag, |_, _| {
+        Ok(ranged_response(method, plan, size, etag, |_, _| {
             opened.take().unwrap_or_else(cadenza_common::http::empty)
         }))
     }
 
     /// Streams a request body into a staging file, hashing it, refusing it past `limit`.
-    async fn stage(&self, req: Request<Incoming>, limit: u64) -> Result<(PathBuf, u64, [u8; 32]), ApiError> {
+    async fn stage(
+        &self,
+        req: Request<Incoming>,
+        limit: u64,
+    ) -> Result<(PathBuf, u64, [u8; 32]), ApiError> {
         if let Some(len) = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -203,14 +215,20 @@ impl Origin {
                 return Err(too_large(limit));
             }
         }
-        let path = self.config.staging_dir.join(format!("{}.part", UploadId::random()));
+        let path = self
+            .config
+            .staging_dir
+            .join(format!("{}.part", UploadId::random()));
         let result = async {
-            let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::unavailable)?;
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(ApiError::unavailable)?;
             let mut hash = Context::new(&SHA256);
             let mut size = 0u64;
             let mut body = req.into_body();
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| ApiError::bad_request("body_broken", e.to_string()))?;
+                let frame =
+                    frame.map_err(|e| ApiError::bad_request("body_broken", e.to_string()))?;
                 if let Ok(data) = frame.into_data() {
                     size += data.len() as u64;
                     if size > limit {
@@ -242,7 +260,11 @@ impl Origin {
             return Err(ApiError::bad_request("empty_upload", "the upload is empty"));
         }
         let upload_id = UploadId::random();
-        if let Err(e) = self.store.put_file(&ObjectKey::master(&upload_id), &staged).await {
+        if let Err(e) = self
+            .store
+            .put_file(&ObjectKey::master(&upload_id), &staged)
+            .await
+        {
             let _ = tokio::fs::remove_file(&staged).await;
             return Err(e.into());
         }
@@ -279,7 +301,11 @@ impl Origin {
         Ok(json_response(StatusCode::ACCEPTED, &created))
     }
 
-    async fn put_rendition(&self, id: FileId, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn put_rendition(
+        &self,
+        id: FileId,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
         let key = ObjectKey::rendition(&id);
         let (staged, _, digest) = self.stage(req, self.config.max_upload_bytes).await?;
         // Content addressing: the id is the hash of the bytes, so a corrupted transfer or a
@@ -298,7 +324,10 @@ impl Origin {
             let _ = tokio::fs::remove_file(&staged).await;
             return Err(e.into());
         }
-        Ok(json_response(StatusCode::CREATED, &serde_json::json!({"file_id": id})))
+        Ok(json_response(
+            StatusCode::CREATED,
+            &serde_json::json!({"file_id": id}),
+        ))
     }
 }
 
@@ -360,7 +389,13 @@ mod tests {
         for good in ["GBAYE6300001", "US-S1Z-99-00001", "gbaye6300001"] {
             assert!(valid_isrc(good), "{good}");
         }
-        for bad in ["", "GBAYE630000", "GBAYE63000011", "1BAYE6300001", "GBAYE63X0001"] {
+        for bad in [
+            "",
+            "GBAYE630000",
+            "GBAYE63000011",
+            "1BAYE6300001",
+            "GBAYE63X0001",
+        ] {
             assert!(!valid_isrc(bad), "{bad}");
         }
     }

@@ -61,7 +61,11 @@ impl std::fmt::Debug for ObjectRead {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores the file at `path` under `key`, consuming the file. The object becomes visible
     /// whole or not at all.
-    fn put_file<'a>(&'a self, key: &'a ObjectKey, path: &'a Path) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn put_file<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// The object's size, or `NotFound`.
     fn size<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<u64, StoreError>>;
@@ -106,7 +110,11 @@ fn not_found(e: std::io::Error) -> StoreError {
 }
 
 impl ObjectStore for LocalDirStore {
-    fn put_file<'a>(&'a self, key: &'a ObjectKey, path: &'a Path) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn put_file<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        path: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let dest = self.path(key);
             // The caller's file was written in the staging area on the same filesystem and
@@ -133,7 +141,9 @@ impl ObjectStore for LocalDirStore {
 
     fn size<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            let meta = tokio::fs::metadata(self.path(key)).await.map_err(not_found)?;
+            let meta = tokio::fs::metadata(self.path(key))
+                .await
+                .map_err(not_found)?;
             Ok(meta.len())
         })
     }
@@ -145,7 +155,9 @@ impl ObjectStore for LocalDirStore {
         len: u64,
     ) -> BoxFuture<'a, Result<ObjectRead, StoreError>> {
         Box::pin(async move {
-            let mut file = tokio::fs::File::open(self.path(key)).await.map_err(not_found)?;
+            let mut file = tokio::fs::File::open(self.path(key))
+                .await
+                .map_err(not_found)?;
             let size = file.metadata().await?.len();
             file.seek(SeekFrom::Start(offset)).await?;
             let stream = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
@@ -156,12 +168,18 @@ impl ObjectStore for LocalDirStore {
                 let mut buf = vec![0u8; want];
                 match file.read(&mut buf).await {
                     Ok(0) => Some((
-                        Err(Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)) as BoxError),
+                        Err(
+                            Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                                as BoxError,
+                        ),
                         (file, 0),
                     )),
                     Ok(n) => {
                         buf.truncate(n);
-                        Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), (file, left - n as u64)))
+                        Some((
+                            Ok(hyper::body::Frame::data(Bytes::from(buf))),
+                            (file, left - n as u64),
+                        ))
                     }
                     Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
                 }

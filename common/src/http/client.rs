@@ -77,8 +77,11 @@ pub fn https_client(tls: Arc<rustls::ClientConfig>) -> HttpClient {
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
+    // hyper-rustls sets ALPN itself from the enabled protocols.
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols.clear();
     let connector = HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()

@@ -5,17 +5,30 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use super::{Body, empty};
 use crate::range::{ByteRange, RangeRequest, parse_range};
 
-/// Builds the response to `method` with `headers` for an object of `len` bytes whose strong
-/// validator is `etag`; `body` produces the bytes of a part (offset, length) and is called
-/// at most once, never for HEAD or 416.
+/// How to answer a request's `Range` header for an object of `len` bytes.
+pub fn range_plan(headers: &HeaderMap, len: u64) -> RangeRequest {
+    parse_range(headers.get(header::RANGE).map(HeaderValue::as_bytes), len)
+}
+
+/// The bytes a plan sends: `(offset, length)`, or `None` for 416.
+pub fn plan_span(plan: RangeRequest, len: u64) -> Option<(u64, u64)> {
+    match plan {
+        RangeRequest::Full => Some((0, len)),
+        RangeRequest::Partial(r) => Some((r.start, r.len())),
+        RangeRequest::Unsatisfiable => None,
+    }
+}
+
+/// Builds the response to `method` under `plan` for an immutable object of `len` bytes whose
+/// strong validator is `etag`; `body` produces the bytes of the span (offset, length) and is
+/// called at most once, never for HEAD or 416.
 pub fn ranged_response(
     method: &Method,
-    headers: &HeaderMap,
+    plan: RangeRequest,
     len: u64,
     etag: &str,
     body: impl FnOnce(u64, u64) -> Body,
 ) -> Response<Body> {
-    let plan = parse_range(headers.get(header::RANGE).map(HeaderValue::as_bytes), len);
     let (status, part) = match plan {
         RangeRequest::Full => (StatusCode::OK, None),
         RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
@@ -47,6 +60,11 @@ pub fn ranged_response(
     );
     insert(h, header::CONTENT_LENGTH, &count.to_string());
     insert(h, header::ETAG, &format!("\"{etag}\""));
+    // Objects are content-addressed: the bytes under a name never change.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
     if let Some(r) = part {
         insert(h, header::CONTENT_RANGE, &r.content_range(len));
     }

@@ -86,7 +86,24 @@ pub async fn bind_and_serve<H: Handler>(
     handler: Arc<H>,
     shutdown: Shutdown,
 ) -> std::io::Result<Listening> {
-    let listener = TcpListener::bind(addr).await?;
+    serve_on(
+        TcpListener::bind(addr).await?,
+        tls,
+        limits,
+        handler,
+        shutdown,
+    )
+}
+
+/// Serves `handler` on an already bound listener (so callers can learn every port before
+/// building the services that need each other's addresses).
+pub fn serve_on<H: Handler>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ServerLimits,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
     let task = tokio::spawn(accept_loop(listener, tls, limits, handler, shutdown));
     Ok(Listening { addr, task })

@@ -1,0 +1,93 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use cadenza_common::{Quality, Territories, TrackId};
+use clap::{Parser, Subcommand};
+
+/// Cadenza: recorded audio delivery — origin, transcoder, edges and control plane.
+#[derive(Debug, Parser)]
+#[command(name = "cadenza", version, about)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where a client command finds the running services.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoint {
+    /// Data directory of a running `cadenza up`; URLs, keys and the CA come from it.
+    #[arg(long, default_value = "cadenza-data", env = "CADENZA_DATA")]
+    pub data: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run control plane, origin, a transcode worker and an edge in one process on localhost.
+    Up {
+        /// Directory for every piece of state (database, objects, keys, certificate).
+        #[arg(long, default_value = "cadenza-data", env = "CADENZA_DATA")]
+        data: PathBuf,
+        /// First of three consecutive ports (control plane, origin, edge); 0 picks free ports.
+        #[arg(long, default_value_t = 7700)]
+        port_base: u16,
+        /// Also ingest masters, play one through the edge, and print its time to first audio.
+        /// The masters come from --demo-dir, else ../shared/fixtures/flac/good when present,
+        /// else a synthesised one.
+        #[arg(long)]
+        demo: bool,
+        /// Directory of masters for --demo.
+        #[arg(long, value_name = "DIR", requires = "demo")]
+        demo_dir: Option<PathBuf>,
+        /// Stop after the demo instead of serving.
+        #[arg(long)]
+        exit_after_demo: bool,
+    },
+    /// Upload masters with their metadata and wait until each is ready or refused.
+    Ingest {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Master files (WAV, FLAC, AIFF, MP3, Ogg Vorbis).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Track title (default: the file name without extension).
+        #[arg(long)]
+        title: Option<String>,
+        /// Artist name.
+        #[arg(long)]
+        artist: String,
+        /// Licensed territories: `GB,SE,US`, `WW`, or `WW,-CN`.
+        #[arg(long, default_value = "WW")]
+        territories: Territories,
+        /// ISRC (e.g. GBAYE6300001).
+        #[arg(long)]
+        isrc: Option<String>,
+    },
+    /// Play a track through the edge: grant, fetch, decrypt, decode.
+    Play {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Track id, as `cadenza ingest` printed it.
+        track: TrackId,
+        /// low (96 kbps), normal (160) or high (320).
+        #[arg(long, default_value = "normal")]
+        quality: Quality,
+        /// Write the decoded audio to this WAV file (default: discard).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Transcode a master locally into the three renditions.
+    Transcode {
+        /// The master.
+        master: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write plain Ogg files instead of encrypted ones (keys printed).
+        #[arg(long)]
+        plain: bool,
+    },
+}

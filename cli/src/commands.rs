@@ -1,0 +1,287 @@
+//! What each subcommand does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cadenza_common::{Quality, Territories, TrackStatus, TrackView};
+use cadenza_player::{PlayOptions, PlayReport, Player};
+use cadenza_transcoder::{TranscodeOptions, seal, transcode};
+
+use crate::cli::{Cli, Command};
+use crate::ingest::{TrackMeta, ingest_file};
+use crate::stack::{ClusterInfo, Stack, StackConfig};
+use crate::synth;
+
+/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(args: Cli) -> anyhow::Result<()> {
+    match args.command {
+        Command::Up {
+            data,
+            port_base,
+            demo,
+            demo_dir,
+            exit_after_demo,
+        } => up(data, port_base, demo.then_some(demo_dir), exit_after_demo).await,
+        Command::Ingest {
+            endpoint,
+            paths,
+            title,
+            artist,
+            territories,
+            isrc,
+        } => {
+            let info = ClusterInfo::load(&endpoint.data)?;
+            let mut failed = 0;
+            for path in &paths {
+                let meta = TrackMeta {
+                    title: title.clone().unwrap_or_else(|| file_title(path)),
+                    artist: artist.clone(),
+                    territories: territories.clone(),
+                    isrc: isrc.clone(),
+                };
+                let view = ingest_file(&info.client()?, &info, path, &meta, true).await?;
+                print_track(&view);
+                failed += usize::from(view.status == TrackStatus::Failed);
+            }
+            if failed > 0 {
+                bail!("{failed} of {} masters were refused", paths.len());
+            }
+            Ok(())
+        }
+        Command::Play {
+            endpoint,
+            track,
+            quality,
+            out,
+        } => {
+            let info = ClusterInfo::load(&endpoint.data)?;
+            let player = Player::new(info.client()?, info.control_plane.clone());
+            let mut options = PlayOptions::new(track, quality);
+            options.wav_out = out;
+            let report = player.play(&options).await?;
+            print_play(&report);
+            Ok(())
+        }
+        Command::Transcode { master, out, plain } => transcode_cmd(&master, &out, plain).await,
+    }
+}
+
+fn file_title(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Untitled".into())
+}
+
+fn print_track(view: &TrackView) {
+    match view.status {
+        TrackStatus::Ready => {
+            let tiers: Vec<String> = view
+                .renditions
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} kbps {} B",
+                        r.quality.as_str(),
+                        r.bitrate_kbps,
+                        r.size
+                    )
+                })
+                .collect();
+            println!(
+                "ready   {}  {} — {}  {:.2} s  [{}]",
+                view.track_id,
+                view.artist,
+                view.title,
+                view.duration_ms.unwrap_or(0) as f64 / 1000.0,
+                tiers.join(", ")
+            );
+        }
+        _ => println!(
+            "failed  {}  {} — {}: {}",
+            view.track_id,
+            view.artist,
+            view.title,
+            view.failure.as_deref().unwrap_or("unknown reason")
+        ),
+    }
+}
+
+fn print_play(r: &PlayReport) {
+    println!(
+        "played {} ({} kbps nominal {}): {} bytes from {} requests, decoded {:.3} s at {} Hz × {} ch, time to first audio {:.1} ms, total {:.1} ms",
+        r.grant.track_id,
+        r.grant.bitrate_kbps,
+        r.grant.quality.as_str(),
+        r.bytes,
+        r.requests,
+        r.decoded.duration().as_secs_f64(),
+        r.decoded.sample_rate,
+        r.decoded.channels,
+        r.time_to_first_audio.as_secs_f64() * 1000.0,
+        r.total_time.as_secs_f64() * 1000.0,
+    );
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Masters in `dir` that look like audio, sorted by name.
+fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "flac" | "wav" | "aiff" | "aif" | "mp3" | "ogg"
+                )
+            })
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+async fn up(
+    data: PathBuf,
+    port_base: u16,
+    demo: Option<Option<PathBuf>>,
+    exit_after_demo: bool,
+) -> anyhow::Result<()> {
+    let mut config = StackConfig::new(&data);
+    config.port_base = port_base;
+    let stack = Stack::start(config).await?;
+    println!("cadenza is up (data in {})", data.display());
+    println!("  control plane  {}", stack.info.control_plane);
+    println!("  origin         {}", stack.info.origin);
+    println!("  edge           {}", stack.info.edge);
+    println!("  transcoder     1 worker, in process");
+    println!("  trust          {}", stack.info.ca.display());
+    if let Some(dir) = demo {
+        if let Err(e) = run_demo(&stack, &data, dir).await {
+            stack.shutdown().await;
+            return Err(e.context("demo failed"));
+        }
+    }
+    if !exit_after_demo {
+        println!("serving; Ctrl-C to stop");
+        shutdown_signal().await;
+    }
+    stack.shutdown().await;
+    Ok(())
+}
+
+async fn run_demo(stack: &Stack, data: &Path, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let fixtures = Path::new("../shared/fixtures/flac/good");
+    let masters = if let Some(dir) = &dir {
+        masters_in(dir)?
+    } else if fixtures.is_dir() {
+        masters_in(fixtures)?
+    } else {
+        let path = data.join("demo-master.wav");
+        synth::write_demo_master(&path, 20)?;
+        vec![path]
+    };
+    if masters.is_empty() {
+        bail!("no masters to ingest");
+    }
+    println!("demo: ingesting {} masters", masters.len());
+    let client = stack.client()?;
+    let mut ready = Vec::new();
+    for path in &masters {
+        let meta = TrackMeta {
+            title: file_title(path),
+            artist: "Cadenza Demo".into(),
+            territories: Territories::worldwide(),
+            isrc: None,
+        };
+        let view = ingest_file(&client, &stack.info, path, &meta, false).await?;
+        print_track(&view);
+        if view.status == TrackStatus::Ready {
+            ready.push(view);
+        }
+    }
+    let Some(track) = ready.first() else {
+        bail!("no master became playable");
+    };
+    let player = Player::new(client, stack.info.control_plane.clone());
+    let mut options = PlayOptions::new(track.track_id.clone(), Quality::High);
+    options.wav_out = Some(data.join("demo-play.wav"));
+    let report = tokio::time::timeout(Duration::from_secs(120), player.play(&options))
+        .await
+        .context("playback timed out")??;
+    print_play(&report);
+    println!(
+        "demo: time to first audio {:.1} ms; decoded audio in {}",
+        report.time_to_first_audio.as_secs_f64() * 1000.0,
+        data.join("demo-play.wav").display()
+    );
+    Ok(())
+}
+
+async fn transcode_cmd(master: &Path, out: &Path, plain: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let path = master.to_path_buf();
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || transcode(&path, &TranscodeOptions::default()))
+        .await??;
+    let elapsed = started.elapsed();
+    let seconds = done.output_frames as f64 / f64::from(cadenza_transcoder::OUTPUT_RATE);
+    println!(
+        "{:<8} {:>10} {:>6} {:>10}  file",
+        "tier", "bytes", "kbps", "duration"
+    );
+    for r in &done.renditions {
+        let name = if plain {
+            let name = format!("{}.ogg", r.quality.as_str());
+            std::fs::write(out.join(&name), &r.ogg)?;
+            name
+        } else {
+            let sealed = seal(r);
+            let name = format!("{}.{}.enc", r.quality.as_str(), sealed.record.file_id);
+            std::fs::write(out.join(&name), &sealed.bytes)?;
+            println!(
+                "         key {} iv {}",
+                sealed.record.key.key_hex(),
+                sealed.record.key.iv_hex()
+            );
+            name
+        };
+        println!(
+            "{:<8} {:>10} {:>6} {:>9.3}s  {}",
+            r.quality.as_str(),
+            r.ogg.len(),
+            r.bitrate_kbps,
+            seconds,
+            name
+        );
+    }
+    println!(
+        "encoded all tiers in {:.2} s ({:.1}× real time)",
+        elapsed.as_secs_f64(),
+        seconds / elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The label-side client: upload a master, submit its metadata, wait for the outcome.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use cadenza_common::http::client::{self, HttpClient};
+use cadenza_common::http::{Body, BoxError};
+use cadenza_common::{
+    IngestRequest, IngestResponse, Territories, TrackId, TrackStatus, TrackView, UploadReceipt,
+};
+use http::{Method, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::AsyncReadExt;
+
+use crate::stack::ClusterInfo;
+
+/// Metadata sent with a master.
+#[derive(Debug, Clone)]
+pub struct TrackMeta {
+    pub title: String,
+    pub artist: String,
+    pub territories: Territories,
+    pub isrc: Option<String>,
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// A body streaming a file, counting bytes sent into `sent`.
+async fn file_body(path: &Path, sent: Arc<AtomicU64>) -> anyhow::Result<(Body, u64)> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata().await?.len();
+    let stream = futures_util::stream::unfold(Some(file), move |file| {
+        let sent = sent.clone();
+        async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    sent.fetch_add(n as u64, Ordering::Relaxed);
+                    Some((Ok(Frame::data(Bytes::from(buf))), Some(file)))
+                }
+                Err(e) => Some((Err(Box::new(e) as BoxError), None)),
+            }
+        }
+    });
+    Ok((StreamBody::new(stream).boxed_unsync(), len))
+}
+
+/// Uploads the master at `path`; `sent` counts bytes as they go.
+pub async fn upload(
+    client: &HttpClient,
+    info: &ClusterInfo,
+    path: &Path,
+    sent: Arc<AtomicU64>,
+) -> anyhow::Result<UploadReceipt> {
+    let (body, len) = file_body(path, sent).await?;
+    let url = format!("{}/v1/uploads", info.origin);
+    let mut req = client::request(Method::POST, &url, Some(&info.label_key), body)?;
+    req.headers_mut().insert(header::CONTENT_LENGTH, len.into());
+    let resp = client::send(client, req, Duration::from_secs(3600)).await?;
+    let bytes = client::read_all(resp.into_body(), &url).await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Submits metadata for an upload.
+pub async fn submit(
+    client: &HttpClient,
+    info: &ClusterInfo,
+    receipt: &UploadReceipt,
+    meta: &TrackMeta,
+) -> anyhow::Result<IngestResponse> {
+    let req = IngestRequest {
+        upload_id: receipt.upload_id.clone(),
+        title: meta.title.clone(),
+        artist: meta.artist.clone(),
+        isrc: meta.isrc.clone(),
+        territories: meta.territories.clone(),
+    };
+    let url = format!("{}/v1/ingest", info.origin);
+    Ok(client::call_json(
+        client,
+        Method::POST,
+        &url,
+        Some(&info.label_key),
+        Some(&req),
+        CALL_TIMEOUT,
+    )
+    .await?)
+}
+
+/// Polls the track until it is ready or failed, or `timeout` passes.
+pub async fn wait_done(
+    client: &HttpClient,
+    info: &ClusterInfo,
+    track: &TrackId,
+    timeout: Duration,
+) -> anyhow::Result<TrackView> {
+    let url = format!("{}/v1/tracks/{track}", info.origin);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let view: TrackView = client::call_json::<(), _>(
+            client,
+            Method::GET,
+            &url,
+            Some(&info.label_key),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await?;
+        if matches!(view.status, TrackStatus::Ready | TrackStatus::Failed) {
+            return Ok(view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("track {track} still {:?} after {timeout:?}", view.status);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Upload + submit + wait, printing progress to stderr when `show_progress`.
+pub async fn ingest_file(
+    client: &HttpClient,
+    info: &ClusterInfo,
+    path: &Path,
+    meta: &TrackMeta,
+    show_progress: bool,
+) -> anyhow::Result<TrackView> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let total = tokio::fs::metadata(path).await?.len();
+    let progress = show_progress.then(|| {
+        let sent = sent.clone();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            loop {
+                let done = sent.load(Ordering::Relaxed);
+                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let bar = "#".repeat((pct / 5) as usize);
+                eprint!("\r  uploading {name}: [{bar:<20}] {pct:>3}% ({done}/{total} bytes)");
+                if done >= total {
+                    eprintln!();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let receipt = upload(client, info, path, sent.clone()).await;
+    if let Some(p) = progress {
+        sent.store(total, Ordering::Relaxed);
+        let _ = p.await;
+    }
+    let receipt = receipt?;
+    let created = submit(client, info, &receipt, meta).await?;
+    if show_progress {
+        eprintln!("  track {} received; transcoding…", created.track_id);
+    }
+    wait_done(client, info, &created.track_id, Duration::from_secs(1800)).await
+}

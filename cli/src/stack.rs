@@ -1,0 +1,337 @@
+//! The embedded stack: every service in one process on localhost, all state under one data
+//! directory. `cadenza up` runs it; the end-to-end tests start it on ephemeral ports.
+//!
+//! Data directory layout:
+//!
+//! | path | what |
+//! |---|---|
+//! | `cluster.json` | URLs, label key and CA path, for `cadenza ingest` / `play` |
+//! | `secrets.json` | service, label and edge credentials (mode 0600) |
+//! | `tls/cert.pem`, `tls/key.pem` | the self-signed certificate every service presents |
+//! | `keys/edge-token-k1.pk8` | the Ed25519 key that signs edge tokens (mode 0600) |
+//! | `catalogue.sqlite` | the control plane's database |
+//! | `objects/` | the object store (masters, renditions) and its staging area |
+//! | `scratch/` | the transcode worker's working files |
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cadenza_common::http::client::{HttpClient, https_client};
+use cadenza_common::http::tls::{self, CertPem};
+use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
+use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
+use cadenza_control_plane::{ControlPlane, ControlPlaneConfig, GrantPolicy, Store};
+use cadenza_edge::{Edge, EdgeConfig, SliceCache, SliceMath, UnknownCountry, UpstreamConfig};
+use cadenza_origin::{LocalDirStore, Origin, OriginConfig};
+use cadenza_transcoder::worker::{self, WorkerConfig};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How to start the stack.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Root of all state.
+    pub data: PathBuf,
+    /// Address to listen on.
+    pub listen: IpAddr,
+    /// First of three consecutive ports; 0 picks free ports.
+    pub port_base: u16,
+    /// Edge slice size.
+    pub slice_bytes: u64,
+    /// Edge memory cache size.
+    pub edge_cache_bytes: u64,
+    /// Largest master accepted.
+    pub max_upload_bytes: u64,
+}
+
+impl StackConfig {
+    /// Defaults with state under `data`.
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        Self {
+            data: data.into(),
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_base: 7700,
+            slice_bytes: 256 * 1024,
+            edge_cache_bytes: 256 * 1024 * 1024,
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// What clients need to reach a running stack; written to `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub control_plane: String,
+    pub origin: String,
+    pub edge: String,
+    /// PEM file of the certificate to trust.
+    pub ca: PathBuf,
+    /// Bearer token for the label API.
+    pub label_key: String,
+}
+
+impl ClusterInfo {
+    /// Reads `cluster.json` from a data directory.
+    pub fn load(data: &Path) -> anyhow::Result<Self> {
+        let path = data.join("cluster.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} — is `cadenza up --data {}` running?",
+                path.display(),
+                data.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    /// An HTTPS client trusting the stack's certificate.
+    pub fn client(&self) -> anyhow::Result<HttpClient> {
+        let pem =
+            std::fs::read(&self.ca).with_context(|| format!("reading {}", self.ca.display()))?;
+        Ok(https_client(tls::client_config(&pem)?))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Secrets {
+    service_token: String,
+    label_key: String,
+    edge_key: String,
+}
+
+/// A running stack.
+pub struct Stack {
+    pub info: ClusterInfo,
+    pub edge: Arc<Edge>,
+    pub control_plane: Arc<ControlPlane>,
+    trigger: ShutdownTrigger,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("info", &self.info).finish()
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn secret() -> String {
+    hex_encode(&random_bytes::<24>())
+}
+
+fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
+    let path = data.join("secrets.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid", path.display()));
+    }
+    let secrets = Secrets {
+        service_token: secret(),
+        label_key: secret(),
+        edge_key: secret(),
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
+    Ok(secrets)
+}
+
+fn load_or_create_cert(data: &Path) -> anyhow::Result<(CertPem, PathBuf)> {
+    let dir = data.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert_path.exists() && key_path.exists() {
+        let pem = CertPem {
+            cert: std::fs::read_to_string(&cert_path)?,
+            key: std::fs::read_to_string(&key_path)?,
+        };
+        return Ok((pem, cert_path));
+    }
+    let pem = tls::self_signed(&["localhost", "127.0.0.1", "::1"])?;
+    write_private(&key_path, pem.key.as_bytes())?;
+    std::fs::write(&cert_path, &pem.cert)?;
+    Ok((pem, cert_path))
+}
+
+fn load_or_create_signing_key(data: &Path) -> anyhow::Result<SigningKey> {
+    let dir = data.join("keys");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("edge-token-k1.pk8");
+    if path.exists() {
+        return Ok(SigningKey::from_pkcs8("k1", &std::fs::read(&path)?)?);
+    }
+    let (key, doc) = SigningKey::generate("k1")?;
+    write_private(&path, &doc)?;
+    Ok(key)
+}
+
+async fn listener(ip: IpAddr, base: u16, offset: u16) -> anyhow::Result<TcpListener> {
+    let port = if base == 0 { 0 } else { base + offset };
+    TcpListener::bind(SocketAddr::new(ip, port))
+        .await
+        .with_context(|| format!("cannot listen on {ip}:{port}"))
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("https://{addr}")
+}
+
+impl Stack {
+    /// Starts every service.
+    pub async fn start(config: StackConfig) -> anyhow::Result<Self> {
+        let data = &config.data;
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let secrets = load_or_create_secrets(data)?;
+        let (cert, ca_path) = load_or_create_cert(data)?;
+        let server_tls = tls::server_config(&cert)?;
+        let client = https_client(tls::client_config(cert.cert.as_bytes())?);
+        let signing = load_or_create_signing_key(data)?;
+        let mut keys = VerifyingKeys::default();
+        keys.insert(signing.kid(), signing.public_key());
+
+        let (control_l, origin_l, edge_l) = (
+            listener(config.listen, config.port_base, 0).await?,
+            listener(config.listen, config.port_base, 1).await?,
+            listener(config.listen, config.port_base, 2).await?,
+        );
+        let info = ClusterInfo {
+            control_plane: url(control_l.local_addr()?),
+            origin: url(origin_l.local_addr()?),
+            edge: url(edge_l.local_addr()?),
+            ca: std::path::absolute(&ca_path)?,
+            label_key: secrets.label_key.clone(),
+        };
+        let (trigger, shutdown) = Shutdown::new();
+        let limits = ServerLimits::default();
+        let mut tasks = Vec::new();
+
+        let store = Store::open_sqlite(&data.join("catalogue.sqlite")).await?;
+        let control_plane = Arc::new(ControlPlane::new(
+            ControlPlaneConfig {
+                service_token: secrets.service_token.clone(),
+                job_lease: Duration::from_secs(600),
+                max_job_attempts: 3,
+                grants: GrantPolicy {
+                    edges: vec![info.edge.clone()],
+                    ..Default::default()
+                },
+            },
+            store,
+            signing,
+        ));
+        tasks.push(
+            serve_on(
+                control_l,
+                Some(server_tls.clone()),
+                limits.clone(),
+                control_plane.clone(),
+                shutdown.clone(),
+            )?
+            .task,
+        );
+
+        let objects = data.join("objects");
+        let store = Arc::new(LocalDirStore::open(&objects).await?);
+        let origin = Origin::new(
+            OriginConfig {
+                staging_dir: objects.join(".staging"),
+                control_plane: info.control_plane.clone(),
+                service_token: secrets.service_token.clone(),
+                label_key: secrets.label_key.clone(),
+                edge_key: secrets.edge_key.clone(),
+                max_upload_bytes: config.max_upload_bytes,
+            },
+            store,
+            client.clone(),
+        )
+        .await?;
+        tasks.push(
+            serve_on(
+                origin_l,
+                Some(server_tls.clone()),
+                limits.clone(),
+                Arc::new(origin),
+                shutdown.clone(),
+            )?
+            .task,
+        );
+
+        let cache = Arc::new(SliceCache::new(
+            SliceMath::new(config.slice_bytes),
+            config.edge_cache_bytes,
+            UpstreamConfig {
+                origin: info.origin.clone(),
+                edge_key: secrets.edge_key.clone(),
+                timeout: Duration::from_secs(10),
+            },
+            client.clone(),
+        ));
+        let edge = Arc::new(Edge::new(
+            EdgeConfig {
+                keys,
+                token_leeway: verify_leeway_default(),
+                geo: None,
+                unknown_country: UnknownCountry::Allow,
+            },
+            cache,
+        ));
+        tasks.push(
+            serve_on(
+                edge_l,
+                Some(server_tls),
+                limits,
+                edge.clone(),
+                shutdown.clone(),
+            )?
+            .task,
+        );
+
+        let worker_config = WorkerConfig {
+            control_plane: info.control_plane.clone(),
+            origin: info.origin.clone(),
+            service_token: secrets.service_token.clone(),
+            scratch_dir: data.join("scratch"),
+            lease_wait: Duration::from_secs(20),
+        };
+        tasks.push(tokio::spawn(worker::run(worker_config, client, shutdown)));
+
+        std::fs::write(data.join("cluster.json"), serde_json::to_vec_pretty(&info)?)?;
+        Ok(Self {
+            info,
+            edge,
+            control_plane,
+            trigger,
+            tasks,
+        })
+    }
+
+    /// An HTTPS client trusting the stack's certificate.
+    pub fn client(&self) -> anyhow::Result<HttpClient> {
+        self.info.client()
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn shutdown(self) {
+        self.trigger.trigger();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The slice cache and the origin fetch behind it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cadenza_common::FileId;
+use cadenza_common::http::client::{self, ClientError, HttpClient};
+use cadenza_common::http::empty;
+use http::{Method, StatusCode, header};
+use moka::future::Cache;
+
+use crate::slices::SliceMath;
+
+/// Where the edge fetches what it does not hold.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Origin base URL.
+    pub origin: String,
+    /// Bearer token for the origin's object API.
+    pub edge_key: String,
+    /// Time allowed for one slice fetch.
+    pub timeout: Duration,
+}
+
+/// Why a slice could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// The origin does not have the file.
+    #[error("no such file at the origin")]
+    NotFound,
+    /// The origin failed, timed out, or sent something inconsistent.
+    #[error("origin fetch failed: {0}")]
+    Upstream(String),
+}
+
+/// Fixed-size slices of files in memory, filled from the origin on demand.
+pub struct SliceCache {
+    math: SliceMath,
+    slices: Cache<(FileId, u64), Bytes>,
+    sizes: Cache<FileId, u64>,
+    upstream: UpstreamConfig,
+    client: HttpClient,
+    origin_fetches: AtomicU64,
+}
+
+impl std::fmt::Debug for SliceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SliceCache")
+            .field("math", &self.math)
+            .field("bytes", &self.slices.weighted_size())
+            .finish()
+    }
+}
+
+impl SliceCache {
+    /// A cache holding at most `capacity_bytes` of slices.
+    pub fn new(
+        math: SliceMath,
+        capacity_bytes: u64,
+        upstream: UpstreamConfig,
+        client: HttpClient,
+    ) -> Self {
+        let slices = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .build();
+        Self {
+            math,
+            slices,
+            sizes: Cache::builder().max_capacity(1_000_000).build(),
+            upstream,
+            client,
+            origin_fetches: AtomicU64::new(0),
+        }
+    }
+
+    /// Slice geometry.
+    pub fn math(&self) -> SliceMath {
+        self.math
+    }
+
+    /// Origin requests made so far.
+    pub fn origin_fetches(&self) -> u64 {
+        self.origin_fetches.load(Ordering::Relaxed)
+    }
+
+    /// The size of a file, fetching its first slice to learn it when unknown.
+    pub async fn size(self: &Arc<Self>, id: &FileId) -> Result<u64, FetchError> {
+        if let Some(size) = self.sizes.get(id).await {
+            return Ok(size);
+        }
+        self.slice(id, 0).await?;
+        self.sizes
+            .get(id)
+            .await
+            .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))
+    }
+
+    /// Slice `index` of file `id`; concurrent callers for one missing slice share a single
+    /// origin request.
+    pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        let this = self.clone();
+        let key = (id.clone(), index);
+        self.slices
+            .try_get_with(key, async move { this.fetch(id, index).await })
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    async fn fetch(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        let size = self.math.slice_size();
+        let start = index * size;
+        let url = format!("{}/v1/objects/{id}", self.upstream.origin);
+        let mut req = client::request(Method::GET, &url, Some(&self.upstream.edge_key), empty())
+            .map_err(|e| FetchError::Upstream(e.to_string()))?;
+        let range = format!("bytes={}-{}", start, start + size - 1);
+        req.headers_mut().insert(
+            header::RANGE,
+            header::HeaderValue::from_str(&range)
+                .map_err(|e| FetchError::Upstream(e.to_string()))?,
+        );
+        self.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        let resp = client::send(&self.client, req, self.upstream.timeout)
+            .await
+            .map_err(|e| match e.status() {
+                Some(StatusCode::NOT_FOUND) => FetchError::NotFound,
+                _ => FetchError::Upstream(e.to_string()),
+            })?;
+        let total = content_range_total(resp.headers()).ok_or_else(|| {
+            FetchError::Upstream(format!("no Content-Range in the answer to {range}"))
+        })?;
+        let body = tokio::time::timeout(
+            self.upstream.timeout,
+            client::read_all(resp.into_body(), &url),
+        )
+        .await
+        .map_err(|_| FetchError::Upstream("origin body timed out".into()))?
+        .map_err(|e: ClientError| FetchError::Upstream(e.to_string()))?;
+        let (_, expected) = self.math.bounds(index, total);
+        if body.len() as u64 != expected {
+            // Never cache a short or long slice: it would be served as if whole.
+            return Err(FetchError::Upstream(format!(
+                "origin sent {} bytes for slice {index}, expected {expected}",
+                body.len()
+            )));
+        }
+        self.sizes.insert(id.clone(), total).await;
+        Ok(body)
+    }
+}
+
+/// The complete length from `Content-Range: bytes a-b/LEN`.
+fn content_range_total(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    value.rsplit_once('/')?.1.trim().parse().ok()
+}

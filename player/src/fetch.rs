@@ -1,0 +1,112 @@
+//! Range fetching with edge failover; decrypted chunks go to the decoder in order.
+
+use std::sync::mpsc::SyncSender;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cadenza_common::PlaybackGrant;
+use cadenza_common::http::client::{self, HttpClient};
+use cadenza_common::http::empty;
+use http::{Method, StatusCode, header};
+
+use crate::{PlayError, PlayOptions};
+
+/// Counts from one fetch run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FetchStats {
+    pub bytes: u64,
+    pub requests: u32,
+    pub failovers: u32,
+}
+
+const RANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches the whole file in order, decrypting each chunk, and sends it to `tx`. Stops early
+/// without error if the decoder hangs up.
+pub async fn run(
+    client: &HttpClient,
+    grant: &PlaybackGrant,
+    options: &PlayOptions,
+    tx: SyncSender<Bytes>,
+) -> Result<FetchStats, PlayError> {
+    let mut stats = FetchStats::default();
+    let mut edge = 0usize;
+    let mut offset = 0u64;
+    while offset < grant.size {
+        let want = if offset == 0 {
+            options.first_chunk_bytes
+        } else {
+            options.chunk_bytes
+        };
+        let end = (offset + want).min(grant.size) - 1;
+        let mut last_error = String::new();
+        let mut chunk = None;
+        for attempt in 0..grant.edges.len() {
+            let base = &grant.edges[(edge + attempt) % grant.edges.len()];
+            stats.requests += 1;
+            match fetch_range(client, base, grant, offset, end).await {
+                Ok(bytes) => {
+                    if attempt > 0 {
+                        stats.failovers += 1;
+                        edge = (edge + attempt) % grant.edges.len();
+                    }
+                    chunk = Some(bytes);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(edge = %base, error = %e, "edge failed; trying the next");
+                    last_error = e;
+                }
+            }
+        }
+        let Some(bytes) = chunk else {
+            return Err(PlayError::Edges { offset, last_error });
+        };
+        let mut plain = bytes.to_vec();
+        grant.key.apply_at(offset, &mut plain);
+        offset += plain.len() as u64;
+        stats.bytes += plain.len() as u64;
+        // The decoder thread owns the receiver; if it is gone it has finished or failed,
+        // and its own result says which.
+        let sent = tx.clone();
+        let delivered = tokio::task::spawn_blocking(move || sent.send(Bytes::from(plain)).is_ok())
+            .await
+            .unwrap_or(false);
+        if !delivered {
+            break;
+        }
+    }
+    Ok(stats)
+}
+
+async fn fetch_range(
+    client: &HttpClient,
+    base: &str,
+    grant: &PlaybackGrant,
+    start: u64,
+    end: u64,
+) -> Result<Bytes, String> {
+    let url = format!("{base}/a/{}", grant.file_id);
+    let mut req = client::request(Method::GET, &url, Some(&grant.token.0), empty())
+        .map_err(|e| e.to_string())?;
+    let range = header::HeaderValue::from_str(&format!("bytes={start}-{end}"))
+        .map_err(|e| e.to_string())?;
+    req.headers_mut().insert(header::RANGE, range);
+    let resp = client::send(client, req, RANGE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(format!("expected 206, got {}", resp.status()));
+    }
+    let body = client::read_all(resp.into_body(), &url)
+        .await
+        .map_err(|e| e.to_string())?;
+    if body.len() as u64 != end - start + 1 {
+        return Err(format!(
+            "asked for {} bytes, got {}",
+            end - start + 1,
+            body.len()
+        ));
+    }
+    Ok(body)
+}

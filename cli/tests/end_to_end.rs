@@ -1,0 +1,294 @@
+//! The whole path in one process on ephemeral ports: a label ingests a real FLAC master, the
+//! transcoder makes three renditions, a player plays each through the edge, and the edge's
+//! bytes are checked against the stored objects with our client, curl and ogginfo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cadenza::ingest::{TrackMeta, ingest_file};
+use cadenza::stack::{Stack, StackConfig};
+use cadenza_common::http::client::{self, HttpClient};
+use cadenza_common::http::empty;
+use cadenza_common::{PlaybackGrant, Quality, Territories, TrackStatus};
+use cadenza_player::{PlayOptions, Player};
+use http::{Method, StatusCode, header};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/flac")
+        .join(name)
+}
+
+/// (frames, rate) from a FLAC file's STREAMINFO block, read here without any decoder.
+fn flac_streaminfo(path: &Path) -> (u64, u32) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"fLaC");
+    let info = &b[8..8 + 34];
+    let rate =
+        (u32::from(info[10]) << 12) | (u32::from(info[11]) << 4) | (u32::from(info[12]) >> 4);
+    let frames = (u64::from(info[13] & 0x0f) << 32)
+        | (u64::from(info[14]) << 24)
+        | (u64::from(info[15]) << 16)
+        | (u64::from(info[16]) << 8)
+        | u64::from(info[17]);
+    (frames, rate)
+}
+
+async fn start(dir: &Path) -> Stack {
+    let mut config = StackConfig::new(dir);
+    config.port_base = 0;
+    // Small slices so a few-hundred-KB rendition spans many of them.
+    config.slice_bytes = 16 * 1024;
+    Stack::start(config).await.unwrap()
+}
+
+fn meta(title: &str) -> TrackMeta {
+    TrackMeta {
+        title: title.into(),
+        artist: "Test Artist".into(),
+        territories: "GB,SE,US".parse::<Territories>().unwrap(),
+        isrc: Some("GBAYE6300001".into()),
+    }
+}
+
+async fn fetch(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+    range: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
+    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
+    if let Some(r) = range {
+        req.headers_mut().insert(header::RANGE, r.parse().unwrap());
+    }
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = client::read_all(resp.into_body(), url).await.unwrap();
+    (status, headers, body.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_plays_through_the_edge_at_every_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let client = stack.client().unwrap();
+
+    let master = fixture("stereo-44k1.flac");
+    let view = ingest_file(&client, &stack.info, &master, &meta("Stereo"), false)
+        .await
+        .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    assert_eq!(view.renditions.len(), 3);
+    let (frames, rate) = flac_streaminfo(&master);
+    let master_secs = frames as f64 / f64::from(rate);
+
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    for quality in Quality::ALL {
+        let mut options = PlayOptions::new(view.track_id.clone(), quality);
+        options.wav_out = Some(dir.path().join(format!("{}.wav", quality.as_str())));
+        let report = player.play(&options).await.unwrap();
+        assert_eq!(report.grant.quality, quality);
+        assert_eq!(report.bytes, report.grant.size);
+        let decoded = report.decoded.duration().as_secs_f64();
+        assert!(
+            (decoded - master_secs).abs() <= 0.030,
+            "{quality:?}: decoded {decoded:.4} s, master {master_secs:.4} s"
+        );
+        assert_eq!(report.decoded.sample_rate, 44_100);
+        assert_eq!(report.decoded.channels, 2);
+        assert!(
+            report.time_to_first_audio > Duration::ZERO
+                && report.time_to_first_audio <= report.total_time
+        );
+        let wav_len = std::fs::metadata(options.wav_out.as_ref().unwrap())
+            .unwrap()
+            .len();
+        assert_eq!(wav_len, 44 + report.decoded.frames * 4);
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let client = stack.client().unwrap();
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("mono.flac"),
+        &meta("Mono"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let grant: PlaybackGrant = player.grant(&view.track_id, Quality::High).await.unwrap();
+    let stored = std::fs::read(
+        dir.path()
+            .join("objects/renditions")
+            .join(grant.file_id.as_str()),
+    )
+    .unwrap();
+    assert_eq!(stored.len() as u64, grant.size);
+    let len = stored.len() as u64;
+    let url = format!("{}/a/{}", stack.info.edge, grant.file_id);
+    let token = grant.token.0.as_str();
+
+    // Random ranges, deterministic from a fixed seed.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..40 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let start = x % len;
+        let end = (start + (x >> 32) % 70_000).min(len - 1);
+        let (status, headers, body) =
+            fetch(&client, &url, token, Some(&format!("bytes={start}-{end}"))).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            headers[header::CONTENT_RANGE],
+            format!("bytes {start}-{end}/{len}").as_str()
+        );
+        assert_eq!(
+            body,
+            stored[start as usize..=end as usize],
+            "bytes={start}-{end}"
+        );
+    }
+    let (status, headers, body) = fetch(&client, &url, token, Some("bytes=-1000")).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &stored[stored.len() - 1000..])
+    );
+    assert!(
+        headers[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(
+        headers[header::ETAG],
+        format!("\"{}\"", grant.file_id).as_str()
+    );
+    let (status, _, body) = fetch(&client, &url, token, None).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, stored.len()));
+    assert_eq!(body, stored);
+    let (status, headers, _) = fetch(&client, &url, token, Some(&format!("bytes={len}-"))).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        headers[header::CONTENT_RANGE],
+        format!("bytes */{len}").as_str()
+    );
+
+    // Refusals: a flipped byte in the signature, a token for another file, no token.
+    let mut tampered = token.to_owned().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let (status, _, body) = fetch(&client, &url, &tampered, Some("bytes=0-9")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("token_bad_signature"));
+    let other = player.grant(&view.track_id, Quality::Low).await.unwrap();
+    let (status, _, body) = fetch(&client, &url, &other.token.0, Some("bytes=0-9")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("token_wrong_file"));
+    let (status, _, _) = fetch(&client, &url, "", Some("bytes=0-9")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Every slice was fetched from the origin once, whatever the number of requests.
+    let slices = len.div_ceil(16 * 1024);
+    assert_eq!(stack.edge.cache().origin_fetches(), slices);
+
+    // The decrypted file is a valid Ogg Vorbis stream by an independent checker.
+    let mut plain = stored.clone();
+    grant.key.apply_at(0, &mut plain);
+    let ogg = dir.path().join("high.ogg");
+    std::fs::write(&ogg, &plain).unwrap();
+    match Command::new("ogginfo").arg(&ogg).output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && !text.contains("WARNING"),
+                "ogginfo:\n{text}"
+            );
+        }
+        Err(_) => eprintln!("SKIPPED ogginfo check: install vorbis-tools"),
+    }
+
+    // curl, an independent HTTP client, over HTTP/1.1 and HTTP/2.
+    for proto in ["--http1.1", "--http2"] {
+        let out = match Command::new("curl")
+            .args(["-sS", proto, "--cacert"])
+            .arg(&stack.info.ca)
+            .args([
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-r",
+                "100-4195",
+                "-o",
+                "-",
+                "-w",
+                "%{http_version} %{http_code}",
+                &url,
+            ])
+            .output()
+        {
+            Ok(out) => out,
+            Err(_) => {
+                eprintln!("SKIPPED curl check: curl not installed");
+                break;
+            }
+        };
+        assert!(
+            out.status.success(),
+            "curl {proto}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, trailer) = out.stdout.split_at(out.stdout.len().min(4096));
+        let trailer = String::from_utf8_lossy(trailer);
+        let expected_version = if proto == "--http2" {
+            "2 206"
+        } else {
+            "1.1 206"
+        };
+        assert_eq!(trailer.trim(), expected_version, "{proto}");
+        assert_eq!(body, &stored[100..4196], "{proto}");
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_master_is_refused_with_a_reason_and_never_playable() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let client = stack.client().unwrap();
+    let broken = dir.path().join("broken.flac");
+    let whole = std::fs::read(fixture("stereo-44k1.flac")).unwrap();
+    std::fs::write(&broken, &whole[..whole.len() / 3]).unwrap();
+    let view = ingest_file(&client, &stack.info, &broken, &meta("Broken"), false)
+        .await
+        .unwrap();
+    assert_eq!(view.status, TrackStatus::Failed);
+    let reason = view.failure.unwrap_or_default();
+    assert!(reason.contains("master refused"), "{reason}");
+    assert!(view.renditions.is_empty());
+    let player = Player::new(client, stack.info.control_plane.clone());
+    let err = player
+        .grant(&view.track_id, Quality::Normal)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("409"), "{err}");
+    // Nothing half-made was published.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("objects/renditions"))
+            .unwrap()
+            .count(),
+        0
+    );
+    stack.shutdown().await;
+}

@@ -179,11 +179,11 @@ async fn up(
     println!("  edge           {}", stack.info.edge);
     println!("  transcoder     1 worker, in process");
     println!("  trust          {}", stack.info.ca.display());
-    if let Some(dir) = demo {
-        if let Err(e) = run_demo(&stack, &data, dir).await {
-            stack.shutdown().await;
-            return Err(e.context("demo failed"));
-        }
+    if let Some(dir) = demo
+        && let Err(e) = run_demo(&stack, &data, dir).await
+    {
+        stack.shutdown().await;
+        return Err(e.context("demo failed"));
     }
     if !exit_after_demo {
         println!("serving; Ctrl-C to stop");

@@ -146,7 +146,7 @@ pub async fn ingest_file(
         tokio::spawn(async move {
             loop {
                 let done = sent.load(Ordering::Relaxed);
-                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
                 let bar = "#".repeat((pct / 5) as usize);
                 eprint!("\r  uploading {name}: [{bar:<20}] {pct:>3}% ({done}/{total} bytes)");
                 if done >= total {

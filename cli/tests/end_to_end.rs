@@ -2,6 +2,8 @@
 //! transcoder makes three renditions, a player plays each through the edge, and the edge's
 //! bytes are checked against the stored objects with our client, curl and ogginfo.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

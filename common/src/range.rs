@@ -107,10 +107,8 @@ fn parse_spec(spec: &str, len: u64) -> Option<Option<ByteRange>> {
     } else {
         Some(digits(last)?)
     };
-    if let Some(end) = end {
-        if end < start {
-            return None;
-        }
+    if end.is_some_and(|end| end < start) {
+        return None;
     }
     if start >= len {
         return Some(None);

@@ -133,10 +133,10 @@ impl Edge {
         let size = self.cache.size(&id).await?;
         let plan = range_plan(req.headers(), size);
         let mut body = None;
-        if req.method() == Method::GET {
-            if let Some((offset, len)) = plan_span(plan, size).filter(|(_, len)| *len > 0) {
-                body = Some(self.stream(id.clone(), offset, len).await?);
-            }
+        if req.method() == Method::GET
+            && let Some((offset, len)) = plan_span(plan, size).filter(|(_, len)| *len > 0)
+        {
+            body = Some(self.stream(id.clone(), offset, len).await?);
         }
         Ok(ranged_response(
             req.method(),

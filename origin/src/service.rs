@@ -210,10 +210,9 @@ impl Origin {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
+            && len > limit
         {
-            if len > limit {
-                return Err(too_large(limit));
-            }
+            return Err(too_large(limit));
         }
         let path = self
             .config
@@ -350,13 +349,13 @@ fn validate(req: &IngestRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(isrc) = &req.isrc {
-        if !valid_isrc(isrc) {
-            return Err(ApiError::bad_request(
-                "bad_isrc",
-                format!("{isrc:?} is not an ISRC (CC-XXX-YY-NNNNN, e.g. GBAYE6300001)"),
-            ));
-        }
+    if let Some(isrc) = &req.isrc
+        && !valid_isrc(isrc)
+    {
+        return Err(ApiError::bad_request(
+            "bad_isrc",
+            format!("{isrc:?} is not an ISRC (CC-XXX-YY-NNNNN, e.g. GBAYE6300001)"),
+        ));
     }
     Ok(())
 }

@@ -134,14 +134,14 @@ impl MasterDecoder {
             )));
         }
         let max_frames = limits.max_duration_secs * u64::from(sample_rate);
-        if let Some(n) = declared_frames {
-            if n > max_frames {
-                return Err(refused(format!(
-                    "declared duration {} s is over the {} s limit",
-                    n / u64::from(sample_rate),
-                    limits.max_duration_secs
-                )));
-            }
+        if let Some(n) = declared_frames
+            && n > max_frames
+        {
+            return Err(refused(format!(
+                "declared duration {} s is over the {} s limit",
+                n / u64::from(sample_rate),
+                limits.max_duration_secs
+            )));
         }
         let decoder = symphonia::default::get_codecs()
             .make_audio_decoder(&params, &AudioDecoderOptions::default().verify(true))
@@ -230,13 +230,13 @@ impl MasterDecoder {
         if self.decoded_frames == 0 {
             return Err(refused("the file holds no audio"));
         }
-        if let Some(declared) = self.info.declared_frames {
-            if declared != self.decoded_frames {
-                return Err(refused(format!(
-                    "the header declares {declared} frames but {} decode",
-                    self.decoded_frames
-                )));
-            }
+        if let Some(declared) = self.info.declared_frames
+            && declared != self.decoded_frames
+        {
+            return Err(refused(format!(
+                "the header declares {declared} frames but {} decode",
+                self.decoded_frames
+            )));
         }
         Ok(())
     }

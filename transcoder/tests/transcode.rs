@@ -1,6 +1,8 @@
 //! Transcoding real masters: every tier is valid Ogg Vorbis of the exact resampled length;
 //! damaged masters are refused with a reason.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use cadenza_transcoder::{OUTPUT_RATE, TranscodeOptions, seal, transcode};

@@ -47,6 +47,23 @@ fn skip_or_fail(tool: &str) {
     eprintln!("SKIPPED: {tool} is not installed");
 }
 
+/// Asserts that vorbis-tools' `ogginfo` finds `path` a clean Ogg Vorbis stream.
+fn ogginfo_accepts(path: &Path) {
+    match Command::new("ogginfo").arg(path).output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success()
+                    && !text.contains("WARNING")
+                    && text.contains("Vorbis stream 1"),
+                "ogginfo on {}:\n{text}",
+                path.display()
+            );
+        }
+        Err(_) => skip_or_fail("ogginfo (vorbis-tools)"),
+    }
+}
+
 async fn start(dir: &Path) -> Stack {
     let mut config = StackConfig::new(dir);
     config.port_base = 0;
@@ -118,6 +135,18 @@ async fn a_master_plays_through_the_edge_at_every_quality() {
             .unwrap()
             .len();
         assert_eq!(wav_len, 44 + report.decoded.frames * 4);
+
+        // The stored rendition, decrypted with the grant's key, passes ogginfo.
+        let stored = dir
+            .path()
+            .join("objects/renditions")
+            .join(report.grant.file_id.as_str());
+        let mut plain = std::fs::read(stored).unwrap();
+        assert_eq!(plain.len() as u64, report.grant.size);
+        report.grant.key.apply_at(0, &mut plain);
+        let ogg = dir.path().join(format!("{}.ogg", quality.as_str()));
+        std::fs::write(&ogg, &plain).unwrap();
+        ogginfo_accepts(&ogg);
     }
     stack.shutdown().await;
 }
@@ -221,16 +250,7 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
     grant.key.apply_at(0, &mut plain);
     let ogg = dir.path().join("high.ogg");
     std::fs::write(&ogg, &plain).unwrap();
-    match Command::new("ogginfo").arg(&ogg).output() {
-        Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success() && !text.contains("WARNING"),
-                "ogginfo:\n{text}"
-            );
-        }
-        Err(_) => skip_or_fail("ogginfo (vorbis-tools)"),
-    }
+    ogginfo_accepts(&ogg);
 
     // curl, an independent HTTP client, over HTTP/1.1 and HTTP/2.
     for proto in ["--http1.1", "--http2"] {
@@ -302,5 +322,26 @@ async fn a_damaged_master_is_refused_with_a_reason_and_never_playable() {
             .count(),
         0
     );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_synthesised_demo_master_ingests_and_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("demo.wav");
+    cadenza::synth::write_demo_master(&master, 3).unwrap();
+    let stack = start(dir.path()).await;
+    let client = stack.client().unwrap();
+    let view = ingest_file(&client, &stack.info, &master, &meta("Demo"), false)
+        .await
+        .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    assert_eq!(view.duration_ms, Some(3000));
+    let player = Player::new(client, stack.info.control_plane.clone());
+    let report = player
+        .play(&PlayOptions::new(view.track_id, Quality::Low))
+        .await
+        .unwrap();
+    assert_eq!(report.decoded.frames, 3 * 44_100);
     stack.shutdown().await;
 }

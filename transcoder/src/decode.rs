@@ -24,6 +24,12 @@ pub struct DecodeLimits {
     pub sample_rate: (u32, u32),
     /// Most channels accepted.
     pub max_channels: usize,
+    /// Decoded PCM (as 32-bit samples) may be at most this many times the file's size, once
+    /// past `expansion_floor_bytes`: real music compresses a few times, a "decode bomb" of
+    /// silence thousands of times.
+    pub max_expansion: u64,
+    /// Decoded bytes allowed before the expansion ratio is enforced.
+    pub expansion_floor_bytes: u64,
 }
 
 impl Default for DecodeLimits {
@@ -32,6 +38,8 @@ impl Default for DecodeLimits {
             max_duration_secs: 2 * 60 * 60,
             sample_rate: (8_000, 384_000),
             max_channels: 8,
+            max_expansion: 1000,
+            expansion_floor_bytes: 256 << 20,
         }
     }
 }
@@ -62,6 +70,8 @@ pub struct MasterDecoder {
     track_id: u32,
     info: MasterFormat,
     max_frames: u64,
+    /// Decoded bytes (32-bit samples) beyond which the file is a decode bomb.
+    max_decoded_bytes: u64,
     decoded_frames: u64,
     finished: bool,
 }
@@ -89,6 +99,7 @@ impl MasterDecoder {
     /// Opens a master file and checks its format against `limits`.
     pub fn open(path: &Path, limits: &DecodeLimits) -> Result<Self, TranscodeError> {
         let file = File::open(path).map_err(TranscodeError::Io)?;
+        let file_len = file.metadata().map_err(TranscodeError::Io)?.len();
         let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
@@ -101,7 +112,10 @@ impl MasterDecoder {
         meta_opts.limit_visual_bytes = Limit::Maximum(16 << 20);
         let format = symphonia::default::get_probe()
             .probe(&hint, mss, FormatOptions::default(), meta_opts)
-            .map_err(|e| refused(format!("not a supported audio file: {}", describe(e))))?;
+            .map_err(|e| match e {
+                SymError::IoError(_) => refused("the file's headers are damaged or cut short"),
+                other => refused(format!("not a supported audio file: {other}")),
+            })?;
         let track = format
             .default_track(TrackType::Audio)
             .ok_or_else(|| refused("the file holds no audio track"))?;
@@ -156,6 +170,9 @@ impl MasterDecoder {
                 declared_frames,
             },
             max_frames,
+            max_decoded_bytes: file_len
+                .saturating_mul(limits.max_expansion)
+                .max(limits.expansion_floor_bytes),
             decoded_frames: 0,
             finished: false,
         })
@@ -214,6 +231,13 @@ impl MasterDecoder {
                 return Err(refused(format!(
                     "the audio runs past the {} s limit",
                     self.max_frames / u64::from(self.info.sample_rate)
+                )));
+            }
+            let decoded_bytes = self.decoded_frames * self.info.channels.count as u64 * 4;
+            if decoded_bytes > self.max_decoded_bytes {
+                return Err(refused(format!(
+                    "the file decodes to over {} MB of audio, far more than its size allows (a decode bomb?)",
+                    decoded_bytes >> 20
                 )));
             }
             return Ok(frames);

@@ -53,11 +53,6 @@ impl TierEncoder {
         Ok(Self { quality, encoder })
     }
 
-    /// The tier.
-    pub fn quality(&self) -> Quality {
-        self.quality
-    }
-
     /// Encodes a block of stereo frames.
     pub fn encode(&mut self, left: &[f32], right: &[f32]) -> Result<(), TranscodeError> {
         if left.is_empty() {

@@ -1,6 +1,8 @@
 //! Decode once, fold, resample, encode three tiers; then seal each rendition.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use cadenza_common::{ContentKey, FileId, Quality, RenditionRecord, hex_encode};
 use ring::digest::{SHA256, digest};
@@ -44,35 +46,106 @@ pub struct Transcoded {
     pub renditions: Vec<PlainRendition>,
 }
 
+/// Stereo 44.1 kHz frames shared by the tier encoders.
+type Block = Arc<[Vec<f32>; 2]>;
+
+/// Blocks queued per encoder before the decoder waits: bounds memory whatever the length.
+const QUEUE_BLOCKS: usize = 16;
+
 /// Transcodes the master at `path` into every tier. Blocking: run it on a blocking thread.
+///
+/// The master is decoded, folded and resampled once on the calling thread; each tier's
+/// encoder runs on its own thread fed through a bounded queue, so the tiers encode in
+/// parallel and memory does not grow with the track's length.
 pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, TranscodeError> {
     let mut decoder = MasterDecoder::open(path, &options.limits)?;
     let master = decoder.format();
+    std::thread::scope(|scope| {
+        let mut queues = Vec::with_capacity(Quality::ALL.len());
+        let mut workers = Vec::with_capacity(Quality::ALL.len());
+        for (i, &quality) in Quality::ALL.iter().enumerate() {
+            let (tx, rx) = sync_channel::<Block>(QUEUE_BLOCKS);
+            queues.push(tx);
+            let serial = (options.serial_seed ^ (i as u32 + 1)) as i32;
+            let comments = &options.comments;
+            // libvorbis state is made and used on the thread that owns it.
+            workers.push(scope.spawn(move || -> Result<Vec<u8>, TranscodeError> {
+                let mut encoder = TierEncoder::new(quality, serial, comments)?;
+                for block in rx {
+                    encoder.encode(&block[0], &block[1])?;
+                }
+                encoder.finish()
+            }));
+        }
+        let fed = feed(&mut decoder, master, &queues);
+        drop(queues);
+        let outputs: Vec<Result<Vec<u8>, TranscodeError>> = workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(TranscodeError::Encode("encoder thread panicked".into()))
+                })
+            })
+            .collect();
+        // A decode error explains an encoder that stopped early, so it is reported first.
+        let output_frames = fed?;
+        let seconds = output_frames as f64 / f64::from(OUTPUT_RATE);
+        let renditions = Quality::ALL
+            .iter()
+            .zip(outputs)
+            .map(|(&quality, ogg)| {
+                let ogg = ogg?;
+                let bitrate_kbps = if seconds > 0.0 {
+                    (ogg.len() as f64 * 8.0 / seconds / 1000.0).round() as u32
+                } else {
+                    0
+                };
+                Ok(PlainRendition {
+                    quality,
+                    ogg,
+                    bitrate_kbps,
+                })
+            })
+            .collect::<Result<Vec<_>, TranscodeError>>()?;
+        Ok(Transcoded {
+            master,
+            master_frames: decoder.decoded_frames(),
+            output_frames,
+            renditions,
+        })
+    })
+}
+
+/// Decodes, folds and resamples the whole master, sending every block to every queue.
+/// Returns the number of output frames.
+fn feed(
+    decoder: &mut MasterDecoder,
+    master: MasterFormat,
+    queues: &[SyncSender<Block>],
+) -> Result<u64, TranscodeError> {
     let downmix = Downmix::for_layout(master.channels);
     let mut resampler = (master.sample_rate != OUTPUT_RATE)
         .then(|| Resampler::new(master.sample_rate, OUTPUT_RATE, 2));
-    let mut encoders = Quality::ALL
-        .iter()
-        .enumerate()
-        .map(|(i, &q)| {
-            let serial = (options.serial_seed ^ (i as u32 + 1)) as i32;
-            TierEncoder::new(q, serial, &options.comments)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-
     let mut planes = Vec::new();
     let (mut left, mut right) = (Vec::new(), Vec::new());
     let mut resampled = vec![Vec::new(), Vec::new()];
     let mut output_frames = 0u64;
-    let mut emit =
-        |stereo: &mut [Vec<f32>], encoders: &mut [TierEncoder]| -> Result<(), TranscodeError> {
-            output_frames += stereo[0].len() as u64;
-            for enc in encoders.iter_mut() {
-                enc.encode(&stereo[0], &stereo[1])?;
-            }
-            stereo.iter_mut().for_each(Vec::clear);
-            Ok(())
-        };
+    let mut send = |stereo: &mut Vec<Vec<f32>>| -> Result<(), TranscodeError> {
+        if stereo[0].is_empty() {
+            return Ok(());
+        }
+        output_frames += stereo[0].len() as u64;
+        let block: Block = Arc::new([
+            std::mem::take(&mut stereo[0]),
+            std::mem::take(&mut stereo[1]),
+        ]);
+        for q in queues {
+            // A closed queue means its encoder failed; its own error is reported.
+            q.send(block.clone())
+                .map_err(|_| TranscodeError::Encode("an encoder stopped early".into()))?;
+        }
+        Ok(())
+    };
     while decoder.next_block(&mut planes)? > 0 {
         downmix.apply(&planes, &mut left, &mut right);
         match resampler.as_mut() {
@@ -85,37 +158,13 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
                 resampled[1].append(&mut right);
             }
         }
-        emit(&mut resampled, &mut encoders)?;
+        send(&mut resampled)?;
     }
     if let Some(r) = resampler.as_mut() {
         r.finish(&mut resampled);
-        emit(&mut resampled, &mut encoders)?;
+        send(&mut resampled)?;
     }
-    let master_frames = decoder.decoded_frames();
-    let seconds = output_frames as f64 / f64::from(OUTPUT_RATE);
-    let renditions = encoders
-        .into_iter()
-        .map(|enc| {
-            let quality = enc.quality();
-            let ogg = enc.finish()?;
-            let bitrate_kbps = if seconds > 0.0 {
-                (ogg.len() as f64 * 8.0 / seconds / 1000.0).round() as u32
-            } else {
-                0
-            };
-            Ok(PlainRendition {
-                quality,
-                ogg,
-                bitrate_kbps,
-            })
-        })
-        .collect::<Result<Vec<_>, TranscodeError>>()?;
-    Ok(Transcoded {
-        master,
-        master_frames,
-        output_frames,
-        renditions,
-    })
+    Ok(output_frames)
 }
 
 /// A rendition encrypted and named, ready to store.

@@ -167,3 +167,83 @@ fn ogginfo_accepts_every_tier() {
         );
     }
 }
+
+/// The whole FLAC test bench beside the project (`../shared/fixtures/flac`), when present:
+/// every good master transcodes to the exact resampled length; every faulty one is refused
+/// with a reason or decodes with its MD5 and sample count verified.
+#[test]
+fn the_flac_test_bench_is_handled() {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/flac");
+    if !bench.is_dir() {
+        eprintln!("SKIPPED: {} not present", bench.display());
+        return;
+    }
+    let list = |dir: &str| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(bench.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "flac"))
+            .collect();
+        v.sort();
+        v
+    };
+    for path in list("good") {
+        let done = transcode(&path, &TranscodeOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            done.output_frames,
+            expected_output(done.master_frames, done.master.sample_rate),
+            "{}",
+            path.display()
+        );
+    }
+    let mut refused = 0;
+    for path in list("faulty") {
+        match transcode(&path, &TranscodeOptions::default()) {
+            Err(e) => {
+                assert!(e.is_permanent(), "{}: {e}", path.display());
+                let reason = e.to_string();
+                assert!(reason.len() > "master refused: ".len() + 10, "{reason}");
+                refused += 1;
+                eprintln!("refused {}: {reason}", path.display());
+            }
+            Ok(done) => eprintln!(
+                "decoded {} with its checksum verified: {} frames",
+                path.display(),
+                done.master_frames
+            ),
+        }
+    }
+    assert!(refused >= 8, "only {refused} faulty masters refused");
+}
+
+#[test]
+fn a_master_that_expands_past_the_budget_is_refused_early() {
+    // A FLAC expands ~5× into 32-bit PCM; a budget of 2× must stop it, 20× must not.
+    let mut options = TranscodeOptions::default();
+    options.limits.expansion_floor_bytes = 0;
+    options.limits.max_expansion = 2;
+    let err = transcode(&fixture("stereo-44k1.flac"), &options).unwrap_err();
+    assert!(
+        err.is_permanent() && err.to_string().contains("decode bomb"),
+        "{err}"
+    );
+    options.limits.max_expansion = 20;
+    transcode(&fixture("stereo-44k1.flac"), &options).unwrap();
+}
+
+#[test]
+fn limits_on_rate_channels_and_duration_are_enforced() {
+    let mut options = TranscodeOptions::default();
+    options.limits.max_channels = 2;
+    let err = transcode(&fixture("surround-5.1.flac"), &options).unwrap_err();
+    assert!(err.to_string().contains("6 channels"), "{err}");
+    let mut options = TranscodeOptions::default();
+    options.limits.sample_rate = (32_000, 384_000);
+    let err = transcode(&fixture("rate-22050.flac"), &options).unwrap_err();
+    assert!(err.to_string().contains("22050 Hz"), "{err}");
+    let mut options = TranscodeOptions::default();
+    options.limits.max_duration_secs = 2;
+    let err = transcode(&fixture("stereo-44k1.flac"), &options).unwrap_err();
+    assert!(err.to_string().contains("limit"), "{err}");
+}

@@ -148,6 +148,28 @@ async fn a_master_plays_through_the_edge_at_every_quality() {
         std::fs::write(&ogg, &plain).unwrap();
         ogginfo_accepts(&ogg);
     }
+
+    // Seeking: start 3 s in through the grant's seek index, with the headers and one jump.
+    let mut options = PlayOptions::new(view.track_id.clone(), Quality::Normal);
+    options.start_at = Some(Duration::from_secs(3));
+    let report = player.play(&options).await.unwrap();
+    let total = report.grant.seek_index.frames;
+    assert!(
+        report.start_frame > 2 * 44_100 && report.start_frame <= 3 * 44_100,
+        "{}",
+        report.start_frame
+    );
+    assert!(
+        report.bytes < report.grant.size * 3 / 4,
+        "{} of {}",
+        report.bytes,
+        report.grant.size
+    );
+    let resumed = report.start_frame + report.decoded.frames;
+    assert!(
+        resumed <= total && total - resumed <= 2048,
+        "resumed {resumed} of {total}"
+    );
     stack.shutdown().await;
 }
 

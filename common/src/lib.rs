@@ -23,5 +23,5 @@ pub use token::{
 };
 pub use wire::{
     IngestRequest, IngestResponse, JobLease, JobOutcome, PlaybackGrant, PlaybackRequest, Quality,
-    RenditionRecord, RenditionSummary, TrackStatus, TrackView, UploadReceipt,
+    RenditionRecord, RenditionSummary, SeekIndex, SeekPoint, TrackStatus, TrackView, UploadReceipt,
 };

@@ -107,6 +107,31 @@ pub struct RenditionRecord {
     pub key: ContentKey,
     /// SHA-256 of the unencrypted Ogg file, hexadecimal.
     pub plaintext_sha256: String,
+    /// Where to start reading for a given time.
+    pub seek_index: SeekIndex,
+}
+
+/// A seek point: decoding from byte `.1` (after the headers) resumes at PCM frame `.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeekPoint(pub u64, pub u64);
+
+/// How to seek in a rendition with one range request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeekIndex {
+    /// Bytes `0..header_bytes` hold the Vorbis headers a decoder needs first.
+    pub header_bytes: u64,
+    /// Exact length of the rendition in PCM frames at 44.1 kHz.
+    pub frames: u64,
+    /// Points in increasing order of frame and offset, about a hundred.
+    pub points: Vec<SeekPoint>,
+}
+
+impl SeekIndex {
+    /// The point to start from to reach `frame`: the last one at or before it.
+    pub fn point_for(&self, frame: u64) -> Option<SeekPoint> {
+        let i = self.points.partition_point(|p| p.0 <= frame);
+        i.checked_sub(1).map(|i| self.points[i])
+    }
 }
 
 /// A track as the control plane shows it.
@@ -189,4 +214,6 @@ pub struct PlaybackGrant {
     pub token: EdgeToken,
     /// When the token expires, seconds since the epoch.
     pub expires_at: u64,
+    /// Where to read from to start at a given time.
+    pub seek_index: SeekIndex,
 }

@@ -61,6 +61,7 @@ pub fn build(
         edges: policy.edges.clone(),
         token,
         expires_at,
+        seek_index: rendition.seek_index.clone(),
     }
 }
 
@@ -77,6 +78,7 @@ mod tests {
             bitrate_kbps: quality.kbps(),
             key: ContentKey::random(),
             plaintext_sha256: String::new(),
+            seek_index: Default::default(),
         }
     }
 

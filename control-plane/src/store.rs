@@ -29,7 +29,10 @@ pub enum StoreError {
 }
 
 /// Schema migrations, applied in order once each.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_catalogue.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_catalogue.sql")),
+    (2, include_str!("../migrations/0002_seek_index.sql")),
+];
 
 /// The catalogue store.
 #[derive(Debug, Clone)]
@@ -228,8 +231,8 @@ impl Store {
             } => {
                 for r in renditions {
                     sqlx::query(
-                        "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(r.file_id.as_str())
                     .bind(&track_id)
@@ -239,6 +242,7 @@ impl Store {
                     .bind(r.key.key_hex())
                     .bind(r.key.iv_hex())
                     .bind(&r.plaintext_sha256)
+                    .bind(serde_json::to_string(&r.seek_index).map_err(corrupt)?)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -316,7 +320,7 @@ impl Store {
     /// A track's renditions with their keys, lowest tier first.
     pub async fn renditions(&self, id: &TrackId) -> Result<Vec<RenditionRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256 FROM renditions WHERE track_id = ?",
+            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index FROM renditions WHERE track_id = ?",
         )
         .bind(id.as_str())
         .fetch_all(&self.pool)
@@ -335,6 +339,8 @@ impl Store {
                     )
                     .map_err(corrupt)?,
                     plaintext_sha256: row.try_get("plaintext_sha256")?,
+                    seek_index: serde_json::from_str(&row.try_get::<String, _>("seek_index")?)
+                        .map_err(corrupt)?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -21,24 +21,58 @@ pub struct FetchStats {
 
 const RANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which bytes to fetch, in order: the whole file, or the headers then everything from a seek
+/// point.
+#[derive(Debug, Clone)]
+pub struct FetchPlan {
+    /// Byte spans `[start, end)` in the order they are decoded.
+    pub spans: Vec<(u64, u64)>,
+    /// The frame decoding resumes at.
+    pub start_frame: u64,
+}
+
+/// Plans the fetch for a play starting at `start_at`.
+pub fn plan(grant: &PlaybackGrant, start_at: Option<Duration>) -> FetchPlan {
+    let index = &grant.seek_index;
+    let target = start_at.map(|t| (t.as_secs_f64() * 44_100.0) as u64);
+    match target.and_then(|frame| index.point_for(frame)) {
+        Some(point) if point.1 > index.header_bytes && point.1 < grant.size => FetchPlan {
+            spans: vec![(0, index.header_bytes), (point.1, grant.size)],
+            start_frame: point.0,
+        },
+        _ => FetchPlan {
+            spans: vec![(0, grant.size)],
+            start_frame: 0,
+        },
+    }
+}
+
 /// Fetches the whole file in order, decrypting each chunk, and sends it to `tx`. Stops early
 /// without error if the decoder hangs up.
 pub async fn run(
     client: &HttpClient,
     grant: &PlaybackGrant,
     options: &PlayOptions,
+    plan: &FetchPlan,
     tx: SyncSender<Bytes>,
 ) -> Result<FetchStats, PlayError> {
     let mut stats = FetchStats::default();
     let mut edge = 0usize;
-    let mut offset = 0u64;
-    while offset < grant.size {
-        let want = if offset == 0 {
-            options.first_chunk_bytes
-        } else {
-            options.chunk_bytes
-        };
-        let end = (offset + want).min(grant.size) - 1;
+    let mut chunks = Vec::new();
+    for &(start, end) in &plan.spans {
+        let mut offset = start;
+        while offset < end {
+            let want = if chunks.is_empty() {
+                options.first_chunk_bytes
+            } else {
+                options.chunk_bytes
+            };
+            let last = (offset + want).min(end) - 1;
+            chunks.push((offset, last));
+            offset = last + 1;
+        }
+    }
+    for (offset, end) in chunks {
         let mut last_error = String::new();
         let mut chunk = None;
         for attempt in 0..grant.edges.len() {
@@ -64,7 +98,6 @@ pub async fn run(
         };
         let mut plain = bytes.to_vec();
         grant.key.apply_at(offset, &mut plain);
-        offset += plain.len() as u64;
         stats.bytes += plain.len() as u64;
         // The decoder thread owns the receiver; if it is gone it has finished or failed,
         // and its own result says which.

@@ -51,6 +51,8 @@ pub struct PlayOptions {
     pub chunk_bytes: u64,
     /// Size of the first range request: small, so audio starts sooner.
     pub first_chunk_bytes: u64,
+    /// Start this far into the track, through the rendition's seek index.
+    pub start_at: Option<Duration>,
 }
 
 impl PlayOptions {
@@ -62,6 +64,7 @@ impl PlayOptions {
             wav_out: None,
             chunk_bytes: 256 * 1024,
             first_chunk_bytes: 32 * 1024,
+            start_at: None,
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct PlayReport {
     /// Range requests made, and how many went to a fallback edge.
     pub requests: u32,
     pub failovers: u32,
+    /// The frame (44.1 kHz) decoding resumed at: 0, or the seek point used.
+    pub start_frame: u64,
 }
 
 /// A player talking to one control plane.
@@ -134,7 +139,9 @@ impl Player {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         let wav_out = options.wav_out.clone();
         let decoder = tokio::task::spawn_blocking(move || decode::run(rx, wav_out, started));
-        let fetched = fetch::run(&self.client, &grant, options, tx).await;
+        let plan = fetch::plan(&grant, options.start_at);
+        let start_frame = plan.start_frame;
+        let fetched = fetch::run(&self.client, &grant, options, &plan, tx).await;
         let decoded = decoder
             .await
             .map_err(|e| PlayError::Decode(format!("decoder thread failed: {e}")))?;
@@ -148,6 +155,7 @@ impl Player {
             decoded,
             requests: stats.requests,
             failovers: stats.failovers,
+            start_frame,
         })
     }
 }

@@ -12,6 +12,7 @@ mod encode;
 mod mix;
 mod pipeline;
 mod resample;
+mod seek;
 pub mod worker;
 
 pub use decode::{DecodeLimits, Layout, MasterFormat};
@@ -20,6 +21,7 @@ pub use pipeline::{
     PlainRendition, SealedRendition, TranscodeOptions, Transcoded, seal, transcode,
 };
 pub use resample::Resampler;
+pub use seek::{OggError, build as build_seek_index};
 
 /// Why a transcode did not produce renditions.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
-use cadenza_common::{ContentKey, FileId, Quality, RenditionRecord, hex_encode};
+use cadenza_common::{ContentKey, FileId, Quality, RenditionRecord, SeekIndex, hex_encode};
 use ring::digest::{SHA256, digest};
 
 use crate::TranscodeError;
@@ -32,6 +32,8 @@ pub struct PlainRendition {
     pub ogg: Vec<u8>,
     /// Mean bitrate of the file over its duration, kbit/s.
     pub bitrate_kbps: u32,
+    /// Where to read from for a given time.
+    pub seek_index: SeekIndex,
 }
 
 /// The result of a transcode.
@@ -45,6 +47,9 @@ pub struct Transcoded {
     /// Renditions, lowest tier first.
     pub renditions: Vec<PlainRendition>,
 }
+
+/// Entries in each rendition's seek index.
+const SEEK_POINTS: usize = 100;
 
 /// Stereo 44.1 kHz frames shared by the tier encoders.
 type Block = Arc<[Vec<f32>; 2]>;
@@ -95,6 +100,16 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             .zip(outputs)
             .map(|(&quality, ogg)| {
                 let ogg = ogg?;
+                let seek_index = crate::seek::build(&ogg, SEEK_POINTS)
+                    .map_err(|e| TranscodeError::Encode(format!("{}: {e}", quality.as_str())))?;
+                // Gapless: the last granule position must be the resampled length exactly.
+                if seek_index.frames != output_frames {
+                    return Err(TranscodeError::Encode(format!(
+                        "{}: the stream ends at frame {} but {output_frames} were encoded",
+                        quality.as_str(),
+                        seek_index.frames
+                    )));
+                }
                 let bitrate_kbps = if seconds > 0.0 {
                     (ogg.len() as f64 * 8.0 / seconds / 1000.0).round() as u32
                 } else {
@@ -104,6 +119,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
                     quality,
                     ogg,
                     bitrate_kbps,
+                    seek_index,
                 })
             })
             .collect::<Result<Vec<_>, TranscodeError>>()?;
@@ -191,6 +207,7 @@ pub fn seal(plain: &PlainRendition) -> SealedRendition {
             bitrate_kbps: plain.bitrate_kbps,
             key,
             plaintext_sha256,
+            seek_index: plain.seek_index.clone(),
         },
         bytes,
     }

@@ -247,3 +247,33 @@ fn limits_on_rate_channels_and_duration_are_enforced() {
     let err = transcode(&fixture("stereo-44k1.flac"), &options).unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
 }
+
+#[test]
+fn seek_index_points_resume_decoding_where_they_say() {
+    let done = transcode(&fixture("stereo-44k1.flac"), &TranscodeOptions::default()).unwrap();
+    for r in &done.renditions {
+        let index = &r.seek_index;
+        assert_eq!(index.frames, done.output_frames);
+        // Pages are ~4 KiB, so a 7 s file has tens of them; a 4-minute one gets the full 100.
+        assert!(index.points.len() >= 10, "{} points", index.points.len());
+        assert!(
+            index
+                .points
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
+        );
+        for point in index.points.iter().step_by(3) {
+            let mut stream = r.ogg[..index.header_bytes as usize].to_vec();
+            stream.extend_from_slice(&r.ogg[point.1 as usize..]);
+            let decoded = vorbis_frames(&stream);
+            let expected = index.frames - point.0;
+            // The first packet after a jump only primes the decoder's overlap: at most one
+            // long block (2048 frames at 44.1 kHz) may be missing.
+            assert!(
+                decoded <= expected && expected - decoded <= 2048,
+                "{:?} point {point:?}: decoded {decoded}, expected ~{expected}",
+                r.quality
+            );
+        }
+    }
+}

@@ -92,10 +92,10 @@ pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
             let target = frames * k / points as u64;
             // The last candidate at or before the target.
             let i = candidates.partition_point(|c| c.0 <= target);
-            if let Some(&c) = i.checked_sub(1).and_then(|i| candidates.get(i)) {
-                if chosen.last() != Some(&c) {
-                    chosen.push(c);
-                }
+            if let Some(&c) = i.checked_sub(1).and_then(|i| candidates.get(i))
+                && chosen.last() != Some(&c)
+            {
+                chosen.push(c);
             }
         }
     }

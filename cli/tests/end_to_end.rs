@@ -119,6 +119,8 @@ async fn a_master_plays_through_the_edge_at_every_quality() {
         options.wav_out = Some(dir.path().join(format!("{}.wav", quality.as_str())));
         let report = player.play(&options).await.unwrap();
         assert_eq!(report.grant.quality, quality);
+        assert_eq!(report.grant.loudness, view.loudness);
+        assert!(view.loudness.is_some());
         assert_eq!(report.bytes, report.grant.size);
         let decoded = report.decoded.duration().as_secs_f64();
         assert!(

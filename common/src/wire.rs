@@ -111,6 +111,18 @@ pub struct RenditionRecord {
     pub seek_index: SeekIndex,
 }
 
+/// EBU R128 measurements of a master and the playback gain derived from them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Loudness {
+    /// Integrated loudness, LUFS (−70, the BS.1770 absolute gate, for silence).
+    pub integrated_lufs: f64,
+    /// Highest true peak over all channels, dBTP.
+    pub true_peak_dbtp: f64,
+    /// Gain toward −14 LUFS, limited so the true peak stays at or under −1 dBTP. Players
+    /// apply it; it is never applied to the stored samples.
+    pub track_gain_db: f64,
+}
+
 /// A seek point: decoding from byte `.1` (after the headers) resumes at PCM frame `.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeekPoint(pub u64, pub u64);
@@ -135,7 +147,7 @@ impl SeekIndex {
 }
 
 /// A track as the control plane shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrackView {
     pub track_id: TrackId,
     pub title: String,
@@ -149,6 +161,8 @@ pub struct TrackView {
     pub duration_ms: Option<u64>,
     /// Renditions by quality, once ready (keys omitted).
     pub renditions: Vec<RenditionSummary>,
+    /// Loudness of the master, once transcoded.
+    pub loudness: Option<Loudness>,
 }
 
 /// A rendition without its key.
@@ -173,7 +187,7 @@ pub struct JobLease {
 }
 
 /// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum JobOutcome {
     /// Every rendition is stored at the origin.
@@ -182,6 +196,8 @@ pub enum JobOutcome {
         /// Frames in the master at its own rate, and that rate.
         master_frames: u64,
         master_sample_rate: u32,
+        /// Loudness of the master.
+        loudness: Loudness,
     },
     /// The master was refused, with the reason shown to the label.
     Failed { reason: String },
@@ -196,7 +212,7 @@ pub struct PlaybackRequest {
 }
 
 /// Everything a player needs to fetch, decrypt and decode one rendition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlaybackGrant {
     pub track_id: TrackId,
     pub quality: Quality,
@@ -216,4 +232,6 @@ pub struct PlaybackGrant {
     pub expires_at: u64,
     /// Where to read from to start at a given time.
     pub seek_index: SeekIndex,
+    /// Loudness of the master; players apply `track_gain_db` to normalise.
+    pub loudness: Option<Loudness>,
 }

@@ -62,6 +62,7 @@ pub fn build(
         token,
         expires_at,
         seek_index: rendition.seek_index.clone(),
+        loudness: track.loudness,
     }
 }
 

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cadenza_common::{
-    ContentKey, FileId, IngestRequest, JobId, JobLease, JobOutcome, Quality, RenditionRecord,
-    RenditionSummary, Territories, TrackId, TrackStatus, TrackView, UploadId,
+    ContentKey, FileId, IngestRequest, JobId, JobLease, JobOutcome, Loudness, Quality,
+    RenditionRecord, RenditionSummary, Territories, TrackId, TrackStatus, TrackView, UploadId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -32,6 +32,7 @@ pub enum StoreError {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_catalogue.sql")),
     (2, include_str!("../migrations/0002_seek_index.sql")),
+    (3, include_str!("../migrations/0003_loudness.sql")),
 ];
 
 /// The catalogue store.
@@ -228,6 +229,7 @@ impl Store {
                 renditions,
                 master_frames,
                 master_sample_rate,
+                loudness,
             } => {
                 for r in renditions {
                     sqlx::query(
@@ -247,10 +249,14 @@ impl Store {
                     .await?;
                 }
                 sqlx::query(
-                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = ?, master_rate = ? WHERE id = ?",
+                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = ?, master_rate = ?,
+                     loudness_lufs = ?, true_peak_dbtp = ?, track_gain_db = ? WHERE id = ?",
                 )
                 .bind(*master_frames as i64)
                 .bind(i64::from(*master_sample_rate))
+                .bind(loudness.integrated_lufs)
+                .bind(loudness.true_peak_dbtp)
+                .bind(loudness.track_gain_db)
                 .bind(&track_id)
                 .execute(&mut *tx)
                 .await?;
@@ -279,7 +285,8 @@ impl Store {
     /// A track with its renditions (without keys).
     pub async fn track(&self, id: &TrackId) -> Result<Option<TrackView>, StoreError> {
         let Some(row) = sqlx::query(
-            "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate FROM tracks WHERE id = ?",
+            "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
+                    loudness_lufs, true_peak_dbtp, track_gain_db FROM tracks WHERE id = ?",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -314,6 +321,20 @@ impl Store {
             failure: row.try_get("failure")?,
             duration_ms,
             renditions,
+            loudness: match (
+                row.try_get::<Option<f64>, _>("loudness_lufs")?,
+                row.try_get::<Option<f64>, _>("true_peak_dbtp")?,
+                row.try_get::<Option<f64>, _>("track_gain_db")?,
+            ) {
+                (Some(integrated_lufs), Some(true_peak_dbtp), Some(track_gain_db)) => {
+                    Some(Loudness {
+                        integrated_lufs,
+                        true_peak_dbtp,
+                        track_gain_db,
+                    })
+                }
+                _ => None,
+            },
         }))
     }
 

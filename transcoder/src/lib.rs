@@ -9,19 +9,24 @@
 
 mod decode;
 mod encode;
+mod loudness;
 mod mix;
+mod ogg_pages;
 mod pipeline;
 mod resample;
 mod seek;
+mod tags;
 pub mod worker;
 
 pub use decode::{DecodeLimits, Layout, MasterFormat};
 pub use encode::OUTPUT_RATE;
+pub use loudness::{PEAK_CEILING_DBTP, TARGET_LUFS, track_gain};
+pub use ogg_pages::OggError;
 pub use pipeline::{
     PlainRendition, SealedRendition, TranscodeOptions, Transcoded, seal, transcode,
 };
 pub use resample::Resampler;
-pub use seek::{OggError, build as build_seek_index};
+pub use seek::build as build_seek_index;
 
 /// Why a transcode did not produce renditions.
 #[derive(Debug, thiserror::Error)]

@@ -4,12 +4,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
-use cadenza_common::{ContentKey, FileId, Quality, RenditionRecord, SeekIndex, hex_encode};
+use cadenza_common::{
+    ContentKey, FileId, Loudness, Quality, RenditionRecord, SeekIndex, hex_encode,
+};
 use ring::digest::{SHA256, digest};
 
 use crate::TranscodeError;
 use crate::decode::{DecodeLimits, MasterDecoder, MasterFormat};
 use crate::encode::{OUTPUT_RATE, TierEncoder};
+use crate::loudness::Meter;
 use crate::mix::Downmix;
 use crate::resample::Resampler;
 
@@ -44,6 +47,8 @@ pub struct Transcoded {
     pub master_frames: u64,
     /// Frames in every rendition, at 44.1 kHz.
     pub output_frames: u64,
+    /// EBU R128 loudness of the master and the gain toward the target.
+    pub loudness: Loudness,
     /// Renditions, lowest tier first.
     pub renditions: Vec<PlainRendition>,
 }
@@ -65,6 +70,9 @@ const QUEUE_BLOCKS: usize = 16;
 pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, TranscodeError> {
     let mut decoder = MasterDecoder::open(path, &options.limits)?;
     let master = decoder.format();
+    let mut comments = options.comments.clone();
+    comments.extend(crate::tags::placeholders());
+    let mut meter = Meter::new(master.channels, master.sample_rate)?;
     std::thread::scope(|scope| {
         let mut queues = Vec::with_capacity(Quality::ALL.len());
         let mut workers = Vec::with_capacity(Quality::ALL.len());
@@ -72,7 +80,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             let (tx, rx) = sync_channel::<Block>(QUEUE_BLOCKS);
             queues.push(tx);
             let serial = (options.serial_seed ^ (i as u32 + 1)) as i32;
-            let comments = &options.comments;
+            let comments = &comments;
             // libvorbis state is made and used on the thread that owns it.
             workers.push(scope.spawn(move || -> Result<Vec<u8>, TranscodeError> {
                 let mut encoder = TierEncoder::new(quality, serial, comments)?;
@@ -82,7 +90,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
                 encoder.finish()
             }));
         }
-        let fed = feed(&mut decoder, master, &queues);
+        let fed = feed(&mut decoder, master, &mut meter, &queues);
         drop(queues);
         let outputs: Vec<Result<Vec<u8>, TranscodeError>> = workers
             .into_iter()
@@ -94,12 +102,14 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             .collect();
         // A decode error explains an encoder that stopped early, so it is reported first.
         let output_frames = fed?;
+        let loudness = meter.finish()?;
         let seconds = output_frames as f64 / f64::from(OUTPUT_RATE);
         let renditions = Quality::ALL
             .iter()
             .zip(outputs)
             .map(|(&quality, ogg)| {
-                let ogg = ogg?;
+                let mut ogg = ogg?;
+                crate::tags::patch(&mut ogg, &loudness)?;
                 let seek_index = crate::seek::build(&ogg, SEEK_POINTS)
                     .map_err(|e| TranscodeError::Encode(format!("{}: {e}", quality.as_str())))?;
                 // Gapless: the last granule position must be the resampled length exactly.
@@ -127,6 +137,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             master,
             master_frames: decoder.decoded_frames(),
             output_frames,
+            loudness,
             renditions,
         })
     })
@@ -137,6 +148,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
 fn feed(
     decoder: &mut MasterDecoder,
     master: MasterFormat,
+    meter: &mut Meter,
     queues: &[SyncSender<Block>],
 ) -> Result<u64, TranscodeError> {
     let downmix = Downmix::for_layout(master.channels);
@@ -163,6 +175,7 @@ fn feed(
         Ok(())
     };
     while decoder.next_block(&mut planes)? > 0 {
+        meter.add(&planes)?;
         downmix.apply(&planes, &mut left, &mut right);
         match resampler.as_mut() {
             Some(r) => r.process(

@@ -8,57 +8,7 @@
 
 use cadenza_common::{SeekIndex, SeekPoint};
 
-/// One Ogg page: where it starts and its granule position (`None` when no packet ends on
-/// it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Page {
-    offset: u64,
-    granule: Option<u64>,
-    /// The page begins with the rest of a packet from the previous page.
-    continued: bool,
-}
-
-/// Why a file's pages could not be walked (only for files we did not make).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum OggError {
-    /// No `OggS` capture pattern where a page should start.
-    #[error("no Ogg page at byte {0}")]
-    NoPage(u64),
-    /// A page runs past the end of the file.
-    #[error("the Ogg page at byte {0} is cut short")]
-    Truncated(u64),
-}
-
-fn pages(ogg: &[u8]) -> Result<Vec<Page>, OggError> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos < ogg.len() {
-        let at = pos as u64;
-        let head = ogg.get(pos..pos + 27).ok_or(OggError::Truncated(at))?;
-        if &head[..4] != b"OggS" {
-            return Err(OggError::NoPage(at));
-        }
-        let mut granule = [0u8; 8];
-        granule.copy_from_slice(&head[6..14]);
-        let granule = i64::from_le_bytes(granule);
-        let segments = usize::from(head[26]);
-        let table = ogg
-            .get(pos + 27..pos + 27 + segments)
-            .ok_or(OggError::Truncated(at))?;
-        let body: usize = table.iter().map(|&s| usize::from(s)).sum();
-        let end = pos + 27 + segments + body;
-        if end > ogg.len() {
-            return Err(OggError::Truncated(at));
-        }
-        out.push(Page {
-            offset: at,
-            granule: u64::try_from(granule).ok(),
-            continued: head[5] & 0x01 != 0,
-        });
-        pos = end;
-    }
-    Ok(out)
-}
+use crate::ogg_pages::{OggError, pages};
 
 /// Builds the index of `ogg` with at most `points` entries (plus the start).
 pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
@@ -71,7 +21,7 @@ pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
         .unwrap_or(pages.len());
     let header_bytes = pages
         .get(first_audio)
-        .map_or(ogg.len() as u64, |p| p.offset);
+        .map_or(ogg.len() as u64, |p| p.offset as u64);
     let frames = pages.iter().filter_map(|p| p.granule).max().unwrap_or(0);
     // Candidate points: (frame decoding resumes at, page offset), for pages that begin with a
     // whole packet (a continued packet cannot be decoded from its second half), keeping the
@@ -80,7 +30,7 @@ pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
     let mut resume = 0u64;
     for page in &pages[first_audio..] {
         if !page.continued && candidates.last().is_none_or(|c| c.0 != resume) {
-            candidates.push(SeekPoint(resume, page.offset));
+            candidates.push(SeekPoint(resume, page.offset as u64));
         }
         if let Some(g) = page.granule {
             resume = g;

@@ -155,6 +155,7 @@ pub async fn work(
                 renditions,
                 master_frames: done.master_frames,
                 master_sample_rate: done.master.sample_rate,
+                loudness: done.loudness,
             }
         }
         Err(e) if e.is_permanent() => {

@@ -277,3 +277,19 @@ fn seek_index_points_resume_decoding_where_they_say() {
         }
     }
 }
+
+#[test]
+fn loudness_is_measured_and_the_gain_respects_the_peak_ceiling() {
+    let done = transcode(&fixture("stereo-44k1.flac"), &TranscodeOptions::default()).unwrap();
+    let l = done.loudness;
+    assert!((-40.0..0.0).contains(&l.integrated_lufs), "{l:?}");
+    assert!(l.true_peak_dbtp <= 3.0, "{l:?}");
+    assert!(
+        l.true_peak_dbtp + l.track_gain_db <= cadenza_transcoder::PEAK_CEILING_DBTP + 0.011,
+        "{l:?}"
+    );
+    assert!(
+        l.integrated_lufs + l.track_gain_db <= cadenza_transcoder::TARGET_LUFS + 0.011,
+        "{l:?}"
+    );
+}

@@ -45,6 +45,12 @@ pub enum Command {
         /// Stop after the demo instead of serving.
         #[arg(long)]
         exit_after_demo: bool,
+        /// Transcode workers to run in process (0: run `cadenza worker` separately).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Job lease, in seconds: how long a silent worker keeps a job.
+        #[arg(long, default_value_t = 60)]
+        lease_secs: u64,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {
@@ -78,6 +84,14 @@ pub enum Command {
         /// Write the decoded audio to this WAV file (default: discard).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Run a transcode worker for a running stack (leases jobs from its control plane).
+    Worker {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// The stack's job lease, in seconds; heartbeats go every quarter of it.
+        #[arg(long, default_value_t = 60)]
+        lease_secs: u64,
     },
     /// Transcode a master locally into the three renditions.
     Transcode {

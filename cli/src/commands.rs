@@ -37,7 +37,31 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             demo,
             demo_dir,
             exit_after_demo,
-        } => up(data, port_base, demo.then_some(demo_dir), exit_after_demo).await,
+            workers,
+            lease_secs,
+        } => {
+            let mut config = StackConfig::new(&data);
+            config.port_base = port_base;
+            config.workers = workers;
+            config.job_lease = Duration::from_secs(lease_secs.max(4));
+            up(config, demo.then_some(demo_dir), exit_after_demo).await
+        }
+        Command::Worker {
+            endpoint,
+            lease_secs,
+        } => {
+            let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                trigger.trigger();
+            });
+            crate::stack::run_worker(
+                &endpoint.data,
+                Duration::from_secs(lease_secs.max(4)),
+                shutdown,
+            )
+            .await
+        }
         Command::Ingest {
             endpoint,
             paths,
@@ -165,19 +189,18 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 async fn up(
-    data: PathBuf,
-    port_base: u16,
+    config: StackConfig,
     demo: Option<Option<PathBuf>>,
     exit_after_demo: bool,
 ) -> anyhow::Result<()> {
-    let mut config = StackConfig::new(&data);
-    config.port_base = port_base;
+    let data = config.data.clone();
+    let workers = config.workers;
     let stack = Stack::start(config).await?;
     println!("cadenza is up (data in {})", data.display());
     println!("  control plane  {}", stack.info.control_plane);
     println!("  origin         {}", stack.info.origin);
     println!("  edge           {}", stack.info.edge);
-    println!("  transcoder     1 worker, in process");
+    println!("  transcoder     {workers} worker(s) in process");
     println!("  trust          {}", stack.info.ca.display());
     if let Some(dir) = demo
         && let Err(e) = run_demo(&stack, &data, dir).await

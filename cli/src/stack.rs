@@ -47,6 +47,10 @@ pub struct StackConfig {
     pub edge_cache_bytes: u64,
     /// Largest master accepted.
     pub max_upload_bytes: u64,
+    /// Transcode workers to run in process.
+    pub workers: usize,
+    /// How long a job lease lasts without a heartbeat.
+    pub job_lease: Duration,
 }
 
 impl StackConfig {
@@ -59,6 +63,8 @@ impl StackConfig {
             slice_bytes: 256 * 1024,
             edge_cache_bytes: 256 * 1024 * 1024,
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            workers: 1,
+            job_lease: Duration::from_secs(60),
         }
     }
 }
@@ -131,6 +137,36 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// A worker's configuration for the stack described by `info`.
+fn worker_config(
+    info: &ClusterInfo,
+    service_token: &str,
+    data: &Path,
+    lease: Duration,
+) -> WorkerConfig {
+    WorkerConfig {
+        control_plane: info.control_plane.clone(),
+        origin: info.origin.clone(),
+        service_token: service_token.to_owned(),
+        // Each worker process has its own scratch space.
+        scratch_dir: data.join("scratch").join(std::process::id().to_string()),
+        lease_wait: Duration::from_secs(20),
+        heartbeat: lease / 4,
+    }
+}
+
+/// Runs one transcode worker against the stack whose data directory is `data`, until
+/// `shutdown` fires; `lease` must match the stack's job lease.
+pub async fn run_worker(data: &Path, lease: Duration, shutdown: Shutdown) -> anyhow::Result<()> {
+    let info = ClusterInfo::load(data)?;
+    let secrets: Secrets = serde_json::from_str(
+        &std::fs::read_to_string(data.join("secrets.json")).context("reading secrets.json")?,
+    )?;
+    let config = worker_config(&info, &secrets.service_token, data, lease);
+    worker::run(config, info.client()?, shutdown).await;
+    Ok(())
 }
 
 fn secret() -> String {
@@ -226,7 +262,7 @@ impl Stack {
         let control_plane = Arc::new(ControlPlane::new(
             ControlPlaneConfig {
                 service_token: secrets.service_token.clone(),
-                job_lease: Duration::from_secs(600),
+                job_lease: config.job_lease,
                 max_job_attempts: 3,
                 grants: GrantPolicy {
                     edges: vec![info.edge.clone()],
@@ -303,14 +339,15 @@ impl Stack {
             .task,
         );
 
-        let worker_config = WorkerConfig {
-            control_plane: info.control_plane.clone(),
-            origin: info.origin.clone(),
-            service_token: secrets.service_token.clone(),
-            scratch_dir: data.join("scratch"),
-            lease_wait: Duration::from_secs(20),
-        };
-        tasks.push(tokio::spawn(worker::run(worker_config, client, shutdown)));
+        for _ in 0..config.workers {
+            let worker_config =
+                worker_config(&info, &secrets.service_token, data, config.job_lease);
+            tasks.push(tokio::spawn(worker::run(
+                worker_config,
+                client.clone(),
+                shutdown.clone(),
+            )));
+        }
 
         std::fs::write(data.join("cluster.json"), serde_json::to_vec_pretty(&info)?)?;
         Ok(Self {

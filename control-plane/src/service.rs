@@ -7,6 +7,7 @@
 //! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
 //! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job |
 //! | `POST /internal/v1/jobs/lease?wait_ms=N` | transcoder | lease a job (long poll) |
+//! | `POST /internal/v1/jobs/{id}/heartbeat` | transcoder | extend the lease (`{"attempt": n}`) |
 //! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
 //! | `GET /healthz` | anyone | liveness |
 
@@ -150,6 +151,28 @@ impl ControlPlane {
                 let wait = wait_param(req.uri().query());
                 self.lease(wait).await
             }
+            (Method::POST, ["internal", "v1", "jobs", id, "heartbeat"]) => {
+                self.authorize_service(&req)?;
+                let id: JobId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
+                let beat: Heartbeat = read_json(req.into_body(), JSON_LIMIT).await?;
+                match self
+                    .store
+                    .extend_lease(&id, beat.attempt, now_secs(), self.config.job_lease)
+                    .await?
+                {
+                    Some(expires) => Ok(json_response(
+                        StatusCode::OK,
+                        &serde_json::json!({"lease_expires_at": expires}),
+                    )),
+                    None => Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "lease_lost",
+                        "the lease expired or the job finished",
+                    )),
+                }
+            }
             (Method::POST, ["internal", "v1", "jobs", id, "complete"]) => {
                 self.authorize_service(&req)?;
                 let id: JobId = id.parse().map_err(|e: cadenza_common::IdError| {
@@ -235,6 +258,12 @@ impl ControlPlane {
         );
         Ok(json_response(StatusCode::OK, &grant))
     }
+}
+
+/// A worker's lease extension.
+#[derive(Debug, serde::Deserialize)]
+struct Heartbeat {
+    attempt: u32,
 }
 
 fn wait_param(query: Option<&str>) -> Duration {

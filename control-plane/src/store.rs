@@ -204,6 +204,43 @@ impl Store {
         Ok(lease)
     }
 
+    /// Extends the lease of `job_id` to `now + lease` if attempt `attempt` still holds it.
+    /// Returns the new expiry, or `None` when the lease was lost (expired and taken by
+    /// another worker, or the job finished).
+    pub async fn extend_lease(
+        &self,
+        job_id: &JobId,
+        attempt: u32,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let expires = now + lease.as_secs();
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'leased' AND attempts = ?",
+        )
+        .bind(expires as i64)
+        .bind(job_id.as_str())
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then_some(expires))
+    }
+
+    /// How many leases a job has used, and its state (for tools and tests).
+    pub async fn job_state(&self, track: &TrackId) -> Result<Option<(String, u32)>, StoreError> {
+        let row = sqlx::query("SELECT state, attempts FROM jobs WHERE track_id = ?")
+            .bind(track.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<String, _>("state")?,
+                u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+            ))
+        })
+        .transpose()
+    }
+
     /// Records how a job ended. Completing a finished job again changes nothing, so a worker
     /// retrying a report after a lost response is harmless.
     pub async fn complete_job(

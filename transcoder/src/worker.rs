@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub scratch_dir: PathBuf,
     /// How long one lease request waits for a job before asking again.
     pub lease_wait: Duration,
+    /// How often a running job's lease is extended; well under the control plane's lease.
+    pub heartbeat: Duration,
 }
 
 /// Why a job could not be worked; the job stays leased and is retried after the lease ends.
@@ -48,6 +50,9 @@ pub enum WorkerError {
     /// The transcode task panicked or was cancelled.
     #[error("transcode task failed: {0}")]
     Join(String),
+    /// The lease expired (this worker stalled) and the job may belong to another worker.
+    #[error("lease lost")]
+    LeaseLost,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,8 +119,49 @@ async fn lease(
         .map_err(|source| ClientError::Decode { url, source })
 }
 
-/// Does one job end to end.
+/// Does one job end to end, extending its lease while it runs; gives up if the lease is lost.
 pub async fn work(
+    config: &WorkerConfig,
+    client: &HttpClient,
+    job: JobLease,
+) -> Result<(), WorkerError> {
+    tokio::select! {
+        done = work_leased(config, client, job.clone()) => done,
+        () = keep_lease(config, client, &job) => Err(WorkerError::LeaseLost),
+    }
+}
+
+/// Extends the lease every `config.heartbeat`; returns only when the lease is lost.
+async fn keep_lease(config: &WorkerConfig, client: &HttpClient, job: &JobLease) {
+    let url = format!(
+        "{}/internal/v1/jobs/{}/heartbeat",
+        config.control_plane, job.job_id
+    );
+    let beat = serde_json::json!({ "attempt": job.attempt });
+    loop {
+        tokio::time::sleep(config.heartbeat).await;
+        let sent: Result<serde_json::Value, ClientError> = client::call_json(
+            client,
+            Method::POST,
+            &url,
+            Some(&config.service_token),
+            Some(&beat),
+            CALL_TIMEOUT,
+        )
+        .await;
+        match sent {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(StatusCode::CONFLICT) => {
+                tracing::warn!(job = %job.job_id, "lease lost; abandoning the job");
+                return;
+            }
+            // The control plane may be briefly away; the lease has slack for that.
+            Err(e) => tracing::warn!(job = %job.job_id, error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+async fn work_leased(
     config: &WorkerConfig,
     client: &HttpClient,
     job: JobLease,

@@ -254,7 +254,13 @@ impl MasterDecoder {
         if self.decoded_frames == 0 {
             return Err(refused("the file holds no audio"));
         }
+        // For lossless codecs a count that differs from the header's means lost or invented
+        // audio. Lossy codecs (AAC, MP3, Vorbis) legitimately decode encoder priming and
+        // padding beyond the declared length, so the check does not apply to them.
+        let short_name = self.decoder.codec_info().short_name;
+        let lossless = matches!(short_name, "flac" | "alac") || short_name.starts_with("pcm");
         if let Some(declared) = self.info.declared_frames
+            && lossless
             && declared != self.decoded_frames
         {
             return Err(refused(format!(

@@ -272,9 +272,11 @@ async fn transcode_cmd(master: &Path, out: &Path, plain: bool) -> anyhow::Result
         .await??;
     let elapsed = started.elapsed();
     let seconds = done.output_frames as f64 / f64::from(cadenza_transcoder::OUTPUT_RATE);
+    let l = done.loudness;
+    let loudness = format!("{:.1} LUFS", l.integrated_lufs);
     println!(
-        "{:<8} {:>10} {:>6} {:>10}  file",
-        "tier", "bytes", "kbps", "duration"
+        "{:<8} {:>10} {:>6} {:>10} {:>12} {:>9}  file",
+        "tier", "bytes", "kbps", "duration", "loudness", "encode"
     );
     for r in &done.renditions {
         let name = if plain {
@@ -285,24 +287,38 @@ async fn transcode_cmd(master: &Path, out: &Path, plain: bool) -> anyhow::Result
             let sealed = seal(r);
             let name = format!("{}.{}.enc", r.quality.as_str(), sealed.record.file_id);
             std::fs::write(out.join(&name), &sealed.bytes)?;
-            println!(
-                "         key {} iv {}",
+            format!(
+                "{name} (key {} iv {})",
                 sealed.record.key.key_hex(),
                 sealed.record.key.iv_hex()
-            );
-            name
+            )
         };
+        // The tiers encode in parallel from one decode, so each took the whole run.
         println!(
-            "{:<8} {:>10} {:>6} {:>9.3}s  {}",
+            "{:<8} {:>10} {:>6} {:>9.3}s {:>12} {:>8.2}s  {}",
             r.quality.as_str(),
             r.ogg.len(),
             r.bitrate_kbps,
             seconds,
+            loudness,
+            elapsed.as_secs_f64(),
             name
         );
     }
+    let f = done.features;
     println!(
-        "encoded all tiers in {:.2} s ({:.1}× real time)",
+        "loudness {:.1} LUFS, true peak {:.1} dBTP, track gain {:+.1} dB; tempo {}, centroid {:.0} Hz, energy {:.1} dBFS, dynamics {:.1} dB",
+        l.integrated_lufs,
+        l.true_peak_dbtp,
+        l.track_gain_db,
+        f.tempo_bpm
+            .map_or("n/a".to_owned(), |t| format!("{t:.1} BPM")),
+        f.spectral_centroid_hz,
+        f.energy_dbfs,
+        f.dynamics_db
+    );
+    println!(
+        "all tiers in {:.2} s ({:.1}x real time)",
         elapsed.as_secs_f64(),
         seconds / elapsed.as_secs_f64().max(1e-9)
     );

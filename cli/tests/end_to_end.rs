@@ -121,6 +121,11 @@ async fn a_master_plays_through_the_edge_at_every_quality() {
         assert_eq!(report.grant.quality, quality);
         assert_eq!(report.grant.loudness, view.loudness);
         assert!(view.loudness.is_some());
+        let features = view.features.unwrap();
+        assert!(
+            features.spectral_centroid_hz > 100.0 && features.energy_dbfs > -60.0,
+            "{features:?}"
+        );
         assert_eq!(report.bytes, report.grant.size);
         let decoded = report.decoded.duration().as_secs_f64();
         assert!(

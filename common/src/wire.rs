@@ -123,6 +123,19 @@ pub struct Loudness {
     pub track_gain_db: f64,
 }
 
+/// What a track sounds like, for recommendations (see the transcoder's `features` module).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AcousticFeatures {
+    /// Beats per minute, when the track has a measurable pulse (and is at least 4 s long).
+    pub tempo_bpm: Option<f64>,
+    /// Mean spectral centroid, Hz: brightness.
+    pub spectral_centroid_hz: f64,
+    /// Mean RMS level of non-silent frames, dBFS.
+    pub energy_dbfs: f64,
+    /// Spread of frame levels (95th − 10th percentile), dB.
+    pub dynamics_db: f64,
+}
+
 /// A seek point: decoding from byte `.1` (after the headers) resumes at PCM frame `.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeekPoint(pub u64, pub u64);
@@ -163,6 +176,8 @@ pub struct TrackView {
     pub renditions: Vec<RenditionSummary>,
     /// Loudness of the master, once transcoded.
     pub loudness: Option<Loudness>,
+    /// Acoustic features, once transcoded.
+    pub features: Option<AcousticFeatures>,
 }
 
 /// A rendition without its key.
@@ -198,6 +213,8 @@ pub enum JobOutcome {
         master_sample_rate: u32,
         /// Loudness of the master.
         loudness: Loudness,
+        /// Acoustic features of the rendition signal.
+        features: AcousticFeatures,
     },
     /// The master was refused, with the reason shown to the label.
     Failed { reason: String },

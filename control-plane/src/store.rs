@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_catalogue.sql")),
     (2, include_str!("../migrations/0002_seek_index.sql")),
     (3, include_str!("../migrations/0003_loudness.sql")),
+    (4, include_str!("../migrations/0004_features.sql")),
 ];
 
 /// The catalogue store.
@@ -267,6 +268,7 @@ impl Store {
                 master_frames,
                 master_sample_rate,
                 loudness,
+                features,
             } => {
                 for r in renditions {
                     sqlx::query(
@@ -287,13 +289,14 @@ impl Store {
                 }
                 sqlx::query(
                     "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = ?, master_rate = ?,
-                     loudness_lufs = ?, true_peak_dbtp = ?, track_gain_db = ? WHERE id = ?",
+                     loudness_lufs = ?, true_peak_dbtp = ?, track_gain_db = ?, features = ? WHERE id = ?",
                 )
                 .bind(*master_frames as i64)
                 .bind(i64::from(*master_sample_rate))
                 .bind(loudness.integrated_lufs)
                 .bind(loudness.true_peak_dbtp)
                 .bind(loudness.track_gain_db)
+                .bind(serde_json::to_string(features).map_err(corrupt)?)
                 .bind(&track_id)
                 .execute(&mut *tx)
                 .await?;
@@ -323,7 +326,7 @@ impl Store {
     pub async fn track(&self, id: &TrackId) -> Result<Option<TrackView>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
-                    loudness_lufs, true_peak_dbtp, track_gain_db FROM tracks WHERE id = ?",
+                    loudness_lufs, true_peak_dbtp, track_gain_db, features FROM tracks WHERE id = ?",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -372,6 +375,10 @@ impl Store {
                 }
                 _ => None,
             },
+            features: row
+                .try_get::<Option<String>, _>("features")?
+                .map(|json| serde_json::from_str(&json).map_err(corrupt))
+                .transpose()?,
         }))
     }
 

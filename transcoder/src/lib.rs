@@ -9,6 +9,7 @@
 
 mod decode;
 mod encode;
+mod features;
 mod loudness;
 mod mix;
 mod ogg_pages;
@@ -20,6 +21,7 @@ pub mod worker;
 
 pub use decode::{DecodeLimits, Layout, MasterFormat};
 pub use encode::OUTPUT_RATE;
+pub use features::FeatureMeter;
 pub use loudness::{PEAK_CEILING_DBTP, TARGET_LUFS, track_gain};
 pub use ogg_pages::OggError;
 pub use pipeline::{

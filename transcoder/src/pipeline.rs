@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
 use cadenza_common::{
-    ContentKey, FileId, Loudness, Quality, RenditionRecord, SeekIndex, hex_encode,
+    AcousticFeatures, ContentKey, FileId, Loudness, Quality, RenditionRecord, SeekIndex, hex_encode,
 };
 use ring::digest::{SHA256, digest};
 
 use crate::TranscodeError;
 use crate::decode::{DecodeLimits, MasterDecoder, MasterFormat};
 use crate::encode::{OUTPUT_RATE, TierEncoder};
+use crate::features::FeatureMeter;
 use crate::loudness::Meter;
 use crate::mix::Downmix;
 use crate::resample::Resampler;
@@ -49,6 +50,8 @@ pub struct Transcoded {
     pub output_frames: u64,
     /// EBU R128 loudness of the master and the gain toward the target.
     pub loudness: Loudness,
+    /// Acoustic features for recommendations.
+    pub features: AcousticFeatures,
     /// Renditions, lowest tier first.
     pub renditions: Vec<PlainRendition>,
 }
@@ -73,6 +76,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
     let mut comments = options.comments.clone();
     comments.extend(crate::tags::placeholders());
     let mut meter = Meter::new(master.channels, master.sample_rate)?;
+    let mut features = FeatureMeter::default();
     std::thread::scope(|scope| {
         let mut queues = Vec::with_capacity(Quality::ALL.len());
         let mut workers = Vec::with_capacity(Quality::ALL.len());
@@ -90,7 +94,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
                 encoder.finish()
             }));
         }
-        let fed = feed(&mut decoder, master, &mut meter, &queues);
+        let fed = feed(&mut decoder, master, &mut meter, &mut features, &queues);
         drop(queues);
         let outputs: Vec<Result<Vec<u8>, TranscodeError>> = workers
             .into_iter()
@@ -138,6 +142,7 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             master_frames: decoder.decoded_frames(),
             output_frames,
             loudness,
+            features: features.finish(),
             renditions,
         })
     })
@@ -149,6 +154,7 @@ fn feed(
     decoder: &mut MasterDecoder,
     master: MasterFormat,
     meter: &mut Meter,
+    features: &mut FeatureMeter,
     queues: &[SyncSender<Block>],
 ) -> Result<u64, TranscodeError> {
     let downmix = Downmix::for_layout(master.channels);
@@ -163,6 +169,7 @@ fn feed(
             return Ok(());
         }
         output_frames += stereo[0].len() as u64;
+        features.add(&stereo[0], &stereo[1]);
         let block: Block = Arc::new([
             std::mem::take(&mut stereo[0]),
             std::mem::take(&mut stereo[1]),

@@ -202,6 +202,7 @@ async fn work_leased(
                 master_frames: done.master_frames,
                 master_sample_rate: done.master.sample_rate,
                 loudness: done.loudness,
+                features: done.features,
             }
         }
         Err(e) if e.is_permanent() => {

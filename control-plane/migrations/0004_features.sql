@@ -1,0 +1,2 @@
+-- Acoustic features of each track (JSON: tempo_bpm, spectral_centroid_hz, energy_dbfs, dynamics_db).
+ALTER TABLE tracks ADD COLUMN features TEXT;

@@ -34,16 +34,19 @@ run() {
 wall() { awk '{print $1}' "$work/$1.time"; }
 cpu() { awk '{print $2 + $3}' "$work/$1.time"; }
 
-mkdir -p "$work/cadenza" "$work/oggenc" "$work/ffmpeg"
+mkdir -p "$work/cadenza" "$work/cadenza-abr" "$work/oggenc" "$work/ffmpeg"
 run cadenza "$bin" transcode "$master" --out "$work/cadenza" --plain
+run cadenza-abr "$bin" transcode "$master" --out "$work/cadenza-abr" --plain --mode abr
 run oggenc bash -c "for b in 96 160 320; do oggenc -Q -b \$b -o '$work/oggenc/'\$b.ogg '$master'; done"
 run ffmpeg bash -c "for b in 96 160 320; do ffmpeg -v error -y -i '$master' -c:a libvorbis -b:a \${b}k '$work/ffmpeg/'\$b.ogg; done"
 
 kbps() { echo "scale=1; $(stat -c %s "$1") * 8 / $secs / 1000" | bc; }
 echo "master: ${secs} s, 44.1 kHz, 24-bit stereo ($(nproc) cores)"
 printf '%-28s %8s %8s   %s\n' "three tiers by" "wall s" "cpu s" "mean kbps (96 / 160 / 320)"
-printf '%-28s %8s %8s   %s / %s / %s\n' "cadenza transcode" "$(wall cadenza)" "$(cpu cadenza)" \
+printf '%-28s %8s %8s   %s / %s / %s\n' "cadenza transcode (vbr)" "$(wall cadenza)" "$(cpu cadenza)" \
   "$(kbps "$work/cadenza/low.ogg")" "$(kbps "$work/cadenza/normal.ogg")" "$(kbps "$work/cadenza/high.ogg")"
+printf '%-28s %8s %8s   %s / %s / %s\n' "cadenza transcode --mode abr" "$(wall cadenza-abr)" "$(cpu cadenza-abr)" \
+  "$(kbps "$work/cadenza-abr/low.ogg")" "$(kbps "$work/cadenza-abr/normal.ogg")" "$(kbps "$work/cadenza-abr/high.ogg")"
 for peer in oggenc ffmpeg; do
   printf '%-28s %8s %8s   %s / %s / %s\n' "$peer, once per tier" "$(wall $peer)" "$(cpu $peer)" \
     "$(kbps "$work/$peer/96.ogg")" "$(kbps "$work/$peer/160.ogg")" "$(kbps "$work/$peer/320.ogg")"

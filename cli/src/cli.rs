@@ -103,5 +103,8 @@ pub enum Command {
         /// Write plain Ogg files instead of encrypted ones (keys printed).
         #[arg(long)]
         plain: bool,
+        /// Bitrate mode: vbr (libvorbis quality at the nominal rate) or abr (managed).
+        #[arg(long, default_value = "vbr")]
+        mode: cadenza_transcoder::BitrateMode,
     },
 }

@@ -102,7 +102,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             print_play(&report);
             Ok(())
         }
-        Command::Transcode { master, out, plain } => transcode_cmd(&master, &out, plain).await,
+        Command::Transcode {
+            master,
+            out,
+            plain,
+            mode,
+        } => transcode_cmd(&master, &out, plain, mode).await,
     }
 }
 
@@ -264,12 +269,20 @@ async fn run_demo(stack: &Stack, data: &Path, dir: Option<PathBuf>) -> anyhow::R
     Ok(())
 }
 
-async fn transcode_cmd(master: &Path, out: &Path, plain: bool) -> anyhow::Result<()> {
+async fn transcode_cmd(
+    master: &Path,
+    out: &Path,
+    plain: bool,
+    mode: cadenza_transcoder::BitrateMode,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let path = master.to_path_buf();
     let started = std::time::Instant::now();
-    let done = tokio::task::spawn_blocking(move || transcode(&path, &TranscodeOptions::default()))
-        .await??;
+    let options = TranscodeOptions {
+        bitrate_mode: mode,
+        ..Default::default()
+    };
+    let done = tokio::task::spawn_blocking(move || transcode(&path, &options)).await??;
     let elapsed = started.elapsed();
     let seconds = done.output_frames as f64 / f64::from(cadenza_transcoder::OUTPUT_RATE);
     let l = done.loudness;

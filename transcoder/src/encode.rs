@@ -10,6 +10,28 @@ use crate::TranscodeError;
 /// The sample rate every rendition is encoded at.
 pub const OUTPUT_RATE: u32 = 44_100;
 
+/// How libvorbis holds each tier to its nominal bitrate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BitrateMode {
+    /// Unmanaged VBR at the quality libvorbis associates with the nominal bitrate: the
+    /// mean bitrate follows the music's difficulty.
+    #[default]
+    Vbr,
+    /// Managed average bitrate: the bitrate engine holds the mean at the nominal rate.
+    Abr,
+}
+
+impl std::str::FromStr for BitrateMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "vbr" => Ok(Self::Vbr),
+            "abr" => Ok(Self::Abr),
+            _ => Err(format!("unknown bitrate mode {s:?}: use vbr or abr")),
+        }
+    }
+}
+
 /// One tier's encoder writing into memory.
 pub struct TierEncoder {
     quality: Quality,
@@ -32,6 +54,7 @@ impl TierEncoder {
     pub fn new(
         quality: Quality,
         serial: i32,
+        mode: BitrateMode,
         comments: &[(&str, String)],
     ) -> Result<Self, TranscodeError> {
         let rate =
@@ -41,8 +64,13 @@ impl TierEncoder {
         let bitrate = NonZeroU32::new(quality.kbps() * 1000)
             .ok_or_else(|| TranscodeError::Encode("bitrate".into()))?;
         let mut builder = VorbisEncoderBuilder::new_with_serial(rate, channels, Vec::new(), serial);
-        builder.bitrate_management_strategy(VorbisBitrateManagementStrategy::Vbr {
-            target_bitrate: bitrate,
+        builder.bitrate_management_strategy(match mode {
+            BitrateMode::Vbr => VorbisBitrateManagementStrategy::Vbr {
+                target_bitrate: bitrate,
+            },
+            BitrateMode::Abr => VorbisBitrateManagementStrategy::Abr {
+                average_bitrate: bitrate,
+            },
         });
         for (tag, value) in comments {
             builder

@@ -20,7 +20,7 @@ mod tags;
 pub mod worker;
 
 pub use decode::{DecodeLimits, Layout, MasterFormat};
-pub use encode::OUTPUT_RATE;
+pub use encode::{BitrateMode, OUTPUT_RATE};
 pub use features::FeatureMeter;
 pub use loudness::{PEAK_CEILING_DBTP, TARGET_LUFS, track_gain};
 pub use ogg_pages::OggError;

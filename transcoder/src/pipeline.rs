@@ -11,7 +11,7 @@ use ring::digest::{SHA256, digest};
 
 use crate::TranscodeError;
 use crate::decode::{DecodeLimits, MasterDecoder, MasterFormat};
-use crate::encode::{OUTPUT_RATE, TierEncoder};
+use crate::encode::{BitrateMode, OUTPUT_RATE, TierEncoder};
 use crate::features::FeatureMeter;
 use crate::loudness::Meter;
 use crate::mix::Downmix;
@@ -24,6 +24,8 @@ pub struct TranscodeOptions {
     pub limits: DecodeLimits,
     /// Seed for the Ogg stream serials, so one master always gives the same bytes.
     pub serial_seed: u32,
+    /// How each tier is held to its nominal bitrate.
+    pub bitrate_mode: BitrateMode,
     /// Vorbis comments written into every rendition (TITLE, ARTIST, ISRC…).
     pub comments: Vec<(&'static str, String)>,
 }
@@ -85,9 +87,10 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             queues.push(tx);
             let serial = (options.serial_seed ^ (i as u32 + 1)) as i32;
             let comments = &comments;
+            let mode = options.bitrate_mode;
             // libvorbis state is made and used on the thread that owns it.
             workers.push(scope.spawn(move || -> Result<Vec<u8>, TranscodeError> {
-                let mut encoder = TierEncoder::new(quality, serial, comments)?;
+                let mut encoder = TierEncoder::new(quality, serial, mode, comments)?;
                 for block in rx {
                     encoder.encode(&block[0], &block[1])?;
                 }

@@ -30,6 +30,8 @@ pub struct FeatureMeter {
     centroid_sum: f64,
     centroid_frames: u64,
     window: Vec<f32>,
+    /// `e^{-2πik/FFT}` for `k < FFT/2`, so the transform computes no trigonometry.
+    twiddles: Vec<(f64, f64)>,
 }
 
 impl Default for FeatureMeter {
@@ -47,6 +49,7 @@ impl Default for FeatureMeter {
             centroid_sum: 0.0,
             centroid_frames: 0,
             window,
+            twiddles: twiddles(FFT),
         }
     }
 }
@@ -97,7 +100,7 @@ impl FeatureMeter {
             .map(|(&x, &w)| f64::from(x * w))
             .collect();
         let mut im = vec![0.0f64; FFT];
-        fft(&mut re, &mut im);
+        fft(&mut re, &mut im, &self.twiddles);
         let (mut weighted, mut total) = (0.0, 0.0);
         for k in 1..FFT / 2 {
             let mag = (re[k] * re[k] + im[k] * im[k]).sqrt();
@@ -184,8 +187,19 @@ impl FeatureMeter {
     }
 }
 
-/// In-place iterative radix-2 FFT; `re.len()` must be a power of two.
-fn fft(re: &mut [f64], im: &mut [f64]) {
+/// `(cos, sin)` of `-2πk/n` for `k < n/2`.
+fn twiddles(n: usize) -> Vec<(f64, f64)> {
+    (0..n / 2)
+        .map(|k| {
+            let (s, c) = (-2.0 * std::f64::consts::PI * k as f64 / n as f64).sin_cos();
+            (c, s)
+        })
+        .collect()
+}
+
+/// In-place iterative radix-2 FFT; `re.len()` must be a power of two and `tw` its
+/// [`twiddles`].
+fn fft(re: &mut [f64], im: &mut [f64], tw: &[(f64, f64)]) {
     let n = re.len();
     let mut j = 0;
     for i in 1..n {
@@ -202,10 +216,10 @@ fn fft(re: &mut [f64], im: &mut [f64]) {
     }
     let mut len = 2;
     while len <= n {
-        let angle = -2.0 * std::f64::consts::PI / len as f64;
+        let stride = n / len;
         for start in (0..n).step_by(len) {
             for k in 0..len / 2 {
-                let (s, c) = (angle * k as f64).sin_cos();
+                let (c, s) = tw[k * stride];
                 let (a, b) = (start + k, start + k + len / 2);
                 let tr = re[b] * c - im[b] * s;
                 let ti = re[b] * s + im[b] * c;
@@ -278,7 +292,7 @@ mod tests {
     fn fft_matches_a_direct_dft() {
         let x: Vec<f64> = (0..16).map(|i| ((i * 7) % 5) as f64 - 2.0).collect();
         let (mut re, mut im) = (x.clone(), vec![0.0; 16]);
-        fft(&mut re, &mut im);
+        fft(&mut re, &mut im, &twiddles(16));
         for k in 0..16 {
             let (mut r, mut m) = (0.0, 0.0);
             for (n, v) in x.iter().enumerate() {

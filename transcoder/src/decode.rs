@@ -39,7 +39,7 @@ impl Default for DecodeLimits {
             sample_rate: (8_000, 384_000),
             max_channels: 8,
             max_expansion: 1000,
-            expansion_floor_bytes: 256 << 20,
+            expansion_floor_bytes: 64 << 20,
         }
     }
 }

@@ -399,3 +399,25 @@ fn every_sealed_rendition_gets_its_own_key_and_iv() {
         }
     }
 }
+
+/// A real decode bomb, made the way an attacker would (sox, FLAC at its default setting): 20
+/// minutes of digital silence in about 200 KB. It is refused by the expansion budget, early.
+#[test]
+fn a_flac_decode_bomb_is_refused_early() {
+    let Some(mut sox) = peer("sox") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.flac");
+    let made = sox
+        .args(["-D", "-n", "-r", "44100", "-b", "16", "-c", "2"])
+        .arg(&bomb)
+        .args(["trim", "0", "1200"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    assert!(size < 1 << 20, "bomb is {size} bytes");
+    let started = std::time::Instant::now();
+    let err = transcode(&bomb, &TranscodeOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("decode bomb"), "{err}");
+    eprintln!("{size}-byte bomb refused in {:?}: {err}", started.elapsed());
+}

@@ -325,6 +325,7 @@ impl Stack {
                 token_leeway: verify_leeway_default(),
                 geo: None,
                 unknown_country: UnknownCountry::Allow,
+                read_ahead_slices: 2,
             },
             cache,
         ));

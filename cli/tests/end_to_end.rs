@@ -255,6 +255,29 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
         format!("bytes */{len}").as_str()
     );
 
+    // Conditional requests: the player's cached copy is still good (304, no body); a stale
+    // If-Range gets the whole file instead of a part.
+    let etag = format!("\"{}\"", grant.file_id);
+    let mut req = client::request(Method::GET, &url, Some(token), empty()).unwrap();
+    req.headers_mut()
+        .insert(header::IF_NONE_MATCH, etag.parse().unwrap());
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    let mut req = client::request(Method::GET, &url, Some(token), empty()).unwrap();
+    req.headers_mut()
+        .insert(header::RANGE, "bytes=0-9".parse().unwrap());
+    req.headers_mut()
+        .insert(header::IF_RANGE, "\"stale\"".parse().unwrap());
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        client::read_all(resp.into_body(), &url)
+            .await
+            .unwrap()
+            .len(),
+        stored.len()
+    );
+
     // Refusals: a flipped byte in the signature, a token for another file, no token.
     let mut tampered = token.to_owned().into_bytes();
     let last = tampered.len() - 2;

@@ -43,6 +43,7 @@ pub struct SliceCache {
     upstream: UpstreamConfig,
     client: HttpClient,
     origin_fetches: AtomicU64,
+    prefetches: AtomicU64,
 }
 
 impl std::fmt::Debug for SliceCache {
@@ -73,12 +74,38 @@ impl SliceCache {
             upstream,
             client,
             origin_fetches: AtomicU64::new(0),
+            prefetches: AtomicU64::new(0),
         }
     }
 
     /// Slice geometry.
     pub fn math(&self) -> SliceMath {
         self.math
+    }
+
+    /// Starts fetching `count` slices from `first` in the background (read-ahead), skipping
+    /// slices past the end of a file of `size` bytes. Slices already cached or in flight cost
+    /// nothing more.
+    pub fn prefetch(self: &Arc<Self>, id: &FileId, first: u64, count: u64, size: u64) {
+        let slices = size.div_ceil(self.math.slice_size());
+        for index in first..(first + count).min(slices) {
+            if self.slices.contains_key(&(id.clone(), index)) {
+                continue;
+            }
+            self.prefetches.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.slice(&id, index).await {
+                    tracing::debug!(file = %id, index, error = %e, "read-ahead failed");
+                }
+            });
+        }
+    }
+
+    /// Read-ahead fetches started so far.
+    pub fn prefetches(&self) -> u64 {
+        self.prefetches.load(Ordering::Relaxed)
     }
 
     /// Origin requests made so far.

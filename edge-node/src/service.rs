@@ -5,6 +5,7 @@
 //! | `GET, HEAD /a/{file_id}` | rendition bytes by range; token in `Authorization: Bearer` or `?t=` |
 //! | `GET /healthz` | liveness |
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +44,8 @@ pub struct EdgeConfig {
     pub geo: Option<Arc<GeoDb>>,
     /// Policy for addresses the database does not place.
     pub unknown_country: UnknownCountry,
+    /// Slices past the end of a request to fetch ahead of the player.
+    pub read_ahead_slices: u64,
 }
 
 /// The edge service.
@@ -98,27 +101,6 @@ impl Edge {
             .map_err(|e| token_refused(&e))
     }
 
-    fn check_territory(&self, claims: &TokenClaims, conn: &ConnInfo) -> Result<(), ApiError> {
-        let Some(geo) = &self.config.geo else {
-            return Ok(());
-        };
-        let unavailable = |reason: &'static str, msg: String| {
-            ApiError::new(StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, reason, msg)
-        };
-        match geo.country(conn.peer.ip()) {
-            Some(country) if claims.territories.allows(&country) => Ok(()),
-            Some(country) => Err(unavailable(
-                "territory",
-                format!("not licensed in {country}"),
-            )),
-            None if self.config.unknown_country == UnknownCountry::Allow => Ok(()),
-            None => Err(unavailable(
-                "country_unknown",
-                "listener country unknown".into(),
-            )),
-        }
-    }
-
     async fn serve_file(
         &self,
         req: Request<Incoming>,
@@ -129,13 +111,17 @@ impl Edge {
             .parse()
             .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
         let claims = self.check_token(&req, &id)?;
-        self.check_territory(&claims, &conn)?;
+        check_territory(&self.config, &claims, conn.peer.ip())?;
         let size = self.cache.size(&id).await?;
-        let plan = range_plan(req.headers(), size);
+        let plan = range_plan(req.headers(), size, id.as_str());
         let mut body = None;
         if req.method() == Method::GET
             && let Some((offset, len)) = plan_span(plan, size).filter(|(_, len)| *len > 0)
         {
+            // Audio is read front to back: warm the slices after this request now.
+            let last = (offset + len - 1) / self.cache.math().slice_size();
+            self.cache
+                .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
             body = Some(self.stream(id.clone(), offset, len).await?);
         }
         Ok(ranged_response(
@@ -171,6 +157,30 @@ impl Edge {
     }
 }
 
+/// Refuses (451) a listener whose country is outside the token's territories. Without a
+/// GeoIP database territories are not checked here (the control plane still is the one that
+/// grants).
+fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Result<(), ApiError> {
+    let Some(geo) = &config.geo else {
+        return Ok(());
+    };
+    let unavailable = |reason: &'static str, msg: String| {
+        ApiError::new(StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, reason, msg)
+    };
+    match geo.country(ip) {
+        Some(country) if claims.territories.allows(&country) => Ok(()),
+        Some(country) => Err(unavailable(
+            "territory",
+            format!("not licensed in {country}"),
+        )),
+        None if config.unknown_country == UnknownCountry::Allow => Ok(()),
+        None => Err(unavailable(
+            "country_unknown",
+            "listener country unknown".into(),
+        )),
+    }
+}
+
 /// The part of a slice a request wants.
 fn cut(slice: &Bytes, part: SlicePart) -> Result<Bytes, ApiError> {
     slice
@@ -202,5 +212,55 @@ impl Handler for Edge {
             _ => Err(ApiError::not_found("no such endpoint")),
         };
         result.unwrap_or_else(ApiError::into_response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cadenza_common::Territories;
+
+    fn config(geo: bool, unknown: UnknownCountry) -> EdgeConfig {
+        let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb");
+        EdgeConfig {
+            keys: VerifyingKeys::default(),
+            token_leeway: Duration::from_secs(30),
+            geo: geo.then(|| Arc::new(GeoDb::open(&db).unwrap())),
+            unknown_country: unknown,
+            read_ahead_slices: 0,
+        }
+    }
+
+    fn claims(territories: &str) -> TokenClaims {
+        TokenClaims {
+            file_id: FileId::random(),
+            expires_at: 0,
+            territories: territories.parse::<Territories>().unwrap(),
+        }
+    }
+
+    #[test]
+    fn territories_are_checked_against_the_listeners_country() {
+        let sweden: IpAddr = "89.160.20.112".parse().unwrap();
+        let japan: IpAddr = "2001:218::1".parse().unwrap();
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let cfg = config(true, UnknownCountry::Deny);
+        assert!(check_territory(&cfg, &claims("SE,GB"), sweden).is_ok());
+        let refused = check_territory(&cfg, &claims("GB"), sweden).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS);
+        assert_eq!(refused.code(), "territory");
+        assert!(check_territory(&cfg, &claims("WW,-JP"), japan).is_err());
+        assert!(check_territory(&cfg, &claims("WW,-JP"), sweden).is_ok());
+        assert_eq!(
+            check_territory(&cfg, &claims("WW"), loopback)
+                .unwrap_err()
+                .code(),
+            "country_unknown"
+        );
+        let lenient = config(true, UnknownCountry::Allow);
+        assert!(check_territory(&lenient, &claims("GB"), loopback).is_ok());
+        let no_geo = config(false, UnknownCountry::Deny);
+        assert!(check_territory(&no_geo, &claims("GB"), sweden).is_ok());
     }
 }

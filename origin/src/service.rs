@@ -187,7 +187,7 @@ impl Origin {
         let size = self.store.size(&key).await?;
         // Open the part to send first, so a store failure is an error status rather than a
         // broken body.
-        let plan = range_plan(req.headers(), size);
+        let plan = range_plan(req.headers(), size, etag);
         let mut opened = match plan_span(plan, size) {
             Some((offset, len)) if method == Method::GET && len > 0 => {
                 Some(self.store.read(&key, offset, len).await?.body)

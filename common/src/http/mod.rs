@@ -19,6 +19,6 @@ pub use body::{
     Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, secrets_match,
 };
 pub use error::ApiError;
-pub use ranges::{plan_span, range_plan, ranged_response};
+pub use ranges::{Plan, plan_span, range_plan, ranged_response};
 pub use server::{ConnInfo, Handler, Listening, ServerLimits, bind_and_serve, serve_on};
 pub use shutdown::{Shutdown, ShutdownTrigger};

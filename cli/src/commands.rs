@@ -205,6 +205,10 @@ async fn up(
     println!("  control plane  {}", stack.info.control_plane);
     println!("  origin         {}", stack.info.origin);
     println!("  edge           {}", stack.info.edge);
+    println!(
+        "  edge admin     {} (/metrics, /healthz; purge, pre-warm and stats with the admin_token in secrets.json)",
+        stack.info.edge_admin
+    );
     println!("  transcoder     {workers} worker(s) in process");
     println!("  trust          {}", stack.info.ca.display());
     if let Some(dir) = demo

@@ -25,7 +25,9 @@ use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
 use cadenza_control_plane::{ControlPlane, ControlPlaneConfig, GrantPolicy, Store};
-use cadenza_edge::{Edge, EdgeConfig, SliceCache, SliceMath, UnknownCountry, UpstreamConfig};
+use cadenza_edge::{
+    Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, SliceCache, SliceMath, UnknownCountry, UpstreamConfig,
+};
 use cadenza_origin::{LocalDirStore, Origin, OriginConfig};
 use cadenza_transcoder::worker::{self, WorkerConfig};
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,10 @@ pub struct ClusterInfo {
     pub ca: PathBuf,
     /// Bearer token for the label API.
     pub label_key: String,
+    /// The edge's admin listener (purge, pre-warm, stats, metrics).
+    pub edge_admin: String,
+    /// Bearer token for the edge's admin commands.
+    pub admin_token: String,
 }
 
 impl ClusterInfo {
@@ -108,6 +114,10 @@ struct Secrets {
     service_token: String,
     label_key: String,
     edge_key: String,
+    /// Bearer token for the edge's admin listener (added after the first release; made on
+    /// load when an older data directory lacks it).
+    #[serde(default = "secret")]
+    admin_token: String,
 }
 
 /// A running stack.
@@ -184,6 +194,7 @@ fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
         service_token: secret(),
         label_key: secret(),
         edge_key: secret(),
+        admin_token: secret(),
     };
     write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
     Ok(secrets)
@@ -242,10 +253,11 @@ impl Stack {
         let mut keys = VerifyingKeys::default();
         keys.insert(signing.kid(), signing.public_key());
 
-        let (control_l, origin_l, edge_l) = (
+        let (control_l, origin_l, edge_l, admin_l) = (
             listener(config.listen, config.port_base, 0).await?,
             listener(config.listen, config.port_base, 1).await?,
             listener(config.listen, config.port_base, 2).await?,
+            listener(config.listen, config.port_base, 3).await?,
         );
         let info = ClusterInfo {
             control_plane: url(control_l.local_addr()?),
@@ -253,6 +265,8 @@ impl Stack {
             edge: url(edge_l.local_addr()?),
             ca: std::path::absolute(&ca_path)?,
             label_key: secrets.label_key.clone(),
+            edge_admin: url(admin_l.local_addr()?),
+            admin_token: secrets.admin_token.clone(),
         };
         let (trigger, shutdown) = Shutdown::new();
         let limits = ServerLimits::default();
@@ -318,7 +332,23 @@ impl Stack {
                 timeout: Duration::from_secs(10),
             },
             client.clone(),
+            Arc::new(EdgeMetrics::new()),
         ));
+        let admin = Arc::new(EdgeAdmin::new(
+            cache.clone(),
+            secrets.admin_token.clone(),
+            true,
+        ));
+        tasks.push(
+            serve_on(
+                admin_l,
+                Some(server_tls.clone()),
+                limits.clone(),
+                admin,
+                shutdown.clone(),
+            )?
+            .task,
+        );
         let edge = Arc::new(Edge::new(
             EdgeConfig {
                 keys,

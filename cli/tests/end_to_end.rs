@@ -297,6 +297,66 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
     let slices = len.div_ceil(16 * 1024);
     assert_eq!(stack.edge.cache().origin_fetches(), slices);
 
+    // The admin listener: metrics, stats, purge and pre-warm.
+    let admin = &stack.info.edge_admin;
+    let admin_token = stack.info.admin_token.as_str();
+    let (status, _, body) = fetch(&client, &format!("{admin}/metrics"), "", None).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("cadenza_edge_requests_total{protocol=\"h2\",status=\"206\"}"),
+        "{text}"
+    );
+    assert!(text.contains("cadenza_edge_cache_hits_total"), "{text}");
+    let (status, _, _) = fetch(&client, &format!("{admin}/admin/v1/stats"), "wrong", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = fetch(
+        &client,
+        &format!("{admin}/admin/v1/stats"),
+        admin_token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        stats["hits"].as_u64().unwrap() > 0 && stats["cache_bytes"].as_u64().unwrap() >= len,
+        "{stats}"
+    );
+    let before_purge = stack.edge.cache().origin_fetches();
+    let purge = serde_json::json!({"file_ids": [grant.file_id]});
+    let purged: serde_json::Value = client::call_json(
+        &client,
+        Method::POST,
+        &format!("{admin}/admin/v1/purge"),
+        Some(admin_token),
+        Some(&purge),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged["purged"], 1);
+    let (status, _, body) = fetch(&client, &url, token, Some("bytes=0-9")).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::PARTIAL_CONTENT, &stored[..10])
+    );
+    assert!(
+        stack.edge.cache().origin_fetches() > before_purge,
+        "purged slice served without refetch"
+    );
+    let warmed: serde_json::Value = client::call_json(
+        &client,
+        Method::POST,
+        &format!("{admin}/admin/v1/prewarm"),
+        Some(admin_token),
+        Some(&serde_json::json!({"file_ids": [grant.file_id]})),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(warmed["slices"], slices);
+
     // The decrypted file is a valid Ogg Vorbis stream by an independent checker.
     let mut plain = stored.clone();
     grant.key.apply_at(0, &mut plain);

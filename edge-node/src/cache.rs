@@ -1,7 +1,7 @@
 //! The slice cache and the origin fetch behind it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +11,7 @@ use cadenza_common::http::empty;
 use http::{Method, StatusCode, header};
 use moka::future::Cache;
 
+use crate::metrics::EdgeMetrics;
 use crate::slices::SliceMath;
 
 /// Where the edge fetches what it does not hold.
@@ -38,12 +39,12 @@ pub enum FetchError {
 /// Fixed-size slices of files in memory, filled from the origin on demand.
 pub struct SliceCache {
     math: SliceMath,
+    metrics: Arc<EdgeMetrics>,
     slices: Cache<(FileId, u64), Bytes>,
     sizes: Cache<FileId, u64>,
     upstream: UpstreamConfig,
     client: HttpClient,
     origin_fetches: AtomicU64,
-    prefetches: AtomicU64,
 }
 
 impl std::fmt::Debug for SliceCache {
@@ -62,19 +63,21 @@ impl SliceCache {
         capacity_bytes: u64,
         upstream: UpstreamConfig,
         client: HttpClient,
+        metrics: Arc<EdgeMetrics>,
     ) -> Self {
         let slices = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .support_invalidation_closures()
             .build();
         Self {
             math,
+            metrics,
             slices,
             sizes: Cache::builder().max_capacity(1_000_000).build(),
             upstream,
             client,
             origin_fetches: AtomicU64::new(0),
-            prefetches: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +95,7 @@ impl SliceCache {
             if self.slices.contains_key(&(id.clone(), index)) {
                 continue;
             }
-            self.prefetches.fetch_add(1, Ordering::Relaxed);
+            self.metrics.prefetches.inc();
             let this = self.clone();
             let id = id.clone();
             tokio::spawn(async move {
@@ -105,7 +108,62 @@ impl SliceCache {
 
     /// Read-ahead fetches started so far.
     pub fn prefetches(&self) -> u64 {
-        self.prefetches.load(Ordering::Relaxed)
+        self.metrics.prefetches.get()
+    }
+
+    /// Drops every cached slice of `ids` (takedowns). Returns how many files were named.
+    pub async fn purge(&self, ids: &[FileId]) -> usize {
+        let doomed: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
+        for id in &doomed {
+            self.sizes.invalidate(id).await;
+        }
+        let set = doomed.clone();
+        // Only fails when closures are not enabled, which the builder does.
+        let _ = self
+            .slices
+            .invalidate_entries_if(move |key, _| set.contains(&key.0));
+        doomed.len()
+    }
+
+    /// Fetches the first `slices` slices of `id` (all when `None`) into the cache, at most
+    /// four at a time. Returns how many slices the file has in that span.
+    pub async fn warm(
+        self: &Arc<Self>,
+        id: &FileId,
+        slices: Option<u64>,
+    ) -> Result<u64, FetchError> {
+        let size = self.size(id).await?;
+        let total = size.div_ceil(self.math.slice_size());
+        let wanted = slices.map_or(total, |k| k.min(total));
+        let mut next = 0u64;
+        while next < wanted {
+            let batch: Vec<u64> = (next..(next + 4).min(wanted)).collect();
+            next += batch.len() as u64;
+            let fetches = batch.into_iter().map(|i| {
+                let this = self.clone();
+                let id = id.clone();
+                async move { this.slice(&id, i).await }
+            });
+            for result in futures_util::future::join_all(fetches).await {
+                result?;
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Bytes and entries in the memory tier.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.slices.run_pending_tasks().await;
+        let bytes = self.slices.weighted_size();
+        self.metrics
+            .cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        (bytes, self.slices.entry_count())
+    }
+
+    /// The metrics this cache reports into.
+    pub fn metrics(&self) -> &Arc<EdgeMetrics> {
+        &self.metrics
     }
 
     /// Origin requests made so far.
@@ -128,12 +186,28 @@ impl SliceCache {
     /// Slice `index` of file `id`; concurrent callers for one missing slice share a single
     /// origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
-        let this = self.clone();
         let key = (id.clone(), index);
-        self.slices
-            .try_get_with(key, async move { this.fetch(id, index).await })
+        if let Some(hit) = self.slices.get(&key).await {
+            self.metrics.hits.inc();
+            return Ok(hit);
+        }
+        let this = self.clone();
+        let led = Arc::new(AtomicBool::new(false));
+        let leader = led.clone();
+        let result = self
+            .slices
+            .try_get_with(key, async move {
+                leader.store(true, Ordering::Relaxed);
+                this.fetch(id, index).await
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone());
+        if led.load(Ordering::Relaxed) {
+            self.metrics.misses.inc();
+        } else {
+            self.metrics.collapsed.inc();
+        }
+        result
     }
 
     async fn fetch(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
@@ -149,6 +223,33 @@ impl SliceCache {
                 .map_err(|e| FetchError::Upstream(e.to_string()))?,
         );
         self.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let fetched = self.fetch_body(req, &url, &range).await;
+        let outcome = if fetched.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .upstream_seconds
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        let (total, body) = fetched?;
+        let (_, expected) = self.math.bounds(index, total);
+        if body.len() as u64 != expected {
+            // Never cache a short or long slice: it would be served as if whole.
+            return Err(FetchError::Upstream(format!(
+                "origin sent {} bytes for slice {index}, expected {expected}",
+                body.len()
+            )));
+        }
+        self.sizes.insert(id.clone(), total).await;
+        Ok(body)
+    }
+
+    /// One ranged GET to the origin: the object's total length and the body.
+    async fn fetch_body(
+        &self,
+        req: http::Request<cadenza_common::http::Body>,
+        url: &str,
+        range: &str,
+    ) -> Result<(u64, Bytes), FetchError> {
         let resp = client::send(&self.client, req, self.upstream.timeout)
             .await
             .map_err(|e| match e.status() {
@@ -160,21 +261,12 @@ impl SliceCache {
         })?;
         let body = tokio::time::timeout(
             self.upstream.timeout,
-            client::read_all(resp.into_body(), &url),
+            client::read_all(resp.into_body(), url),
         )
         .await
         .map_err(|_| FetchError::Upstream("origin body timed out".into()))?
         .map_err(|e: ClientError| FetchError::Upstream(e.to_string()))?;
-        let (_, expected) = self.math.bounds(index, total);
-        if body.len() as u64 != expected {
-            // Never cache a short or long slice: it would be served as if whole.
-            return Err(FetchError::Upstream(format!(
-                "origin sent {} bytes for slice {index}, expected {expected}",
-                body.len()
-            )));
-        }
-        self.sizes.insert(id.clone(), total).await;
-        Ok(body)
+        Ok((total, body))
     }
 }
 

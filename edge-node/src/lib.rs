@@ -7,10 +7,14 @@
 //! `try_get_with` collapses concurrent loads of one key. Renditions are immutable and
 //! content-addressed, so a cached slice never goes stale. The edge holds no content keys.
 
+mod admin;
 mod cache;
+mod metrics;
 mod service;
 mod slices;
 
+pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig};
+pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
 pub use slices::SliceMath;

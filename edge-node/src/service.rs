@@ -197,6 +197,14 @@ fn cut(slice: &Bytes, part: SlicePart) -> Result<Bytes, ApiError> {
 
 impl Handler for Edge {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let protocol = match req.version() {
+            http::Version::HTTP_2 => "h2",
+            http::Version::HTTP_3 => "h3",
+            http::Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
+        let is_get = req.method() == Method::GET;
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let result = match (req.method(), segments.as_slice()) {
@@ -211,7 +219,21 @@ impl Handler for Edge {
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };
-        result.unwrap_or_else(ApiError::into_response)
+        let resp = result.unwrap_or_else(ApiError::into_response);
+        let m = self.cache.metrics();
+        m.requests
+            .with_label_values(&[protocol, resp.status().as_str()])
+            .inc();
+        m.ttfb_seconds.observe(started.elapsed().as_secs_f64());
+        if is_get && resp.status().is_success() {
+            let sent = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            m.bytes_served.inc_by(sent);
+        }
+        resp
     }
 }
 

@@ -1,0 +1,127 @@
+//! The edge's Prometheus metrics, registered in one registry the admin listener exposes at
+//! `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the edge keeps.
+#[derive(Debug, Clone)]
+pub struct EdgeMetrics {
+    registry: Registry,
+    /// Requests by protocol version and status code.
+    pub requests: IntCounterVec,
+    /// Response body bytes handed to clients.
+    pub bytes_served: IntCounter,
+    /// Slice lookups answered from memory.
+    pub hits: IntCounter,
+    /// Slice lookups that fetched from the origin.
+    pub misses: IntCounter,
+    /// Slice lookups that waited on another request's fetch of the same slice.
+    pub collapsed: IntCounter,
+    /// Read-ahead fetches started.
+    pub prefetches: IntCounter,
+    /// Origin fetch latency by outcome.
+    pub upstream_seconds: HistogramVec,
+    /// Time from request to response head.
+    pub ttfb_seconds: Histogram,
+    /// Bytes in the memory tier.
+    pub cache_bytes: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are fixed and unique, so registration cannot collide.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+impl EdgeMetrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("cadenza_edge".into()), None).unwrap_or_default();
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric())
+        };
+        Self {
+            requests: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("requests_total", "Requests by protocol and status"),
+                    &["protocol", "status"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            bytes_served: register(
+                &r,
+                counter("bytes_served_total", "Response body bytes sent"),
+            ),
+            hits: register(
+                &r,
+                counter("cache_hits_total", "Slice lookups answered from memory"),
+            ),
+            misses: register(
+                &r,
+                counter(
+                    "cache_misses_total",
+                    "Slice lookups fetched from the origin",
+                ),
+            ),
+            collapsed: register(
+                &r,
+                counter(
+                    "collapsed_waiters_total",
+                    "Slice lookups that joined another request's fetch",
+                ),
+            ),
+            prefetches: register(
+                &r,
+                counter("prefetches_total", "Read-ahead slice fetches started"),
+            ),
+            upstream_seconds: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("upstream_seconds", "Origin slice fetch latency")
+                        .buckets(buckets.clone()),
+                    &["outcome"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            ttfb_seconds: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("time_to_first_byte_seconds", "Request to response head")
+                        .buckets(buckets),
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            cache_bytes: register(
+                &r,
+                IntGauge::new("cache_bytes", "Bytes held in the memory tier")
+                    .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for EdgeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Metric constructors fail only on invalid names or label sets, which are constants here.
+fn unreachable_metric() -> ! {
+    panic!("invalid constant metric definition")
+}

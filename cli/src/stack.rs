@@ -26,7 +26,8 @@ use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
 use cadenza_control_plane::{ControlPlane, ControlPlaneConfig, GrantPolicy, Store};
 use cadenza_edge::{
-    Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, SliceCache, SliceMath, UnknownCountry, UpstreamConfig,
+    Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath, UnknownCountry,
+    UpstreamConfig, serve_h3,
 };
 use cadenza_origin::{LocalDirStore, Origin, OriginConfig};
 use cadenza_transcoder::worker::{self, WorkerConfig};
@@ -349,6 +350,10 @@ impl Stack {
             )?
             .task,
         );
+        let edge_addr = edge_l.local_addr()?;
+        // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
+        let alt_svc =
+            http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", edge_addr.port())).ok();
         let edge = Arc::new(Edge::new(
             EdgeConfig {
                 keys,
@@ -356,6 +361,7 @@ impl Stack {
                 geo: None,
                 unknown_country: UnknownCountry::Allow,
                 read_ahead_slices: 2,
+                alt_svc,
             },
             cache,
         ));
@@ -369,6 +375,15 @@ impl Stack {
             )?
             .task,
         );
+        let h3_tls = tls::server_config_with_alpn(&cert, &[b"h3"])?;
+        let h3 = serve_h3(
+            edge_addr,
+            h3_tls,
+            H3Limits::default(),
+            edge.clone(),
+            shutdown.clone(),
+        )?;
+        tasks.push(h3.task);
 
         for _ in 0..config.workers {
             let worker_config =

@@ -47,6 +47,16 @@ fn skip_or_fail(tool: &str) {
     eprintln!("SKIPPED: {tool} is not installed");
 }
 
+/// A Python interpreter that has `niquests` (set `CADENZA_PYTHON`, or `python3` on PATH).
+fn h3_python() -> Option<String> {
+    let python = std::env::var("CADENZA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", "import niquests, qh3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
 /// Asserts that vorbis-tools' `ogginfo` finds `path` a clean Ogg Vorbis stream.
 fn ogginfo_accepts(path: &Path) {
     match Command::new("ogginfo").arg(path).output() {
@@ -296,6 +306,56 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
     // Every slice was fetched from the origin once, whatever the number of requests.
     let slices = len.div_ceil(16 * 1024);
     assert_eq!(stack.edge.cache().origin_fetches(), slices);
+
+    // HTTP/3: an independent client (Python niquests over qh3), forced onto QUIC, fetches
+    // ranges from the same port's UDP side.
+    match h3_python() {
+        Some(python) => {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h3_get.py");
+            for (start, end) in [
+                (0u64, 99u64),
+                (1000, 70_000.min(len - 1)),
+                (len - 500, len - 1),
+            ] {
+                let out_path = dir.path().join("h3.bin");
+                let out = Command::new(&python)
+                    .arg(&script)
+                    .arg(&url)
+                    .arg(token)
+                    .arg(&stack.info.ca)
+                    .arg(format!("bytes={start}-{end}"))
+                    .arg(&out_path)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "h3 client: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(report["status"], 206, "{report}");
+                assert_eq!(report["http_version"], 30, "not HTTP/3: {report}");
+                assert_eq!(
+                    report["content_range"],
+                    format!("bytes {start}-{end}/{len}")
+                );
+                let body = std::fs::read(&out_path).unwrap();
+                assert_eq!(
+                    body,
+                    stored[start as usize..=end as usize],
+                    "h3 bytes={start}-{end}"
+                );
+            }
+        }
+        None => skip_or_fail("python with niquests (HTTP/3 client)"),
+    }
+    // TCP answers advertise HTTP/3 on the same port.
+    let (_, headers, _) = fetch(&client, &url, token, Some("bytes=0-0")).await;
+    let port = url.rsplit(':').next().unwrap().split('/').next().unwrap();
+    assert_eq!(
+        headers[header::ALT_SVC],
+        format!("h3=\":{port}\"; ma=86400").as_str()
+    );
 
     // The admin listener: metrics, stats, purge and pre-warm.
     let admin = &stack.info.edge_admin;

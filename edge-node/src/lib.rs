@@ -9,12 +9,14 @@
 
 mod admin;
 mod cache;
+mod h3;
 mod metrics;
 mod service;
 mod slices;
 
 pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig};
+pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
 pub use slices::SliceMath;

@@ -16,6 +16,7 @@ use cadenza_common::http::{
 };
 use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys};
 use cadenza_geo::GeoDb;
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -46,6 +47,8 @@ pub struct EdgeConfig {
     pub unknown_country: UnknownCountry,
     /// Slices past the end of a request to fetch ahead of the player.
     pub read_ahead_slices: u64,
+    /// `Alt-Svc` value advertising HTTP/3, when the edge serves it.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// The edge service.
@@ -86,10 +89,10 @@ impl Edge {
         &self.cache
     }
 
-    fn check_token(&self, req: &Request<Incoming>, id: &FileId) -> Result<TokenClaims, ApiError> {
-        let token = bearer_token(req.headers())
+    fn check_token(&self, req: &Parts, id: &FileId) -> Result<TokenClaims, ApiError> {
+        let token = bearer_token(&req.headers)
             .or_else(|| {
-                req.uri()
+                req.uri
                     .query()?
                     .split('&')
                     .find_map(|kv| kv.strip_prefix("t="))
@@ -103,19 +106,19 @@ impl Edge {
 
     async fn serve_file(
         &self,
-        req: Request<Incoming>,
+        req: &Parts,
         conn: ConnInfo,
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let id: FileId = id
             .parse()
             .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
-        let claims = self.check_token(&req, &id)?;
+        let claims = self.check_token(req, &id)?;
         check_territory(&self.config, &claims, conn.peer.ip())?;
         let size = self.cache.size(&id).await?;
-        let plan = range_plan(req.headers(), size, id.as_str());
+        let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
-        if req.method() == Method::GET
+        if req.method == Method::GET
             && let Some((offset, len)) = plan_span(plan, size).filter(|(_, len)| *len > 0)
         {
             // Audio is read front to back: warm the slices after this request now.
@@ -125,7 +128,7 @@ impl Edge {
             body = Some(self.stream(id.clone(), offset, len).await?);
         }
         Ok(ranged_response(
-            req.method(),
+            &req.method,
             plan,
             size,
             id.as_str(),
@@ -195,23 +198,20 @@ fn cut(slice: &Bytes, part: SlicePart) -> Result<Bytes, ApiError> {
         })
 }
 
-impl Handler for Edge {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+impl Edge {
+    /// Answers one request, whatever the protocol it came on (`protocol` labels metrics).
+    pub async fn respond(
+        &self,
+        req: &Parts,
+        conn: ConnInfo,
+        protocol: &'static str,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
-        let protocol = match req.version() {
-            http::Version::HTTP_2 => "h2",
-            http::Version::HTTP_3 => "h3",
-            http::Version::HTTP_10 => "http/1.0",
-            _ => "http/1.1",
-        };
-        let is_get = req.method() == Method::GET;
-        let path = req.uri().path().to_owned();
+        let is_get = req.method == Method::GET;
+        let path = req.uri.path();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let result = match (req.method(), segments.as_slice()) {
-            (&Method::GET | &Method::HEAD, ["a", id]) => {
-                let id = (*id).to_owned();
-                self.serve_file(req, conn, &id).await
-            }
+        let result = match (&req.method, segments.as_slice()) {
+            (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, conn, id).await,
             (&Method::GET, ["healthz"]) => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ok": true}),
@@ -219,7 +219,11 @@ impl Handler for Edge {
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };
-        let resp = result.unwrap_or_else(ApiError::into_response);
+        let mut resp = result.unwrap_or_else(ApiError::into_response);
+        if let Some(alt_svc) = &self.config.alt_svc {
+            resp.headers_mut()
+                .insert(http::header::ALT_SVC, alt_svc.clone());
+        }
         let m = self.cache.metrics();
         m.requests
             .with_label_values(&[protocol, resp.status().as_str()])
@@ -237,6 +241,18 @@ impl Handler for Edge {
     }
 }
 
+impl Handler for Edge {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let protocol = match req.version() {
+            http::Version::HTTP_2 => "h2",
+            http::Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
+        let (parts, _body) = req.into_parts();
+        self.respond(&parts, conn, protocol).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +267,7 @@ mod tests {
             geo: geo.then(|| Arc::new(GeoDb::open(&db).unwrap())),
             unknown_country: unknown,
             read_ahead_slices: 0,
+            alt_svc: None,
         }
     }
 

@@ -66,6 +66,14 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// A server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_with_alpn(pem, &[b"h2", b"http/1.1"])
+}
+
+/// A server configuration offering the given ALPN protocols (`h3` for QUIC).
+pub fn server_config_with_alpn(
+    pem: &CertPem,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_crypto_provider();
     let chain = certs(pem.cert.as_bytes())?;
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
@@ -73,7 +81,7 @@ pub fn server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsErro
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

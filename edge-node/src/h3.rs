@@ -1,0 +1,154 @@
+//! HTTP/3 (RFC 9114) over QUIC with quinn and h3, on the UDP side of the edge's port.
+//!
+//! Every request is answered by [`Edge::respond`], the same function the TCP listener uses,
+//! so tokens, territories, ranges and caching behave identically on every protocol.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cadenza_common::http::{ConnInfo, Shutdown};
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::task::JoinHandle;
+
+use crate::service::Edge;
+
+/// Limits for HTTP/3 connections.
+#[derive(Debug, Clone)]
+pub struct H3Limits {
+    /// Concurrent request streams per connection.
+    pub max_streams: u32,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Time given to open connections to finish after shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for H3Limits {
+    fn default() -> Self {
+        Self {
+            max_streams: 128,
+            idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the HTTP/3 endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum H3Error {
+    /// The TLS configuration cannot do QUIC (it needs TLS 1.3).
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running HTTP/3 endpoint.
+#[derive(Debug)]
+pub struct H3Listening {
+    /// The UDP address.
+    pub addr: SocketAddr,
+    /// Ends after shutdown once connections have drained.
+    pub task: JoinHandle<()>,
+}
+
+/// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`).
+pub fn serve_h3(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    limits: H3Limits,
+    edge: Arc<Edge>,
+    mut shutdown: Shutdown,
+) -> Result<H3Listening, H3Error> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| H3Error::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.max_streams.into());
+    transport.max_concurrent_uni_streams(8u32.into());
+    transport.max_idle_timeout(limits.idle_timeout.try_into().ok());
+    config.transport_config(Arc::new(transport));
+    let endpoint =
+        quinn::Endpoint::server(config, addr).map_err(|source| H3Error::Bind { addr, source })?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|source| H3Error::Bind { addr, source })?;
+    let task = tokio::spawn(async move {
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.wait() => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connection(incoming, edge).await {
+                    tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
+                }
+            });
+        }
+        endpoint.close(0u32.into(), b"shutting down");
+        let _ = tokio::time::timeout(limits.drain_timeout, endpoint.wait_idle()).await;
+    });
+    Ok(H3Listening { addr, task })
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    edge: Arc<Edge>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let conn = incoming.await?;
+    let info = ConnInfo {
+        peer: SocketAddr::new(
+            conn.remote_address().ip().to_canonical(),
+            conn.remote_address().port(),
+        ),
+        tls: true,
+    };
+    let mut h3: h3::server::Connection<h3_quinn::Connection, Bytes> = h3::server::builder()
+        .build(h3_quinn::Connection::new(conn))
+        .await?;
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                let edge = edge.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = request(resolver, edge, info).await {
+                        tracing::debug!(error = %e, "HTTP/3 request failed");
+                    }
+                });
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn request(
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    edge: Arc<Edge>,
+    info: ConnInfo,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (req, mut stream) = resolver.resolve_request().await?;
+    let (parts, ()) = req.into_parts();
+    let resp = edge.respond(&parts, info, "h3").await;
+    let (head, mut body) = resp.into_parts();
+    stream.send_response(Response::from_parts(head, ())).await?;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            stream.send_data(data).await?;
+        }
+    }
+    stream.finish().await?;
+    Ok(())
+}

@@ -51,6 +51,12 @@ pub enum Command {
         /// Job lease, in seconds: how long a silent worker keeps a job.
         #[arg(long, default_value_t = 60)]
         lease_secs: u64,
+        /// MaxMind country database for the edge's territory check (reloaded on change).
+        #[arg(long, value_name = "MMDB")]
+        geoip: Option<PathBuf>,
+        /// A proxy (IP or CIDR) whose X-Forwarded-For the edge believes; repeatable.
+        #[arg(long, value_name = "CIDR")]
+        trusted_proxy: Vec<cadenza_geo::Cidr>,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {

@@ -39,8 +39,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             exit_after_demo,
             workers,
             lease_secs,
+            geoip,
+            trusted_proxy,
         } => {
             let mut config = StackConfig::new(&data);
+            config.geoip = geoip;
+            config.trusted_proxies = trusted_proxy;
             config.port_base = port_base;
             config.workers = workers;
             config.job_lease = Duration::from_secs(lease_secs.max(4));

@@ -54,6 +54,10 @@ pub struct StackConfig {
     pub workers: usize,
     /// How long a job lease lasts without a heartbeat.
     pub job_lease: Duration,
+    /// GeoIP country database for the edge's territory check (reloaded when it changes).
+    pub geoip: Option<PathBuf>,
+    /// Proxies whose `X-Forwarded-For` the edge believes.
+    pub trusted_proxies: Vec<cadenza_geo::Cidr>,
 }
 
 impl StackConfig {
@@ -68,6 +72,8 @@ impl StackConfig {
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             workers: 1,
             job_lease: Duration::from_secs(60),
+            geoip: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -351,6 +357,18 @@ impl Stack {
             .task,
         );
         let edge_addr = edge_l.local_addr()?;
+        let geo = match &config.geoip {
+            Some(path) => {
+                let geo = Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
+                tasks.push(cadenza_edge::spawn_geo_reloader(
+                    geo.clone(),
+                    Duration::from_secs(10),
+                    shutdown.clone(),
+                ));
+                Some(geo)
+            }
+            None => None,
+        };
         // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
         let alt_svc =
             http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", edge_addr.port())).ok();
@@ -358,7 +376,8 @@ impl Stack {
             EdgeConfig {
                 keys,
                 token_leeway: verify_leeway_default(),
-                geo: None,
+                geo: geo.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
                 unknown_country: UnknownCountry::Allow,
                 read_ahead_slices: 2,
                 alt_svc,

@@ -517,3 +517,56 @@ async fn the_synthesised_demo_master_ingests_and_plays() {
     assert_eq!(report.decoded.frames, 3 * 44_100);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.geoip = Some(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb"),
+    );
+    // The test client connects from 127.0.0.1, playing a load balancer in front of the edge.
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("mono.flac"),
+        &meta("Licensed"),
+        false,
+    )
+    .await
+    .unwrap();
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let grant = player.grant(&view.track_id, Quality::Low).await.unwrap();
+    let url = format!("{}/a/{}", stack.info.edge, grant.file_id);
+    let from = |xff: &'static str| {
+        let mut req = client::request(Method::GET, &url, Some(&grant.token.0), empty()).unwrap();
+        req.headers_mut()
+            .insert(header::RANGE, "bytes=0-9".parse().unwrap());
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        req
+    };
+    // Sweden and Britain are licensed (GB,SE,US); Japan is not.
+    for (xff, want) in [
+        ("89.160.20.112", StatusCode::PARTIAL_CONTENT),
+        ("2.125.160.216", StatusCode::PARTIAL_CONTENT),
+        ("2001:218::1", StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS),
+        // A spoofed entry on the left does not help: the proxy appended the real client.
+        (
+            "89.160.20.112, 2001:218::1",
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+        ),
+    ] {
+        let resp = client.request(from(xff)).await.unwrap();
+        assert_eq!(resp.status(), want, "X-Forwarded-For: {xff}");
+        if want == StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS {
+            assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+        }
+    }
+    stack.shutdown().await;
+}

@@ -20,3 +20,29 @@ pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
 pub use slices::SliceMath;
+
+/// Checks the GeoIP database file every `every` and swaps in a changed, valid one, until
+/// `shutdown` fires. A bad file is logged and the previous database keeps serving.
+pub fn spawn_geo_reloader(
+    geo: std::sync::Arc<cadenza_geo::ReloadingGeo>,
+    every: std::time::Duration,
+    mut shutdown: cadenza_common::http::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let geo = geo.clone();
+            match tokio::task::spawn_blocking(move || geo.reload_if_changed()).await {
+                Ok(Ok(true)) => tracing::info!("GeoIP database reloaded"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "GeoIP reload refused; the previous database stays in service")
+                }
+                Err(e) => tracing::error!(error = %e, "GeoIP reload task failed"),
+            }
+        }
+    })
+}

@@ -15,7 +15,7 @@ use cadenza_common::http::{
     range_plan, ranged_response,
 };
 use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys};
-use cadenza_geo::GeoDb;
+use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -41,8 +41,11 @@ pub struct EdgeConfig {
     pub keys: VerifyingKeys,
     /// How far past expiry a token is still accepted.
     pub token_leeway: Duration,
-    /// Country database; without one, territories are not checked here.
-    pub geo: Option<Arc<GeoDb>>,
+    /// Country database, reloaded when its file changes; without one, territories are not
+    /// checked here.
+    pub geo: Option<Arc<ReloadingGeo>>,
+    /// Proxies whose `X-Forwarded-For` is believed (load balancers in front of the edge).
+    pub trusted_proxies: Vec<Cidr>,
     /// Policy for addresses the database does not place.
     pub unknown_country: UnknownCountry,
     /// Slices past the end of a request to fetch ahead of the player.
@@ -114,7 +117,12 @@ impl Edge {
             .parse()
             .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
         let claims = self.check_token(req, &id)?;
-        check_territory(&self.config, &claims, conn.peer.ip())?;
+        let forwarded = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
+        check_territory(&self.config, &claims, client)?;
         let size = self.cache.size(&id).await?;
         let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
@@ -170,7 +178,7 @@ fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Res
     let unavailable = |reason: &'static str, msg: String| {
         ApiError::new(StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, reason, msg)
     };
-    match geo.country(ip) {
+    match geo.get().country(ip) {
         Some(country) if claims.territories.allows(&country) => Ok(()),
         Some(country) => Err(unavailable(
             "territory",
@@ -264,7 +272,8 @@ mod tests {
         EdgeConfig {
             keys: VerifyingKeys::default(),
             token_leeway: Duration::from_secs(30),
-            geo: geo.then(|| Arc::new(GeoDb::open(&db).unwrap())),
+            geo: geo.then(|| Arc::new(ReloadingGeo::open(&db).unwrap())),
+            trusted_proxies: Vec::new(),
             unknown_country: unknown,
             read_ahead_slices: 0,
             alt_svc: None,

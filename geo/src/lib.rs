@@ -4,10 +4,16 @@
 //! open is refused with the reader's reason. Licensed territories themselves are a wire type
 //! ([`cadenza_common::Territories`]) because edge tokens carry them.
 
+mod proxy;
+mod reload;
+
 use std::net::IpAddr;
 use std::path::Path;
 
 use maxminddb::{MaxMindDbError, Reader, geoip2};
+
+pub use proxy::{Cidr, CidrError, client_ip};
+pub use reload::ReloadingGeo;
 
 /// Why a database could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +24,20 @@ pub enum GeoError {
         path: String,
         #[source]
         source: MaxMindDbError,
+    },
+    /// The file opened but its search tree or data section is damaged.
+    #[error("GeoIP database {path} is corrupt: {source}")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: MaxMindDbError,
+    },
+    /// The file could not be read.
+    #[error("cannot read GeoIP database {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The database is not a country database.
     #[error("GeoIP database {path} is a {kind} database, not a country database")]
@@ -40,6 +60,12 @@ impl GeoDb {
     pub fn open(path: &Path) -> Result<Self, GeoError> {
         let shown = path.display().to_string();
         let reader = Reader::open_readfile(path).map_err(|source| GeoError::Load {
+            path: shown.clone(),
+            source,
+        })?;
+        // Walk the whole tree and data section now, so a damaged file is refused at load
+        // rather than answering some lookups wrongly later.
+        reader.verify().map_err(|source| GeoError::Corrupt {
             path: shown.clone(),
             source,
         })?;
@@ -85,6 +111,18 @@ mod tests {
         ];
         for (ip, want) in cases {
             assert_eq!(db.country(ip.parse().unwrap()).as_deref(), want, "{ip}");
+        }
+    }
+
+    #[test]
+    fn refuses_maxminds_broken_databases() {
+        for name in [
+            "MaxMind-DB-test-broken-pointers-24.mmdb",
+            "MaxMind-DB-test-broken-search-tree-24.mmdb",
+            "GeoIP2-City-Test-Invalid-Node-Count.mmdb",
+        ] {
+            let err = GeoDb::open(&fixture(name)).unwrap_err();
+            eprintln!("{name}: {err}");
         }
     }
 

@@ -57,6 +57,9 @@ pub enum Command {
         /// A proxy (IP or CIDR) whose X-Forwarded-For the edge believes; repeatable.
         #[arg(long, value_name = "CIDR")]
         trusted_proxy: Vec<cadenza_geo::Cidr>,
+        /// Also serve the edge without TLS (HTTP/1.1, h2c) on the fifth port.
+        #[arg(long)]
+        edge_cleartext: bool,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {

@@ -41,10 +41,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             lease_secs,
             geoip,
             trusted_proxy,
+            edge_cleartext,
         } => {
             let mut config = StackConfig::new(&data);
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
+            config.edge_cleartext = edge_cleartext;
             config.port_base = port_base;
             config.workers = workers;
             config.job_lease = Duration::from_secs(lease_secs.max(4));
@@ -209,6 +211,9 @@ async fn up(
     println!("  control plane  {}", stack.info.control_plane);
     println!("  origin         {}", stack.info.origin);
     println!("  edge           {}", stack.info.edge);
+    if let Some(url) = &stack.info.edge_cleartext {
+        println!("  edge (clear)   {url}");
+    }
     println!(
         "  edge admin     {} (/metrics, /healthz; purge, pre-warm and stats with the admin_token in secrets.json)",
         stack.info.edge_admin

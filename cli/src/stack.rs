@@ -58,6 +58,9 @@ pub struct StackConfig {
     pub geoip: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` the edge believes.
     pub trusted_proxies: Vec<cadenza_geo::Cidr>,
+    /// Also serve the edge without TLS (HTTP/1.1 and h2c) on the fifth port, for
+    /// deployments behind a TLS-terminating load balancer.
+    pub edge_cleartext: bool,
 }
 
 impl StackConfig {
@@ -74,6 +77,7 @@ impl StackConfig {
             job_lease: Duration::from_secs(60),
             geoip: None,
             trusted_proxies: Vec::new(),
+            edge_cleartext: false,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct ClusterInfo {
     pub edge_admin: String,
     /// Bearer token for the edge's admin commands.
     pub admin_token: String,
+    /// The edge's cleartext listener, when enabled.
+    pub edge_cleartext: Option<String>,
 }
 
 impl ClusterInfo {
@@ -266,6 +272,11 @@ impl Stack {
             listener(config.listen, config.port_base, 2).await?,
             listener(config.listen, config.port_base, 3).await?,
         );
+        let cleartext_l = if config.edge_cleartext {
+            Some(listener(config.listen, config.port_base, 4).await?)
+        } else {
+            None
+        };
         let info = ClusterInfo {
             control_plane: url(control_l.local_addr()?),
             origin: url(origin_l.local_addr()?),
@@ -274,6 +285,10 @@ impl Stack {
             label_key: secrets.label_key.clone(),
             edge_admin: url(admin_l.local_addr()?),
             admin_token: secrets.admin_token.clone(),
+            edge_cleartext: match &cleartext_l {
+                Some(l) => Some(format!("http://{}", l.local_addr()?)),
+                None => None,
+            },
         };
         let (trigger, shutdown) = Shutdown::new();
         let limits = ServerLimits::default();
@@ -388,12 +403,15 @@ impl Stack {
             serve_on(
                 edge_l,
                 Some(server_tls),
-                limits,
+                limits.clone(),
                 edge.clone(),
                 shutdown.clone(),
             )?
             .task,
         );
+        if let Some(l) = cleartext_l {
+            tasks.push(serve_on(l, None, limits.clone(), edge.clone(), shutdown.clone())?.task);
+        }
         let h3_tls = tls::server_config_with_alpn(&cert, &[b"h3"])?;
         let h3 = serve_h3(
             edge_addr,

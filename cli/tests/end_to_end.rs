@@ -527,8 +527,10 @@ async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb"),
     );
-    // The test client connects from 127.0.0.1, playing a load balancer in front of the edge.
+    // The test client connects from 127.0.0.1, playing a load balancer in front of the edge,
+    // which it reaches on the cleartext listener, as a TLS-terminating balancer would.
     config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.edge_cleartext = true;
     let stack = Stack::start(config).await.unwrap();
     let client = stack.client().unwrap();
     let view = ingest_file(
@@ -542,7 +544,9 @@ async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
     .unwrap();
     let player = Player::new(client.clone(), stack.info.control_plane.clone());
     let grant = player.grant(&view.track_id, Quality::Low).await.unwrap();
-    let url = format!("{}/a/{}", stack.info.edge, grant.file_id);
+    let edge = stack.info.edge_cleartext.clone().unwrap();
+    assert!(edge.starts_with("http://"));
+    let url = format!("{edge}/a/{}", grant.file_id);
     let from = |xff: &'static str| {
         let mut req = client::request(Method::GET, &url, Some(&grant.token.0), empty()).unwrap();
         req.headers_mut()

@@ -12,6 +12,9 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log as JSON lines (one object per event) instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,6 +63,9 @@ pub enum Command {
         /// Also serve the edge without TLS (HTTP/1.1, h2c) on the fifth port.
         #[arg(long)]
         edge_cleartext: bool,
+        /// Log every edge request to stderr (target `access`; JSON with --log-json).
+        #[arg(long)]
+        access_log: bool,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {

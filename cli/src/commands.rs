@@ -13,19 +13,25 @@ use crate::ingest::{TrackMeta, ingest_file};
 use crate::stack::{ClusterInfo, Stack, StackConfig};
 use crate::synth;
 
-/// Logs to stderr; `RUST_LOG` overrides the level chosen by `-v`.
-pub fn init_logging(verbose: u8) {
+/// Logs to stderr, as text or JSON lines; `RUST_LOG` overrides the level chosen by `-v`.
+/// Access-log events (target `access`) pass at every level: they are only emitted when the
+/// edge's access log is switched on.
+pub fn init_logging(verbose: u8, json: bool) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,access=info",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Runs a parsed command line.
@@ -42,11 +48,13 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             geoip,
             trusted_proxy,
             edge_cleartext,
+            access_log,
         } => {
             let mut config = StackConfig::new(&data);
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
             config.edge_cleartext = edge_cleartext;
+            config.access_log = access_log;
             config.port_base = port_base;
             config.workers = workers;
             config.job_lease = Duration::from_secs(lease_secs.max(4));

@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = cadenza::cli::Cli::parse();
-    cadenza::commands::init_logging(args.verbose);
+    cadenza::commands::init_logging(args.verbose, args.log_json);
     match cadenza::commands::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

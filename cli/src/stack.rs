@@ -61,6 +61,8 @@ pub struct StackConfig {
     /// Also serve the edge without TLS (HTTP/1.1 and h2c) on the fifth port, for
     /// deployments behind a TLS-terminating load balancer.
     pub edge_cleartext: bool,
+    /// Log every edge request (target `access`).
+    pub access_log: bool,
 }
 
 impl StackConfig {
@@ -78,6 +80,7 @@ impl StackConfig {
             geoip: None,
             trusted_proxies: Vec::new(),
             edge_cleartext: false,
+            access_log: false,
         }
     }
 }
@@ -396,6 +399,7 @@ impl Stack {
                 unknown_country: UnknownCountry::Allow,
                 read_ahead_slices: 2,
                 alt_svc,
+                access_log: config.access_log,
             },
             cache,
         ));

@@ -52,6 +52,9 @@ pub struct EdgeConfig {
     pub read_ahead_slices: u64,
     /// `Alt-Svc` value advertising HTTP/3, when the edge serves it.
     pub alt_svc: Option<http::HeaderValue>,
+    /// Log every request (target `access`: method, path, status, bytes, protocol, client,
+    /// milliseconds).
+    pub access_log: bool,
 }
 
 /// The edge service.
@@ -236,14 +239,28 @@ impl Edge {
         m.requests
             .with_label_values(&[protocol, resp.status().as_str()])
             .inc();
-        m.ttfb_seconds.observe(started.elapsed().as_secs_f64());
-        if is_get && resp.status().is_success() {
-            let sent = resp
-                .headers()
+        let elapsed = started.elapsed();
+        m.ttfb_seconds.observe(elapsed.as_secs_f64());
+        let sent = if is_get && resp.status().is_success() {
+            resp.headers()
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            m.bytes_served.inc_by(sent);
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        m.bytes_served.inc_by(sent);
+        if self.config.access_log {
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                path = req.uri.path(),
+                status = resp.status().as_u16(),
+                bytes = sent,
+                protocol,
+                client = %conn.peer.ip(),
+                ms = elapsed.as_secs_f64() * 1000.0,
+            );
         }
         resp
     }
@@ -277,6 +294,7 @@ mod tests {
             unknown_country: unknown,
             read_ahead_slices: 0,
             alt_svc: None,
+            access_log: false,
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, empty, json_response, read_json, secrets_match,
+    ApiError, Body, ConnInfo, Handler, empty, json_response, read_json, require_bearer,
 };
 use cadenza_common::{
     IngestRequest, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
@@ -98,10 +98,7 @@ impl ControlPlane {
     }
 
     fn authorize_service(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        match bearer_token(req.headers()) {
-            Some(t) if secrets_match(t.as_bytes(), self.config.service_token.as_bytes()) => Ok(()),
-            _ => Err(ApiError::unauthorized()),
-        }
+        require_bearer(req.headers(), &self.config.service_token)
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

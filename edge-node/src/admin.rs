@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cadenza_common::FileId;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, full, json_response, read_json, secrets_match,
+    ApiError, Body, ConnInfo, Handler, full, json_response, read_json, require_bearer,
 };
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -57,10 +57,7 @@ impl EdgeAdmin {
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        match bearer_token(req.headers()) {
-            Some(t) if secrets_match(t.as_bytes(), self.token.as_bytes()) => Ok(()),
-            _ => Err(ApiError::unauthorized()),
-        }
+        require_bearer(req.headers(), &self.token)
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

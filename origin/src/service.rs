@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, json_response, plan_span, range_plan,
-    ranged_response, read_json, secrets_match,
+    ApiError, Body, ConnInfo, Handler, json_response, plan_span, range_plan, ranged_response,
+    read_json, require_bearer,
 };
 use cadenza_common::{
     FileId, IngestRequest, IngestResponse, TrackId, UploadId, UploadReceipt, hex_encode,
@@ -112,10 +112,7 @@ impl Origin {
     }
 
     fn authorize(&self, req: &Request<Incoming>, secret: &str) -> Result<(), ApiError> {
-        match bearer_token(req.headers()) {
-            Some(t) if secrets_match(t.as_bytes(), secret.as_bytes()) => Ok(()),
-            _ => Err(ApiError::unauthorized()),
-        }
+        require_bearer(req.headers(), secret)
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

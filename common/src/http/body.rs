@@ -81,6 +81,14 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Checks that `headers` carry `Authorization: Bearer {secret}`; 401 otherwise.
+pub fn require_bearer(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {
+    match bearer_token(headers) {
+        Some(t) if secrets_match(t.as_bytes(), secret.as_bytes()) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
 /// Compares two secrets in time that depends only on their lengths.
 pub fn secrets_match(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {

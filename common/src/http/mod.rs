@@ -16,7 +16,8 @@ mod shutdown;
 pub mod tls;
 
 pub use body::{
-    Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, secrets_match,
+    Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, require_bearer,
+    secrets_match,
 };
 pub use error::ApiError;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};

@@ -63,6 +63,10 @@ pub struct StackConfig {
     pub edge_cleartext: bool,
     /// Log every edge request (target `access`).
     pub access_log: bool,
+    /// Further origins the edge may fetch from after this stack's own (tried in order).
+    pub extra_origins: Vec<String>,
+    /// Put `extra_origins` before this stack's own origin (to exercise failover).
+    pub extra_origins_first: bool,
 }
 
 impl StackConfig {
@@ -81,6 +85,8 @@ impl StackConfig {
             trusted_proxies: Vec::new(),
             edge_cleartext: false,
             access_log: false,
+            extra_origins: Vec::new(),
+            extra_origins_first: false,
         }
     }
 }
@@ -352,9 +358,22 @@ impl Stack {
             SliceMath::new(config.slice_bytes),
             config.edge_cache_bytes,
             UpstreamConfig {
-                origin: info.origin.clone(),
+                origins: if config.extra_origins_first {
+                    config
+                        .extra_origins
+                        .iter()
+                        .cloned()
+                        .chain([info.origin.clone()])
+                        .collect()
+                } else {
+                    std::iter::once(info.origin.clone())
+                        .chain(config.extra_origins.iter().cloned())
+                        .collect()
+                },
                 edge_key: secrets.edge_key.clone(),
                 timeout: Duration::from_secs(10),
+                breaker_threshold: 3,
+                breaker_cooldown: Duration::from_secs(10),
             },
             client.clone(),
             Arc::new(EdgeMetrics::new()),

@@ -574,3 +574,38 @@ async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_fails_over_past_a_dead_origin_and_opens_its_breaker() {
+    // A port nothing listens on: connections are refused at once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("https://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.slice_bytes = 4096;
+    config.extra_origins = vec![dead_url];
+    config.extra_origins_first = true;
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("mono.flac"),
+        &meta("Failover"),
+        false,
+    )
+    .await
+    .unwrap();
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let report = player
+        .play(&PlayOptions::new(view.track_id, Quality::Low))
+        .await
+        .unwrap();
+    assert_eq!(report.bytes, report.grant.size);
+    // The dead origin failed three times in a row and now goes last.
+    assert!(stack.edge.cache().origin_circuit_open(0));
+    assert!(!stack.edge.cache().origin_circuit_open(1));
+    stack.shutdown().await;
+}

@@ -13,16 +13,22 @@ use moka::future::Cache;
 
 use crate::metrics::EdgeMetrics;
 use crate::slices::SliceMath;
+use crate::upstream::Upstreams;
 
 /// Where the edge fetches what it does not hold.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    /// Origin base URL.
-    pub origin: String,
+    /// Origin base URLs in preference order; each fetch tries them in turn, failing ones
+    /// (circuit open) last.
+    pub origins: Vec<String>,
     /// Bearer token for the origin's object API.
     pub edge_key: String,
-    /// Time allowed for one slice fetch.
+    /// Time allowed for one slice fetch from one origin.
     pub timeout: Duration,
+    /// Consecutive failures that open an origin's circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker sends requests elsewhere first.
+    pub breaker_cooldown: Duration,
 }
 
 /// Why a slice could not be had.
@@ -43,6 +49,7 @@ pub struct SliceCache {
     slices: Cache<(FileId, u64), Bytes>,
     sizes: Cache<FileId, u64>,
     upstream: UpstreamConfig,
+    origins: Upstreams,
     client: HttpClient,
     origin_fetches: AtomicU64,
 }
@@ -75,6 +82,11 @@ impl SliceCache {
             metrics,
             slices,
             sizes: Cache::builder().max_capacity(1_000_000).build(),
+            origins: Upstreams::new(
+                upstream.origins.clone(),
+                upstream.breaker_threshold,
+                upstream.breaker_cooldown,
+            ),
             upstream,
             client,
             origin_fetches: AtomicU64::new(0),
@@ -210,10 +222,39 @@ impl SliceCache {
         result
     }
 
+    /// Fetches slice `index` from the first origin that answers, at most one attempt per
+    /// origin. A 404 is final (every origin serves the same content-addressed store).
     async fn fetch(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        let mut last = FetchError::Upstream("no origin configured".into());
+        for (i, origin) in self.origins.order(std::time::Instant::now()) {
+            match self.fetch_from(origin, id, index).await {
+                Ok(bytes) => {
+                    self.origins.record(i, true, std::time::Instant::now());
+                    return Ok(bytes);
+                }
+                Err(FetchError::NotFound) => {
+                    self.origins.record(i, true, std::time::Instant::now());
+                    return Err(FetchError::NotFound);
+                }
+                Err(e) => {
+                    tracing::warn!(origin, error = %e, "origin fetch failed; trying the next");
+                    self.origins.record(i, false, std::time::Instant::now());
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether origin `i`'s circuit breaker is open now (for stats and tests).
+    pub fn origin_circuit_open(&self, i: usize) -> bool {
+        self.origins.is_open(i, std::time::Instant::now())
+    }
+
+    async fn fetch_from(&self, origin: &str, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
         let size = self.math.slice_size();
         let start = index * size;
-        let url = format!("{}/v1/objects/{id}", self.upstream.origin);
+        let url = format!("{origin}/v1/objects/{id}");
         let mut req = client::request(Method::GET, &url, Some(&self.upstream.edge_key), empty())
             .map_err(|e| FetchError::Upstream(e.to_string()))?;
         let range = format!("bytes={}-{}", start, start + size - 1);

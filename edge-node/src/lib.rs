@@ -13,6 +13,7 @@ mod h3;
 mod metrics;
 mod service;
 mod slices;
+mod upstream;
 
 pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig};
@@ -20,6 +21,7 @@ pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
 pub use slices::SliceMath;
+pub use upstream::{Breaker, Upstreams};
 
 /// Checks the GeoIP database file every `every` and swaps in a changed, valid one, until
 /// `shutdown` fires. A bad file is logged and the previous database keeps serving.

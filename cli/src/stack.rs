@@ -26,8 +26,8 @@ use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
 use cadenza_control_plane::{ControlPlane, ControlPlaneConfig, GrantPolicy, Store};
 use cadenza_edge::{
-    Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath, UnknownCountry,
-    UpstreamConfig, serve_h3,
+    DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath,
+    UnknownCountry, UpstreamConfig, serve_h3,
 };
 use cadenza_origin::{LocalDirStore, Origin, OriginConfig};
 use cadenza_transcoder::worker::{self, WorkerConfig};
@@ -48,6 +48,8 @@ pub struct StackConfig {
     pub slice_bytes: u64,
     /// Edge memory cache size.
     pub edge_cache_bytes: u64,
+    /// Edge disk cache size (under `{data}/edge-cache`); 0 disables the disk tier.
+    pub edge_disk_bytes: u64,
     /// Largest master accepted.
     pub max_upload_bytes: u64,
     /// Transcode workers to run in process.
@@ -78,6 +80,7 @@ impl StackConfig {
             port_base: 7700,
             slice_bytes: 256 * 1024,
             edge_cache_bytes: 256 * 1024 * 1024,
+            edge_disk_bytes: 4 * 1024 * 1024 * 1024,
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             workers: 1,
             job_lease: Duration::from_secs(60),
@@ -354,6 +357,13 @@ impl Stack {
             .task,
         );
 
+        let disk = if config.edge_disk_bytes > 0 {
+            Some(Arc::new(
+                DiskTier::open(data.join("edge-cache"), config.edge_disk_bytes).await?,
+            ))
+        } else {
+            None
+        };
         let cache = Arc::new(SliceCache::new(
             SliceMath::new(config.slice_bytes),
             config.edge_cache_bytes,
@@ -377,6 +387,7 @@ impl Stack {
             },
             client.clone(),
             Arc::new(EdgeMetrics::new()),
+            disk,
         ));
         let admin = Arc::new(EdgeAdmin::new(
             cache.clone(),

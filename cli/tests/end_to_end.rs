@@ -609,3 +609,75 @@ async fn the_edge_fails_over_past_a_dead_origin_and_opens_its_breaker() {
     assert!(!stack.edge.cache().origin_circuit_open(1));
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = StackConfig::new(dir.path());
+        c.port_base = 0;
+        c.slice_bytes = 4096;
+        c
+    };
+    let stack = Stack::start(config()).await.unwrap();
+    let client = stack.client().unwrap();
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("mono.flac"),
+        &meta("Disk"),
+        false,
+    )
+    .await
+    .unwrap();
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let grant = player.grant(&view.track_id, Quality::High).await.unwrap();
+    let stored = std::fs::read(
+        dir.path()
+            .join("objects/renditions")
+            .join(grant.file_id.as_str()),
+    )
+    .unwrap();
+    let slices = (stored.len() as u64).div_ceil(4096);
+    let (status, _, body) = fetch(
+        &client,
+        &format!("{}/a/{}", stack.info.edge, grant.file_id),
+        &grant.token.0,
+        None,
+    )
+    .await;
+    assert_eq!((status, body.len()), (StatusCode::OK, stored.len()));
+    // Disk writes happen in the background; wait (bounded) until every slice is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.edge.cache().disk_usage().await.map(|u| u.1) != Some(slices) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slices never reached the disk"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stack.shutdown().await;
+
+    // Damage one slice while the edge is down.
+    let victim = dir
+        .path()
+        .join("edge-cache")
+        .join(grant.file_id.as_str())
+        .join("2");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let stack = Stack::start(config()).await.unwrap();
+    let client = stack.client().unwrap();
+    let url = format!("{}/a/{}", stack.info.edge, grant.file_id);
+    let (status, _, body) = fetch(&client, &url, &grant.token.0, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, stored, "served bytes differ after restart");
+    // Only the damaged slice went back to the origin.
+    assert_eq!(stack.edge.cache().origin_fetches(), 1);
+    assert_eq!(stack.edge.cache().metrics().disk_corrupt.get(), 1);
+    assert_eq!(stack.edge.cache().metrics().disk_hits.get(), slices - 1);
+    stack.shutdown().await;
+}

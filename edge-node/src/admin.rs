@@ -87,6 +87,7 @@ impl EdgeAdmin {
             (&Method::GET, "/admin/v1/stats") => {
                 self.authorize(&req)?;
                 let (bytes, entries) = self.cache.usage().await;
+                let (disk_bytes, disk_slices) = self.cache.disk_usage().await.unwrap_or((0, 0));
                 let m = self.cache.metrics();
                 Ok(json_response(
                     StatusCode::OK,
@@ -94,6 +95,10 @@ impl EdgeAdmin {
                         "cache_bytes": bytes,
                         "cache_slices": entries,
                         "slice_bytes": self.cache.math().slice_size(),
+                        "disk_bytes": disk_bytes,
+                        "disk_slices": disk_slices,
+                        "disk_hits": m.disk_hits.get(),
+                        "disk_corrupt": m.disk_corrupt.get(),
                         "hits": m.hits.get(),
                         "misses": m.misses.get(),
                         "collapsed_waiters": m.collapsed.get(),

@@ -11,6 +11,7 @@ use cadenza_common::http::empty;
 use http::{Method, StatusCode, header};
 use moka::future::Cache;
 
+use crate::disk::{DiskMiss, DiskTier};
 use crate::metrics::EdgeMetrics;
 use crate::slices::SliceMath;
 use crate::upstream::Upstreams;
@@ -50,6 +51,7 @@ pub struct SliceCache {
     sizes: Cache<FileId, u64>,
     upstream: UpstreamConfig,
     origins: Upstreams,
+    disk: Option<Arc<DiskTier>>,
     client: HttpClient,
     origin_fetches: AtomicU64,
 }
@@ -71,6 +73,7 @@ impl SliceCache {
         upstream: UpstreamConfig,
         client: HttpClient,
         metrics: Arc<EdgeMetrics>,
+        disk: Option<Arc<DiskTier>>,
     ) -> Self {
         let slices = Cache::builder()
             .max_capacity(capacity_bytes)
@@ -88,6 +91,7 @@ impl SliceCache {
                 upstream.breaker_cooldown,
             ),
             upstream,
+            disk,
             client,
             origin_fetches: AtomicU64::new(0),
         }
@@ -173,6 +177,14 @@ impl SliceCache {
         (bytes, self.slices.entry_count())
     }
 
+    /// Bytes and slices in the disk tier, when there is one.
+    pub async fn disk_usage(&self) -> Option<(u64, u64)> {
+        match &self.disk {
+            Some(disk) => Some(disk.usage().await),
+            None => None,
+        }
+    }
+
     /// The metrics this cache reports into.
     pub fn metrics(&self) -> &Arc<EdgeMetrics> {
         &self.metrics
@@ -210,7 +222,7 @@ impl SliceCache {
             .slices
             .try_get_with(key, async move {
                 leader.store(true, Ordering::Relaxed);
-                this.fetch(id, index).await
+                this.load(id, index).await
             })
             .await
             .map_err(|e| (*e).clone());
@@ -220,6 +232,28 @@ impl SliceCache {
             self.metrics.collapsed.inc();
         }
         result
+    }
+
+    /// A slice the memory tier lacks: from disk when it is there and intact, else from an
+    /// origin (and then written to disk in the background).
+    async fn load(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        if let Some(disk) = &self.disk {
+            match disk.get(id, index).await {
+                Ok((total, data)) => {
+                    self.metrics.disk_hits.inc();
+                    self.sizes.insert(id.clone(), total).await;
+                    return Ok(data);
+                }
+                Err(DiskMiss::Corrupt) => self.metrics.disk_corrupt.inc(),
+                Err(DiskMiss::Absent) => {}
+            }
+        }
+        let data = self.fetch(id, index).await?;
+        if let (Some(disk), Some(total)) = (&self.disk, self.sizes.get(id).await) {
+            let (disk, id, data) = (disk.clone(), id.clone(), data.clone());
+            tokio::spawn(async move { disk.put(&id, index, total, &data).await });
+        }
+        Ok(data)
     }
 
     /// Fetches slice `index` from the first origin that answers, at most one attempt per

@@ -9,6 +9,7 @@
 
 mod admin;
 mod cache;
+mod disk;
 mod h3;
 mod metrics;
 mod service;
@@ -17,6 +18,7 @@ mod upstream;
 
 pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig};
+pub use disk::DiskTier;
 pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};

@@ -18,6 +18,10 @@ pub struct EdgeMetrics {
     pub hits: IntCounter,
     /// Slice lookups that fetched from the origin.
     pub misses: IntCounter,
+    /// Memory misses answered from the disk tier.
+    pub disk_hits: IntCounter,
+    /// Slices found damaged on disk (refetched, never served).
+    pub disk_corrupt: IntCounter,
     /// Slice lookups that waited on another request's fetch of the same slice.
     pub collapsed: IntCounter,
     /// Read-ahead fetches started.
@@ -68,6 +72,17 @@ impl EdgeMetrics {
                 counter(
                     "cache_misses_total",
                     "Slice lookups fetched from the origin",
+                ),
+            ),
+            disk_hits: register(
+                &r,
+                counter("disk_hits_total", "Memory misses answered from disk"),
+            ),
+            disk_corrupt: register(
+                &r,
+                counter(
+                    "disk_corrupt_total",
+                    "Slices found damaged on disk and refetched",
                 ),
             ),
             collapsed: register(

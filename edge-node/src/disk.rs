@@ -1,0 +1,205 @@
+//! The disk tier: slices kept in files under one directory, bounded in size, each with a
+//! SHA-256 of its bytes checked on every read, and found again by scanning the directory
+//! when the edge restarts.
+//!
+//! File layout: `{root}/{file_id}/{slice}` holding a 48-byte header — magic `CZS1`, the
+//! object's total length (u64 LE), the slice length (u32 LE), the SHA-256 of the slice —
+//! then the slice. Files are written to a `.tmp` name and renamed, so a crash leaves either
+//! a whole slice or a `.tmp` that the next start deletes. Names come from validated ids.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cadenza_common::FileId;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use ring::digest::{SHA256, digest};
+
+const MAGIC: &[u8; 4] = b"CZS1";
+const HEADER: usize = 4 + 8 + 4 + 32;
+
+/// Why a slice file was not used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DiskMiss {
+    /// Not on disk.
+    Absent,
+    /// On disk but damaged; it has been removed.
+    Corrupt,
+}
+
+/// Slices on disk.
+pub struct DiskTier {
+    root: PathBuf,
+    index: Cache<(FileId, u64), u32>,
+}
+
+impl std::fmt::Debug for DiskTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DiskTier({})", self.root.display())
+    }
+}
+
+fn slice_path(root: &Path, id: &FileId, index: u64) -> PathBuf {
+    root.join(id.as_str()).join(index.to_string())
+}
+
+impl DiskTier {
+    /// Opens (creating) the tier at `root`, bounded to `capacity_bytes`, and indexes the
+    /// slices already there.
+    pub async fn open(root: impl Into<PathBuf>, capacity_bytes: u64) -> std::io::Result<Self> {
+        let root = root.into();
+        tokio::fs::create_dir_all(&root).await?;
+        let listener_root = root.clone();
+        let index = Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_, len: &u32| *len)
+            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<(FileId, u64)>, _len, cause| {
+                // A replaced entry was rewritten in place; anything else leaves for good.
+                if cause != RemovalCause::Replaced {
+                    let _ = std::fs::remove_file(slice_path(&listener_root, &key.0, key.1));
+                }
+            })
+            .build();
+        let tier = Self { root, index };
+        tier.scan().await?;
+        Ok(tier)
+    }
+
+    /// Rebuilds the index from the directory (a restart), deleting leftovers of crashes.
+    async fn scan(&self) -> std::io::Result<()> {
+        let mut dirs = tokio::fs::read_dir(&self.root).await?;
+        while let Some(dir) = dirs.next_entry().await? {
+            let Some(id) = dir
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<FileId>().ok())
+            else {
+                continue;
+            };
+            let mut files = tokio::fs::read_dir(dir.path()).await?;
+            while let Some(file) = files.next_entry().await? {
+                let name = file.file_name();
+                let Some(name) = name.to_str() else { continue };
+                match name.parse::<u64>() {
+                    Ok(index) => {
+                        let len = file.metadata().await?.len();
+                        self.index
+                            .insert((id.clone(), index), u32::try_from(len).unwrap_or(u32::MAX))
+                            .await;
+                    }
+                    Err(_) => {
+                        let _ = tokio::fs::remove_file(file.path()).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Slice `index` of `id` with its object's total length, checked against its SHA-256.
+    pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
+        let key = (id.clone(), index);
+        if self.index.get(&key).await.is_none() {
+            return Err(DiskMiss::Absent);
+        }
+        let path = slice_path(&self.root, id, index);
+        let Ok(raw) = tokio::fs::read(&path).await else {
+            self.index.invalidate(&key).await;
+            return Err(DiskMiss::Absent);
+        };
+        match decode(&raw) {
+            Some(found) => Ok(found),
+            None => {
+                tracing::warn!(file = %id, slice = index, "corrupt slice on disk; refetching");
+                self.index.invalidate(&key).await;
+                let _ = tokio::fs::remove_file(&path).await;
+                Err(DiskMiss::Corrupt)
+            }
+        }
+    }
+
+    /// Stores a slice (errors are logged: the disk tier is an optimisation).
+    pub async fn put(&self, id: &FileId, index: u64, object_len: u64, data: &Bytes) {
+        let path = slice_path(&self.root, id, index);
+        let tmp = path.with_extension("tmp");
+        let write = async {
+            if let Some(dir) = path.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::write(&tmp, encode(object_len, data)).await?;
+            tokio::fs::rename(&tmp, &path).await
+        };
+        match write.await {
+            Ok(()) => {
+                let len = u32::try_from(HEADER + data.len()).unwrap_or(u32::MAX);
+                self.index.insert((id.clone(), index), len).await;
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                tracing::warn!(file = %id, slice = index, error = %e, "cannot write slice to disk");
+            }
+        }
+    }
+
+    /// Drops every slice of `ids`.
+    pub async fn purge(&self, ids: &[FileId]) {
+        let set: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
+        let _ = self
+            .index
+            .invalidate_entries_if(move |key, _| set.contains(&key.0));
+        self.index.run_pending_tasks().await;
+        for id in ids {
+            let _ = tokio::fs::remove_dir_all(self.root.join(id.as_str())).await;
+        }
+    }
+
+    /// Bytes and slices on disk.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.index.run_pending_tasks().await;
+        (self.index.weighted_size(), self.index.entry_count())
+    }
+}
+
+fn encode(object_len: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&object_len.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(digest(&SHA256, data).as_ref());
+    out.extend_from_slice(data);
+    out
+}
+
+fn decode(raw: &[u8]) -> Option<(u64, Bytes)> {
+    if raw.len() < HEADER || &raw[..4] != MAGIC {
+        return None;
+    }
+    let object_len = u64::from_le_bytes(raw[4..12].try_into().ok()?);
+    let len = u32::from_le_bytes(raw[12..16].try_into().ok()?) as usize;
+    let data = &raw[HEADER..];
+    if data.len() != len || digest(&SHA256, data).as_ref() != &raw[16..48] {
+        return None;
+    }
+    Some((object_len, Bytes::copy_from_slice(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_any_damage_is_caught() {
+        let data = vec![7u8; 1000];
+        let raw = encode(5000, &data);
+        assert_eq!(decode(&raw), Some((5000, Bytes::from(data.clone()))));
+        for flip in [0, 5, 13, 20, HEADER, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[flip] ^= 1;
+            assert_eq!(decode(&bad), None, "flipped byte {flip} accepted");
+        }
+        assert_eq!(decode(&raw[..raw.len() - 1]), None);
+        assert_eq!(decode(b"CZS1"), None);
+    }
+}

@@ -401,9 +401,14 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
         (status, body.as_slice()),
         (StatusCode::PARTIAL_CONTENT, &stored[..10])
     );
+    let m = stack.edge.cache().metrics();
     assert!(
         stack.edge.cache().origin_fetches() > before_purge,
-        "purged slice served without refetch"
+        "purged slice served without refetch: hits {} misses {} disk {} collapsed {}",
+        m.hits.get(),
+        m.misses.get(),
+        m.disk_hits.get(),
+        m.collapsed.get()
     );
     let warmed: serde_json::Value = client::call_json(
         &client,

@@ -138,6 +138,9 @@ impl SliceCache {
         let _ = self
             .slices
             .invalidate_entries_if(move |key, _| set.contains(&key.0));
+        if let Some(disk) = &self.disk {
+            disk.purge(ids).await;
+        }
         doomed.len()
     }
 
@@ -248,10 +251,13 @@ impl SliceCache {
                 Err(DiskMiss::Absent) => {}
             }
         }
+        let epoch = self.disk.as_ref().map(|d| d.epoch());
         let data = self.fetch(id, index).await?;
-        if let (Some(disk), Some(total)) = (&self.disk, self.sizes.get(id).await) {
+        if let (Some(disk), Some(epoch), Some(total)) =
+            (&self.disk, epoch, self.sizes.get(id).await)
+        {
             let (disk, id, data) = (disk.clone(), id.clone(), data.clone());
-            tokio::spawn(async move { disk.put(&id, index, total, &data).await });
+            tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
         }
         Ok(data)
     }

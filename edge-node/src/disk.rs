@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cadenza_common::FileId;
@@ -32,6 +33,8 @@ pub enum DiskMiss {
 pub struct DiskTier {
     root: PathBuf,
     index: Cache<(FileId, u64), u32>,
+    /// Bumped by every purge; a write begun before a purge must not land after it.
+    purges: AtomicU64,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -62,7 +65,11 @@ impl DiskTier {
                 }
             })
             .build();
-        let tier = Self { root, index };
+        let tier = Self {
+            root,
+            index,
+            purges: AtomicU64::new(0),
+        };
         tier.scan().await?;
         Ok(tier)
     }
@@ -120,8 +127,18 @@ impl DiskTier {
         }
     }
 
-    /// Stores a slice (errors are logged: the disk tier is an optimisation).
-    pub async fn put(&self, id: &FileId, index: u64, object_len: u64, data: &Bytes) {
+    /// The purge epoch: take it before fetching what [`Self::put`] will store.
+    pub fn epoch(&self) -> u64 {
+        self.purges.load(Ordering::SeqCst)
+    }
+
+    /// Stores a slice fetched during `epoch` (errors are logged: the disk tier is an
+    /// optimisation). If a purge happened since, nothing is stored: a takedown must not be
+    /// undone by a write that was already on its way.
+    pub async fn put(&self, id: &FileId, index: u64, object_len: u64, data: &Bytes, epoch: u64) {
+        if self.epoch() != epoch {
+            return;
+        }
         let path = slice_path(&self.root, id, index);
         let tmp = path.with_extension("tmp");
         let write = async {
@@ -132,6 +149,10 @@ impl DiskTier {
             tokio::fs::rename(&tmp, &path).await
         };
         match write.await {
+            Ok(()) if self.epoch() != epoch => {
+                // A purge ran while this write was in flight.
+                let _ = tokio::fs::remove_file(&path).await;
+            }
             Ok(()) => {
                 let len = u32::try_from(HEADER + data.len()).unwrap_or(u32::MAX);
                 self.index.insert((id.clone(), index), len).await;
@@ -145,6 +166,7 @@ impl DiskTier {
 
     /// Drops every slice of `ids`.
     pub async fn purge(&self, ids: &[FileId]) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
         let set: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
         let _ = self
             .index
@@ -201,5 +223,35 @@ mod tests {
         }
         assert_eq!(decode(&raw[..raw.len() - 1]), None);
         assert_eq!(decode(b"CZS1"), None);
+    }
+}
+
+#[cfg(test)]
+mod tier_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn purge_removes_and_stale_writes_do_not_land() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-{}", std::process::id()));
+        let tier = DiskTier::open(&dir, 1 << 20).await.unwrap();
+        let id = FileId::random();
+        let data = Bytes::from(vec![1u8; 100]);
+        tier.put(&id, 0, 100, &data, tier.epoch()).await;
+        assert_eq!(tier.get(&id, 0).await, Ok((100, data.clone())));
+        let before = tier.epoch();
+        tier.purge(std::slice::from_ref(&id)).await;
+        assert_eq!(tier.get(&id, 0).await, Err(DiskMiss::Absent));
+        tier.put(&id, 0, 100, &data, before).await;
+        assert_eq!(
+            tier.get(&id, 0).await,
+            Err(DiskMiss::Absent),
+            "stale write landed"
+        );
+        // A restart finds what is there.
+        tier.put(&id, 1, 100, &data, tier.epoch()).await;
+        drop(tier);
+        let again = DiskTier::open(&dir, 1 << 20).await.unwrap();
+        assert_eq!(again.get(&id, 1).await, Ok((100, data)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

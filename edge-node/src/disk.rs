@@ -3,8 +3,8 @@
 //! when the edge restarts.
 //!
 //! File layout: `{root}/{file_id}/{slice}` holding a 48-byte header — magic `CZS1`, the
-//! object's total length (u64 LE), the slice length (u32 LE), the SHA-256 of the slice —
-//! then the slice. Files are written to a `.tmp` name and renamed, so a crash leaves either
+//! object's total length (u64 LE), the slice length (u32 LE), the SHA-256 of those two
+//! lengths and the slice — then the slice. Files are written to a `.tmp` name and renamed, so a crash leaves either
 //! a whole slice or a `.tmp` that the next start deletes. Names come from validated ids.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use cadenza_common::FileId;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
-use ring::digest::{SHA256, digest};
+use ring::digest::{Context, SHA256};
 
 const MAGIC: &[u8; 4] = b"CZS1";
 const HEADER: usize = 4 + 8 + 4 + 32;
@@ -184,12 +184,21 @@ impl DiskTier {
     }
 }
 
+/// SHA-256 over the header's lengths and the slice, so a flipped bit in either is caught.
+fn checksum(lengths: &[u8], data: &[u8]) -> ring::digest::Digest {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(lengths);
+    ctx.update(data);
+    ctx.finish()
+}
+
 fn encode(object_len: u64, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + data.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&object_len.to_le_bytes());
     out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(digest(&SHA256, data).as_ref());
+    let sum = checksum(&out[4..16], data);
+    out.extend_from_slice(sum.as_ref());
     out.extend_from_slice(data);
     out
 }
@@ -201,7 +210,7 @@ fn decode(raw: &[u8]) -> Option<(u64, Bytes)> {
     let object_len = u64::from_le_bytes(raw[4..12].try_into().ok()?);
     let len = u32::from_le_bytes(raw[12..16].try_into().ok()?) as usize;
     let data = &raw[HEADER..];
-    if data.len() != len || digest(&SHA256, data).as_ref() != &raw[16..48] {
+    if data.len() != len || checksum(&raw[4..16], data).as_ref() != &raw[16..48] {
         return None;
     }
     Some((object_len, Bytes::copy_from_slice(data)))

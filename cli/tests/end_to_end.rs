@@ -12,7 +12,7 @@ use cadenza::ingest::{TrackMeta, ingest_file};
 use cadenza::stack::{Stack, StackConfig};
 use cadenza_common::http::client::{self, HttpClient};
 use cadenza_common::http::empty;
-use cadenza_common::{PlaybackGrant, Quality, Territories, TrackStatus};
+use cadenza_common::{PlaybackGrant, Quality, Territories, TrackStatus, TrackView};
 use cadenza_player::{PlayOptions, Player};
 use http::{Method, StatusCode, header};
 
@@ -45,6 +45,17 @@ fn skip_or_fail(tool: &str) {
         "{tool} is required (CADENZA_REQUIRE_PEERS is set) but not installed"
     );
     eprintln!("SKIPPED: {tool} is not installed");
+}
+
+/// A client and a player for `stack`, and `master` ingested there and ready.
+async fn ready_track(stack: &Stack, master: &str, title: &str) -> (HttpClient, Player, TrackView) {
+    let client = stack.client().unwrap();
+    let view = ingest_file(&client, &stack.info, &fixture(master), &meta(title), false)
+        .await
+        .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    (client, player, view)
 }
 
 /// A Python interpreter that has `niquests` (set `CADENZA_PYTHON`, or `python3` on PATH).
@@ -537,17 +548,7 @@ async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
     config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     config.edge_cleartext = true;
     let stack = Stack::start(config).await.unwrap();
-    let client = stack.client().unwrap();
-    let view = ingest_file(
-        &client,
-        &stack.info,
-        &fixture("mono.flac"),
-        &meta("Licensed"),
-        false,
-    )
-    .await
-    .unwrap();
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let (client, player, view) = ready_track(&stack, "mono.flac", "Licensed").await;
     let grant = player.grant(&view.track_id, Quality::Low).await.unwrap();
     let edge = stack.info.edge_cleartext.clone().unwrap();
     assert!(edge.starts_with("http://"));
@@ -593,17 +594,7 @@ async fn the_edge_fails_over_past_a_dead_origin_and_opens_its_breaker() {
     config.extra_origins = vec![dead_url];
     config.extra_origins_first = true;
     let stack = Stack::start(config).await.unwrap();
-    let client = stack.client().unwrap();
-    let view = ingest_file(
-        &client,
-        &stack.info,
-        &fixture("mono.flac"),
-        &meta("Failover"),
-        false,
-    )
-    .await
-    .unwrap();
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let (_client, player, view) = ready_track(&stack, "mono.flac", "Failover").await;
     let report = player
         .play(&PlayOptions::new(view.track_id, Quality::Low))
         .await
@@ -625,17 +616,7 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
         c
     };
     let stack = Stack::start(config()).await.unwrap();
-    let client = stack.client().unwrap();
-    let view = ingest_file(
-        &client,
-        &stack.info,
-        &fixture("mono.flac"),
-        &meta("Disk"),
-        false,
-    )
-    .await
-    .unwrap();
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let (client, player, view) = ready_track(&stack, "mono.flac", "Disk").await;
     let grant = player.grant(&view.track_id, Quality::High).await.unwrap();
     let stored = std::fs::read(
         dir.path()

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, empty, json_response, read_json, require_bearer,
+    ApiError, Body, ConnInfo, Handler, empty, health, json_response, read_json, require_bearer,
 };
 use cadenza_common::{
     IngestRequest, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
@@ -105,10 +105,7 @@ impl ControlPlane {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
-            (Method::GET, ["healthz"]) => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"ok": true}),
-            )),
+            (Method::GET, ["healthz"]) => Ok(health()),
             (Method::POST, ["v1", "playback"]) => self.playback(req).await,
             (Method::GET, ["v1", "tracks", id]) => {
                 let id: TrackId = id.parse().map_err(|e: cadenza_common::IdError| {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use cadenza_common::FileId;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, full, json_response, read_json, require_bearer,
+    ApiError, Body, ConnInfo, Handler, full, health, json_response, read_json, require_bearer,
 };
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -62,10 +62,7 @@ impl EdgeAdmin {
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"ok": true}),
-            )),
+            (&Method::GET, "/healthz") => Ok(health()),
             (&Method::GET, "/readyz") if self.ready => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ready": true}),

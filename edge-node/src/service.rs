@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cadenza_common::http::{
-    ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, json_response, plan_span,
-    range_plan, ranged_response,
+    ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
+    ranged_response,
 };
 use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys};
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
@@ -223,10 +223,7 @@ impl Edge {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let result = match (&req.method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, conn, id).await,
-            (&Method::GET, ["healthz"]) => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"ok": true}),
-            )),
+            (&Method::GET, ["healthz"]) => Ok(health()),
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, json_response, plan_span, range_plan, ranged_response,
-    read_json, require_bearer,
+    ApiError, Body, ConnInfo, Handler, health, json_response, plan_span, range_plan,
+    ranged_response, read_json, require_bearer,
 };
 use cadenza_common::{
     FileId, IngestRequest, IngestResponse, TrackId, UploadId, UploadReceipt, hex_encode,
@@ -119,10 +119,7 @@ impl Origin {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
-            (Method::GET, ["healthz"]) => Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"ok": true}),
-            )),
+            (Method::GET, ["healthz"]) => Ok(health()),
             (Method::POST, ["v1", "uploads"]) => {
                 self.authorize(&req, &self.config.label_key)?;
                 self.upload(req).await

@@ -43,6 +43,11 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     }
 }
 
+/// The `GET /healthz` answer every service gives: the process is up and serving HTTP.
+pub fn health() -> Response<Body> {
+    json_response(StatusCode::OK, &serde_json::json!({"ok": true}))
+}
+
 /// Reads a whole body, refusing one longer than `limit` bytes.
 pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
 where

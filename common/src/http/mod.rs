@@ -16,10 +16,10 @@ mod shutdown;
 pub mod tls;
 
 pub use body::{
-    Body, BoxError, bearer_token, empty, full, json_response, read_body, read_json, require_bearer,
-    secrets_match,
+    Body, BoxError, bearer_token, empty, full, health, json_response, read_body, read_json,
+    require_bearer, secrets_match,
 };
 pub use error::ApiError;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
-pub use server::{ConnInfo, Handler, Listening, ServerLimits, bind_and_serve, serve_on};
+pub use server::{ConnInfo, Handler, Listening, ServerLimits, serve_on};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -78,23 +78,6 @@ pub struct Listening {
     pub task: JoinHandle<()>,
 }
 
-/// Binds `addr` and serves `handler` until `shutdown` fires.
-pub async fn bind_and_serve<H: Handler>(
-    addr: SocketAddr,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    limits: ServerLimits,
-    handler: Arc<H>,
-    shutdown: Shutdown,
-) -> std::io::Result<Listening> {
-    serve_on(
-        TcpListener::bind(addr).await?,
-        tls,
-        limits,
-        handler,
-        shutdown,
-    )
-}
-
 /// Serves `handler` on an already bound listener (so callers can learn every port before
 /// building the services that need each other's addresses).
 pub fn serve_on<H: Handler>(

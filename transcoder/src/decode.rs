@@ -63,6 +63,59 @@ pub struct Layout {
     pub positions: u64,
 }
 
+/// What a decoded plane carries, as far as fold-down and loudness metering care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// The only channel of a mono master.
+    Mono,
+    /// Front left (and left-centre, left wide).
+    Left,
+    /// Front right (and right-centre, right wide).
+    Right,
+    /// Front centre.
+    Centre,
+    /// Low-frequency effects.
+    Lfe,
+    /// Rear or side left.
+    LeftSurround,
+    /// Rear or side right.
+    RightSurround,
+    /// Rear centre, heights, and unpositioned channels past the first two.
+    Other,
+}
+
+impl Layout {
+    /// The role of each plane, in plane order. This is the one place symphonia's position
+    /// bits are interpreted.
+    pub fn speakers(&self) -> Vec<Speaker> {
+        if self.count == 1 {
+            return vec![Speaker::Mono];
+        }
+        if self.positions == 0 {
+            // Unpositioned: the first two are taken as left and right.
+            return (0..self.count)
+                .map(|i| match i {
+                    0 => Speaker::Left,
+                    1 => Speaker::Right,
+                    _ => Speaker::Other,
+                })
+                .collect();
+        }
+        (0..64)
+            .filter(|bit| self.positions & (1u64 << bit) != 0)
+            .map(|bit| match bit {
+                0 | 6 | 24 => Speaker::Left,
+                1 | 7 | 25 => Speaker::Right,
+                2 => Speaker::Centre,
+                3 | 12 => Speaker::Lfe,
+                4 | 9 => Speaker::LeftSurround,
+                5 | 10 => Speaker::RightSurround,
+                _ => Speaker::Other,
+            })
+            .collect()
+    }
+}
+
 /// A decoder over one master, yielding planar blocks.
 pub struct MasterDecoder {
     format: Box<dyn FormatReader>,

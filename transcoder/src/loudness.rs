@@ -5,7 +5,7 @@ use cadenza_common::Loudness;
 use ebur128::{Channel, EbuR128, Mode};
 
 use crate::TranscodeError;
-use crate::decode::Layout;
+use crate::decode::{Layout, Speaker};
 
 /// Loudness the gain aims for, LUFS (what the large streaming services normalise to).
 pub const TARGET_LUFS: f64 = -14.0;
@@ -31,15 +31,17 @@ pub fn track_gain(integrated_lufs: f64, true_peak_dbtp: f64) -> f64 {
     }
 }
 
-/// BS.1770 weighting role of a symphonia position bit.
-fn channel_of_bit(bit: u32) -> Channel {
-    match bit {
-        0 | 6 | 24 => Channel::Left,
-        1 | 7 | 25 => Channel::Right,
-        2 => Channel::Center,
-        4 | 9 => Channel::LeftSurround,
-        5 | 10 => Channel::RightSurround,
-        _ => Channel::Unused, // LFE, heights and the rest are not weighted
+/// BS.1770 weighting role of a speaker (LFE and heights are not weighted).
+fn channel(speaker: Speaker) -> Channel {
+    match speaker {
+        // Mono is heard on both speakers.
+        Speaker::Mono => Channel::DualMono,
+        Speaker::Left => Channel::Left,
+        Speaker::Right => Channel::Right,
+        Speaker::Centre => Channel::Center,
+        Speaker::LeftSurround => Channel::LeftSurround,
+        Speaker::RightSurround => Channel::RightSurround,
+        Speaker::Lfe | Speaker::Other => Channel::Unused,
     }
 }
 
@@ -66,23 +68,7 @@ impl Meter {
             u32::try_from(layout.count).map_err(|_| TranscodeError::Encode("channels".into()))?;
         let mut inner =
             EbuR128::new(channels, rate, Mode::I | Mode::TRUE_PEAK).map_err(meter_error)?;
-        let map: Vec<Channel> = if layout.count == 1 {
-            // Mono is heard on both speakers.
-            vec![Channel::DualMono]
-        } else if layout.positions != 0 {
-            (0..64)
-                .filter(|bit| layout.positions & (1u64 << bit) != 0)
-                .map(channel_of_bit)
-                .collect()
-        } else {
-            (0..layout.count)
-                .map(|i| match i {
-                    0 => Channel::Left,
-                    1 => Channel::Right,
-                    _ => Channel::Unused,
-                })
-                .collect()
-        };
+        let map: Vec<Channel> = layout.speakers().into_iter().map(channel).collect();
         inner.set_channel_map(&map).map_err(meter_error)?;
         Ok(Self { inner, channels })
     }

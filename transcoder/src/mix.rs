@@ -4,7 +4,7 @@
 //! BS.775 coefficients (centre and surrounds at −3 dB, LFE dropped), then each output is scaled
 //! by the sum of its weights when that exceeds one, so the fold-down cannot clip.
 
-use crate::decode::Layout;
+use crate::decode::{Layout, Speaker};
 
 const MINUS_3DB: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
@@ -14,40 +14,24 @@ pub struct Downmix {
     weights: Vec<(f32, f32)>,
 }
 
-/// (left, right) weight of a symphonia position bit.
-fn weight_of_bit(bit: u32) -> (f32, f32) {
-    match bit {
-        0 | 6 | 24 => (1.0, 0.0),    // front left, front left-centre, left wide
-        1 | 7 | 25 => (0.0, 1.0),    // front right, front right-centre, right wide
-        2 => (MINUS_3DB, MINUS_3DB), // front centre
-        3 | 12 => (0.0, 0.0),        // LFE: dropped per BS.775
-        4 | 9 => (MINUS_3DB, 0.0),   // rear left, side left
-        5 | 10 => (0.0, MINUS_3DB),  // rear right, side right
-        _ => (0.5, 0.5),             // rear centre, height and the rest
+/// (left, right) weight of a speaker (ITU-R BS.775; LFE dropped).
+fn weight(speaker: Speaker) -> (f32, f32) {
+    match speaker {
+        Speaker::Mono => (1.0, 1.0),
+        Speaker::Left => (1.0, 0.0),
+        Speaker::Right => (0.0, 1.0),
+        Speaker::Centre => (MINUS_3DB, MINUS_3DB),
+        Speaker::Lfe => (0.0, 0.0),
+        Speaker::LeftSurround => (MINUS_3DB, 0.0),
+        Speaker::RightSurround => (0.0, MINUS_3DB),
+        Speaker::Other => (0.5, 0.5),
     }
 }
 
 impl Downmix {
     /// The fold-down for `layout`.
     pub fn for_layout(layout: Layout) -> Self {
-        let mut weights: Vec<(f32, f32)> = if layout.positions != 0 {
-            (0..64)
-                .filter(|bit| layout.positions & (1u64 << bit) != 0)
-                .map(weight_of_bit)
-                .collect()
-        } else {
-            // Unpositioned: first two are left and right, the rest shared.
-            (0..layout.count)
-                .map(|i| match i {
-                    0 => (1.0, 0.0),
-                    1 => (0.0, 1.0),
-                    _ => (0.5, 0.5),
-                })
-                .collect()
-        };
-        if weights.len() == 1 {
-            weights[0] = (1.0, 1.0);
-        }
+        let mut weights: Vec<(f32, f32)> = layout.speakers().into_iter().map(weight).collect();
         let (sum_l, sum_r) = weights
             .iter()
             .fold((0.0f32, 0.0f32), |(l, r), (wl, wr)| (l + wl, r + wr));

@@ -10,7 +10,7 @@
 //! | `tls/cert.pem`, `tls/key.pem` | the self-signed certificate every service presents |
 //! | `keys/edge-token-k1.pk8` | the Ed25519 key that signs edge tokens (mode 0600) |
 //! | `catalogue.sqlite` | the control plane's database |
-//! | `objects/` | the object store (masters, renditions) and its staging area |
+//! | `objects/` | the object store (masters, renditions), its staging area and the resumable uploads in progress (`.uploads/`) |
 //! | `scratch/` | the transcode worker's working files |
 
 use std::io::Write;
@@ -52,6 +52,8 @@ pub struct StackConfig {
     pub edge_disk_bytes: u64,
     /// Largest master accepted.
     pub max_upload_bytes: u64,
+    /// How long an incomplete resumable upload lives after its last write.
+    pub upload_ttl: Duration,
     /// Transcode workers to run in process.
     pub workers: usize,
     /// How long a job lease lasts without a heartbeat.
@@ -82,6 +84,7 @@ impl StackConfig {
             edge_cache_bytes: 256 * 1024 * 1024,
             edge_disk_bytes: 4 * 1024 * 1024 * 1024,
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            upload_ttl: Duration::from_secs(24 * 3600),
             workers: 1,
             job_lease: Duration::from_secs(60),
             geoip: None,
@@ -341,6 +344,8 @@ impl Stack {
                 label_key: secrets.label_key.clone(),
                 edge_key: secrets.edge_key.clone(),
                 max_upload_bytes: config.max_upload_bytes,
+                uploads_dir: objects.join(".uploads"),
+                upload_ttl: config.upload_ttl,
             },
             store,
             client.clone(),

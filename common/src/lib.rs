@@ -24,5 +24,5 @@ pub use token::{
 pub use wire::{
     AcousticFeatures, IngestRequest, IngestResponse, JobLease, JobOutcome, Loudness, PlaybackGrant,
     PlaybackRequest, Quality, RenditionRecord, RenditionSummary, SeekIndex, SeekPoint, TrackStatus,
-    TrackView, UploadReceipt,
+    TrackView, UploadReceipt, UploadStatus,
 };

@@ -63,6 +63,29 @@ pub struct UploadReceipt {
     pub sha256: String,
 }
 
+/// A resumable upload's state (`GET /v1/uploads/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStatus {
+    pub upload_id: UploadId,
+    /// Declared length in bytes.
+    pub length: u64,
+    /// Bytes received and committed.
+    pub offset: u64,
+    /// Every byte arrived.
+    pub complete: bool,
+    /// The master is in the object store.
+    pub stored: bool,
+    /// SHA-256 of the master, hexadecimal, once complete.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The file name the client declared, sanitized.
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// Seconds since the epoch after which an incomplete upload is removed.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
 /// Metadata a label submits with an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestRequest {

@@ -6,8 +6,12 @@
 //! default is [`LocalDirStore`], a directory written with temp file + fsync + rename. The
 //! origin never decodes audio and holds no content keys.
 
+mod resumable;
 mod service;
 mod store;
+pub mod tus;
+mod uploads;
 
 pub use service::{Origin, OriginConfig};
 pub use store::{LocalDirStore, ObjectKey, ObjectRead, ObjectStore, StoreError};
+pub use uploads::{Phase, UploadError, UploadState, Uploads};

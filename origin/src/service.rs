@@ -2,7 +2,10 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `POST /v1/uploads` | label | master bytes in the body → upload receipt |
+//! | `OPTIONS /v1/uploads` | anyone | tus 1.0 discovery |
+//! | `POST /v1/uploads` | label | tus creation (`Upload-Length`), or master bytes in the body → receipt |
+//! | `HEAD, PATCH, DELETE /v1/uploads/{id}` | label | tus offset, append, termination |
+//! | `GET /v1/uploads/{id}` | label | upload status as JSON |
 //! | `POST /v1/ingest` | label | metadata for an upload → track id |
 //! | `GET /v1/tracks/{id}` | label | track status (from the control plane) |
 //! | `GET, HEAD /v1/objects/{file_id}` | edge | rendition bytes by range |
@@ -12,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
@@ -28,7 +32,9 @@ use hyper::body::Incoming;
 use ring::digest::{Context, SHA256};
 use tokio::io::AsyncWriteExt;
 
+use crate::resumable::tus_headers;
 use crate::store::{ObjectKey, ObjectStore, StoreError};
+use crate::uploads::Uploads;
 
 /// How the origin is set up.
 #[derive(Debug, Clone)]
@@ -46,12 +52,20 @@ pub struct OriginConfig {
     pub edge_key: String,
     /// Largest accepted master, bytes.
     pub max_upload_bytes: u64,
+    /// Where resumable uploads are kept while they arrive; on the store's filesystem for the
+    /// local store.
+    pub uploads_dir: PathBuf,
+    /// How long an incomplete resumable upload lives after its last write.
+    pub upload_ttl: Duration,
 }
 
 /// The origin service.
 pub struct Origin {
-    config: OriginConfig,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) config: OriginConfig,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) uploads: Uploads,
+    /// When expired uploads were last swept (seconds since the epoch).
+    pub(crate) last_sweep: AtomicU64,
     client: HttpClient,
 }
 
@@ -104,9 +118,12 @@ impl Origin {
         client: HttpClient,
     ) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(&config.staging_dir).await?;
+        let uploads = Uploads::open(&config.uploads_dir, config.upload_ttl).await?;
         Ok(Self {
             config,
             store,
+            uploads,
+            last_sweep: AtomicU64::new(0),
             client,
         })
     }
@@ -120,9 +137,27 @@ impl Origin {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(health()),
+            (Method::OPTIONS, ["v1", "uploads"]) => Ok(self.tus_options()),
             (Method::POST, ["v1", "uploads"]) => {
                 self.authorize(&req, &self.config.label_key)?;
-                self.upload(req).await
+                // tus creation when the client speaks tus; otherwise the whole master in
+                // one request body.
+                if req.headers().contains_key("tus-resumable") {
+                    self.tus_create(req).await
+                } else {
+                    self.upload(req).await
+                }
+            }
+            (m, ["v1", "uploads", id]) => {
+                self.authorize(&req, &self.config.label_key)?;
+                let id: UploadId = parse_id(id)?;
+                match m {
+                    Method::HEAD => self.tus_head(&req, &id).await,
+                    Method::PATCH => self.tus_patch(req, &id).await,
+                    Method::DELETE => self.tus_delete(&req, &id).await,
+                    Method::GET => self.upload_status(&id).await,
+                    _ => Err(ApiError::method_not_allowed()),
+                }
             }
             (Method::POST, ["v1", "ingest"]) => {
                 self.authorize(&req, &self.config.label_key)?;
@@ -275,10 +310,14 @@ impl Origin {
     async fn ingest(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
         validate(&ingest)?;
-        match self.store.size(&ObjectKey::master(&ingest.upload_id)).await {
-            Ok(_) => {}
-            Err(StoreError::NotFound) => return Err(ApiError::not_found("no such upload")),
-            Err(e) => return Err(e.into()),
+        // A resumable upload is stored now if the store was down when it finished; a
+        // single-request upload is already in the store.
+        if self.stored_upload(&ingest.upload_id).await?.is_none() {
+            match self.store.size(&ObjectKey::master(&ingest.upload_id)).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound) => return Err(ApiError::not_found("no such upload")),
+                Err(e) => return Err(e.into()),
+            }
         }
         let url = format!("{}/internal/v1/tracks", self.config.control_plane);
         let created: IngestResponse = client::call_json(
@@ -364,12 +403,22 @@ fn valid_isrc(isrc: &str) -> bool {
         && s[5..].iter().all(u8::is_ascii_digit)
 }
 
+/// Whether the request is tus's, so its answer (errors included) carries the tus headers.
+fn is_tus(req: &Request<Incoming>) -> bool {
+    let path = req.uri().path();
+    path.starts_with("/v1/uploads/")
+        || (path == "/v1/uploads"
+            && (req.method() == Method::OPTIONS || req.headers().contains_key("tus-resumable")))
+}
+
 impl Handler for Origin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        match self.route(req).await {
+        let tus = is_tus(&req);
+        let resp = match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
-        }
+        };
+        if tus { tus_headers(resp) } else { resp }
     }
 }
 

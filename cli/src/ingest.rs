@@ -1,23 +1,20 @@
-//! The label-side client: upload a master, submit its metadata, wait for the outcome.
+//! The label-side client: upload a master (tus, resumable), submit its metadata, wait for the
+//! outcome.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
+use anyhow::bail;
 use cadenza_common::http::client::{self, HttpClient};
-use cadenza_common::http::{Body, BoxError};
 use cadenza_common::{
     IngestRequest, IngestResponse, Territories, TrackId, TrackStatus, TrackView, UploadReceipt,
 };
-use http::{Method, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use tokio::io::AsyncReadExt;
+use http::Method;
 
 use crate::stack::ClusterInfo;
+use crate::tus_client::{self, DEFAULT_CHUNK, TusTarget};
 
 /// Metadata sent with a master.
 #[derive(Debug, Clone)]
@@ -29,47 +26,26 @@ pub struct TrackMeta {
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const UPLOAD_CHUNK: usize = 256 * 1024;
 
-/// A body streaming a file, counting bytes sent into `sent`.
-async fn file_body(path: &Path, sent: Arc<AtomicU64>) -> anyhow::Result<(Body, u64)> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let len = file.metadata().await?.len();
-    let stream = futures_util::stream::unfold(Some(file), move |file| {
-        let sent = sent.clone();
-        async move {
-            let mut file = file?;
-            let mut buf = vec![0u8; UPLOAD_CHUNK];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    sent.fetch_add(n as u64, Ordering::Relaxed);
-                    Some((Ok(Frame::data(Bytes::from(buf))), Some(file)))
-                }
-                Err(e) => Some((Err(Box::new(e) as BoxError), None)),
-            }
-        }
-    });
-    Ok((StreamBody::new(stream).boxed_unsync(), len))
-}
-
-/// Uploads the master at `path`; `sent` counts bytes as they go.
+/// Uploads the master at `path` over tus, resumably; `sent` counts committed bytes. When the
+/// cluster was loaded from a data directory, an interrupted upload is remembered there and
+/// resumed by the next run on the same file.
 pub async fn upload(
     client: &HttpClient,
     info: &ClusterInfo,
     path: &Path,
     sent: Arc<AtomicU64>,
 ) -> anyhow::Result<UploadReceipt> {
-    let (body, len) = file_body(path, sent).await?;
-    let url = format!("{}/v1/uploads", info.origin);
-    let mut req = client::request(Method::POST, &url, Some(&info.label_key), body)?;
-    req.headers_mut().insert(header::CONTENT_LENGTH, len.into());
-    let resp = client::send(client, req, Duration::from_secs(3600)).await?;
-    let bytes = client::read_all(resp.into_body(), &url).await?;
-    Ok(serde_json::from_slice(&bytes)?)
+    let target = TusTarget {
+        origin: &info.origin,
+        key: &info.label_key,
+        chunk: DEFAULT_CHUNK,
+        resume_book: info
+            .data_dir
+            .as_ref()
+            .map(|d| d.join("uploads-in-progress.json")),
+    };
+    tus_client::upload(client, &target, path, sent).await
 }
 
 /// Submits metadata for an upload.

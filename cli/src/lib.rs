@@ -6,3 +6,4 @@ pub mod commands;
 pub mod ingest;
 pub mod stack;
 pub mod synth;
+pub mod tus_client;

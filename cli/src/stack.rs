@@ -113,6 +113,9 @@ pub struct ClusterInfo {
     pub admin_token: String,
     /// The edge's cleartext listener, when enabled.
     pub edge_cleartext: Option<String>,
+    /// The data directory this was loaded from (clients keep their resume state there).
+    #[serde(skip)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ClusterInfo {
@@ -126,7 +129,10 @@ impl ClusterInfo {
                 data.display()
             )
         })?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+        let mut info: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid", path.display()))?;
+        info.data_dir = Some(data.to_path_buf());
+        Ok(info)
     }
 
     /// An HTTPS client trusting the stack's certificate.
@@ -304,6 +310,7 @@ impl Stack {
                 Some(l) => Some(format!("http://{}", l.local_addr()?)),
                 None => None,
             },
+            data_dir: Some(data.clone()),
         };
         let (trigger, shutdown) = Shutdown::new();
         let limits = ServerLimits::default();

@@ -15,7 +15,7 @@ use http_body_util::BodyDataStream;
 use hyper::body::Incoming;
 
 use crate::service::Origin;
-use crate::store::ObjectKey;
+use crate::store::{ObjectKey, StoreError};
 use crate::tus;
 use crate::uploads::{Phase, UploadError, UploadState};
 
@@ -220,9 +220,16 @@ impl Origin {
             Phase::Stored { .. } => return Ok(state),
         };
         let key = ObjectKey::master(&state.id);
-        self.store
+        match self
+            .store
             .put_file(&key, &self.uploads.data_path(&state.id))
-            .await?;
+            .await
+        {
+            // Exists: an earlier attempt stored it and then lost track (a crash between the
+            // store's answer and our state write). The key is this upload's alone.
+            Ok(()) | Err(StoreError::Exists) => {}
+            Err(e) => return Err(e.into()),
+        }
         let state = self.uploads.mark_stored(state).await?;
         tracing::info!(upload = %state.id, size = state.length, "master stored");
         Ok(state)

@@ -84,7 +84,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound => ApiError::not_found("no such object"),
+            StoreError::Exists => ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                "an object already exists under that name",
+            ),
             StoreError::Io(e) => ApiError::unavailable(e),
+            StoreError::Backend(e) => ApiError::unavailable(e),
         }
     }
 }
@@ -349,13 +355,15 @@ impl Origin {
                 "the body's SHA-256 does not match the file id",
             ));
         }
-        if self.store.size(&key).await.is_ok() {
+        match self.store.put_file(&key, &staged).await {
             // Immutable and content-addressed: an identical object is already there.
-            let _ = tokio::fs::remove_file(&staged).await;
-        } else if let Err(e) = self.store.put_file(&key, &staged).await {
-            let _ = tokio::fs::remove_file(&staged).await;
-            return Err(e.into());
+            Ok(()) | Err(StoreError::Exists) => {}
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&staged).await;
+                return Err(e.into());
+            }
         }
+        let _ = tokio::fs::remove_file(&staged).await;
         Ok(json_response(
             StatusCode::CREATED,
             &serde_json::json!({"file_id": id}),

@@ -16,9 +16,15 @@ pub enum StoreError {
     /// No object under that key.
     #[error("no such object")]
     NotFound,
+    /// An object already exists under that key (creates are conditional).
+    #[error("an object already exists under that key")]
+    Exists,
     /// The store could not be reached or failed.
     #[error("object store I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A remote store (S3) refused or failed the request.
+    #[error("object store failed: {0}")]
+    Backend(String),
 }
 
 /// A key in the store. Keys are built by the server from validated ids, never from names a
@@ -60,7 +66,8 @@ impl std::fmt::Debug for ObjectRead {
 /// Object storage: immutable objects written whole, read by range.
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores the file at `path` under `key`, consuming the file. The object becomes visible
-    /// whole or not at all.
+    /// whole or not at all, and only if no object has that key yet (`Exists` otherwise). On
+    /// any error the file is left where it was, so the caller can retry.
     fn put_file<'a>(
         &'a self,
         key: &'a ObjectKey,
@@ -118,23 +125,35 @@ impl ObjectStore for LocalDirStore {
         Box::pin(async move {
             let dest = self.path(key);
             // The caller's file was written in the staging area on the same filesystem and
-            // fsynced; a rename makes it visible atomically, and syncing the directory makes
-            // the rename itself durable.
+            // fsynced. A hard link publishes it atomically and, unlike rename, fails when the
+            // name is taken: a conditional create. Syncing the directory makes it durable.
             tokio::fs::File::open(path).await?.sync_all().await?;
-            if let Err(e) = tokio::fs::rename(path, &dest).await {
-                if e.kind() != std::io::ErrorKind::CrossesDevices {
-                    return Err(e.into());
+            match tokio::fs::hard_link(path, &dest).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(StoreError::Exists);
                 }
-                // Staging on another filesystem: copy beside the destination, sync, rename.
-                let tmp = dest.with_extension("partial");
-                tokio::fs::copy(path, &tmp).await?;
-                tokio::fs::File::open(&tmp).await?.sync_all().await?;
-                tokio::fs::rename(&tmp, &dest).await?;
-                tokio::fs::remove_file(path).await?;
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                    // Staging on another filesystem: copy beside the destination, sync, link.
+                    let tmp = dest.with_extension("partial");
+                    tokio::fs::copy(path, &tmp).await?;
+                    tokio::fs::File::open(&tmp).await?.sync_all().await?;
+                    let linked = tokio::fs::hard_link(&tmp, &dest).await;
+                    tokio::fs::remove_file(&tmp).await?;
+                    match linked {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                            return Err(StoreError::Exists);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
             if let Some(dir) = dest.parent() {
                 tokio::fs::File::open(dir).await?.sync_all().await?;
             }
+            tokio::fs::remove_file(path).await?;
             Ok(())
         })
     }

@@ -27,6 +27,55 @@ pub struct Endpoint {
     pub data: PathBuf,
 }
 
+/// An S3-compatible bucket as the object store instead of `{data}/objects`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    /// S3 endpoint URL (e.g. http://127.0.0.1:8333 for SeaweedFS); enables the S3 store.
+    #[arg(long, value_name = "URL", requires = "s3_bucket")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket for masters and renditions (created if missing).
+    #[arg(long, value_name = "NAME")]
+    pub s3_bucket: Option<String>,
+    /// Region to sign for.
+    #[arg(long, default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Key prefix inside the bucket.
+    #[arg(long, default_value = "")]
+    pub s3_prefix: String,
+    /// Virtual-hosted addressing (bucket.endpoint) instead of path-style.
+    #[arg(long)]
+    pub s3_virtual_hosted: bool,
+    /// Access key id.
+    #[arg(long, env = "CADENZA_S3_ACCESS_KEY", hide_env_values = true)]
+    pub s3_access_key: Option<String>,
+    /// Secret access key.
+    #[arg(long, env = "CADENZA_S3_SECRET_KEY", hide_env_values = true)]
+    pub s3_secret_key: Option<String>,
+}
+
+impl S3Args {
+    /// The store configuration, when an endpoint was given.
+    pub fn config(&self) -> anyhow::Result<Option<cadenza_origin::S3Config>> {
+        let Some(endpoint) = &self.s3_endpoint else {
+            return Ok(None);
+        };
+        let (Some(access_key), Some(secret_key)) = (&self.s3_access_key, &self.s3_secret_key)
+        else {
+            anyhow::bail!("--s3-endpoint needs CADENZA_S3_ACCESS_KEY and CADENZA_S3_SECRET_KEY");
+        };
+        Ok(Some(cadenza_origin::S3Config {
+            endpoint: endpoint.clone(),
+            bucket: self.s3_bucket.clone().unwrap_or_default(),
+            region: self.s3_region.clone(),
+            access_key: access_key.clone(),
+            secret_key: secret_key.clone(),
+            path_style: !self.s3_virtual_hosted,
+            part_bytes: 16 * 1024 * 1024,
+            prefix: self.s3_prefix.clone(),
+        }))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run control plane, origin, a transcode worker and an edge in one process on localhost.
@@ -66,6 +115,8 @@ pub enum Command {
         /// Log every edge request to stderr (target `access`; JSON with --log-json).
         #[arg(long)]
         access_log: bool,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {

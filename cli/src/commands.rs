@@ -49,8 +49,10 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             trusted_proxy,
             edge_cleartext,
             access_log,
+            s3,
         } => {
             let mut config = StackConfig::new(&data);
+            config.s3 = s3.config()?;
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
             config.edge_cleartext = edge_cleartext;

@@ -29,7 +29,7 @@ use cadenza_edge::{
     DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath,
     UnknownCountry, UpstreamConfig, serve_h3,
 };
-use cadenza_origin::{LocalDirStore, Origin, OriginConfig};
+use cadenza_origin::{LocalDirStore, ObjectStore, Origin, OriginConfig, S3Config, S3Store};
 use cadenza_transcoder::worker::{self, WorkerConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -71,6 +71,8 @@ pub struct StackConfig {
     pub extra_origins: Vec<String>,
     /// Put `extra_origins` before this stack's own origin (to exercise failover).
     pub extra_origins_first: bool,
+    /// Keep masters and renditions in this S3 bucket instead of `{data}/objects`.
+    pub s3: Option<S3Config>,
 }
 
 impl StackConfig {
@@ -93,6 +95,7 @@ impl StackConfig {
             access_log: false,
             extra_origins: Vec::new(),
             extra_origins_first: false,
+            s3: None,
         }
     }
 }
@@ -342,7 +345,17 @@ impl Stack {
         );
 
         let objects = data.join("objects");
-        let store = Arc::new(LocalDirStore::open(&objects).await?);
+        let store: Arc<dyn ObjectStore> = match &config.s3 {
+            Some(s3) => {
+                let store = S3Store::new(s3);
+                store
+                    .ensure_bucket()
+                    .await
+                    .with_context(|| format!("S3 bucket {:?} at {}", s3.bucket, s3.endpoint))?;
+                Arc::new(store)
+            }
+            None => Arc::new(LocalDirStore::open(&objects).await?),
+        };
         let origin = Origin::new(
             OriginConfig {
                 staging_dir: objects.join(".staging"),

@@ -1,0 +1,125 @@
+//! The whole stack on a real S3 server (SeaweedFS): a master uploaded over tus lands in the
+//! bucket, its renditions are published there, and the edge serves them to a player. With S3
+//! down when an upload finishes, nothing is lost: the bytes stay staged, the ingest answers
+//! 503, and once S3 is back the same ingest goes through and the track plays.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+#[path = "../../tests/support/seaweed.rs"]
+mod seaweed;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use cadenza::ingest::{TrackMeta, ingest_file, submit, upload, wait_done};
+use cadenza::stack::{Stack, StackConfig};
+use cadenza_common::{Quality, Territories, TrackStatus};
+use cadenza_origin::{MIN_PART_BYTES, ObjectKey, ObjectStore, S3Config, S3Store};
+use cadenza_player::{PlayOptions, Player};
+use seaweed::Seaweed;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/flac")
+        .join(name)
+}
+
+fn meta(title: &str) -> TrackMeta {
+    TrackMeta {
+        title: title.into(),
+        artist: "Test".into(),
+        territories: Territories::worldwide(),
+        isrc: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_on_s3_survives_an_s3_outage_at_upload_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut weed) = Seaweed::start(&dir.path().join("weed"), 18300) else {
+        return;
+    };
+    weed.wait_ready().await;
+    let s3 = S3Config {
+        endpoint: weed.endpoint.clone(),
+        bucket: "cadenza".into(),
+        region: "us-east-1".into(),
+        access_key: seaweed::ACCESS_KEY.into(),
+        secret_key: seaweed::SECRET_KEY.into(),
+        path_style: true,
+        part_bytes: MIN_PART_BYTES,
+        prefix: String::new(),
+    };
+    let mut config = StackConfig::new(dir.path().join("data"));
+    config.port_base = 0;
+    config.s3 = Some(s3.clone());
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let bucket = S3Store::new(&s3);
+
+    // Ingest and play with every object in the bucket and none on local disk.
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("stereo-44k1.flac"),
+        &meta("On S3"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    for r in &view.renditions {
+        let size = bucket
+            .size(&ObjectKey::rendition(&r.file_id))
+            .await
+            .unwrap();
+        assert_eq!(size, r.size);
+    }
+    assert!(!dir.path().join("data/objects/renditions").exists());
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let report = player
+        .play(&PlayOptions::new(view.track_id.clone(), Quality::High))
+        .await
+        .unwrap();
+    assert!((report.decoded.duration().as_secs_f64() - 7.0).abs() < 0.05);
+
+    // S3 goes away; a label uploads anyway. Every byte is accepted and staged, the
+    // finishing PATCH cannot store the master, and the ingest says "unavailable".
+    weed.kill();
+    let master = fixture("mono.flac");
+    let receipt = upload(&client, &stack.info, &master, Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    let err = submit(&client, &stack.info, &receipt, &meta("During the outage"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("503"), "{err:#}");
+
+    // S3 returns: the same ingest now stores the staged master and the track plays.
+    weed.restart().await;
+    let created = submit(&client, &stack.info, &receipt, &meta("During the outage"))
+        .await
+        .unwrap();
+    let view = wait_done(
+        &client,
+        &stack.info,
+        &created.track_id,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    let stored = bucket
+        .size(&ObjectKey::master(&receipt.upload_id))
+        .await
+        .unwrap();
+    assert_eq!(stored, std::fs::metadata(&master).unwrap().len());
+    let report = player
+        .play(&PlayOptions::new(view.track_id.clone(), Quality::Low))
+        .await
+        .unwrap();
+    assert!(report.decoded.frames > 0);
+    stack.shutdown().await;
+}

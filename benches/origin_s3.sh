@@ -96,7 +96,10 @@ for _ in range(n):
 EOF
 
 config() { # target → a curl config with one transfer per range
+  local first=1
   while read -r id a b; do
+    [ $first = 1 ] || printf 'next\n'
+    first=0
     if [ "$1" = origin ]; then
       printf 'url = "%s/v1/objects/%s"\nheader = "Authorization: Bearer %s"\ncacert = "%s"\n' \
         "$origin" "$id" "$edge_key" "$ca"
@@ -105,7 +108,7 @@ config() { # target → a curl config with one transfer per range
         "$S3" "$id" "$ACCESS" "$SECRET"
     fi
     printf 'range = "%s-%s"\noutput = "/dev/null"\nsilent\nfail\n' "$a" "$b"
-    printf 'write-out = "%%{http_code} %%{time_pretransfer} %%{time_starttransfer} %%{size_download}\\n"\nnext\n'
+    printf 'write-out = "%%{http_code} %%{time_pretransfer} %%{time_starttransfer} %%{size_download}\\n"\n'
   done <"$work/ranges"
 }
 config origin >"$work/origin.cfg"
@@ -116,7 +119,7 @@ run() { # target mode → "ttfb_p50 ttfb_p99 MiB/s"
   [ "$2" = parallel ] && extra=(--parallel --parallel-max 16)
   local t0 t1
   t0=$(date +%s.%N)
-  curl "${extra[@]}" -K "$work/$1.cfg" >"$work/$1.$2.out"
+  curl -s --no-progress-meter "${extra[@]}" -K "$work/$1.cfg" >"$work/$1.$2.out"
   t1=$(date +%s.%N)
   python3 - "$work/$1.$2.out" "$t0" "$t1" "$RANGE" <<'EOF'
 import sys

@@ -66,6 +66,8 @@ pub struct Origin {
     pub(crate) uploads: Uploads,
     /// When expired uploads were last swept (seconds since the epoch).
     pub(crate) last_sweep: AtomicU64,
+    /// Sizes of objects read recently (objects never change under their key).
+    sizes: moka::future::Cache<ObjectKey, u64>,
     client: HttpClient,
 }
 
@@ -78,6 +80,8 @@ impl std::fmt::Debug for Origin {
 }
 
 const JSON_LIMIT: usize = 64 * 1024;
+/// Object sizes remembered (about 100 bytes each).
+const SIZE_CACHE_ENTRIES: u64 = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<StoreError> for ApiError {
@@ -130,6 +134,7 @@ impl Origin {
             store,
             uploads,
             last_sweep: AtomicU64::new(0),
+            sizes: moka::future::Cache::new(SIZE_CACHE_ENTRIES),
             client,
         })
     }
@@ -219,7 +224,7 @@ impl Origin {
         key: ObjectKey,
         etag: &str,
     ) -> Result<Response<Body>, ApiError> {
-        let size = self.store.size(&key).await?;
+        let size = self.object_size(&key).await?;
         // Open the part to send first, so a store failure is an error status rather than a
         // broken body.
         let plan = range_plan(req.headers(), size, etag);
@@ -232,6 +237,17 @@ impl Origin {
         Ok(ranged_response(method, plan, size, etag, |_, _| {
             opened.take().unwrap_or_else(cadenza_common::http::empty)
         }))
+    }
+
+    /// An object's size. Objects are immutable, so a size once learnt is kept (bounded), which
+    /// spares remote stores a `HEAD` before every ranged read.
+    async fn object_size(&self, key: &ObjectKey) -> Result<u64, StoreError> {
+        if let Some(size) = self.sizes.get(key).await {
+            return Ok(size);
+        }
+        let size = self.store.size(key).await?;
+        self.sizes.insert(key.clone(), size).await;
+        Ok(size)
     }
 
     /// Streams a request body into a staging file, hashing it, refusing it past `limit`.

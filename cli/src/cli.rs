@@ -76,6 +76,21 @@ impl S3Args {
     }
 }
 
+/// What to do with labels.
+#[derive(Debug, Subcommand)]
+pub enum LabelAction {
+    /// Create the label if it is new and print a new API key for it (shown once).
+    Create {
+        /// The label's name.
+        name: String,
+    },
+    /// Revoke an API key.
+    Revoke {
+        /// The key, as `label create` printed it.
+        api_key: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run control plane, origin, a transcode worker and an edge in one process on localhost.
@@ -137,6 +152,25 @@ pub enum Command {
         /// ISRC (e.g. GBAYE6300001).
         #[arg(long)]
         isrc: Option<String>,
+        /// Album title.
+        #[arg(long)]
+        album: Option<String>,
+        /// Position on the album, from 1.
+        #[arg(long)]
+        track_number: Option<u32>,
+        /// A featured artist; repeatable, in credit order.
+        #[arg(long)]
+        featuring: Vec<String>,
+        /// Release time, seconds since the epoch (the track is embargoed until then).
+        #[arg(long, value_name = "UNIX_SECS")]
+        release_at: Option<u64>,
+    },
+    /// Manage labels and their API keys on a running stack.
+    Label {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        #[command(subcommand)]
+        action: LabelAction,
     },
     /// Play a track through the edge: grant, fetch, decrypt, decode.
     Play {

@@ -8,8 +8,10 @@ use cadenza_common::{Quality, Territories, TrackStatus, TrackView};
 use cadenza_player::{PlayOptions, PlayReport, Player};
 use cadenza_transcoder::{TranscodeOptions, seal, transcode};
 
-use crate::cli::{Cli, Command};
-use crate::ingest::{TrackMeta, ingest_file};
+use cadenza_common::http::client::call_json;
+
+use crate::cli::{Cli, Command, LabelAction};
+use crate::ingest::{Release, TrackMeta, ingest_file};
 use crate::stack::{ClusterInfo, Stack, StackConfig};
 use crate::synth;
 
@@ -85,6 +87,10 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             artist,
             territories,
             isrc,
+            album,
+            track_number,
+            featuring,
+            release_at,
         } => {
             let info = ClusterInfo::load(&endpoint.data)?;
             let mut failed = 0;
@@ -94,6 +100,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
                     artist: artist.clone(),
                     territories: territories.clone(),
                     isrc: isrc.clone(),
+                    release: Release {
+                        album: album.clone(),
+                        track_number,
+                        featuring: featuring.clone(),
+                        release_at,
+                    },
                 };
                 let view = ingest_file(&info.client()?, &info, path, &meta, true).await?;
                 print_track(&view);
@@ -101,6 +113,46 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 bail!("{failed} of {} masters were refused", paths.len());
+            }
+            Ok(())
+        }
+        Command::Label { endpoint, action } => {
+            let info = ClusterInfo::load(&endpoint.data)?;
+            let service = crate::stack::service_token(&endpoint.data)?;
+            let client = info.client()?;
+            let timeout = Duration::from_secs(30);
+            match action {
+                LabelAction::Create { name } => {
+                    let url = format!("{}/internal/v1/labels", info.control_plane);
+                    let key: cadenza_common::LabelKey = call_json(
+                        &client,
+                        http::Method::POST,
+                        &url,
+                        Some(&service),
+                        Some(&serde_json::json!({ "name": name })),
+                        timeout,
+                    )
+                    .await?;
+                    println!("label   {}  {}", key.label_id, key.name);
+                    println!("api key {}", key.api_key);
+                    eprintln!("(the key is shown once; only its hash is stored)");
+                }
+                LabelAction::Revoke { api_key } => {
+                    let url = format!("{}/internal/v1/label-keys/revoke", info.control_plane);
+                    let answer: serde_json::Value = call_json(
+                        &client,
+                        http::Method::POST,
+                        &url,
+                        Some(&service),
+                        Some(&serde_json::json!({ "api_key": api_key })),
+                        timeout,
+                    )
+                    .await?;
+                    if answer["revoked"] != serde_json::Value::Bool(true) {
+                        bail!("no live key matched");
+                    }
+                    println!("revoked (origins stop accepting it within a minute)");
+                }
             }
             Ok(())
         }
@@ -267,6 +319,7 @@ async fn run_demo(stack: &Stack, data: &Path, dir: Option<PathBuf>) -> anyhow::R
             artist: "Cadenza Demo".into(),
             territories: Territories::worldwide(),
             isrc: None,
+            release: Default::default(),
         };
         let view = ingest_file(&client, &stack.info, path, &meta, false).await?;
         print_track(&view);

@@ -23,6 +23,18 @@ pub struct TrackMeta {
     pub artist: String,
     pub territories: Territories,
     pub isrc: Option<String>,
+    /// Release details: album, position, featured artists, release time.
+    pub release: Release,
+}
+
+/// The optional release details of a track.
+#[derive(Debug, Clone, Default)]
+pub struct Release {
+    pub album: Option<String>,
+    pub track_number: Option<u32>,
+    pub featuring: Vec<String>,
+    /// Seconds since the epoch.
+    pub release_at: Option<u64>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -61,6 +73,10 @@ pub async fn submit(
         artist: meta.artist.clone(),
         isrc: meta.isrc.clone(),
         territories: meta.territories.clone(),
+        album: meta.release.album.clone(),
+        track_number: meta.release.track_number,
+        featuring: meta.release.featuring.clone(),
+        release_at: meta.release.release_at,
     };
     let url = format!("{}/v1/ingest", info.origin);
     Ok(client::call_json(

@@ -216,6 +216,14 @@ pub async fn run_worker(data: &Path, lease: Duration, shutdown: Shutdown) -> any
     Ok(())
 }
 
+/// The service token of the stack whose data directory is `data` (operator tools).
+pub fn service_token(data: &Path) -> anyhow::Result<String> {
+    let secrets: Secrets = serde_json::from_str(
+        &std::fs::read_to_string(data.join("secrets.json")).context("reading secrets.json")?,
+    )?;
+    Ok(secrets.service_token)
+}
+
 fn secret() -> String {
     hex_encode(&random_bytes::<24>())
 }
@@ -282,7 +290,7 @@ impl Stack {
     pub async fn start(config: StackConfig) -> anyhow::Result<Self> {
         let data = &config.data;
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        let secrets = load_or_create_secrets(data)?;
+        let mut secrets = load_or_create_secrets(data)?;
         let (cert, ca_path) = load_or_create_cert(data)?;
         let server_tls = tls::server_config(&cert)?;
         let client = https_client(tls::client_config(cert.cert.as_bytes())?);
@@ -301,7 +309,7 @@ impl Stack {
         } else {
             None
         };
-        let info = ClusterInfo {
+        let mut info = ClusterInfo {
             control_plane: url(control_l.local_addr()?),
             origin: url(origin_l.local_addr()?),
             edge: url(edge_l.local_addr()?),
@@ -320,6 +328,20 @@ impl Stack {
         let mut tasks = Vec::new();
 
         let store = Store::open_sqlite(&data.join("catalogue.sqlite")).await?;
+        // The embedded stack's own label ("default") and its key, which `cadenza ingest`
+        // uses. A data directory from before labels had keys gets a real one here.
+        if store.verify_label_key(&secrets.label_key).await?.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let label = store.ensure_label("default", now).await?;
+            secrets.label_key = store.create_label_key(&label, now).await?.api_key;
+            write_private(
+                &data.join("secrets.json"),
+                &serde_json::to_vec_pretty(&secrets)?,
+            )?;
+        }
+        info.label_key = secrets.label_key.clone();
         let control_plane = Arc::new(ControlPlane::new(
             ControlPlaneConfig {
                 service_token: secrets.service_token.clone(),
@@ -361,7 +383,6 @@ impl Stack {
                 staging_dir: objects.join(".staging"),
                 control_plane: info.control_plane.clone(),
                 service_token: secrets.service_token.clone(),
-                label_key: secrets.label_key.clone(),
                 edge_key: secrets.edge_key.clone(),
                 max_upload_bytes: config.max_upload_bytes,
                 uploads_dir: objects.join(".uploads"),

@@ -99,6 +99,7 @@ fn meta(title: &str) -> TrackMeta {
         artist: "Test Artist".into(),
         territories: "GB,SE,US".parse::<Territories>().unwrap(),
         isrc: Some("GBAYE6300001".into()),
+        release: Default::default(),
     }
 }
 

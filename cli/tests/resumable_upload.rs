@@ -139,6 +139,7 @@ async fn tuspy_resumes_an_upload_across_an_origin_restart() {
         artist: "Test".into(),
         territories: Territories::worldwide(),
         isrc: None,
+        release: Default::default(),
     };
     let track = submit(&c, &stack.info, &receipt, &meta).await.unwrap();
     let view = wait_done(&c, &stack.info, &track.track_id, Duration::from_secs(120))
@@ -305,6 +306,7 @@ async fn the_protocol_s_refusals() {
         artist: "Test".into(),
         territories: Territories::worldwide(),
         isrc: None,
+        release: Default::default(),
     };
     let err = submit(&c, &stack.info, &receipt, &meta).await.unwrap_err();
     assert!(format!("{err:#}").contains("409"), "{err:#}");

@@ -32,6 +32,7 @@ fn meta(title: &str) -> TrackMeta {
         artist: "Test".into(),
         territories: Territories::worldwide(),
         isrc: None,
+        release: Default::default(),
     }
 }
 

@@ -40,6 +40,7 @@ async fn a_killed_worker_s_job_is_finished_once_by_another() {
         artist: "Test".into(),
         territories: Territories::worldwide(),
         isrc: None,
+        release: Default::default(),
     };
     let track = submit(&client, &stack.info, &receipt, &meta)
         .await

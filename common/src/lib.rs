@@ -22,7 +22,7 @@ pub use token::{
     EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, verify_leeway_default,
 };
 pub use wire::{
-    AcousticFeatures, IngestRequest, IngestResponse, JobLease, JobOutcome, Loudness, PlaybackGrant,
-    PlaybackRequest, Quality, RenditionRecord, RenditionSummary, SeekIndex, SeekPoint, TrackStatus,
-    TrackView, UploadReceipt, UploadStatus,
+    AcousticFeatures, IngestRequest, IngestResponse, JobLease, JobOutcome, LabelKey, Loudness,
+    PlaybackGrant, PlaybackRequest, Quality, RenditionRecord, RenditionSummary, SeekIndex,
+    SeekPoint, TrackRegistration, TrackStatus, TrackView, UploadReceipt, UploadStatus,
 };

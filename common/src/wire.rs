@@ -91,10 +91,40 @@ pub struct UploadStatus {
 pub struct IngestRequest {
     pub upload_id: UploadId,
     pub title: String,
+    /// The primary (display) artist.
     pub artist: String,
+    /// Further credited artists, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub featuring: Vec<String>,
     #[serde(default)]
     pub isrc: Option<String>,
     pub territories: Territories,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub album: Option<String>,
+    /// Position on the album, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_number: Option<u32>,
+    /// When the track may first be played, seconds since the epoch (an embargo until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_at: Option<u64>,
+}
+
+/// What the origin registers with the control plane for an ingest: the label's metadata,
+/// which label sent it, and the master's SHA-256 (with the ISRC, the idempotency key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackRegistration {
+    #[serde(flatten)]
+    pub ingest: IngestRequest,
+    pub label_id: String,
+    pub master_sha256: String,
+}
+
+/// A label's new API key, shown once (only its hash is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelKey {
+    pub label_id: String,
+    pub name: String,
+    pub api_key: String,
 }
 
 /// Where a track is in its life.
@@ -116,6 +146,10 @@ pub enum TrackStatus {
 pub struct IngestResponse {
     pub track_id: TrackId,
     pub status: TrackStatus,
+    /// True when this ingest repeated an earlier one (same upload, or same ISRC and master)
+    /// and the existing track was returned.
+    #[serde(default)]
+    pub duplicate: bool,
 }
 
 /// One rendition as the transcoder reports it and the control plane stores it.
@@ -188,7 +222,19 @@ pub struct TrackView {
     pub track_id: TrackId,
     pub title: String,
     pub artist: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub featuring: Vec<String>,
     pub isrc: Option<String>,
+    #[serde(default)]
+    pub album: Option<String>,
+    #[serde(default)]
+    pub track_number: Option<u32>,
+    /// Seconds since the epoch.
+    #[serde(default)]
+    pub release_at: Option<u64>,
+    /// The label that ingested it.
+    #[serde(default)]
+    pub label_id: Option<String>,
     pub territories: Territories,
     pub status: TrackStatus,
     /// Why the track failed, when it did.

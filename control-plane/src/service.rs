@@ -5,7 +5,10 @@
 //! | `POST /v1/playback` | player | a grant for a track |
 //! | `GET /v1/tracks/{id}` | anyone | a track's status and renditions (no keys) |
 //! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
-//! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job |
+//! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job (idempotent) |
+//! | `POST /internal/v1/labels` | operator tools | a label (made if new) and a new API key for it |
+//! | `POST /internal/v1/label-keys/verify` | origin | the label a key belongs to, or 401 |
+//! | `POST /internal/v1/label-keys/revoke` | operator tools | revoke a key |
 //! | `POST /internal/v1/jobs/lease?wait_ms=N` | transcoder | lease a job (long poll) |
 //! | `POST /internal/v1/jobs/{id}/heartbeat` | transcoder | extend the lease (`{"attempt": n}`) |
 //! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
@@ -19,8 +22,8 @@ use cadenza_common::http::{
     ApiError, Body, ConnInfo, Handler, empty, health, json_response, read_json, require_bearer,
 };
 use cadenza_common::{
-    IngestRequest, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
-    TrackId, TrackStatus,
+    IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey, TrackId,
+    TrackRegistration, TrackStatus,
 };
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -59,6 +62,16 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 const JSON_LIMIT: usize = 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct NewLabel {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct KeyBody {
+    api_key: String,
+}
 const MAX_LEASE_WAIT: Duration = Duration::from_secs(30);
 
 fn now_secs() -> u64 {
@@ -76,6 +89,8 @@ impl From<StoreError> for ApiError {
                 "job_not_leased",
                 format!("job {job} is not leased"),
             ),
+            StoreError::Invalid(m) => ApiError::bad_request("invalid", m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             other => ApiError::internal(other),
         }
     }
@@ -126,17 +141,61 @@ impl ControlPlane {
                     "public_key": base64::engine::general_purpose::STANDARD.encode(self.signing.public_key()),
                 }]}),
             )),
+            (Method::POST, ["internal", "v1", "labels"]) => {
+                self.authorize_service(&req)?;
+                let body: NewLabel = read_json(req.into_body(), JSON_LIMIT).await?;
+                let label = self.store.ensure_label(&body.name, now_secs()).await?;
+                let key = self.store.create_label_key(&label, now_secs()).await?;
+                tracing::info!(label = %key.label_id, name = %key.name, "label key issued");
+                Ok(json_response(StatusCode::CREATED, &key))
+            }
+            (Method::POST, ["internal", "v1", "label-keys", action]) => {
+                self.authorize_service(&req)?;
+                let body: KeyBody = read_json(req.into_body(), JSON_LIMIT).await?;
+                match *action {
+                    "verify" => match self.store.verify_label_key(&body.api_key).await? {
+                        Some(label_id) => Ok(json_response(
+                            StatusCode::OK,
+                            &serde_json::json!({ "label_id": label_id }),
+                        )),
+                        None => Err(ApiError::unauthorized()),
+                    },
+                    "revoke" => {
+                        let revoked = self
+                            .store
+                            .revoke_label_key(&body.api_key, now_secs())
+                            .await?;
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &serde_json::json!({ "revoked": revoked }),
+                        ))
+                    }
+                    _ => Err(ApiError::not_found("no such endpoint")),
+                }
+            }
             (Method::POST, ["internal", "v1", "tracks"]) => {
                 self.authorize_service(&req)?;
-                let ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
-                let track_id = self.store.create_track(&ingest, now_secs()).await?;
-                self.jobs_queued.notify_waiters();
-                tracing::info!(track = %track_id, title = %ingest.title, "track registered");
+                let reg: TrackRegistration = read_json(req.into_body(), JSON_LIMIT).await?;
+                let done = self.store.create_track(&reg, now_secs()).await?;
+                if !done.duplicate {
+                    self.jobs_queued.notify_waiters();
+                }
+                tracing::info!(
+                    track = %done.track_id,
+                    title = %reg.ingest.title,
+                    duplicate = done.duplicate,
+                    "track registered"
+                );
                 Ok(json_response(
-                    StatusCode::CREATED,
+                    if done.duplicate {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    },
                     &IngestResponse {
-                        track_id,
-                        status: TrackStatus::Received,
+                        track_id: done.track_id,
+                        status: done.status,
+                        duplicate: done.duplicate,
                     },
                 ))
             }

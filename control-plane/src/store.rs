@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use cadenza_common::{
-    ContentKey, FileId, IngestRequest, JobId, JobLease, JobOutcome, Loudness, Quality,
-    RenditionRecord, RenditionSummary, Territories, TrackId, TrackStatus, TrackView, UploadId,
+    ContentKey, FileId, JobId, JobLease, JobOutcome, Loudness, Quality, RenditionRecord,
+    RenditionSummary, Territories, TrackId, TrackRegistration, TrackStatus, TrackView, UploadId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -26,6 +26,23 @@ pub enum StoreError {
     /// The job is not leased (already finished, or never existed).
     #[error("job {0} is not leased")]
     JobNotLeased(String),
+    /// The request names something that cannot be (bad name, unknown label).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request collides with what another party owns.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+mod labels;
+
+/// What registering an ingest did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub track_id: TrackId,
+    pub status: TrackStatus,
+    /// An earlier ingest of the same upload, or of the same ISRC and master, was found.
+    pub duplicate: bool,
 }
 
 /// Schema migrations, applied in order once each.
@@ -34,6 +51,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_seek_index.sql")),
     (3, include_str!("../migrations/0003_loudness.sql")),
     (4, include_str!("../migrations/0004_features.sql")),
+    (5, include_str!("../migrations/0005_labels.sql")),
 ];
 
 /// The catalogue store.
@@ -108,14 +126,50 @@ impl Store {
         Ok(())
     }
 
-    /// Records a new track and queues its transcode job.
-    pub async fn create_track(&self, req: &IngestRequest, now: u64) -> Result<TrackId, StoreError> {
+    /// Records a new track and queues its transcode job, unless this ingest repeats an
+    /// earlier one: the same upload, or the same ISRC with the same master (by SHA-256). A
+    /// repeat returns the existing track; the same ISRC and master from another label is a
+    /// conflict. One transaction, so two concurrent repeats cannot both create.
+    pub async fn create_track(
+        &self,
+        reg: &TrackRegistration,
+        now: u64,
+    ) -> Result<Registered, StoreError> {
+        let req = &reg.ingest;
+        let mut tx = self.pool.begin().await?;
+        let existing = sqlx::query(
+            "SELECT id, status, label_id FROM tracks
+             WHERE upload_id = ? OR (isrc IS NOT NULL AND isrc = ? AND master_sha256 = ?)
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(req.upload_id.as_str())
+        .bind(req.isrc.as_deref())
+        .bind(&reg.master_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let owner: Option<String> = row.try_get("label_id")?;
+            if owner.as_deref() != Some(reg.label_id.as_str()) {
+                return Err(StoreError::Conflict(
+                    "this ISRC and master were already ingested by another label".into(),
+                ));
+            }
+            return Ok(Registered {
+                track_id: parse(&row.try_get::<String, _>("id")?)?,
+                status: parse_status(&row.try_get::<String, _>("status")?)?,
+                duplicate: true,
+            });
+        }
         let track_id = TrackId::random();
         let job_id = JobId::random();
-        let mut tx = self.pool.begin().await?;
+        let featuring = (!req.featuring.is_empty())
+            .then(|| serde_json::to_string(&req.featuring))
+            .transpose()
+            .map_err(corrupt)?;
         sqlx::query(
-            "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, 'received', ?)",
+            "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at,
+                                 label_id, featuring, album, track_number, release_at, master_sha256)
+             VALUES (?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(track_id.as_str())
         .bind(req.title.trim())
@@ -124,6 +178,12 @@ impl Store {
         .bind(req.territories.to_string())
         .bind(req.upload_id.as_str())
         .bind(now as i64)
+        .bind(&reg.label_id)
+        .bind(featuring)
+        .bind(req.album.as_deref().map(str::trim))
+        .bind(req.track_number.map(i64::from))
+        .bind(req.release_at.map(|t| t as i64))
+        .bind(&reg.master_sha256)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -136,7 +196,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(track_id)
+        Ok(Registered {
+            track_id,
+            status: TrackStatus::Received,
+            duplicate: false,
+        })
     }
 
     /// Leases the oldest runnable job — queued, or leased with an expired lease — for
@@ -326,7 +390,9 @@ impl Store {
     pub async fn track(&self, id: &TrackId) -> Result<Option<TrackView>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
-                    loudness_lufs, true_peak_dbtp, track_gain_db, features FROM tracks WHERE id = ?",
+                    loudness_lufs, true_peak_dbtp, track_gain_db, features, label_id, featuring,
+                    album, track_number, release_at
+             FROM tracks WHERE id = ?",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -355,7 +421,20 @@ impl Store {
             track_id: id.clone(),
             title: row.try_get("title")?,
             artist: row.try_get("artist")?,
+            featuring: row
+                .try_get::<Option<String>, _>("featuring")?
+                .map(|json| serde_json::from_str(&json).map_err(corrupt))
+                .transpose()?
+                .unwrap_or_default(),
             isrc: row.try_get("isrc")?,
+            album: row.try_get("album")?,
+            track_number: row
+                .try_get::<Option<i64>, _>("track_number")?
+                .and_then(|n| u32::try_from(n).ok()),
+            release_at: row
+                .try_get::<Option<i64>, _>("release_at")?
+                .and_then(|t| u64::try_from(t).ok()),
+            label_id: row.try_get("label_id")?,
             territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
             status: parse_status(&row.try_get::<String, _>("status")?)?,
             failure: row.try_get("failure")?,

@@ -19,9 +19,6 @@ use crate::store::{ObjectKey, StoreError};
 use crate::tus;
 use crate::uploads::{Phase, UploadError, UploadState};
 
-/// Until label accounts arrive every upload belongs to the one label the key names.
-pub(crate) const DEFAULT_LABEL: &str = "default";
-
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
         match e {
@@ -84,6 +81,7 @@ impl Origin {
     pub(crate) async fn tus_create(
         &self,
         req: Request<Incoming>,
+        label: &str,
     ) -> Result<Response<Body>, ApiError> {
         let headers = req.headers();
         tus::check_version(headers).map_err(UploadError::from)?;
@@ -98,10 +96,7 @@ impl Origin {
         }
         let now = SystemTime::now();
         self.maybe_sweep(now).await;
-        let state = self
-            .uploads
-            .create(DEFAULT_LABEL, length, metadata, now)
-            .await?;
+        let state = self.uploads.create(label, length, metadata, now).await?;
         tracing::info!(upload = %state.id, length, "resumable upload created");
         let mut resp = no_content();
         *resp.status_mut() = StatusCode::CREATED;
@@ -117,12 +112,10 @@ impl Origin {
         &self,
         req: &Request<Incoming>,
         id: &UploadId,
+        label: &str,
     ) -> Result<Response<Body>, ApiError> {
         tus::check_version(req.headers()).map_err(UploadError::from)?;
-        let state = self
-            .uploads
-            .get(id, DEFAULT_LABEL, SystemTime::now())
-            .await?;
+        let state = self.uploads.get(id, label, SystemTime::now()).await?;
         let mut resp = Response::new(empty());
         let h = resp.headers_mut();
         set(h, "upload-offset", state.offset);
@@ -142,6 +135,7 @@ impl Origin {
         &self,
         req: Request<Incoming>,
         id: &UploadId,
+        label: &str,
     ) -> Result<Response<Body>, ApiError> {
         let headers = req.headers();
         tus::check_version(headers).map_err(UploadError::from)?;
@@ -151,7 +145,7 @@ impl Origin {
         let declared = content_length(headers);
         let _guard = self.uploads.lock(id)?;
         let now = SystemTime::now();
-        let state = self.uploads.get(id, DEFAULT_LABEL, now).await?;
+        let state = self.uploads.get(id, label, now).await?;
         let body = BodyDataStream::new(req.into_body());
         let state = match self
             .uploads
@@ -183,13 +177,11 @@ impl Origin {
         &self,
         req: &Request<Incoming>,
         id: &UploadId,
+        label: &str,
     ) -> Result<Response<Body>, ApiError> {
         tus::check_version(req.headers()).map_err(UploadError::from)?;
         let _guard = self.uploads.lock(id)?;
-        let state = self
-            .uploads
-            .get(id, DEFAULT_LABEL, SystemTime::now())
-            .await?;
+        let state = self.uploads.get(id, label, SystemTime::now()).await?;
         if !matches!(state.phase, Phase::Receiving) {
             // A complete master may already be ingested; it is removed with its track, not here.
             return Err(ApiError::new(
@@ -204,11 +196,12 @@ impl Origin {
     }
 
     /// GET: the upload's status as JSON.
-    pub(crate) async fn upload_status(&self, id: &UploadId) -> Result<Response<Body>, ApiError> {
-        let state = self
-            .uploads
-            .get(id, DEFAULT_LABEL, SystemTime::now())
-            .await?;
+    pub(crate) async fn upload_status(
+        &self,
+        id: &UploadId,
+        label: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let state = self.uploads.get(id, label, SystemTime::now()).await?;
         Ok(json_response(StatusCode::OK, &status(&state)))
     }
 
@@ -235,13 +228,14 @@ impl Origin {
         Ok(state)
     }
 
-    /// The upload named by an ingest, stored; `None` when it is not a resumable upload.
+    /// The upload named by an ingest, stored; `None` when the label has no such upload.
     pub(crate) async fn stored_upload(
         &self,
         id: &UploadId,
+        label: &str,
     ) -> Result<Option<UploadState>, ApiError> {
         let _guard = self.uploads.lock(id)?;
-        match self.uploads.get(id, DEFAULT_LABEL, SystemTime::now()).await {
+        match self.uploads.get(id, label, SystemTime::now()).await {
             Ok(state) if state.phase == Phase::Receiving => Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "upload_incomplete",

@@ -20,11 +20,12 @@ use std::time::Duration;
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, health, json_response, plan_span, range_plan,
+    ApiError, Body, ConnInfo, Handler, bearer_token, health, json_response, plan_span, range_plan,
     ranged_response, read_json, require_bearer,
 };
 use cadenza_common::{
-    FileId, IngestRequest, IngestResponse, TrackId, UploadId, UploadReceipt, hex_encode,
+    FileId, IngestRequest, IngestResponse, TrackId, TrackRegistration, UploadId, UploadReceipt,
+    hex_encode,
 };
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -46,8 +47,6 @@ pub struct OriginConfig {
     pub control_plane: String,
     /// Bearer token for service-to-service calls (both directions).
     pub service_token: String,
-    /// Bearer token labels use.
-    pub label_key: String,
     /// Bearer token edges use to read renditions.
     pub edge_key: String,
     /// Largest accepted master, bytes.
@@ -68,6 +67,9 @@ pub struct Origin {
     pub(crate) last_sweep: AtomicU64,
     /// Sizes of objects read recently (objects never change under their key).
     sizes: moka::future::Cache<ObjectKey, u64>,
+    /// Label keys the control plane vouched for: SHA-256 of the key → label id. Entries live
+    /// [`LABEL_KEY_TTL`], which bounds how long a revoked key keeps working here.
+    label_keys: moka::future::Cache<String, String>,
     client: HttpClient,
 }
 
@@ -80,6 +82,8 @@ impl std::fmt::Debug for Origin {
 }
 
 const JSON_LIMIT: usize = 64 * 1024;
+/// How long a verified label key is trusted without asking the control plane again.
+pub const LABEL_KEY_TTL: Duration = Duration::from_secs(60);
 /// Object sizes remembered (about 100 bytes each).
 const SIZE_CACHE_ENTRIES: u64 = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,12 +139,51 @@ impl Origin {
             uploads,
             last_sweep: AtomicU64::new(0),
             sizes: moka::future::Cache::new(SIZE_CACHE_ENTRIES),
+            label_keys: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(LABEL_KEY_TTL)
+                .build(),
             client,
         })
     }
 
     fn authorize(&self, req: &Request<Incoming>, secret: &str) -> Result<(), ApiError> {
         require_bearer(req.headers(), secret)
+    }
+
+    /// The label whose API key the request carries, as the control plane says.
+    async fn authorize_label(&self, req: &Request<Incoming>) -> Result<String, ApiError> {
+        let key = bearer_token(req.headers()).ok_or_else(ApiError::unauthorized)?;
+        let digest = hex_encode(ring::digest::digest(&SHA256, key.as_bytes()).as_ref());
+        if let Some(label) = self.label_keys.get(&digest).await {
+            return Ok(label);
+        }
+        let url = format!(
+            "{}/internal/v1/label-keys/verify",
+            self.config.control_plane
+        );
+        let verified: Result<serde_json::Value, _> = client::call_json(
+            &self.client,
+            Method::POST,
+            &url,
+            Some(&self.config.service_token),
+            Some(&serde_json::json!({ "api_key": key })),
+            CALL_TIMEOUT,
+        )
+        .await;
+        let label = match verified {
+            Ok(v) => v
+                .get("label_id")
+                .and_then(|l| l.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::internal("key verification answered without a label"))?,
+            Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => {
+                return Err(ApiError::unauthorized());
+            }
+            Err(e) => return Err(ApiError::unavailable(e)),
+        };
+        self.label_keys.insert(digest, label.clone()).await;
+        Ok(label)
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -150,32 +193,32 @@ impl Origin {
             (Method::GET, ["healthz"]) => Ok(health()),
             (Method::OPTIONS, ["v1", "uploads"]) => Ok(self.tus_options()),
             (Method::POST, ["v1", "uploads"]) => {
-                self.authorize(&req, &self.config.label_key)?;
+                let label = self.authorize_label(&req).await?;
                 // tus creation when the client speaks tus; otherwise the whole master in
                 // one request body.
                 if req.headers().contains_key("tus-resumable") {
-                    self.tus_create(req).await
+                    self.tus_create(req, &label).await
                 } else {
-                    self.upload(req).await
+                    self.upload(req, &label).await
                 }
             }
             (m, ["v1", "uploads", id]) => {
-                self.authorize(&req, &self.config.label_key)?;
                 let id: UploadId = parse_id(id)?;
+                let label = self.authorize_label(&req).await?;
                 match m {
-                    Method::HEAD => self.tus_head(&req, &id).await,
-                    Method::PATCH => self.tus_patch(req, &id).await,
-                    Method::DELETE => self.tus_delete(&req, &id).await,
-                    Method::GET => self.upload_status(&id).await,
+                    Method::HEAD => self.tus_head(&req, &id, &label).await,
+                    Method::PATCH => self.tus_patch(req, &id, &label).await,
+                    Method::DELETE => self.tus_delete(&req, &id, &label).await,
+                    Method::GET => self.upload_status(&id, &label).await,
                     _ => Err(ApiError::method_not_allowed()),
                 }
             }
             (Method::POST, ["v1", "ingest"]) => {
-                self.authorize(&req, &self.config.label_key)?;
-                self.ingest(req).await
+                let label = self.authorize_label(&req).await?;
+                self.ingest(req, &label).await
             }
             (Method::GET, ["v1", "tracks", id]) => {
-                self.authorize(&req, &self.config.label_key)?;
+                let label = self.authorize_label(&req).await?;
                 let id: TrackId = parse_id(id)?;
                 let url = format!("{}/v1/tracks/{id}", self.config.control_plane);
                 let view: serde_json::Value = client::call_json::<(), _>(
@@ -188,6 +231,10 @@ impl Origin {
                 )
                 .await
                 .map_err(upstream)?;
+                // Another label's track is indistinguishable from a missing one.
+                if view.get("label_id").and_then(|l| l.as_str()) != Some(label.as_str()) {
+                    return Err(ApiError::not_found("no such track"));
+                }
                 Ok(json_response(StatusCode::OK, &view))
             }
             (m @ (Method::GET | Method::HEAD), ["v1", "objects", id]) => {
@@ -303,7 +350,11 @@ impl Origin {
         }
     }
 
-    async fn upload(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn upload(
+        &self,
+        req: Request<Incoming>,
+        label: &str,
+    ) -> Result<Response<Body>, ApiError> {
         let (staged, size, digest) = self.stage(req, self.config.max_upload_bytes).await?;
         if size == 0 {
             let _ = tokio::fs::remove_file(&staged).await;
@@ -318,6 +369,16 @@ impl Origin {
             let _ = tokio::fs::remove_file(&staged).await;
             return Err(e.into());
         }
+        let sha256 = hex_encode(&digest);
+        self.uploads
+            .record_stored(
+                &upload_id,
+                label,
+                size,
+                sha256,
+                std::time::SystemTime::now(),
+            )
+            .await?;
         tracing::info!(upload = %upload_id, size, "master stored");
         Ok(json_response(
             StatusCode::CREATED,
@@ -329,30 +390,45 @@ impl Origin {
         ))
     }
 
-    async fn ingest(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-        let ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
+    async fn ingest(
+        &self,
+        req: Request<Incoming>,
+        label: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let mut ingest: IngestRequest = read_json(req.into_body(), JSON_LIMIT).await?;
         validate(&ingest)?;
-        // A resumable upload is stored now if the store was down when it finished; a
-        // single-request upload is already in the store.
-        if self.stored_upload(&ingest.upload_id).await?.is_none() {
-            match self.store.size(&ObjectKey::master(&ingest.upload_id)).await {
-                Ok(_) => {}
-                Err(StoreError::NotFound) => return Err(ApiError::not_found("no such upload")),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        ingest.isrc = ingest.isrc.as_deref().map(normalize_isrc);
+        // A resumable upload is stored now if the store was down when it finished.
+        let upload = self
+            .stored_upload(&ingest.upload_id, label)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such upload"))?;
+        let master_sha256 = upload
+            .sha256()
+            .ok_or_else(|| ApiError::internal("a stored upload without a hash"))?
+            .to_owned();
         let url = format!("{}/internal/v1/tracks", self.config.control_plane);
+        let registration = TrackRegistration {
+            ingest,
+            label_id: label.to_owned(),
+            master_sha256,
+        };
         let created: IngestResponse = client::call_json(
             &self.client,
             Method::POST,
             &url,
             Some(&self.config.service_token),
-            Some(&ingest),
+            Some(&registration),
             CALL_TIMEOUT,
         )
         .await
         .map_err(upstream)?;
-        Ok(json_response(StatusCode::ACCEPTED, &created))
+        let status = if created.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        Ok(json_response(status, &created))
     }
 
     async fn put_rendition(
@@ -406,6 +482,35 @@ fn validate(req: &IngestRequest) -> Result<(), ApiError> {
             ));
         }
     }
+    let text = |field: &str, value: &str| {
+        let len = value.trim().chars().count();
+        if len == 0 || len > 512 || value.chars().any(char::is_control) {
+            Err(ApiError::bad_request(
+                "bad_metadata",
+                format!("{field} must be 1–512 printable characters"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(album) = &req.album {
+        text("album", album)?;
+    }
+    if req.featuring.len() > 32 {
+        return Err(ApiError::bad_request(
+            "bad_metadata",
+            "at most 32 featured artists",
+        ));
+    }
+    for name in &req.featuring {
+        text("featuring", name)?;
+    }
+    if req.track_number.is_some_and(|n| !(1..=9999).contains(&n)) {
+        return Err(ApiError::bad_request(
+            "bad_metadata",
+            "track_number must be 1–9999",
+        ));
+    }
     if let Some(isrc) = &req.isrc
         && !valid_isrc(isrc)
     {
@@ -415,6 +520,14 @@ fn validate(req: &IngestRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The ISRC's canonical form: upper case, no hyphens (`US-S1Z-99-00001` → `USS1Z9900001`).
+fn normalize_isrc(isrc: &str) -> String {
+    isrc.chars()
+        .filter(|&c| c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// ISO 3901: two letters (country), three alphanumerics (registrant), two digits (year),
@@ -455,6 +568,7 @@ mod tests {
         for good in ["GBAYE6300001", "US-S1Z-99-00001", "gbaye6300001"] {
             assert!(valid_isrc(good), "{good}");
         }
+        assert_eq!(normalize_isrc("us-s1z-99-00001"), "USS1Z9900001");
         for bad in [
             "",
             "GBAYE630000",

@@ -196,6 +196,30 @@ impl Uploads {
         Ok(state)
     }
 
+    /// Records a master that arrived whole in one request and is already stored, so it has
+    /// an owner like every resumable upload.
+    pub async fn record_stored(
+        &self,
+        id: &UploadId,
+        owner: &str,
+        length: u64,
+        sha256: String,
+        now: SystemTime,
+    ) -> Result<UploadState, UploadError> {
+        let state = UploadState {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            length,
+            offset: length,
+            metadata: Metadata::default(),
+            created_at: unix(now),
+            expires_at: unix(now),
+            phase: Phase::Stored { sha256 },
+        };
+        self.save(&state).await?;
+        Ok(state)
+    }
+
     /// The upload, if it exists and belongs to `owner`. An expired one is removed and
     /// reported as `Expired`.
     pub async fn get(

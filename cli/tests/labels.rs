@@ -51,6 +51,23 @@ async fn status_of(c: &HttpClient, url: &str, method: Method, key: &str) -> Stat
     c.request(req).await.unwrap().status()
 }
 
+/// "ok", or the error code the control plane refused a grant with.
+async fn grant(c: &HttpClient, info: &ClusterInfo, track: &cadenza_common::TrackId) -> String {
+    let url = format!("{}/v1/playback", info.control_plane);
+    let body = serde_json::to_vec(&serde_json::json!({ "track_id": track })).unwrap();
+    let resp = c
+        .request(client::request(Method::POST, &url, None, full(body)).unwrap())
+        .await
+        .unwrap();
+    if resp.status().is_success() {
+        return "ok".into();
+    }
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let bytes = client::read_all(resp.into_body(), &url).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["error"].as_str().unwrap().to_owned()
+}
+
 fn meta(title: &str, isrc: Option<&str>) -> TrackMeta {
     TrackMeta {
         title: title.into(),
@@ -183,13 +200,35 @@ async fn labels_see_only_their_own_uploads_and_tracks() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("409"), "{err:#}");
     // Without an ISRC, a different upload of the same bytes is a new track.
-    let fresh = submit(&c, &info_b, &theirs, &meta("Theirs", None))
+    let mut released = meta("Theirs", None);
+    released.release.release_at = Some(1_700_000_000); // in the past: playable
+    let fresh = submit(&c, &info_b, &theirs, &released).await.unwrap();
+    assert!(!fresh.duplicate);
+    let view = wait_done(&c, &info_b, &fresh.track_id, Duration::from_secs(120))
         .await
         .unwrap();
-    assert!(!fresh.duplicate);
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
     let store = stack.control_plane.store();
     let view: TrackView = store.track(&fresh.track_id).await.unwrap().unwrap();
     assert_eq!(view.label_id.as_deref(), Some(b.label_id.as_str()));
+
+    // Rights at grant time: A's track is embargoed until its release time; B's plays.
+    assert_eq!(grant(&c, &stack.info, &created.track_id).await, "embargoed");
+    assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "ok");
+    // A cannot take B's track down; B can, and from then on no grant is issued.
+    let theirs_url = format!("{}/v1/tracks/{}", stack.info.origin, fresh.track_id);
+    assert_eq!(
+        status_of(&c, &theirs_url, Method::DELETE, &a.api_key).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "ok");
+    assert_eq!(
+        status_of(&c, &theirs_url, Method::DELETE, &b.api_key).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "taken_down");
+    let view = store.track(&fresh.track_id).await.unwrap().unwrap();
+    assert!(view.taken_down_at.is_some());
 
     // Unknown and revoked keys are refused.
     assert_eq!(

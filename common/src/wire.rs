@@ -235,6 +235,9 @@ pub struct TrackView {
     /// The label that ingested it.
     #[serde(default)]
     pub label_id: Option<String>,
+    /// When the track was taken down (seconds since the epoch); no grants after it.
+    #[serde(default)]
+    pub taken_down_at: Option<u64>,
     pub territories: Territories,
     pub status: TrackStatus,
     /// Why the track failed, when it did.

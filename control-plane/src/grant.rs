@@ -24,6 +24,27 @@ impl Default for GrantPolicy {
     }
 }
 
+/// Why a track may not be played right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Its label took it down.
+    TakenDown,
+    /// Its release time has not come (seconds since the epoch).
+    Embargoed { until: u64 },
+}
+
+/// Whether `track` may be played at `now`, as far as its own state goes (territories are the
+/// edge's check).
+pub fn availability(track: &TrackView, now: u64) -> Result<(), Unavailable> {
+    if track.taken_down_at.is_some_and(|t| t <= now) {
+        return Err(Unavailable::TakenDown);
+    }
+    match track.release_at {
+        Some(until) if now < until => Err(Unavailable::Embargoed { until }),
+        _ => Ok(()),
+    }
+}
+
 /// The rendition to serve for `want`: that tier, else the best tier below it, else the
 /// lowest above it.
 pub fn choose(renditions: &[RenditionRecord], want: Quality) -> Option<&RenditionRecord> {
@@ -93,5 +114,51 @@ mod tests {
         let only_high = [rendition(High)];
         assert_eq!(choose(&only_high, Low).map(|r| r.quality), Some(High));
         assert!(choose(&[], High).is_none());
+    }
+
+    fn track(release_at: Option<u64>, taken_down_at: Option<u64>) -> TrackView {
+        TrackView {
+            track_id: cadenza_common::TrackId::random(),
+            title: "t".into(),
+            artist: "a".into(),
+            featuring: Vec::new(),
+            isrc: None,
+            album: None,
+            track_number: None,
+            release_at,
+            label_id: None,
+            taken_down_at,
+            territories: cadenza_common::Territories::worldwide(),
+            status: cadenza_common::TrackStatus::Ready,
+            failure: None,
+            duration_ms: None,
+            renditions: Vec::new(),
+            loudness: None,
+            features: None,
+        }
+    }
+
+    #[test]
+    fn embargo_and_takedown_decide_availability() {
+        let cases = [
+            (None, None, 100, Ok(())),
+            (
+                Some(100),
+                None,
+                99,
+                Err(Unavailable::Embargoed { until: 100 }),
+            ),
+            (Some(100), None, 100, Ok(())),
+            (None, Some(50), 100, Err(Unavailable::TakenDown)),
+            (None, Some(150), 100, Ok(())),
+            (Some(200), Some(50), 100, Err(Unavailable::TakenDown)),
+        ];
+        for (release, down, now, want) in cases {
+            assert_eq!(
+                availability(&track(release, down), now),
+                want,
+                "{release:?} {down:?} {now}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! | `GET /v1/tracks/{id}` | anyone | a track's status and renditions (no keys) |
 //! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
 //! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job (idempotent) |
+//! | `POST /internal/v1/tracks/{id}/takedown` | origin | withdraw a label's track: no more grants |
 //! | `POST /internal/v1/labels` | operator tools | a label (made if new) and a new API key for it |
 //! | `POST /internal/v1/label-keys/verify` | origin | the label a key belongs to, or 401 |
 //! | `POST /internal/v1/label-keys/revoke` | operator tools | revoke a key |
@@ -66,6 +67,13 @@ const JSON_LIMIT: usize = 1024 * 1024;
 #[derive(serde::Deserialize)]
 struct NewLabel {
     name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Takedown {
+    label_id: String,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -172,6 +180,25 @@ impl ControlPlane {
                     }
                     _ => Err(ApiError::not_found("no such endpoint")),
                 }
+            }
+            (Method::POST, ["internal", "v1", "tracks", id, "takedown"]) => {
+                self.authorize_service(&req)?;
+                let id: TrackId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
+                let body: Takedown = read_json(req.into_body(), JSON_LIMIT).await?;
+                if !self
+                    .store
+                    .take_down(&id, &body.label_id, &body.reason, now_secs())
+                    .await?
+                {
+                    return Err(ApiError::not_found("no such track"));
+                }
+                tracing::info!(track = %id, reason = %body.reason, "track taken down");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({"taken_down": true}),
+                ))
             }
             (Method::POST, ["internal", "v1", "tracks"]) => {
                 self.authorize_service(&req)?;
@@ -297,18 +324,29 @@ impl ControlPlane {
                 ));
             }
         }
+        // Rights are read from the primary store at grant time, never from a cache.
+        let now = now_secs();
+        match grant::availability(&track, now) {
+            Ok(()) => {}
+            Err(grant::Unavailable::TakenDown) => {
+                return Err(ApiError::forbidden(
+                    "taken_down",
+                    "the track was withdrawn by its label",
+                ));
+            }
+            Err(grant::Unavailable::Embargoed { until }) => {
+                return Err(ApiError::forbidden(
+                    "embargoed",
+                    format!("the track is released at {until} (seconds since the epoch)"),
+                ));
+            }
+        }
         let renditions = self.store.renditions(&want.track_id).await?;
         let rendition = grant::choose(&renditions, want.quality.unwrap_or(Quality::Normal))
             .ok_or_else(|| {
                 ApiError::internal(format!("ready track {} has no renditions", track.track_id))
             })?;
-        let grant = grant::build(
-            &track,
-            rendition,
-            &self.signing,
-            &self.config.grants,
-            now_secs(),
-        );
+        let grant = grant::build(&track, rendition, &self.signing, &self.config.grants, now);
         Ok(json_response(StatusCode::OK, &grant))
     }
 }

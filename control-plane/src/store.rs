@@ -52,6 +52,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_loudness.sql")),
     (4, include_str!("../migrations/0004_features.sql")),
     (5, include_str!("../migrations/0005_labels.sql")),
+    (6, include_str!("../migrations/0006_takedown.sql")),
 ];
 
 /// The catalogue store.
@@ -201,6 +202,29 @@ impl Store {
             status: TrackStatus::Received,
             duplicate: false,
         })
+    }
+
+    /// Takes `track` down for its label: from now on no grant is issued for it. Returns false
+    /// when the label has no such track. Taking a track down twice keeps the first time.
+    pub async fn take_down(
+        &self,
+        track: &TrackId,
+        label_id: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tracks SET taken_down_at = COALESCE(taken_down_at, ?),
+                               takedown_reason = COALESCE(takedown_reason, ?)
+             WHERE id = ? AND label_id = ?",
+        )
+        .bind(now as i64)
+        .bind(reason)
+        .bind(track.as_str())
+        .bind(label_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Leases the oldest runnable job — queued, or leased with an expired lease — for
@@ -391,7 +415,7 @@ impl Store {
         let Some(row) = sqlx::query(
             "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
                     loudness_lufs, true_peak_dbtp, track_gain_db, features, label_id, featuring,
-                    album, track_number, release_at
+                    album, track_number, release_at, taken_down_at
              FROM tracks WHERE id = ?",
         )
         .bind(id.as_str())
@@ -435,6 +459,9 @@ impl Store {
                 .try_get::<Option<i64>, _>("release_at")?
                 .and_then(|t| u64::try_from(t).ok()),
             label_id: row.try_get("label_id")?,
+            taken_down_at: row
+                .try_get::<Option<i64>, _>("taken_down_at")?
+                .and_then(|t| u64::try_from(t).ok()),
             territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
             status: parse_status(&row.try_get::<String, _>("status")?)?,
             failure: row.try_get("failure")?,

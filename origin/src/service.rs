@@ -7,7 +7,8 @@
 //! | `HEAD, PATCH, DELETE /v1/uploads/{id}` | label | tus offset, append, termination |
 //! | `GET /v1/uploads/{id}` | label | upload status as JSON |
 //! | `POST /v1/ingest` | label | metadata for an upload → track id |
-//! | `GET /v1/tracks/{id}` | label | track status (from the control plane) |
+//! | `GET /v1/tracks/{id}` | label | its track's status (from the control plane) |
+//! | `DELETE /v1/tracks/{id}` | label | take its track down (`{"reason": …}` optional) |
 //! | `GET, HEAD /v1/objects/{file_id}` | edge | rendition bytes by range |
 //! | `GET /internal/v1/masters/{upload_id}` | service | a master, for transcoders |
 //! | `PUT /internal/v1/objects/{file_id}` | service | store a rendition (content-checked) |
@@ -237,6 +238,28 @@ impl Origin {
                 }
                 Ok(json_response(StatusCode::OK, &view))
             }
+            (Method::DELETE, ["v1", "tracks", id]) => {
+                let label = self.authorize_label(&req).await?;
+                let id: TrackId = parse_id(id)?;
+                let body = crate::service::read_optional_json(req).await?;
+                let url = format!(
+                    "{}/internal/v1/tracks/{id}/takedown",
+                    self.config.control_plane
+                );
+                let _: serde_json::Value = client::call_json(
+                    &self.client,
+                    Method::POST,
+                    &url,
+                    Some(&self.config.service_token),
+                    Some(&serde_json::json!({ "label_id": label, "reason": body.reason })),
+                    CALL_TIMEOUT,
+                )
+                .await
+                .map_err(upstream)?;
+                let mut resp = Response::new(cadenza_common::http::empty());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                Ok(resp)
+            }
             (m @ (Method::GET | Method::HEAD), ["v1", "objects", id]) => {
                 self.authorize(&req, &self.config.edge_key)?;
                 let id: FileId = parse_id(id)?;
@@ -461,6 +484,23 @@ impl Origin {
             &serde_json::json!({"file_id": id}),
         ))
     }
+}
+
+/// The body of a takedown: an optional reason.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct TakedownBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// A takedown's JSON body, which may be absent.
+pub(crate) async fn read_optional_json(req: Request<Incoming>) -> Result<TakedownBody, ApiError> {
+    let bytes = cadenza_common::http::read_body(req.into_body(), JSON_LIMIT).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TakedownBody::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
 }
 
 fn too_large(limit: u64) -> ApiError {

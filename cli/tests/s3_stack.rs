@@ -1,7 +1,8 @@
 //! The whole stack on a real S3 server (SeaweedFS): a master uploaded over tus lands in the
 //! bucket, its renditions are published there, and the edge serves them to a player. With S3
-//! down when an upload finishes, nothing is lost: the bytes stay staged, the ingest answers
-//! 503, and once S3 is back the same ingest goes through and the track plays.
+//! down when an upload finishes, nothing is lost: the last PATCH answers 503 but every byte
+//! stays staged, the ingest answers 503, and once S3 is back the same ingest goes through and
+//! the track plays.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -9,15 +10,16 @@
 mod seaweed;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use cadenza::ingest::{TrackMeta, ingest_file, submit, upload, wait_done};
+use cadenza::ingest::{TrackMeta, ingest_file, submit, wait_done};
 use cadenza::stack::{Stack, StackConfig};
-use cadenza_common::{Quality, Territories, TrackStatus};
+use cadenza_common::http::client;
+use cadenza_common::http::full;
+use cadenza_common::{Quality, Territories, TrackStatus, UploadReceipt, UploadStatus};
 use cadenza_origin::{MIN_PART_BYTES, ObjectKey, ObjectStore, S3Config, S3Store};
 use cadenza_player::{PlayOptions, Player};
+use http::{Method, StatusCode};
 use seaweed::Seaweed;
 
 fn fixture(name: &str) -> PathBuf {
@@ -90,9 +92,71 @@ async fn the_stack_on_s3_survives_an_s3_outage_at_upload_time() {
     // finishing PATCH cannot store the master, and the ingest says "unavailable".
     weed.kill();
     let master = fixture("mono.flac");
-    let receipt = upload(&client, &stack.info, &master, Arc::new(AtomicU64::new(0)))
+    let bytes = std::fs::read(&master).unwrap();
+    let key = stack.info.label_key.as_str();
+    let tus = |method: Method, url: &str, extra: &[(&'static str, String)], body: Vec<u8>| {
+        let mut req = client::request(method, url, Some(key), full(body)).unwrap();
+        req.headers_mut()
+            .insert("tus-resumable", "1.0.0".parse().unwrap());
+        for (k, v) in extra {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
+        req
+    };
+    let created = client
+        .request(tus(
+            Method::POST,
+            &format!("{}/v1/uploads", stack.info.origin),
+            &[("upload-length", bytes.len().to_string())],
+            Vec::new(),
+        ))
         .await
         .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let url = format!(
+        "{}{}",
+        stack.info.origin,
+        created.headers()["location"].to_str().unwrap()
+    );
+    // The last PATCH cannot store the master: 503. Every byte is kept all the same.
+    let patched = client
+        .request(tus(
+            Method::PATCH,
+            &url,
+            &[
+                ("upload-offset", "0".into()),
+                ("content-type", "application/offset+octet-stream".into()),
+            ],
+            bytes.clone(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let head = client
+        .request(tus(Method::HEAD, &url, &[], Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        head.headers()["upload-offset"],
+        bytes.len().to_string().as_str()
+    );
+    let status: UploadStatus = client::call_json::<(), _>(
+        &client,
+        Method::GET,
+        &url,
+        Some(key),
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(status.complete && !status.stored, "{status:?}");
+    let receipt = UploadReceipt {
+        upload_id: status.upload_id,
+        size: status.length,
+        sha256: status.sha256.unwrap(),
+    };
+    // The ingest cannot store it either while S3 is down.
     let err = submit(&client, &stack.info, &receipt, &meta("During the outage"))
         .await
         .unwrap_err();

@@ -58,6 +58,8 @@ pub struct StackConfig {
     pub workers: usize,
     /// How long a job lease lasts without a heartbeat.
     pub job_lease: Duration,
+    /// Wait before retrying a job whose attempt failed (doubles per attempt).
+    pub job_retry_backoff: Duration,
     /// GeoIP country database for the edge's territory check (reloaded when it changes).
     pub geoip: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` the edge believes.
@@ -89,6 +91,7 @@ impl StackConfig {
             upload_ttl: Duration::from_secs(24 * 3600),
             workers: 1,
             job_lease: Duration::from_secs(60),
+            job_retry_backoff: Duration::from_secs(5),
             geoip: None,
             trusted_proxies: Vec::new(),
             edge_cleartext: false,
@@ -347,6 +350,7 @@ impl Stack {
                 service_token: secrets.service_token.clone(),
                 job_lease: config.job_lease,
                 max_job_attempts: 3,
+                job_retry_backoff: config.job_retry_backoff,
                 grants: GrantPolicy {
                     edges: vec![info.edge.clone()],
                     ..Default::default()

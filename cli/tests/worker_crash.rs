@@ -90,3 +90,64 @@ async fn a_killed_worker_s_job_is_finished_once_by_another() {
     rescuer.await.unwrap().unwrap();
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_is_retried_with_backoff_then_failed_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.workers = 0;
+    config.job_retry_backoff = Duration::from_secs(1);
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let master = dir.path().join("short.wav");
+    cadenza::synth::write_demo_master(&master, 2).unwrap();
+    let receipt = upload(&client, &stack.info, &master, Arc::new(AtomicU64::new(0)))
+        .await
+        .unwrap();
+    let meta = TrackMeta {
+        title: "Lost master".into(),
+        artist: "Test".into(),
+        territories: Territories::worldwide(),
+        isrc: None,
+        release: Default::default(),
+    };
+    let track = submit(&client, &stack.info, &receipt, &meta)
+        .await
+        .unwrap()
+        .track_id;
+    // The master vanishes from the store before any worker runs: every attempt fails to
+    // fetch it, and each is handed back and retried after 1 s, then 2 s.
+    std::fs::remove_file(
+        dir.path()
+            .join("objects/masters")
+            .join(receipt.upload_id.as_str()),
+    )
+    .unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let data = dir.path().to_path_buf();
+    let started = Instant::now();
+    let worker =
+        tokio::spawn(async move { run_worker(&data, Duration::from_secs(60), shutdown).await });
+    let view = wait_done(&client, &stack.info, &track, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(view.status, TrackStatus::Failed);
+    let reason = view.failure.unwrap();
+    assert!(
+        reason.contains("after 3 attempts") && reason.contains("404"),
+        "{reason}"
+    );
+    // Three attempts with 1 s and 2 s between them, far sooner than a 60 s lease.
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let store = stack.control_plane.store();
+    assert_eq!(
+        store.job_state(&track).await.unwrap(),
+        Some(("failed".into(), 3))
+    );
+    trigger.trigger();
+    worker.await.unwrap().unwrap();
+    stack.shutdown().await;
+}

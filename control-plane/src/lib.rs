@@ -11,4 +11,4 @@ mod store;
 
 pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
-pub use store::{Registered, Store, StoreError};
+pub use store::{Registered, Released, Store, StoreError, retry_delay};

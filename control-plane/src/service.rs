@@ -13,6 +13,7 @@
 //! | `POST /internal/v1/jobs/lease?wait_ms=N` | transcoder | lease a job (long poll) |
 //! | `POST /internal/v1/jobs/{id}/heartbeat` | transcoder | extend the lease (`{"attempt": n}`) |
 //! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
+//! | `POST /internal/v1/jobs/{id}/release` | transcoder | hand back a failed attempt (retried with backoff) |
 //! | `GET /healthz` | anyone | liveness |
 
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use crate::grant::{self, GrantPolicy};
-use crate::store::{Store, StoreError};
+use crate::store::{Released, Store, StoreError};
 
 /// How the control plane is set up.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct ControlPlaneConfig {
     pub job_lease: Duration,
     /// Leases a job may use before it is failed.
     pub max_job_attempts: u32,
+    /// The wait before the second attempt of a job whose first failed; it doubles per attempt.
+    pub job_retry_backoff: Duration,
     /// Grant policy (token lifetime, edges).
     pub grants: GrantPolicy,
 }
@@ -253,6 +256,37 @@ impl ControlPlane {
                     )),
                 }
             }
+            (Method::POST, ["internal", "v1", "jobs", id, "release"]) => {
+                self.authorize_service(&req)?;
+                let id: JobId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
+                let body: Release = read_json(req.into_body(), JSON_LIMIT).await?;
+                let cfg = &self.config;
+                let released = self
+                    .store
+                    .release_job(
+                        &id,
+                        body.attempt,
+                        &body.reason,
+                        now_secs(),
+                        cfg.max_job_attempts,
+                        cfg.job_retry_backoff,
+                    )
+                    .await?;
+                tracing::info!(job = %id, attempt = body.attempt, reason = %body.reason, outcome = ?released, "job released");
+                Ok(json_response(
+                    StatusCode::OK,
+                    &match released {
+                        Released::Retry { retry_at } => {
+                            serde_json::json!({"state": "queued", "retry_at": retry_at})
+                        }
+                        Released::Failed { reason } => {
+                            serde_json::json!({"state": "failed", "reason": reason})
+                        }
+                    },
+                ))
+            }
             (Method::POST, ["internal", "v1", "jobs", id, "complete"]) => {
                 self.authorize_service(&req)?;
                 let id: JobId = id.parse().map_err(|e: cadenza_common::IdError| {
@@ -349,6 +383,13 @@ impl ControlPlane {
         let grant = grant::build(&track, rendition, &self.signing, &self.config.grants, now);
         Ok(json_response(StatusCode::OK, &grant))
     }
+}
+
+/// A worker handing a failed attempt back.
+#[derive(Debug, serde::Deserialize)]
+struct Release {
+    attempt: u32,
+    reason: String,
 }
 
 /// A worker's lease extension.

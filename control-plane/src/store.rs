@@ -36,6 +36,23 @@ pub enum StoreError {
 
 mod labels;
 
+/// What releasing a failed attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Released {
+    /// Queued again; leasable from `retry_at` (seconds since the epoch).
+    Retry { retry_at: u64 },
+    /// Out of attempts: the job and its track failed with `reason`.
+    Failed { reason: String },
+}
+
+/// The wait before attempt `attempts + 1`: `base`, doubling per failed attempt, capped at
+/// 15 minutes.
+pub fn retry_delay(attempts: u32, base: Duration) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(20);
+    base.saturating_mul(1 << doublings)
+        .min(Duration::from_secs(15 * 60))
+}
+
 /// What registering an ingest did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registered {
@@ -53,6 +70,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_features.sql")),
     (5, include_str!("../migrations/0005_labels.sql")),
     (6, include_str!("../migrations/0006_takedown.sql")),
+    (7, include_str!("../migrations/0007_job_backoff.sql")),
 ];
 
 /// The catalogue store.
@@ -264,11 +282,13 @@ impl Store {
         let row = sqlx::query(
             "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = ?
              WHERE id = (SELECT id FROM jobs
-                         WHERE state = 'queued' OR (state = 'leased' AND lease_expires_at <= ?)
+                         WHERE (state = 'queued' AND not_before <= ?)
+                            OR (state = 'leased' AND lease_expires_at <= ?)
                          ORDER BY created_at, id LIMIT 1)
              RETURNING id, track_id, upload_id, attempts",
         )
         .bind(expires as i64)
+        .bind(now as i64)
         .bind(now as i64)
         .fetch_optional(&mut *tx)
         .await?;
@@ -313,6 +333,68 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok((done.rows_affected() == 1).then_some(expires))
+    }
+
+    /// Hands a job back after attempt `attempt` failed with `reason` (a transient cause: the
+    /// master could not be fetched, the origin refused a rendition…). It is leased again no
+    /// sooner than [`retry_delay`] from now; after `max_attempts` attempts it fails with the
+    /// last reason stored on the track. A stale attempt is `JobNotLeased`.
+    pub async fn release_job(
+        &self,
+        job_id: &JobId,
+        attempt: u32,
+        reason: &str,
+        now: u64,
+        max_attempts: u32,
+        base: Duration,
+    ) -> Result<Released, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT track_id, state, attempts FROM jobs WHERE id = ?")
+            .bind(job_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
+        let state: String = row.try_get("state")?;
+        let attempts = u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX);
+        if state != "leased" || attempts != attempt {
+            return Err(StoreError::JobNotLeased(job_id.to_string()));
+        }
+        let track: String = row.try_get("track_id")?;
+        let released = if attempts >= max_attempts {
+            let why = format!("gave up after {attempts} attempts; the last: {reason}");
+            sqlx::query(
+                "UPDATE jobs SET state = 'failed', reason = ?, last_error = ? WHERE id = ?",
+            )
+            .bind(&why)
+            .bind(reason)
+            .bind(job_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+                .bind(&why)
+                .bind(&track)
+                .execute(&mut *tx)
+                .await?;
+            Released::Failed { reason: why }
+        } else {
+            let retry_at = now + retry_delay(attempts, base).as_secs();
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', lease_expires_at = NULL, not_before = ?,
+                                 last_error = ? WHERE id = ?",
+            )
+            .bind(retry_at as i64)
+            .bind(reason)
+            .bind(job_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE tracks SET status = 'received' WHERE id = ?")
+                .bind(&track)
+                .execute(&mut *tx)
+                .await?;
+            Released::Retry { retry_at }
+        };
+        tx.commit().await?;
+        Ok(released)
     }
 
     /// How many leases a job has used, and its state (for tools and tests).

@@ -74,10 +74,15 @@ pub async fn run(config: WorkerConfig, client: HttpClient, mut shutdown: Shutdow
             Ok(Some(job)) => {
                 backoff = Duration::from_millis(100);
                 let job_id = job.job_id.clone();
-                match work(&config, &client, job).await {
+                match work(&config, &client, job.clone()).await {
                     Ok(()) => tracing::info!(job = %job_id, "job done"),
+                    // Someone else owns the job now; nothing to hand back.
+                    Err(WorkerError::LeaseLost) => {
+                        tracing::warn!(job = %job_id, "lease lost; job abandoned")
+                    }
                     Err(e) => {
-                        tracing::warn!(job = %job_id, error = %e, "job not finished; it will be retried")
+                        tracing::warn!(job = %job_id, error = %e, "attempt failed; handing the job back");
+                        release(&config, &client, &job, &e.to_string()).await;
                     }
                 }
             }
@@ -91,6 +96,29 @@ pub async fn run(config: WorkerConfig, client: HttpClient, mut shutdown: Shutdow
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Hands a failed attempt back so the control plane retries it with backoff (or fails it
+/// after the last attempt). If this call fails too, the lease simply runs out.
+async fn release(config: &WorkerConfig, client: &HttpClient, job: &JobLease, reason: &str) {
+    let url = format!(
+        "{}/internal/v1/jobs/{}/release",
+        config.control_plane, job.job_id
+    );
+    let body = serde_json::json!({ "attempt": job.attempt, "reason": reason });
+    let answer: Result<serde_json::Value, ClientError> = client::call_json(
+        client,
+        Method::POST,
+        &url,
+        Some(&config.service_token),
+        Some(&body),
+        CALL_TIMEOUT,
+    )
+    .await;
+    match answer {
+        Ok(v) => tracing::info!(job = %job.job_id, outcome = %v, "job handed back"),
+        Err(e) => tracing::warn!(job = %job.job_id, error = %e, "handing the job back failed"),
     }
 }
 

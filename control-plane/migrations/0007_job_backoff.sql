@@ -1,0 +1,4 @@
+-- A job released after a failed attempt waits until not_before (exponential backoff), and
+-- keeps the error of its last attempt.
+ALTER TABLE jobs ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN last_error TEXT;

@@ -356,6 +356,7 @@ async fn transcode_cmd(
     let started = std::time::Instant::now();
     let options = TranscodeOptions {
         bitrate_mode: mode,
+        spool_dir: Some(out.to_path_buf()),
         ..Default::default()
     };
     let done = tokio::task::spawn_blocking(move || transcode(&path, &options)).await??;
@@ -367,27 +368,29 @@ async fn transcode_cmd(
         "{:<8} {:>10} {:>6} {:>10} {:>12} {:>9}  file",
         "tier", "bytes", "kbps", "duration", "loudness", "encode"
     );
-    for r in &done.renditions {
+    for r in done.renditions {
+        let (quality, size, bitrate_kbps) = (r.quality, r.size, r.bitrate_kbps);
         let name = if plain {
-            let name = format!("{}.ogg", r.quality.as_str());
-            std::fs::write(out.join(&name), &r.ogg)?;
+            let name = format!("{}.ogg", quality.as_str());
+            r.file.persist(&out.join(&name))?;
             name
         } else {
-            let sealed = seal(r);
-            let name = format!("{}.{}.enc", r.quality.as_str(), sealed.record.file_id);
-            std::fs::write(out.join(&name), &sealed.bytes)?;
-            format!(
+            let sealed = seal(&r)?;
+            let name = format!("{}.{}.enc", quality.as_str(), sealed.record.file_id);
+            let label = format!(
                 "{name} (key {} iv {})",
                 sealed.record.key.key_hex(),
                 sealed.record.key.iv_hex()
-            )
+            );
+            sealed.file.persist(&out.join(&name))?;
+            label
         };
         // The tiers encode in parallel from one decode, so each took the whole run.
         println!(
             "{:<8} {:>10} {:>6} {:>9.3}s {:>12} {:>8.2}s  {}",
-            r.quality.as_str(),
-            r.ogg.len(),
-            r.bitrate_kbps,
+            quality.as_str(),
+            size,
+            bitrate_kbps,
             seconds,
             loudness,
             elapsed.as_secs_f64(),

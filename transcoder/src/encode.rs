@@ -1,5 +1,7 @@
 //! Ogg Vorbis encoding with libvorbis (aoTuV) through `vorbis_rs`, one encoder per tier.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::num::{NonZeroU8, NonZeroU32};
 
 use cadenza_common::Quality;
@@ -32,10 +34,10 @@ impl std::str::FromStr for BitrateMode {
     }
 }
 
-/// One tier's encoder writing into memory.
+/// One tier's encoder writing its Ogg file to disk.
 pub struct TierEncoder {
     quality: Quality,
-    encoder: VorbisEncoder<Vec<u8>>,
+    encoder: VorbisEncoder<BufWriter<File>>,
 }
 
 impl std::fmt::Debug for TierEncoder {
@@ -56,6 +58,7 @@ impl TierEncoder {
         serial: i32,
         mode: BitrateMode,
         comments: &[(&str, String)],
+        sink: File,
     ) -> Result<Self, TranscodeError> {
         let rate =
             NonZeroU32::new(OUTPUT_RATE).ok_or_else(|| TranscodeError::Encode("rate".into()))?;
@@ -63,7 +66,12 @@ impl TierEncoder {
             NonZeroU8::new(2).ok_or_else(|| TranscodeError::Encode("channels".into()))?;
         let bitrate = NonZeroU32::new(quality.kbps() * 1000)
             .ok_or_else(|| TranscodeError::Encode("bitrate".into()))?;
-        let mut builder = VorbisEncoderBuilder::new_with_serial(rate, channels, Vec::new(), serial);
+        let mut builder = VorbisEncoderBuilder::new_with_serial(
+            rate,
+            channels,
+            BufWriter::with_capacity(256 * 1024, sink),
+            serial,
+        );
         builder.bitrate_management_strategy(match mode {
             BitrateMode::Vbr => VorbisBitrateManagementStrategy::Vbr {
                 target_bitrate: bitrate,
@@ -91,9 +99,15 @@ impl TierEncoder {
             .map_err(|e| encoder_error(self.quality, e))
     }
 
-    /// Ends the stream and returns the Ogg file.
-    pub fn finish(self) -> Result<Vec<u8>, TranscodeError> {
+    /// Ends the stream and returns the Ogg file, flushed.
+    pub fn finish(self) -> Result<File, TranscodeError> {
         let quality = self.quality;
-        self.encoder.finish().map_err(|e| encoder_error(quality, e))
+        let mut sink = self
+            .encoder
+            .finish()
+            .map_err(|e| encoder_error(quality, e))?;
+        sink.flush()?;
+        sink.into_inner()
+            .map_err(|e| TranscodeError::Io(e.into_error()))
     }
 }

@@ -16,6 +16,7 @@ mod ogg_pages;
 mod pipeline;
 mod resample;
 mod seek;
+mod spool;
 mod tags;
 pub mod worker;
 
@@ -29,6 +30,7 @@ pub use pipeline::{
 };
 pub use resample::Resampler;
 pub use seek::build as build_seek_index;
+pub use spool::SpoolFile;
 
 /// Why a transcode did not produce renditions.
 #[derive(Debug, thiserror::Error)]

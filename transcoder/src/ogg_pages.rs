@@ -1,4 +1,6 @@
-//! Walking and checksumming Ogg pages (RFC 3533) in a file held in memory.
+//! Walking and checksumming Ogg pages (RFC 3533), in memory or streamed from a file.
+
+use std::io::Read;
 
 /// One Ogg page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,15 +24,34 @@ pub enum OggError {
     /// A page runs past the end of the file.
     #[error("the Ogg page at byte {0} is cut short")]
     Truncated(u64),
+    /// The file could not be read.
+    #[error("reading the Ogg file failed: {0}")]
+    Io(String),
 }
 
 /// Every page of `ogg`, in order.
 pub fn pages(ogg: &[u8]) -> Result<Vec<Page>, OggError> {
+    let mut reader = ogg;
+    pages_in(&mut reader)
+}
+
+/// Every page of the stream `r` yields, in order, reading headers and skipping bodies; a
+/// buffered file reader walks an hour-long rendition without holding it.
+pub fn pages_in<R: Read>(r: &mut R) -> Result<Vec<Page>, OggError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
-    while pos < ogg.len() {
+    let mut head = [0u8; 27];
+    let mut table = [0u8; 255];
+    loop {
         let at = pos as u64;
-        let head = ogg.get(pos..pos + 27).ok_or(OggError::Truncated(at))?;
+        // End of stream exactly at a page boundary is the normal end.
+        let got = read_full(r, &mut head).map_err(|e| OggError::Io(e.to_string()))?;
+        if got == 0 {
+            return Ok(out);
+        }
+        if got < head.len() {
+            return Err(OggError::Truncated(at));
+        }
         if &head[..4] != b"OggS" {
             return Err(OggError::NoPage(at));
         }
@@ -38,14 +59,17 @@ pub fn pages(ogg: &[u8]) -> Result<Vec<Page>, OggError> {
         granule.copy_from_slice(&head[6..14]);
         let granule = i64::from_le_bytes(granule);
         let segments = usize::from(head[26]);
-        let table = ogg
-            .get(pos + 27..pos + 27 + segments)
-            .ok_or(OggError::Truncated(at))?;
-        let body: usize = table.iter().map(|&s| usize::from(s)).sum();
-        let len = 27 + segments + body;
-        if pos + len > ogg.len() {
+        let table = &mut table[..segments];
+        if read_full(r, table).map_err(|e| OggError::Io(e.to_string()))? < segments {
             return Err(OggError::Truncated(at));
         }
+        let body: usize = table.iter().map(|&s| usize::from(s)).sum();
+        let skipped = std::io::copy(&mut r.by_ref().take(body as u64), &mut std::io::sink())
+            .map_err(|e| OggError::Io(e.to_string()))?;
+        if skipped < body as u64 {
+            return Err(OggError::Truncated(at));
+        }
+        let len = 27 + segments + body;
         out.push(Page {
             offset: pos,
             len,
@@ -54,7 +78,20 @@ pub fn pages(ogg: &[u8]) -> Result<Vec<Page>, OggError> {
         });
         pos += len;
     }
-    Ok(out)
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// The Ogg CRC-32 (polynomial 0x04c11db7, no reflection, initial value 0) of `page` with its
@@ -103,7 +140,20 @@ mod tests {
             &crate::TranscodeOptions::default(),
         )
         .unwrap();
-        let ogg = &done.renditions[0].ogg;
+        let ogg = &done.renditions[0].read().unwrap();
+        assert_eq!(
+            pages(ogg).unwrap(),
+            pages_in(&mut std::io::BufReader::new(
+                std::fs::File::open(done.renditions[0].path()).unwrap()
+            ))
+            .unwrap()
+        );
+        assert_eq!(
+            pages(&ogg[..ogg.len() - 1]),
+            Err(OggError::Truncated(
+                pages(ogg).unwrap().last().unwrap().offset as u64
+            ))
+        );
         for page in pages(ogg).unwrap() {
             let bytes = &ogg[page.offset..page.offset + page.len];
             let stored = u32::from_le_bytes([bytes[22], bytes[23], bytes[24], bytes[25]]);

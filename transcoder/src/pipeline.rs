@@ -1,13 +1,15 @@
 //! Decode once, fold, resample, encode three tiers; then seal each rendition.
 
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
 
 use cadenza_common::{
     AcousticFeatures, ContentKey, FileId, Loudness, Quality, RenditionRecord, SeekIndex, hex_encode,
 };
-use ring::digest::{SHA256, digest};
+use ring::digest::{Context, SHA256};
 
 use crate::TranscodeError;
 use crate::decode::{DecodeLimits, MasterDecoder, MasterFormat};
@@ -15,7 +17,9 @@ use crate::encode::{BitrateMode, OUTPUT_RATE, TierEncoder};
 use crate::features::FeatureMeter;
 use crate::loudness::Meter;
 use crate::mix::Downmix;
+use crate::ogg_pages::pages_in;
 use crate::resample::Resampler;
+use crate::spool::SpoolFile;
 
 /// How to transcode.
 #[derive(Debug, Clone, Default)]
@@ -28,22 +32,40 @@ pub struct TranscodeOptions {
     pub bitrate_mode: BitrateMode,
     /// Vorbis comments written into every rendition (TITLE, ARTIST, ISRC…).
     pub comments: Vec<(&'static str, String)>,
+    /// Where renditions are spooled while they are made (the system's temporary directory
+    /// when `None`). They are files from the first byte, so memory does not grow with the
+    /// track's length.
+    pub spool_dir: Option<PathBuf>,
 }
 
-/// A rendition before encryption.
-#[derive(Debug, Clone)]
+/// A rendition before encryption, in a spool file that is removed when this is dropped.
+#[derive(Debug)]
 pub struct PlainRendition {
     pub quality: Quality,
     /// The Ogg Vorbis file.
-    pub ogg: Vec<u8>,
+    pub file: SpoolFile,
+    /// Its length in bytes.
+    pub size: u64,
     /// Mean bitrate of the file over its duration, kbit/s.
     pub bitrate_kbps: u32,
     /// Where to read from for a given time.
     pub seek_index: SeekIndex,
 }
 
+impl PlainRendition {
+    /// Where the Ogg file is.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// The whole Ogg file (for tools and tests).
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        self.file.read()
+    }
+}
+
 /// The result of a transcode.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Transcoded {
     pub master: MasterFormat,
     /// Frames decoded from the master, at its own rate.
@@ -75,6 +97,7 @@ const QUEUE_BLOCKS: usize = 16;
 pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, TranscodeError> {
     let mut decoder = MasterDecoder::open(path, &options.limits)?;
     let master = decoder.format();
+    let spool = options.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut comments = options.comments.clone();
     comments.extend(crate::tags::placeholders());
     let mut meter = Meter::new(master.channels, master.sample_rate)?;
@@ -88,18 +111,22 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
             let serial = (options.serial_seed ^ (i as u32 + 1)) as i32;
             let comments = &comments;
             let mode = options.bitrate_mode;
+            let spool = &spool;
             // libvorbis state is made and used on the thread that owns it.
-            workers.push(scope.spawn(move || -> Result<Vec<u8>, TranscodeError> {
-                let mut encoder = TierEncoder::new(quality, serial, mode, comments)?;
-                for block in rx {
-                    encoder.encode(&block[0], &block[1])?;
-                }
-                encoder.finish()
-            }));
+            workers.push(
+                scope.spawn(move || -> Result<(SpoolFile, File), TranscodeError> {
+                    let (spooled, sink) = SpoolFile::create(spool, quality.as_str())?;
+                    let mut encoder = TierEncoder::new(quality, serial, mode, comments, sink)?;
+                    for block in rx {
+                        encoder.encode(&block[0], &block[1])?;
+                    }
+                    Ok((spooled, encoder.finish()?))
+                }),
+            );
         }
         let fed = feed(&mut decoder, master, &mut meter, &mut features, &queues);
         drop(queues);
-        let outputs: Vec<Result<Vec<u8>, TranscodeError>> = workers
+        let outputs: Vec<Result<(SpoolFile, File), TranscodeError>> = workers
             .into_iter()
             .map(|w| {
                 w.join().unwrap_or_else(|_| {
@@ -114,11 +141,17 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
         let renditions = Quality::ALL
             .iter()
             .zip(outputs)
-            .map(|(&quality, ogg)| {
-                let mut ogg = ogg?;
-                crate::tags::patch(&mut ogg, &loudness)?;
-                let seek_index = crate::seek::build(&ogg, SEEK_POINTS)
-                    .map_err(|e| TranscodeError::Encode(format!("{}: {e}", quality.as_str())))?;
+            .map(|(&quality, output)| {
+                let (spooled, mut file) = output?;
+                let size = file.metadata()?.len();
+                file.seek(SeekFrom::Start(0))?;
+                let ogg_error = |e: crate::OggError| {
+                    TranscodeError::Encode(format!("{}: {e}", quality.as_str()))
+                };
+                let pages = pages_in(&mut BufReader::with_capacity(256 * 1024, &mut file))
+                    .map_err(ogg_error)?;
+                crate::tags::patch_file(&mut file, &pages, &loudness)?;
+                let seek_index = crate::seek::from_pages(&pages, size, SEEK_POINTS);
                 // Gapless: the last granule position must be the resampled length exactly.
                 if seek_index.frames != output_frames {
                     return Err(TranscodeError::Encode(format!(
@@ -128,13 +161,14 @@ pub fn transcode(path: &Path, options: &TranscodeOptions) -> Result<Transcoded, 
                     )));
                 }
                 let bitrate_kbps = if seconds > 0.0 {
-                    (ogg.len() as f64 * 8.0 / seconds / 1000.0).round() as u32
+                    (size as f64 * 8.0 / seconds / 1000.0).round() as u32
                 } else {
                     0
                 };
                 Ok(PlainRendition {
                     quality,
-                    ogg,
+                    file: spooled,
+                    size,
                     bitrate_kbps,
                     seek_index,
                 })
@@ -206,32 +240,73 @@ fn feed(
     Ok(output_frames)
 }
 
-/// A rendition encrypted and named, ready to store.
-#[derive(Debug, Clone)]
+/// A rendition encrypted and named, ready to store, in a spool file removed when this is
+/// dropped.
+#[derive(Debug)]
 pub struct SealedRendition {
     /// What the control plane records.
     pub record: RenditionRecord,
     /// The encrypted file.
-    pub bytes: Vec<u8>,
+    pub file: SpoolFile,
 }
 
-/// Encrypts a rendition under a fresh random key and IV and names it by content.
-pub fn seal(plain: &PlainRendition) -> SealedRendition {
+impl SealedRendition {
+    /// Where the encrypted file is.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// The whole encrypted file (for tools and tests).
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        self.file.read()
+    }
+}
+
+/// Bytes encrypted per step while sealing.
+const SEAL_CHUNK: usize = 256 * 1024;
+
+/// Encrypts a rendition under a fresh random key and IV into a new spool file beside it, and
+/// names it by content; one pass over the file, hashing plaintext and ciphertext as it goes.
+pub fn seal(plain: &PlainRendition) -> Result<SealedRendition, TranscodeError> {
     let key = ContentKey::random();
-    let plaintext_sha256 = hex_encode(digest(&SHA256, &plain.ogg).as_ref());
-    let mut bytes = plain.ogg.clone();
-    key.apply_at(0, &mut bytes);
-    let file_id = FileId::from_bytes(digest(&SHA256, &bytes).as_ref());
-    SealedRendition {
+    let dir = plain.path().parent().unwrap_or(Path::new("."));
+    let (spooled, out) = SpoolFile::create(dir, &format!("{}-sealed", plain.quality.as_str()))?;
+    let mut out = BufWriter::with_capacity(SEAL_CHUNK, out);
+    let mut input = File::open(plain.path())?;
+    let (mut clear_hash, mut sealed_hash) = (Context::new(&SHA256), Context::new(&SHA256));
+    let mut buf = vec![0u8; SEAL_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &mut buf[..n];
+        clear_hash.update(chunk);
+        key.apply_at(offset, chunk);
+        sealed_hash.update(chunk);
+        out.write_all(chunk)?;
+        offset += n as u64;
+    }
+    out.flush()?;
+    if offset != plain.size {
+        return Err(TranscodeError::Encode(format!(
+            "{}: the spooled rendition changed size ({} → {offset})",
+            plain.quality.as_str(),
+            plain.size
+        )));
+    }
+    let file_id = FileId::from_bytes(sealed_hash.finish().as_ref());
+    Ok(SealedRendition {
         record: RenditionRecord {
             quality: plain.quality,
             file_id,
-            size: bytes.len() as u64,
+            size: offset,
             bitrate_kbps: plain.bitrate_kbps,
             key,
-            plaintext_sha256,
+            plaintext_sha256: hex_encode(clear_hash.finish().as_ref()),
             seek_index: plain.seek_index.clone(),
         },
-        bytes,
-    }
+        file: spooled,
+    })
 }

@@ -8,20 +8,22 @@
 
 use cadenza_common::{SeekIndex, SeekPoint};
 
-use crate::ogg_pages::{OggError, pages};
+use crate::ogg_pages::{OggError, Page, pages};
 
 /// Builds the index of `ogg` with at most `points` entries (plus the start).
 pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
-    let pages = pages(ogg)?;
+    Ok(from_pages(&pages(ogg)?, ogg.len() as u64, points))
+}
+
+/// The index from a file's pages (`len`: the file's length).
+pub fn from_pages(pages: &[Page], len: u64, points: usize) -> SeekIndex {
     // Vorbis I §A.2: pages holding only headers have granule position 0, and audio begins on
     // a fresh page after them.
     let first_audio = pages
         .iter()
         .position(|p| p.granule != Some(0))
         .unwrap_or(pages.len());
-    let header_bytes = pages
-        .get(first_audio)
-        .map_or(ogg.len() as u64, |p| p.offset as u64);
+    let header_bytes = pages.get(first_audio).map_or(len, |p| p.offset as u64);
     let frames = pages.iter().filter_map(|p| p.granule).max().unwrap_or(0);
     // Candidate points: (frame decoding resumes at, page offset), for pages that begin with a
     // whole packet (a continued packet cannot be decoded from its second half), keeping the
@@ -49,11 +51,11 @@ pub fn build(ogg: &[u8], points: usize) -> Result<SeekIndex, OggError> {
             }
         }
     }
-    Ok(SeekIndex {
+    SeekIndex {
         header_bytes,
         frames,
         points: chosen,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 
 use cadenza_common::Loudness;
 
+use std::io::{Read, Seek, SeekFrom, Write};
+
 use crate::TranscodeError;
-use crate::ogg_pages::{pages, reseal};
+use crate::ogg_pages::{Page, pages, reseal};
 
 const GAIN: &str = "REPLAYGAIN_TRACK_GAIN";
 const PEAK: &str = "REPLAYGAIN_TRACK_PEAK";
@@ -32,6 +34,29 @@ fn peak_text(dbtp: f64) -> String {
         0.0
     };
     format!("{:.6}", linear.clamp(0.0, 9.999_999))
+}
+
+/// Writes the measured values over the placeholders of the Ogg file `file`, whose pages are
+/// `all`: only its first pages (the headers) are read and rewritten.
+pub fn patch_file<F: Read + Write + Seek>(
+    file: &mut F,
+    all: &[Page],
+    loudness: &Loudness,
+) -> Result<(), TranscodeError> {
+    let end = all
+        .iter()
+        .take(3)
+        .map(|p| p.offset + p.len)
+        .max()
+        .unwrap_or(0);
+    let mut head = vec![0u8; end];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut head)?;
+    patch(&mut head, loudness)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&head)?;
+    file.flush()?;
+    Ok(())
 }
 
 /// Writes the measured values over the placeholders of `ogg`.

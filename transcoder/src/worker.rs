@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cadenza_common::http::Shutdown;
 use cadenza_common::http::client::{self, ClientError, HttpClient};
-use cadenza_common::http::{Shutdown, full};
 use cadenza_common::{JobLease, JobOutcome};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -56,6 +56,31 @@ pub enum WorkerError {
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A rendition upload may be hundreds of MB for a long track.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A request body streaming the file at `path` in 256 KiB chunks, and its length.
+async fn file_body(path: &std::path::Path) -> std::io::Result<(cadenza_common::http::Body, u64)> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let len = file.metadata().await?.len();
+    let stream = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok(http_body::Frame::data(bytes::Bytes::from(buf))),
+                    Some(file),
+                ))
+            }
+            Err(e) => Some((Err(Box::new(e) as cadenza_common::http::BoxError), None)),
+        }
+    });
+    Ok((http_body_util::StreamBody::new(stream).boxed_unsync(), len))
+}
 
 /// Runs jobs until `shutdown` fires.
 pub async fn run(config: WorkerConfig, client: HttpClient, mut shutdown: Shutdown) {
@@ -200,6 +225,7 @@ async fn work_leased(
     let seed = u32::from_str_radix(&job.upload_id.as_str()[..8], 16).unwrap_or(0);
     let options = TranscodeOptions {
         serial_seed: seed,
+        spool_dir: Some(config.scratch_dir.clone()),
         ..Default::default()
     };
     let path = master.clone();
@@ -210,19 +236,22 @@ async fn work_leased(
     let outcome = match result {
         Ok(done) => {
             let mut renditions = Vec::with_capacity(done.renditions.len());
-            for plain in &done.renditions {
-                let sealed = seal(plain);
+            for plain in done.renditions {
+                // Sealing reads and writes whole files: off the async threads. Each spool
+                // file is removed as soon as its value is dropped.
+                let sealed = tokio::task::spawn_blocking(move || seal(&plain))
+                    .await
+                    .map_err(|e| WorkerError::Join(e.to_string()))??;
                 let url = format!(
                     "{}/internal/v1/objects/{}",
                     config.origin, sealed.record.file_id
                 );
-                let req = client::request(
-                    Method::PUT,
-                    &url,
-                    Some(&config.service_token),
-                    full(sealed.bytes),
-                )?;
-                client::send(client, req, CALL_TIMEOUT).await?;
+                let (body, len) = file_body(sealed.path()).await?;
+                let mut req =
+                    client::request(Method::PUT, &url, Some(&config.service_token), body)?;
+                req.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, len.into());
+                client::send(client, req, UPLOAD_TIMEOUT).await?;
                 renditions.push(sealed.record);
             }
             JobOutcome::Completed {

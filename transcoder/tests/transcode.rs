@@ -74,8 +74,10 @@ fn every_layout_and_rate_transcodes_to_three_exact_length_tiers() {
             "{name}"
         );
         for r in &done.renditions {
-            assert!(r.ogg.starts_with(b"OggS"), "{name}");
-            let decoded = vorbis_frames(&r.ogg);
+            let ogg = r.read().unwrap();
+            assert!(ogg.starts_with(b"OggS"), "{name}");
+            assert_eq!(ogg.len() as u64, r.size);
+            let decoded = vorbis_frames(&ogg);
             // Gapless: the decoder trims to the last granule position, so the decoded length
             // is the encoded length exactly.
             assert_eq!(decoded, done.output_frames, "{name} {:?}", r.quality);
@@ -92,16 +94,30 @@ fn the_same_master_gives_the_same_bytes_and_sealing_uses_fresh_keys() {
     let a = transcode(&fixture("mono.flac"), &options).unwrap();
     let b = transcode(&fixture("mono.flac"), &options).unwrap();
     for (x, y) in a.renditions.iter().zip(&b.renditions) {
-        assert_eq!(x.ogg, y.ogg, "{:?} not deterministic", x.quality);
+        assert_eq!(
+            x.read().unwrap(),
+            y.read().unwrap(),
+            "{:?} not deterministic",
+            x.quality
+        );
     }
-    let s1 = seal(&a.renditions[0]);
-    let s2 = seal(&a.renditions[0]);
+    let s1 = seal(&a.renditions[0]).unwrap();
+    let s2 = seal(&a.renditions[0]).unwrap();
     assert_ne!(s1.record.key, s2.record.key);
     assert_ne!(s1.record.file_id, s2.record.file_id);
     assert_eq!(s1.record.plaintext_sha256, s2.record.plaintext_sha256);
-    let mut plain = s1.bytes.clone();
+    let mut plain = s1.read().unwrap();
+    assert_eq!(plain.len() as u64, s1.record.size);
     s1.record.key.apply_at(0, &mut plain);
-    assert_eq!(plain, a.renditions[0].ogg);
+    assert_eq!(plain, a.renditions[0].read().unwrap());
+    // Spool files go when their values do.
+    let paths: Vec<_> = [&s1.file, &s2.file]
+        .iter()
+        .map(|f| f.path().to_path_buf())
+        .chain(a.renditions.iter().map(|r| r.path().to_path_buf()))
+        .collect();
+    drop((s1, s2, a));
+    assert!(paths.iter().all(|p| !p.exists()), "spool files left behind");
 }
 
 #[test]
@@ -149,7 +165,7 @@ fn ogginfo_accepts_every_tier() {
     let done = transcode(&fixture("surround-5.1.flac"), &TranscodeOptions::default()).unwrap();
     for r in &done.renditions {
         let path = dir.path().join(format!("{}.ogg", r.quality.as_str()));
-        std::fs::write(&path, &r.ogg).unwrap();
+        std::fs::write(&path, r.read().unwrap()).unwrap();
         let out = std::process::Command::new("ogginfo")
             .arg(&path)
             .output()
@@ -263,8 +279,9 @@ fn seek_index_points_resume_decoding_where_they_say() {
                 .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
         );
         for point in index.points.iter().step_by(3) {
-            let mut stream = r.ogg[..index.header_bytes as usize].to_vec();
-            stream.extend_from_slice(&r.ogg[point.1 as usize..]);
+            let ogg = r.read().unwrap();
+            let mut stream = ogg[..index.header_bytes as usize].to_vec();
+            stream.extend_from_slice(&ogg[point.1 as usize..]);
             let decoded = vorbis_frames(&stream);
             let expected = index.frames - point.0;
             // The first packet after a jump only primes the decoder's overlap: at most one
@@ -365,7 +382,7 @@ fn ffmpeg_decodes_every_tier_to_our_length() {
     let done = transcode(&fixture("rate-22050.flac"), &TranscodeOptions::default()).unwrap();
     for r in &done.renditions {
         let path = dir.path().join(format!("{}.ogg", r.quality.as_str()));
-        std::fs::write(&path, &r.ogg).unwrap();
+        std::fs::write(&path, r.read().unwrap()).unwrap();
         let out = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-i"])
             .arg(&path)
@@ -393,7 +410,7 @@ fn every_sealed_rendition_gets_its_own_key_and_iv() {
     let mut ivs = std::collections::HashSet::new();
     for _ in 0..500 {
         for r in &done.renditions {
-            let sealed = seal(r);
+            let sealed = seal(r).unwrap();
             assert!(keys.insert(sealed.record.key.key_hex()), "key reused");
             assert!(ivs.insert(sealed.record.key.iv_hex()), "IV reused");
         }

@@ -19,6 +19,13 @@ const HOP: usize = 256;
 const FFT: usize = 2048;
 /// Frames quieter than this (dBFS RMS) are silence and do not count.
 const SILENT_DB: f64 = -70.0;
+/// Frame levels are counted in bins this wide (dB) from `SILENT_DB` up to `LOUDEST_DB`, so
+/// the level percentiles take constant memory whatever the track's length.
+const LEVEL_BIN_DB: f64 = 0.01;
+const LOUDEST_DB: f64 = 10.0;
+/// Tempo is estimated from the onset envelope of the first ten minutes (hops of 256 frames),
+/// which keeps the envelope bounded for long tracks.
+const MAX_TEMPO_HOPS: usize = (10.0 * 60.0 * RATE) as usize / HOP;
 
 /// Accumulates features block by block.
 #[derive(Debug)]
@@ -26,7 +33,10 @@ pub struct FeatureMeter {
     mono: Vec<f32>,
     hop_energy: Vec<f64>,
     pending_hop: Vec<f32>,
-    frame_levels_db: Vec<f64>,
+    /// Counts of non-silent frame levels per `LEVEL_BIN_DB` bin.
+    level_bins: Vec<u64>,
+    level_frames: u64,
+    level_sum_db: f64,
     centroid_sum: f64,
     centroid_frames: u64,
     window: Vec<f32>,
@@ -45,7 +55,9 @@ impl Default for FeatureMeter {
             mono: Vec::with_capacity(2 * FFT),
             hop_energy: Vec::new(),
             pending_hop: Vec::with_capacity(HOP),
-            frame_levels_db: Vec::new(),
+            level_bins: vec![0; ((LOUDEST_DB - SILENT_DB) / LEVEL_BIN_DB) as usize + 1],
+            level_frames: 0,
+            level_sum_db: 0.0,
             centroid_sum: 0.0,
             centroid_frames: 0,
             window,
@@ -70,7 +82,9 @@ impl FeatureMeter {
                     .iter()
                     .map(|&x| f64::from(x) * f64::from(x))
                     .sum();
-                self.hop_energy.push(e / HOP as f64);
+                if self.hop_energy.len() < MAX_TEMPO_HOPS {
+                    self.hop_energy.push(e / HOP as f64);
+                }
                 self.pending_hop.clear();
             }
             self.mono.push(m);
@@ -92,7 +106,12 @@ impl FeatureMeter {
         if level < SILENT_DB {
             return;
         }
-        self.frame_levels_db.push(level);
+        let bin = ((level.min(LOUDEST_DB) - SILENT_DB) / LEVEL_BIN_DB).round() as usize;
+        if let Some(count) = self.level_bins.get_mut(bin) {
+            *count += 1;
+        }
+        self.level_frames += 1;
+        self.level_sum_db += level;
         let mut re: Vec<f64> = self
             .mono
             .iter()
@@ -115,18 +134,25 @@ impl FeatureMeter {
 
     /// The features of everything added.
     pub fn finish(&self) -> AcousticFeatures {
-        let mut levels = self.frame_levels_db.clone();
-        levels.sort_by(f64::total_cmp);
+        // The level at rank round((n - 1)·p) of the sorted levels, read off the histogram.
         let pct = |p: f64| -> f64 {
-            if levels.is_empty() {
+            if self.level_frames == 0 {
                 return SILENT_DB;
             }
-            levels[((levels.len() - 1) as f64 * p).round() as usize]
+            let rank = ((self.level_frames - 1) as f64 * p).round() as u64;
+            let mut seen = 0u64;
+            for (bin, &count) in self.level_bins.iter().enumerate() {
+                seen += count;
+                if seen > rank {
+                    return SILENT_DB + bin as f64 * LEVEL_BIN_DB;
+                }
+            }
+            LOUDEST_DB
         };
-        let energy = if levels.is_empty() {
+        let energy = if self.level_frames == 0 {
             SILENT_DB
         } else {
-            levels.iter().sum::<f64>() / levels.len() as f64
+            self.level_sum_db / self.level_frames as f64
         };
         let round1 = |x: f64| (x * 10.0).round() / 10.0;
         AcousticFeatures {
@@ -275,6 +301,25 @@ mod tests {
             let got = f.tempo_bpm.unwrap_or(0.0);
             assert!((got - bpm).abs() < 1.5, "{bpm} BPM click read as {got}");
         }
+    }
+
+    #[test]
+    fn level_percentiles_come_from_the_histogram_exactly_enough() {
+        // 5 s of a tone at -20 dB RMS, then 5 s at -40 dB: dynamics (95th − 10th percentile)
+        // is 20 dB and the mean level -30 dB, whatever the histogram's bin width.
+        let tone = |amp: f32| -> Vec<f32> {
+            (0..44_100 * 5)
+                .map(|i| amp * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 44_100.0).sin())
+                .collect()
+        };
+        let mut meter = FeatureMeter::default();
+        for amp in [0.141_421_36, 0.014_142_136] {
+            let x = tone(amp);
+            meter.add(&x, &x);
+        }
+        let f = meter.finish();
+        assert!((f.dynamics_db - 20.0).abs() <= 0.1, "{f:?}");
+        assert!((f.energy_dbfs + 30.0).abs() <= 0.2, "{f:?}");
     }
 
     #[test]

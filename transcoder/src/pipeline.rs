@@ -196,7 +196,9 @@ fn feed(
 ) -> Result<u64, TranscodeError> {
     let downmix = Downmix::for_layout(master.channels);
     let mut resampler = (master.sample_rate != OUTPUT_RATE)
-        .then(|| Resampler::new(master.sample_rate, OUTPUT_RATE, 2));
+        .then(|| Resampler::new(master.sample_rate, OUTPUT_RATE, 2))
+        .transpose()
+        .map_err(TranscodeError::Encode)?;
     let mut planes = Vec::new();
     let (mut left, mut right) = (Vec::new(), Vec::new());
     let mut resampled = vec![Vec::new(), Vec::new()];

@@ -130,6 +130,9 @@ pub enum Command {
         /// Log every edge request to stderr (target `access`; JSON with --log-json).
         #[arg(long)]
         access_log: bool,
+        /// The edge's memory cache, MiB (the disk tier adds 4 GiB under the data directory).
+        #[arg(long, default_value_t = 256)]
+        edge_memory_mib: u64,
         #[command(flatten)]
         s3: S3Args,
     },
@@ -164,6 +167,17 @@ pub enum Command {
         /// Release time, seconds since the epoch (the track is embargoed until then).
         #[arg(long, value_name = "UNIX_SECS")]
         release_at: Option<u64>,
+    },
+    /// Sign edge tokens for file ids with a stack's key (for debugging and load tests).
+    Token {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Rendition file ids.
+        #[arg(required = true)]
+        file_ids: Vec<cadenza_common::FileId>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
     },
     /// Manage labels and their API keys on a running stack.
     Label {

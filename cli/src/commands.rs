@@ -51,9 +51,11 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             trusted_proxy,
             edge_cleartext,
             access_log,
+            edge_memory_mib,
             s3,
         } => {
             let mut config = StackConfig::new(&data);
+            config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.s3 = s3.config()?;
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
@@ -113,6 +115,25 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             }
             if failed > 0 {
                 bail!("{failed} of {} masters were refused", paths.len());
+            }
+            Ok(())
+        }
+        Command::Token {
+            endpoint,
+            file_ids,
+            ttl_secs,
+        } => {
+            let key = crate::stack::signing_key(&endpoint.data)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for file_id in file_ids {
+                let token = key.sign(&cadenza_common::TokenClaims {
+                    file_id: file_id.clone(),
+                    expires_at: now + ttl_secs,
+                    territories: Territories::worldwide(),
+                });
+                println!("{file_id} {}", token.0);
             }
             Ok(())
         }

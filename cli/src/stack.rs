@@ -219,6 +219,13 @@ pub async fn run_worker(data: &Path, lease: Duration, shutdown: Shutdown) -> any
     Ok(())
 }
 
+/// The edge-token signing key of the stack whose data directory is `data` (operator tools).
+pub fn signing_key(data: &Path) -> anyhow::Result<SigningKey> {
+    let path = data.join("keys").join("edge-token-k1.pk8");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SigningKey::from_pkcs8("k1", &bytes)?)
+}
+
 /// The service token of the stack whose data directory is `data` (operator tools).
 pub fn service_token(data: &Path) -> anyhow::Result<String> {
     let secrets: Secrets = serde_json::from_str(

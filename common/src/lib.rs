@@ -19,7 +19,8 @@ pub use ids::{FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode}
 pub use range::{ByteRange, RangeRequest, parse_range};
 pub use territories::{Territories, TerritoryError};
 pub use token::{
-    EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, verify_leeway_default,
+    EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, check_claims,
+    verify_leeway_default,
 };
 pub use wire::{
     AcousticFeatures, IngestRequest, IngestResponse, JobLease, JobOutcome, LabelKey, Loudness,

@@ -169,6 +169,15 @@ impl VerifyingKeys {
         now: SystemTime,
         leeway: Duration,
     ) -> Result<TokenClaims, TokenError> {
+        let claims = self.verify_signature(token)?;
+        check_claims(&claims, file_id, now, leeway)?;
+        Ok(claims)
+    }
+
+    /// The claims of a token whose signature is good, whatever they say: the expensive half
+    /// of [`VerifyingKeys::verify`], whose result may be remembered per token text. The
+    /// claims must still pass [`check_claims`] on every use.
+    pub fn verify_signature(&self, token: &str) -> Result<TokenClaims, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
@@ -190,20 +199,29 @@ impl VerifyingKeys {
             .verify(signed.as_bytes(), &sig)
             .map_err(|_| TokenError::BadSignature)?;
         let json = B64.decode(claims).map_err(|_| TokenError::Malformed)?;
-        let claims: TokenClaims =
-            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
-        let now_secs = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        if now_secs > claims.expires_at.saturating_add(leeway.as_secs()) {
-            return Err(TokenError::Expired);
-        }
-        if &claims.file_id != file_id {
-            return Err(TokenError::WrongFile);
-        }
-        Ok(claims)
+        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
     }
+}
+
+/// Whether signed `claims` open `file_id` at `now` (expiry allowing `leeway`): the cheap half
+/// of [`VerifyingKeys::verify`].
+pub fn check_claims(
+    claims: &TokenClaims,
+    file_id: &FileId,
+    now: SystemTime,
+    leeway: Duration,
+) -> Result<(), TokenError> {
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    if now_secs > claims.expires_at.saturating_add(leeway.as_secs()) {
+        return Err(TokenError::Expired);
+    }
+    if &claims.file_id != file_id {
+        return Err(TokenError::WrongFile);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use cadenza_common::http::{
     ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
     ranged_response,
 };
-use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys};
+use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims};
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -62,7 +62,16 @@ pub struct EdgeConfig {
 pub struct Edge {
     config: EdgeConfig,
     cache: Arc<SliceCache>,
+    /// Tokens whose signature was checked, by their text. Entries live at most
+    /// [`VERIFIED_TTL`], which bounds how long a token signed with a key since withdrawn
+    /// keeps working here; expiry and file are checked on every use regardless.
+    verified: moka::future::Cache<String, TokenClaims>,
 }
+
+/// Tokens remembered as verified.
+const VERIFIED_TOKENS: u64 = 50_000;
+/// How long a verified token is remembered.
+pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
@@ -87,7 +96,14 @@ fn token_refused(e: &TokenError) -> ApiError {
 impl Edge {
     /// An edge answering from `cache`.
     pub fn new(config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
-        Self { config, cache }
+        Self {
+            config,
+            cache,
+            verified: moka::future::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
+        }
     }
 
     /// The slice cache, for stats and tests.
@@ -95,7 +111,7 @@ impl Edge {
         &self.cache
     }
 
-    fn check_token(&self, req: &Parts, id: &FileId) -> Result<TokenClaims, ApiError> {
+    async fn check_token(&self, req: &Parts, id: &FileId) -> Result<TokenClaims, ApiError> {
         let token = bearer_token(&req.headers)
             .or_else(|| {
                 req.uri
@@ -104,10 +120,23 @@ impl Edge {
                     .find_map(|kv| kv.strip_prefix("t="))
             })
             .unwrap_or("");
-        self.config
-            .keys
-            .verify(token, id, SystemTime::now(), self.config.token_leeway)
-            .map_err(|e| token_refused(&e))
+        // A player sends the same token with every range of a track: its signature is checked
+        // once and remembered; expiry and file are checked on every request.
+        let claims = match self.verified.get(token).await {
+            Some(claims) => claims,
+            None => {
+                let claims = self
+                    .config
+                    .keys
+                    .verify_signature(token)
+                    .map_err(|e| token_refused(&e))?;
+                self.verified.insert(token.to_owned(), claims.clone()).await;
+                claims
+            }
+        };
+        check_claims(&claims, id, SystemTime::now(), self.config.token_leeway)
+            .map_err(|e| token_refused(&e))?;
+        Ok(claims)
     }
 
     async fn serve_file(
@@ -119,7 +148,7 @@ impl Edge {
         let id: FileId = id
             .parse()
             .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
-        let claims = self.check_token(req, &id)?;
+        let claims = self.check_token(req, &id).await?;
         let forwarded = req
             .headers
             .get("x-forwarded-for")

@@ -319,6 +319,15 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
     let slices = len.div_ceil(16 * 1024);
     assert_eq!(stack.edge.cache().origin_fetches(), slices);
 
+    // The edge remembers a token once its signature checked out (above, for the wrong file);
+    // remembered, it opens its own file and still not this one.
+    let other_url = format!("{}/a/{}", stack.info.edge, other.file_id);
+    let (status, _, _) = fetch(&client, &other_url, &other.token.0, Some("bytes=0-9")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let (status, _, body) = fetch(&client, &url, &other.token.0, Some("bytes=0-9")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("token_wrong_file"));
+
     // HTTP/3: an independent client (Python niquests over qh3), forced onto QUIC, fetches
     // ranges from the same port's UDP side.
     match h3_python() {

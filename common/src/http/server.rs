@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::deadline::Deadlines;
 use super::{Body, Shutdown};
 
 /// What a handler learns about the connection a request came on.
@@ -54,6 +55,10 @@ pub struct ServerLimits {
     pub max_h2_streams: u32,
     /// Time given to open connections to finish after shutdown is signalled.
     pub drain_timeout: Duration,
+    /// How long a write may wait for a peer that is not reading (nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// How long a connection may move no byte at all before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -65,6 +70,8 @@ impl Default for ServerLimits {
             max_header_bytes: 16 * 1024,
             max_h2_streams: 128,
             drain_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -144,6 +151,8 @@ async fn accept_loop<H: Handler>(
         let handler = handler.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
+        // Under TLS, so a peer that stops reading is noticed whatever the protocol.
+        let stream = Deadlines::new(stream, limits.send_timeout, limits.idle_timeout);
         tokio::spawn(async move {
             let _permit = permit;
             serve_one(
@@ -168,7 +177,7 @@ async fn accept_loop<H: Handler>(
 }
 
 async fn serve_one<H: Handler>(
-    stream: TcpStream,
+    stream: Deadlines<TcpStream>,
     conn: ConnInfo,
     acceptor: Option<TlsAcceptor>,
     handshake_timeout: Duration,

@@ -1,0 +1,102 @@
+//! Clients that stop reading, or stay connected doing nothing, are cut off by the server's
+//! send and idle timeouts, while a client that reads gets every byte.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cadenza_common::http::{Body, ConnInfo, Handler, ServerLimits, Shutdown, full, serve_on};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIG: usize = 64 * 1024 * 1024;
+
+struct Big;
+
+impl Handler for Big {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let len = if req.uri().path() == "/small" {
+            10
+        } else {
+            BIG
+        };
+        Response::new(full(vec![7u8; len]))
+    }
+}
+
+async fn server(
+    send: Duration,
+    idle: Duration,
+) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let limits = ServerLimits {
+        send_timeout: send,
+        idle_timeout: idle,
+        ..ServerLimits::default()
+    };
+    let listening = serve_on(listener, None, limits, Arc::new(Big), shutdown).unwrap();
+    (listening.addr, trigger)
+}
+
+/// Reads until EOF or an error, bounded in time; returns the bytes read.
+async fn drain(stream: &mut TcpStream, within: Duration) -> usize {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the connection was still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_one_that_reads_is_not() {
+    let (addr, trigger) = server(Duration::from_millis(500), Duration::from_secs(30)).await;
+    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    // Reads everything promptly: the whole body arrives.
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    reader.write_all(request).await.unwrap();
+    let got = drain(&mut reader, Duration::from_secs(30)).await;
+    assert!(got > BIG, "a reading client got only {got} bytes");
+
+    // Asks, then reads nothing for 2 s: the server gives up on it after 0.5 s of stalled
+    // writes, so what is left to read is only what the socket buffers held.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(request).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = drain(&mut stalled, Duration::from_secs(10)).await;
+    assert!(
+        got < BIG / 2,
+        "a client that stopped reading still got {got} bytes"
+    );
+    trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (addr, trigger) = server(Duration::from_secs(30), Duration::from_millis(700)).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // The answer arrives, then the connection sits idle until the server closes it.
+    let got = drain(&mut client, Duration::from_secs(10)).await;
+    assert!(got > 10, "no response");
+    let open_for = started.elapsed();
+    assert!(
+        open_for >= Duration::from_millis(600) && open_for < Duration::from_secs(5),
+        "closed after {open_for:?}"
+    );
+    trigger.trigger();
+}

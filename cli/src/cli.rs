@@ -133,6 +133,9 @@ pub enum Command {
         /// The edge's memory cache, MiB (the disk tier adds 4 GiB under the data directory).
         #[arg(long, default_value_t = 256)]
         edge_memory_mib: u64,
+        /// Slices the edge fetches ahead of each request (sequential players want some).
+        #[arg(long, default_value_t = 2)]
+        edge_read_ahead: u64,
         #[command(flatten)]
         s3: S3Args,
     },

@@ -52,10 +52,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             edge_cleartext,
             access_log,
             edge_memory_mib,
+            edge_read_ahead,
             s3,
         } => {
             let mut config = StackConfig::new(&data);
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
+            config.edge_read_ahead = edge_read_ahead;
             config.s3 = s3.config()?;
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;

@@ -48,6 +48,8 @@ pub struct StackConfig {
     pub slice_bytes: u64,
     /// Edge memory cache size.
     pub edge_cache_bytes: u64,
+    /// Slices the edge fetches ahead of each request.
+    pub edge_read_ahead: u64,
     /// Edge disk cache size (under `{data}/edge-cache`); 0 disables the disk tier.
     pub edge_disk_bytes: u64,
     /// Largest master accepted.
@@ -86,6 +88,7 @@ impl StackConfig {
             port_base: 7700,
             slice_bytes: 256 * 1024,
             edge_cache_bytes: 256 * 1024 * 1024,
+            edge_read_ahead: 2,
             edge_disk_bytes: 4 * 1024 * 1024 * 1024,
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             upload_ttl: Duration::from_secs(24 * 3600),
@@ -484,7 +487,7 @@ impl Stack {
                 geo: geo.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 unknown_country: UnknownCountry::Allow,
-                read_ahead_slices: 2,
+                read_ahead_slices: config.edge_read_ahead,
                 alt_svc,
                 access_log: config.access_log,
             },

@@ -210,6 +210,28 @@ impl SliceCache {
             .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))
     }
 
+    /// The object's size, learning it (when unknown) by fetching slice `index`, the one the
+    /// request needs first, rather than slice 0: a cold range far into a file then costs
+    /// only the slices it covers. Falls back to slice 0 if that slice cannot be had (it may
+    /// lie past the end).
+    pub async fn size_via(self: &Arc<Self>, id: &FileId, index: u64) -> Result<u64, FetchError> {
+        if let Some(size) = self.sizes.get(id).await {
+            return Ok(size);
+        }
+        if index > 0
+            && self.slice(id, index).await.is_ok()
+            && let Some(size) = self.sizes.get(id).await
+        {
+            return Ok(size);
+        }
+        self.size(id).await
+    }
+
+    /// Whether slice `index` of `id` is in the memory tier.
+    pub fn holds(&self, id: &FileId, index: u64) -> bool {
+        self.slices.contains_key(&(id.clone(), index))
+    }
+
     /// Slice `index` of file `id`; concurrent callers for one missing slice share a single
     /// origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
@@ -312,6 +334,7 @@ impl SliceCache {
             .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
         let (total, body) = fetched?;
+        self.metrics.upstream_bytes.inc_by(body.len() as u64);
         let (_, expected) = self.math.bounds(index, total);
         if body.len() as u64 != expected {
             // Never cache a short or long slice: it would be served as if whole.

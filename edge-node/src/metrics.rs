@@ -28,6 +28,8 @@ pub struct EdgeMetrics {
     pub prefetches: IntCounter,
     /// Origin fetch latency by outcome.
     pub upstream_seconds: HistogramVec,
+    /// Body bytes received from origins.
+    pub upstream_bytes: IntCounter,
     /// Time from request to response head.
     pub ttfb_seconds: Histogram,
     /// Bytes in the memory tier.
@@ -95,6 +97,10 @@ impl EdgeMetrics {
             prefetches: register(
                 &r,
                 counter("prefetches_total", "Read-ahead slice fetches started"),
+            ),
+            upstream_bytes: register(
+                &r,
+                counter("upstream_bytes_total", "Body bytes received from origins"),
             ),
             upstream_seconds: register(
                 &r,

@@ -155,16 +155,23 @@ impl Edge {
             .and_then(|v| v.to_str().ok());
         let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         check_territory(&self.config, &claims, client)?;
-        let size = self.cache.size(&id).await?;
+        let slice_size = self.cache.math().slice_size();
+        let first_hint = first_byte(&req.headers).map_or(0, |b| b / slice_size);
+        let size = self.cache.size_via(&id, first_hint).await?;
         let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
         if req.method == Method::GET
             && let Some((offset, len)) = plan_span(plan, size).filter(|(_, len)| *len > 0)
         {
-            // Audio is read front to back: warm the slices after this request now.
-            let last = (offset + len - 1) / self.cache.math().slice_size();
-            self.cache
-                .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
+            // Audio is read front to back: when this request starts a file or continues where
+            // an earlier one ended, warm the slices after it now. A random seek does not pay
+            // for slices nobody may ask for.
+            let first = offset / slice_size;
+            let last = (offset + len - 1) / slice_size;
+            if offset == 0 || (first > 0 && self.cache.holds(&id, first - 1)) {
+                self.cache
+                    .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
+            }
             body = Some(self.stream(id.clone(), offset, len).await?);
         }
         Ok(ranged_response(
@@ -304,8 +311,47 @@ impl Handler for Edge {
     }
 }
 
+/// The first byte a single `bytes=a-b` or `bytes=a-` range asks for, without knowing the
+/// object's length; `None` for suffix ranges, several ranges, or anything malformed (the
+/// full parse happens once the length is known).
+fn first_byte(headers: &http::HeaderMap) -> Option<u64> {
+    let spec = headers
+        .get(http::header::RANGE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, _) = spec.split_once('-')?;
+    let start = start.trim();
+    if start.is_empty() || !start.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    start.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_first_byte_is_read_off_simple_ranges_only() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(
+                http::header::RANGE,
+                v.parse().unwrap_or(http::HeaderValue::from_static("")),
+            );
+            m
+        };
+        assert_eq!(first_byte(&h("bytes=1000-1999")), Some(1000));
+        assert_eq!(first_byte(&h("bytes=5-")), Some(5));
+        for other in ["bytes=-500", "bytes=0-1,5-6", "bytes=x-1", "items=1-2", ""] {
+            assert_eq!(first_byte(&h(other)), None, "{other}");
+        }
+        assert_eq!(first_byte(&http::HeaderMap::new()), None);
+    }
     use super::*;
     use cadenza_common::Territories;
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Cold misses at the edge: origin bytes per client byte, and origin requests under a crowd.
+#
+# Starts `cadenza up --edge-cleartext` (release build) and stores OBJECTS random renditions of
+# OBJECT_MIB MiB. Then, read from the edge's own Prometheus counters:
+#  1. one random 128 KiB range from each object, all cold, 8 at a time:
+#     origin body bytes per client body byte;
+#  2. CROWD concurrent identical requests for a range of one more cold object:
+#     how many origin requests they caused (collapsing should make it one per slice).
+# Run with READ_AHEAD=0 too: `up` reads two slices ahead by default, which sequential
+# players want and random readers pay for.
+#
+# Needs: curl ≥ 7.66 (--parallel), python3. Knobs: OBJECTS (100), OBJECT_MIB (5),
+# CROWD (100), READ_AHEAD (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OBJECTS=${OBJECTS:-100}
+OBJECT_MIB=${OBJECT_MIB:-5}
+CROWD=${CROWD:-100}
+RANGE=131072
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -q -p cadenza
+bin=target/release/cadenza
+READ_AHEAD=${READ_AHEAD:-2}
+"$bin" up --port-base 0 --workers 0 --edge-cleartext --edge-read-ahead "$READ_AHEAD" \
+  --data "$work/data" >"$work/up.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+  [ -f "$work/data/cluster.json" ] && break
+  sleep 0.1
+done
+read -r origin edge admin ca service < <(python3 - "$work/data" <<'EOF'
+import json, sys
+d = sys.argv[1]
+c = json.load(open(d + "/cluster.json"))
+s = json.load(open(d + "/secrets.json"))
+print(c["origin"], c["edge_cleartext"], c["edge_admin"], c["ca"], s["service_token"])
+EOF
+)
+
+echo "storing $((OBJECTS + 1)) × $OBJECT_MIB MiB renditions…"
+ids=()
+for _ in $(seq 0 "$OBJECTS"); do
+  head -c $((OBJECT_MIB * 1048576)) /dev/urandom >"$work/obj"
+  id=$(sha256sum "$work/obj" | cut -c1-40)
+  curl -sSf --cacert "$ca" -o /dev/null -X PUT --data-binary "@$work/obj" \
+    -H "Authorization: Bearer $service" "$origin/internal/v1/objects/$id"
+  ids+=("$id")
+done
+rm -f "$work/obj"
+"$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$work/tokens"
+
+metric() { # name → value of cadenza_edge_<name>
+  curl -s --cacert "$ca" "$admin/metrics" | awk -v m="cadenza_edge_$1" '$1 == m {print $2}'
+}
+
+# 1. One cold random range per object (the last object is kept for the crowd).
+python3 - "$work/tokens" "$edge" "$RANGE" $((OBJECT_MIB * 1048576)) "$OBJECTS" >"$work/cold.cfg" <<'EOF'
+import random, sys
+tokens, edge, r, size, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+rng = random.Random(11)
+lines = [l.split() for l in open(tokens)][:n]
+for i, (fid, tok) in enumerate(lines):
+    a = rng.randrange(0, size - r)
+    if i:
+        print("next")
+    print(f'url = "{edge}/a/{fid}"\nheader = "Authorization: Bearer {tok}"\nrange = "{a}-{a + r - 1}"\noutput = "/dev/null"\nsilent\nfail')
+EOF
+up0=$(metric upstream_bytes_total)
+sent0=$(metric bytes_served_total)
+curl --parallel --parallel-max 8 -K "$work/cold.cfg"
+sleep 1 # read-ahead fetches started by those requests finish
+up1=$(metric upstream_bytes_total)
+sent1=$(metric bytes_served_total)
+
+# 2. A crowd asking for the same cold range at once.
+read -r crowd_id crowd_tok < <(tail -1 "$work/tokens")
+python3 - "$edge" "$crowd_id" "$crowd_tok" "$CROWD" "$RANGE" >"$work/crowd.cfg" <<'EOF'
+import sys
+edge, fid, tok, n, r = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+for i in range(n):
+    if i:
+        print("next")
+    print(f'url = "{edge}/a/{fid}"\nheader = "Authorization: Bearer {tok}"\nrange = "1000000-{1000000 + r - 1}"\noutput = "/dev/null"\nsilent\nfail')
+EOF
+fetches0=$(metric cache_misses_total)
+collapsed0=$(metric collapsed_waiters_total)
+curl --parallel --parallel-max "$CROWD" --parallel-immediate -K "$work/crowd.cfg"
+sleep 1
+fetches1=$(metric cache_misses_total)
+collapsed1=$(metric collapsed_waiters_total)
+
+python3 - "$up0" "$up1" "$sent0" "$sent1" "$fetches0" "$fetches1" "$collapsed0" "$collapsed1" "$OBJECTS" "$CROWD" <<'EOF'
+import sys
+up0, up1, s0, s1, f0, f1, c0, c1 = map(float, sys.argv[1:9])
+n, crowd = int(sys.argv[9]), int(sys.argv[10])
+print()
+print(f"{n} cold random 128 KiB ranges: {(s1 - s0) / 1048576:.1f} MiB to clients, "
+      f"{(up1 - up0) / 1048576:.1f} MiB from the origin: "
+      f"{(up1 - up0) / (s1 - s0):.2f} origin bytes per client byte")
+print(f"{crowd} identical concurrent cold requests: {int(f1 - f0)} origin slice fetches, "
+      f"{int(c1 - c0)} requests joined another's fetch")
+EOF

@@ -20,45 +20,13 @@ OBJECT_MIB=${OBJECT_MIB:-5}
 CROWD=${CROWD:-100}
 RANGE=131072
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cargo build --release -q -p cadenza
-bin=target/release/cadenza
+source benches/lib.sh
+bench_init
 READ_AHEAD=${READ_AHEAD:-2}
-"$bin" up --port-base 0 --workers 0 --edge-cleartext --edge-read-ahead "$READ_AHEAD" \
-  --data "$work/data" >"$work/up.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do
-  [ -f "$work/data/cluster.json" ] && break
-  sleep 0.1
-done
-read -r origin edge admin ca service < <(python3 - "$work/data" <<'EOF'
-import json, sys
-d = sys.argv[1]
-c = json.load(open(d + "/cluster.json"))
-s = json.load(open(d + "/secrets.json"))
-print(c["origin"], c["edge_cleartext"], c["edge_admin"], c["ca"], s["service_token"])
-EOF
-)
-
+bench_up --edge-cleartext --edge-read-ahead "$READ_AHEAD"
 echo "storing $((OBJECTS + 1)) × $OBJECT_MIB MiB renditions…"
-ids=()
-for _ in $(seq 0 "$OBJECTS"); do
-  head -c $((OBJECT_MIB * 1048576)) /dev/urandom >"$work/obj"
-  id=$(sha256sum "$work/obj" | cut -c1-40)
-  curl -sSf --cacert "$ca" -o /dev/null -X PUT --data-binary "@$work/obj" \
-    -H "Authorization: Bearer $service" "$origin/internal/v1/objects/$id"
-  ids+=("$id")
-done
-rm -f "$work/obj"
-"$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$work/tokens"
+bench_store $((OBJECTS + 1)) "$OBJECT_MIB"
+bench_tokens "$work/tokens"
 
 metric() { # name → value of cadenza_edge_<name>
   curl -s --cacert "$ca" "$admin/metrics" | awk -v m="cadenza_edge_$1" '$1 == m {print $2}'

@@ -19,47 +19,14 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-15}
 RANGE=131072
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cargo build --release -q -p cadenza
-bin=target/release/cadenza
-
-taskset -c 0 "$bin" up --port-base 0 --workers 0 --edge-cleartext \
-  --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256)) --data "$work/data" >"$work/up.log" 2>&1 &
-up_pid=$!
-pids+=("$up_pid")
-for _ in $(seq 1 300); do
-  [ -f "$work/data/cluster.json" ] && break
-  sleep 0.1
-done
-read -r origin edge admin ca service admin_token < <(python3 - "$work/data" <<'EOF'
-import json, sys
-d = sys.argv[1]
-c = json.load(open(d + "/cluster.json"))
-s = json.load(open(d + "/secrets.json"))
-print(c["origin"], c["edge_cleartext"], c["edge_admin"], c["ca"], s["service_token"], c["admin_token"])
-EOF
-)
-
+source benches/lib.sh
+bench_init
+# Both servers on core 0; the edge's memory tier holds every object.
+bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256))
+taskset -a -cp 0 "$up_pid" >/dev/null
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
-mkdir -p "$work/files"
-ids=()
-for _ in $(seq 1 "$OBJECTS"); do
-  head -c $((OBJECT_MIB * 1048576)) /dev/urandom >"$work/obj"
-  id=$(sha256sum "$work/obj" | cut -c1-40)
-  curl -sSf --cacert "$ca" -o /dev/null -X PUT --data-binary "@$work/obj" \
-    -H "Authorization: Bearer $service" "$origin/internal/v1/objects/$id"
-  mv "$work/obj" "$work/files/$id"
-  ids+=("$id")
-done
-"$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$work/tokens"
+bench_store "$OBJECTS" "$OBJECT_MIB" "$work/files"
+bench_tokens "$work/tokens"
 python3 - "${ids[@]}" >"$work/prewarm.json" <<'EOF'
 import json, sys
 print(json.dumps({"file_ids": sys.argv[1:]}))

@@ -8,7 +8,7 @@
 # (throughput). Prints both and the ratios.
 #
 # Needs: curl ≥ 7.75 (--aws-sigv4), python3, SeaweedFS (CADENZA_WEED or `weed` on PATH).
-# Knobs: OBJECTS (20), OBJECT_MIB (5), REQUESTS (400), PROFILE (release | dev).
+# Knobs: OBJECTS (20), OBJECT_MIB (5), REQUESTS (400).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,23 +22,8 @@ S3="http://127.0.0.1:$((BASE + 7))"
 ACCESS=bench-key
 SECRET=bench-secret
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-PROFILE=${PROFILE:-release}
-if [ "$PROFILE" = release ]; then
-  cargo build --release -q -p cadenza
-  bin=target/release/cadenza
-else
-  cargo build -q -p cadenza
-  bin=target/debug/cadenza
-fi
+source benches/lib.sh
+bench_init
 
 mkdir -p "$work/weed"
 cat > "$work/ids.json" <<EOF
@@ -57,33 +42,12 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 
-CADENZA_S3_ACCESS_KEY=$ACCESS CADENZA_S3_SECRET_KEY=$SECRET "$bin" up --port-base 0 \
-  --workers 0 --data "$work/data" --s3-endpoint "$S3" --s3-bucket bench >"$work/up.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do
-  [ -f "$work/data/cluster.json" ] && break
-  sleep 0.1
-done
-read -r origin ca service edge_key < <(python3 - "$work/data" <<'EOF'
-import json, sys
-d = sys.argv[1]
-c = json.load(open(d + "/cluster.json"))
-s = json.load(open(d + "/secrets.json"))
-print(c["origin"], c["ca"], s["service_token"], s["edge_key"])
-EOF
-)
-
+export CADENZA_S3_ACCESS_KEY=$ACCESS CADENZA_S3_SECRET_KEY=$SECRET
+bench_up --s3-endpoint "$S3" --s3-bucket bench
+edge_key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_key"])' \
+  "$work/data/secrets.json")
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions through the origin…"
-ids=()
-for i in $(seq 1 "$OBJECTS"); do
-  f="$work/obj"
-  head -c $((OBJECT_MIB * 1048576)) /dev/urandom >"$f"
-  id=$(sha256sum "$f" | cut -c1-40)
-  curl -sSf --cacert "$ca" -o /dev/null -X PUT --data-binary "@$f" \
-    -H "Authorization: Bearer $service" "$origin/internal/v1/objects/$id"
-  ids+=("$id")
-done
-rm -f "$work/obj"
+bench_store "$OBJECTS" "$OBJECT_MIB"
 
 # The same random ranges for both targets.
 python3 - "$REQUESTS" "$RANGE" $((OBJECT_MIB * 1048576)) "${ids[@]}" >"$work/ranges" <<'EOF'

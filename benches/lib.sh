@@ -1,0 +1,63 @@
+# Shared by the benchmark scripts that run a whole stack; source it after `cd` to the repo.
+#
+#   bench_init                      a work directory in $work, cleaned up (with every pid in
+#                                   $pids) on exit; the release binary in $bin
+#   bench_up [ARGS…]                `cadenza up` on free ports with extra ARGS, waits for it,
+#                                   and sets $origin $edge (cleartext, when enabled) $admin
+#                                   $ca $service $admin_token
+#   bench_store N MIB [DIR]         N random renditions of MIB MiB stored through the origin;
+#                                   their ids in $ids, copies kept in DIR when given
+#   bench_tokens FILE               "id token" lines for every id in $ids
+
+bench_init() {
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT
+  cargo build --release -q -p cadenza
+  bin=target/release/cadenza
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+bench_up() {
+  "$bin" up --port-base 0 --workers 0 --data "$work/data" "$@" >"$work/up.log" 2>&1 &
+  up_pid=$!
+  pids+=("$up_pid")
+  for _ in $(seq 1 300); do
+    [ -f "$work/data/cluster.json" ] && break
+    sleep 0.1
+  done
+  read -r origin edge admin ca service admin_token < <(python3 - "$work/data" <<'PY'
+import json, sys
+d = sys.argv[1]
+c = json.load(open(d + "/cluster.json"))
+s = json.load(open(d + "/secrets.json"))
+print(c["origin"], c.get("edge_cleartext") or c["edge"], c["edge_admin"], c["ca"],
+      s["service_token"], c["admin_token"])
+PY
+)
+}
+
+bench_store() {
+  local n=$1 mib=$2 keep=${3:-}
+  ids=()
+  [ -n "$keep" ] && mkdir -p "$keep"
+  for _ in $(seq 1 "$n"); do
+    head -c $((mib * 1048576)) /dev/urandom >"$work/obj"
+    local id
+    id=$(sha256sum "$work/obj" | cut -c1-40)
+    curl -sSf --cacert "$ca" -o /dev/null -X PUT --data-binary "@$work/obj" \
+      -H "Authorization: Bearer $service" "$origin/internal/v1/objects/$id"
+    if [ -n "$keep" ]; then mv "$work/obj" "$keep/$id"; fi
+    ids+=("$id")
+  done
+  rm -f "$work/obj"
+}
+
+bench_tokens() {
+  "$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$1"
+}

@@ -1,5 +1,6 @@
 //! Clients that stop reading, or stay connected doing nothing, are cut off by the server's
-//! send and idle timeouts, while a client that reads gets every byte.
+//! send and idle timeouts, while a client that reads gets every byte; connections past the
+//! limit are closed at accept.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -98,5 +99,48 @@ async fn an_idle_keep_alive_connection_is_closed() {
         open_for >= Duration::from_millis(600) && open_for < Duration::from_secs(5),
         "closed after {open_for:?}"
     );
+    trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_accept() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let limits = ServerLimits {
+        max_connections: 2,
+        ..ServerLimits::default()
+    };
+    let addr = serve_on(listener, None, limits, Arc::new(Big), shutdown)
+        .unwrap()
+        .addr;
+    let ask = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
+    // An answered request on a kept-alive connection, or None when the server hung up.
+    async fn answered(stream: &mut TcpStream, ask: &[u8]) -> Option<usize> {
+        stream.write_all(ask).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Some(n),
+            Ok(_) => None,
+            Err(_) => panic!("no answer and no close within 5 s"),
+        }
+    }
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert!(answered(&mut first, ask).await.is_some());
+    assert!(answered(&mut second, ask).await.is_some());
+    // Both slots are held by open keep-alive connections: a third is closed unanswered.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(answered(&mut third, ask).await, None);
+    // A slot frees when a connection ends, and the next client is served.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        if answered(&mut next, ask).await.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     trigger.trigger();
 }

@@ -18,14 +18,19 @@ use tokio::time::{Instant, Sleep};
 
 /// A stream whose writes must progress within `send` and which closes after `idle` without
 /// traffic.
+///
+/// Moving bytes only records the time; the one timer is re-armed when it fires early, so the
+/// serve path pays a clock read per read or write, not a timer update.
 pub struct Deadlines<S> {
     inner: S,
     send: Duration,
     idle: Duration,
-    /// Armed while a write waits on the peer.
-    stall: Option<Pin<Box<Sleep>>>,
-    /// Reset on every byte moved.
-    quiet: Pin<Box<Sleep>>,
+    /// When a byte last moved either way.
+    last: Instant,
+    /// Since when a write has been waiting on the peer.
+    stalled_since: Option<Instant>,
+    /// Never later than the earliest deadline that can apply (`last + min(send, idle)`).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<S> std::fmt::Debug for Deadlines<S> {
@@ -40,17 +45,40 @@ impl<S> std::fmt::Debug for Deadlines<S> {
 impl<S> Deadlines<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, send: Duration, idle: Duration) -> Self {
+        let now = Instant::now();
         Self {
             inner,
             send,
             idle,
-            stall: None,
-            quiet: Box::pin(tokio::time::sleep(idle)),
+            last: now,
+            stalled_since: None,
+            timer: Box::pin(tokio::time::sleep_until(now + send.min(idle))),
         }
     }
 
-    fn moved(&mut self) {
-        self.quiet.as_mut().reset(Instant::now() + self.idle);
+    /// Called where the connection waits: registers for the timer, and says which deadline
+    /// has passed, if one has.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if let Some(since) = self.stalled_since
+                && now >= since + self.send
+            {
+                return Some(timed_out("the peer stopped reading"));
+            }
+            if now >= self.last + self.idle {
+                return Some(timed_out("connection idle too long"));
+            }
+            // Fired early (bytes moved since it was set): wait for the nearest deadline, and
+            // no longer than a stall starting now could last, so one cannot be missed.
+            let idle = self.last + self.idle;
+            let next = self
+                .stalled_since
+                .map_or(idle, |s| idle.min(s + self.send))
+                .min(now + self.send.min(self.idle));
+            self.timer.as_mut().reset(next);
+        }
+        None
     }
 }
 
@@ -68,25 +96,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    self.moved();
+                    self.last = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                // hyper always has a read outstanding, so this is where idleness is noticed.
-                if self.quiet.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(timed_out("connection idle too long")));
-                }
-                Poll::Pending
-            }
+            // hyper always has a read outstanding, so this is where idleness is noticed.
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
         }
     }
 }
 
 impl<S> Deadlines<S> {
-    /// What a write attempt means for the deadlines: progress disarms the stall timer; a
-    /// write the peer will not take arms it, and fails once it runs out.
+    /// What a write attempt means for the deadlines: progress ends a stall; a write the peer
+    /// will not take starts one, and fails once it has lasted `send`.
     fn after_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -94,22 +120,21 @@ impl<S> Deadlines<S> {
     ) -> Poll<io::Result<usize>> {
         match attempt {
             Poll::Ready(Ok(n)) => {
-                self.stall = None;
+                self.stalled_since = None;
                 if n > 0 {
-                    self.moved();
+                    self.last = Instant::now();
                 }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let send = self.send;
-                let stall = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-                if stall.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(timed_out("the peer stopped reading")));
+                if self.stalled_since.is_none() {
+                    self.stalled_since = Some(Instant::now());
                 }
-                Poll::Pending
+                match self.expired(cx) {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Pending,
+                }
             }
         }
     }

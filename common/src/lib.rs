@@ -16,7 +16,7 @@ mod wire;
 
 pub use crypto::{ContentKey, CryptoError, random_bytes};
 pub use ids::{FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode};
-pub use range::{ByteRange, RangeRequest, parse_range};
+pub use range::{ByteRange, RangeRequest, first_byte, parse_range};
 pub use territories::{Territories, TerritoryError};
 pub use token::{
     EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, check_claims,

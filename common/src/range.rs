@@ -58,16 +58,35 @@ const MAX_HEADER_LEN: usize = 256;
 /// Decides how to answer a `Range` header (`None` when absent) for a representation of `len`
 /// bytes.
 pub fn parse_range(header: Option<&[u8]>, len: u64) -> RangeRequest {
+    match single_spec(header) {
+        Err(()) => RangeRequest::Unsatisfiable,
+        Ok(None) => RangeRequest::Full,
+        Ok(Some(spec)) => match parse_spec(spec, len) {
+            Some(Some(r)) => RangeRequest::Partial(r),
+            Some(None) | None => RangeRequest::Unsatisfiable,
+        },
+    }
+}
+
+/// The first byte a `Range` header asks for, where that does not depend on the
+/// representation's length (`a-b`, `a-`); `None` for a suffix range and for anything
+/// [`parse_range`] would not answer with one part. A hint only: the answer is still
+/// decided by [`parse_range`] once the length is known.
+pub fn first_byte(header: Option<&[u8]>) -> Option<u64> {
+    let (first, _) = single_spec(header).ok()??.split_once('-')?;
+    digits(first)
+}
+
+/// The one byte-range spec of a header: `Ok(None)` when it is to be ignored (absent, an
+/// unknown unit, several ranges), `Err` when it is malformed.
+fn single_spec(header: Option<&[u8]>) -> Result<Option<&str>, ()> {
     let Some(raw) = header else {
-        return RangeRequest::Full;
+        return Ok(None);
     };
     if raw.len() > MAX_HEADER_LEN {
-        return RangeRequest::Unsatisfiable;
+        return Err(());
     }
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return RangeRequest::Unsatisfiable;
-    };
-    let text = text.trim();
+    let text = std::str::from_utf8(raw).map_err(|_| ())?.trim();
     // range-unit is case-insensitive (RFC 9110 §14.1).
     let Some(spec) = text
         .get(..6)
@@ -75,15 +94,12 @@ pub fn parse_range(header: Option<&[u8]>, len: u64) -> RangeRequest {
         .map(|_| &text[6..])
     else {
         // An unknown range unit is ignored (§14.2).
-        return RangeRequest::Full;
+        return Ok(None);
     };
     if spec.contains(',') {
-        return RangeRequest::Full;
+        return Ok(None);
     }
-    match parse_spec(spec.trim(), len) {
-        Some(Some(r)) => RangeRequest::Partial(r),
-        Some(None) | None => RangeRequest::Unsatisfiable,
-    }
+    Ok(Some(spec.trim()))
 }
 
 /// `None`: syntax error. `Some(None)`: well formed but unsatisfiable for `len`.
@@ -128,6 +144,17 @@ fn digits(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_byte_is_known_only_for_ranges_that_start_somewhere() {
+        let first = |h: &str| first_byte(Some(h.as_bytes()));
+        assert_eq!(first("bytes=1000-1999"), Some(1000));
+        assert_eq!(first("BYTES=5-"), Some(5));
+        for other in ["bytes=-500", "bytes=0-1,5-6", "bytes=x-1", "items=1-2", ""] {
+            assert_eq!(first(other), None, "{other}");
+        }
+        assert_eq!(first_byte(None), None);
+    }
 
     fn check(header: &str, len: u64, expected: RangeRequest) {
         assert_eq!(

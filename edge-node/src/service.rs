@@ -14,7 +14,7 @@ use cadenza_common::http::{
     ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
     ranged_response,
 };
-use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims};
+use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims, first_byte};
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -156,7 +156,8 @@ impl Edge {
         let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         check_territory(&self.config, &claims, client)?;
         let slice_size = self.cache.math().slice_size();
-        let first_hint = first_byte(&req.headers).map_or(0, |b| b / slice_size);
+        let range = req.headers.get(http::header::RANGE).map(|v| v.as_bytes());
+        let first_hint = first_byte(range).map_or(0, |b| b / slice_size);
         let size = self.cache.size_via(&id, first_hint).await?;
         let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
@@ -311,47 +312,8 @@ impl Handler for Edge {
     }
 }
 
-/// The first byte a single `bytes=a-b` or `bytes=a-` range asks for, without knowing the
-/// object's length; `None` for suffix ranges, several ranges, or anything malformed (the
-/// full parse happens once the length is known).
-fn first_byte(headers: &http::HeaderMap) -> Option<u64> {
-    let spec = headers
-        .get(http::header::RANGE)?
-        .to_str()
-        .ok()?
-        .trim()
-        .strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (start, _) = spec.split_once('-')?;
-    let start = start.trim();
-    if start.is_empty() || !start.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    start.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn the_first_byte_is_read_off_simple_ranges_only() {
-        let h = |v: &str| {
-            let mut m = http::HeaderMap::new();
-            m.insert(
-                http::header::RANGE,
-                v.parse().unwrap_or(http::HeaderValue::from_static("")),
-            );
-            m
-        };
-        assert_eq!(first_byte(&h("bytes=1000-1999")), Some(1000));
-        assert_eq!(first_byte(&h("bytes=5-")), Some(5));
-        for other in ["bytes=-500", "bytes=0-1,5-6", "bytes=x-1", "items=1-2", ""] {
-            assert_eq!(first_byte(&h(other)), None, "{other}");
-        }
-        assert_eq!(first_byte(&http::HeaderMap::new()), None);
-    }
     use super::*;
     use cadenza_common::Territories;
 

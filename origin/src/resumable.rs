@@ -110,11 +110,9 @@ impl Origin {
     /// HEAD: the committed offset, the length, and the metadata as kept.
     pub(crate) async fn tus_head(
         &self,
-        req: &Request<Incoming>,
         id: &UploadId,
         label: &str,
     ) -> Result<Response<Body>, ApiError> {
-        tus::check_version(req.headers()).map_err(UploadError::from)?;
         let state = self.uploads.get(id, label, SystemTime::now()).await?;
         let mut resp = Response::new(empty());
         let h = resp.headers_mut();
@@ -138,7 +136,6 @@ impl Origin {
         label: &str,
     ) -> Result<Response<Body>, ApiError> {
         let headers = req.headers();
-        tus::check_version(headers).map_err(UploadError::from)?;
         tus::check_patch_content_type(headers).map_err(UploadError::from)?;
         let offset = tus::upload_offset(headers).map_err(UploadError::from)?;
         let checksum = tus::upload_checksum(headers).map_err(UploadError::from)?;
@@ -175,11 +172,9 @@ impl Origin {
     /// DELETE: the upload and its bytes are gone; later requests get 404.
     pub(crate) async fn tus_delete(
         &self,
-        req: &Request<Incoming>,
         id: &UploadId,
         label: &str,
     ) -> Result<Response<Body>, ApiError> {
-        tus::check_version(req.headers()).map_err(UploadError::from)?;
         let _guard = self.uploads.lock(id)?;
         let state = self.uploads.get(id, label, SystemTime::now()).await?;
         if !matches!(state.phase, Phase::Receiving) {

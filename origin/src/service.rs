@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::resumable::tus_headers;
 use crate::store::{ObjectKey, ObjectStore, StoreError};
-use crate::uploads::Uploads;
+use crate::uploads::{UploadError, Uploads};
 
 /// How the origin is set up.
 #[derive(Debug, Clone)]
@@ -206,10 +206,15 @@ impl Origin {
             (m, ["v1", "uploads", id]) => {
                 let id: UploadId = parse_id(id)?;
                 let label = self.authorize_label(&req).await?;
+                // Every tus request but OPTIONS names the protocol version; our JSON status
+                // (GET) is not tus.
+                if m != Method::GET {
+                    crate::tus::check_version(req.headers()).map_err(UploadError::from)?;
+                }
                 match m {
-                    Method::HEAD => self.tus_head(&req, &id, &label).await,
+                    Method::HEAD => self.tus_head(&id, &label).await,
                     Method::PATCH => self.tus_patch(req, &id, &label).await,
-                    Method::DELETE => self.tus_delete(&req, &id, &label).await,
+                    Method::DELETE => self.tus_delete(&id, &label).await,
                     Method::GET => self.upload_status(&id, &label).await,
                     _ => Err(ApiError::method_not_allowed()),
                 }
@@ -241,7 +246,7 @@ impl Origin {
             (Method::DELETE, ["v1", "tracks", id]) => {
                 let label = self.authorize_label(&req).await?;
                 let id: TrackId = parse_id(id)?;
-                let body = crate::service::read_optional_json(req).await?;
+                let body = read_takedown(req).await?;
                 let url = format!(
                     "{}/internal/v1/tracks/{id}/takedown",
                     self.config.control_plane
@@ -488,13 +493,13 @@ impl Origin {
 
 /// The body of a takedown: an optional reason.
 #[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct TakedownBody {
+struct TakedownBody {
     #[serde(default)]
     reason: String,
 }
 
 /// A takedown's JSON body, which may be absent.
-pub(crate) async fn read_optional_json(req: Request<Incoming>) -> Result<TakedownBody, ApiError> {
+async fn read_takedown(req: Request<Incoming>) -> Result<TakedownBody, ApiError> {
     let bytes = cadenza_common::http::read_body(req.into_body(), JSON_LIMIT).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(TakedownBody::default());

@@ -3,12 +3,10 @@
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
-use cadenza_common::http::{Body, BoxError};
+use cadenza_common::http::{Body, file_body};
 use cadenza_common::{FileId, UploadId};
 use futures_util::future::BoxFuture;
-use http_body_util::{BodyExt, StreamBody};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +89,6 @@ pub trait ObjectStore: Send + Sync + 'static {
 pub struct LocalDirStore {
     root: PathBuf,
 }
-
-const READ_CHUNK: usize = 64 * 1024;
 
 impl LocalDirStore {
     /// A store rooted at `root` (created if missing).
@@ -179,33 +175,9 @@ impl ObjectStore for LocalDirStore {
                 .map_err(not_found)?;
             let size = file.metadata().await?.len();
             file.seek(SeekFrom::Start(offset)).await?;
-            let stream = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
-                if left == 0 {
-                    return None;
-                }
-                let want = usize::try_from(left).unwrap_or(usize::MAX).min(READ_CHUNK);
-                let mut buf = vec![0u8; want];
-                match file.read(&mut buf).await {
-                    Ok(0) => Some((
-                        Err(
-                            Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-                                as BoxError,
-                        ),
-                        (file, 0),
-                    )),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((
-                            Ok(hyper::body::Frame::data(Bytes::from(buf))),
-                            (file, left - n as u64),
-                        ))
-                    }
-                    Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
-                }
-            });
             Ok(ObjectRead {
                 size,
-                body: StreamBody::new(stream).boxed_unsync(),
+                body: file_body(file, len),
             })
         })
     }

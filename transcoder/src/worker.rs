@@ -59,29 +59,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A rendition upload may be hundreds of MB for a long track.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A request body streaming the file at `path` in 256 KiB chunks, and its length.
+/// A request body streaming the file at `path`, and its length.
 async fn file_body(path: &std::path::Path) -> std::io::Result<(cadenza_common::http::Body, u64)> {
-    use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path).await?;
     let len = file.metadata().await?.len();
-    let stream = futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((
-                    Ok(http_body::Frame::data(bytes::Bytes::from(buf))),
-                    Some(file),
-                ))
-            }
-            Err(e) => Some((Err(Box::new(e) as cadenza_common::http::BoxError), None)),
-        }
-    });
-    Ok((http_body_util::StreamBody::new(stream).boxed_unsync(), len))
+    Ok((cadenza_common::http::file_body(file, len), len))
 }
-
 /// Runs jobs until `shutdown` fires.
 pub async fn run(config: WorkerConfig, client: HttpClient, mut shutdown: Shutdown) {
     let config = Arc::new(config);

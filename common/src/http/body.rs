@@ -27,6 +27,35 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A body streaming the next `len` bytes of `file` in 256 KiB chunks; it ends with an error
+/// if the file runs out first, so a short read is never passed off as the whole.
+pub fn file_body(file: tokio::fs::File, len: u64) -> Body {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 256 * 1024;
+    let stream = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK);
+        let mut buf = vec![0u8; want];
+        match file.read(&mut buf).await {
+            Ok(0) => Some((
+                Err(Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)) as BoxError),
+                (file, 0),
+            )),
+            Ok(n) => {
+                buf.truncate(n);
+                Some((
+                    Ok(hyper::body::Frame::data(Bytes::from(buf))),
+                    (file, left - n as u64),
+                ))
+            }
+            Err(e) => Some((Err(Box::new(e) as BoxError), (file, 0))),
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
 /// A JSON response.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {

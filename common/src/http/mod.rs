@@ -17,8 +17,8 @@ mod shutdown;
 pub mod tls;
 
 pub use body::{
-    Body, BoxError, bearer_token, empty, full, health, json_response, read_body, read_json,
-    require_bearer, secrets_match,
+    Body, BoxError, bearer_token, empty, file_body, full, health, json_response, read_body,
+    read_json, require_bearer, secrets_match,
 };
 pub use deadline::Deadlines;
 pub use error::ApiError;

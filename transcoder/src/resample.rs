@@ -14,9 +14,9 @@ use rubato::{
 
 /// Input frames per rubato call.
 const CHUNK: usize = 1024;
-/// Filter taps (rubato rounds to a multiple of 8). 128 taps with a Blackman-Harris window
-/// keep the passband flat to ~20 kHz and reject aliases by more than 100 dB at a quarter of
-/// the cost of rubato's 256-tap default.
+/// Filter taps (rubato rounds to a multiple of 8): half rubato's 256-tap default, for half its
+/// cost. The tests hold it to the level of a 1 kHz tone within 0.2 % and a 30 kHz tone at
+/// 96 kHz folded back below 1 % (−40 dB); finer figures were not measured.
 const SINC_LEN: usize = 128;
 /// Precomputed fractional positions of the filter, linearly interpolated between.
 const OVERSAMPLING: usize = 256;

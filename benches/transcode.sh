@@ -25,33 +25,52 @@ sox -n -r 44100 -b 24 -c 2 "$work/tones.wav" synth "$secs" pluck 110 pluck 164.8
 sox -m "$work/noise.wav" "$work/tones.wav" "$work/master.wav" gain -n -3
 master="$work/master.wav"
 
-# run NAME CMD... : records wall and user+sys seconds of CMD into $work/NAME.time
+# run NAME CMD... : records wall and user+sys seconds of CMD into $work/NAME.time, its
+# output into $work/NAME.out
 run() {
   local name=$1; shift
-  /usr/bin/time -f "%e %U %S" -o "$work/$name.time" "$@" >/dev/null 2>"$work/$name.err" \
+  /usr/bin/time -f "%e %U %S" -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" \
     || { cat "$work/$name.err" >&2; exit 1; }
 }
 wall() { awk '{print $1}' "$work/$1.time"; }
 cpu() { awk '{print $2 + $3}' "$work/$1.time"; }
 
-mkdir -p "$work/cadenza" "$work/cadenza-abr" "$work/oggenc" "$work/ffmpeg"
+mkdir -p "$work"/{cadenza,cadenza-vbr,cadenza-abr,oggenc-q,ffmpeg-q,oggenc-b,ffmpeg-b}
 run cadenza "$bin" transcode "$master" --out "$work/cadenza" --plain
+run cadenza-vbr "$bin" transcode "$master" --out "$work/cadenza-vbr" --plain --mode vbr
 run cadenza-abr "$bin" transcode "$master" --out "$work/cadenza-abr" --plain --mode abr
-run oggenc bash -c "for b in 96 160 320; do oggenc -Q -b \$b -o '$work/oggenc/'\$b.ogg '$master'; done"
-run ffmpeg bash -c "for b in 96 160 320; do ffmpeg -v error -y -i '$master' -c:a libvorbis -b:a \${b}k '$work/ffmpeg/'\$b.ogg; done"
+# The qualities the fitted mode chose (oggenc's scale), so the peers encode at matched quality.
+read -r q96 q160 q320 < <(awk '$1 ~ /^(low|normal|high)$/ { gsub(/\*/, "", $4); printf "%s ", $4 } END { print "" }' \
+  "$work/cadenza.out")
+run oggenc-q bash -c "oggenc -Q -q $q96 -o '$work/oggenc-q/96.ogg' '$master' &&
+  oggenc -Q -q $q160 -o '$work/oggenc-q/160.ogg' '$master' &&
+  oggenc -Q -q $q320 -o '$work/oggenc-q/320.ogg' '$master'"
+run ffmpeg-q bash -c "ffmpeg -v error -y -i '$master' -c:a libvorbis -q:a $q96 '$work/ffmpeg-q/96.ogg' &&
+  ffmpeg -v error -y -i '$master' -c:a libvorbis -q:a $q160 '$work/ffmpeg-q/160.ogg' &&
+  ffmpeg -v error -y -i '$master' -c:a libvorbis -q:a $q320 '$work/ffmpeg-q/320.ogg'"
+# What an operator types without Cadenza: a target bitrate, one run per tier.
+run oggenc-b bash -c "for b in 96 160 320; do oggenc -Q -b \$b -o '$work/oggenc-b/'\$b.ogg '$master'; done"
+run ffmpeg-b bash -c "for b in 96 160 320; do ffmpeg -v error -y -i '$master' -c:a libvorbis -b:a \${b}k '$work/ffmpeg-b/'\$b.ogg; done"
 
 kbps() { echo "scale=1; $(stat -c %s "$1") * 8 / $secs / 1000" | bc; }
-echo "master: ${secs} s, 44.1 kHz, 24-bit stereo ($(nproc) cores)"
-printf '%-28s %8s %8s   %s\n' "three tiers by" "wall s" "cpu s" "mean kbps (96 / 160 / 320)"
-printf '%-28s %8s %8s   %s / %s / %s\n' "cadenza transcode (vbr)" "$(wall cadenza)" "$(cpu cadenza)" \
-  "$(kbps "$work/cadenza/low.ogg")" "$(kbps "$work/cadenza/normal.ogg")" "$(kbps "$work/cadenza/high.ogg")"
-printf '%-28s %8s %8s   %s / %s / %s\n' "cadenza transcode --mode abr" "$(wall cadenza-abr)" "$(cpu cadenza-abr)" \
-  "$(kbps "$work/cadenza-abr/low.ogg")" "$(kbps "$work/cadenza-abr/normal.ogg")" "$(kbps "$work/cadenza-abr/high.ogg")"
-for peer in oggenc ffmpeg; do
-  printf '%-28s %8s %8s   %s / %s / %s\n' "$peer, once per tier" "$(wall $peer)" "$(cpu $peer)" \
-    "$(kbps "$work/$peer/96.ogg")" "$(kbps "$work/$peer/160.ogg")" "$(kbps "$work/$peer/320.ogg")"
-done
-for peer in oggenc ffmpeg; do
-  echo "cadenza vs $peer: $(echo "scale=2; $(wall $peer) / $(wall cadenza)" | bc)x faster in wall time," \
-       "$(echo "scale=2; $(cpu $peer) / $(cpu cadenza)" | bc)x less CPU"
-done
+row() { # LABEL NAME FILE96 FILE160 FILE320
+  printf '%-34s %8s %8s   %s / %s / %s\n' "$1" "$(wall "$2")" "$(cpu "$2")" \
+    "$(kbps "$work/$2/$3")" "$(kbps "$work/$2/$4")" "$(kbps "$work/$2/$5")"
+}
+ratio() { # NAME PEER
+  echo "$1 vs $2: $(echo "scale=2; $(wall "$2") / $(wall "$1")" | bc)x faster in wall time," \
+       "$(echo "scale=2; $(cpu "$2") / $(cpu "$1")" | bc)x less CPU"
+}
+echo "master: ${secs} s, 44.1 kHz, 24-bit stereo ($(nproc) cores); fitted qualities $q96 / $q160 / $q320"
+printf '%-34s %8s %8s   %s\n' "three tiers by" "wall s" "cpu s" "mean kbps (96 / 160 / 320)"
+row "cadenza transcode (fitted)" cadenza low.ogg normal.ogg high.ogg
+row "oggenc -q, matched quality" oggenc-q 96.ogg 160.ogg 320.ogg
+row "ffmpeg -q:a, matched quality" ffmpeg-q 96.ogg 160.ogg 320.ogg
+row "cadenza transcode --mode vbr" cadenza-vbr low.ogg normal.ogg high.ogg
+row "oggenc -b N" oggenc-b 96.ogg 160.ogg 320.ogg
+row "ffmpeg -b:a Nk" ffmpeg-b 96.ogg 160.ogg 320.ogg
+row "cadenza transcode --mode abr" cadenza-abr low.ogg normal.ogg high.ogg
+ratio cadenza oggenc-q
+ratio cadenza ffmpeg-q
+ratio cadenza-vbr oggenc-b
+ratio cadenza-vbr ffmpeg-b

@@ -220,8 +220,9 @@ pub enum Command {
         /// Write plain Ogg files instead of encrypted ones (keys printed).
         #[arg(long)]
         plain: bool,
-        /// Bitrate mode: vbr (libvorbis quality at the nominal rate) or abr (managed).
-        #[arg(long, default_value = "vbr")]
+        /// Bitrate mode: fitted (quality VBR fitted to the nominal mean), vbr (libvorbis's
+        /// own quality for the nominal rate, as `oggenc -b`) or abr (managed).
+        #[arg(long, default_value = "fitted")]
         mode: cadenza_transcoder::BitrateMode,
     },
 }

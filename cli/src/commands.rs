@@ -387,12 +387,17 @@ async fn transcode_cmd(
     let seconds = done.output_frames as f64 / f64::from(cadenza_transcoder::OUTPUT_RATE);
     let l = done.loudness;
     let loudness = format!("{:.1} LUFS", l.integrated_lufs);
+    let encoded_twice = done.renditions.iter().any(|r| r.encodes > 1);
     println!(
-        "{:<8} {:>10} {:>6} {:>10} {:>12} {:>9}  file",
-        "tier", "bytes", "kbps", "duration", "loudness", "encode"
+        "{:<8} {:>10} {:>6} {:>7} {:>10} {:>12} {:>9}  file",
+        "tier", "bytes", "kbps", "quality", "duration", "loudness", "encode"
     );
     for r in done.renditions {
         let (quality, size, bitrate_kbps) = (r.quality, r.size, r.bitrate_kbps);
+        // The libvorbis quality on oggenc's scale, and a mark on a tier encoded twice.
+        let vorbis = r.vorbis_quality.map_or("-".to_owned(), |q| {
+            format!("{:.2}{}", q * 10.0, if r.encodes > 1 { "*" } else { "" })
+        });
         let name = if plain {
             let name = format!("{}.ogg", quality.as_str());
             r.file.persist(&out.join(&name))?;
@@ -410,10 +415,11 @@ async fn transcode_cmd(
         };
         // The tiers encode in parallel from one decode, so each took the whole run.
         println!(
-            "{:<8} {:>10} {:>6} {:>9.3}s {:>12} {:>8.2}s  {}",
+            "{:<8} {:>10} {:>6} {:>7} {:>9.3}s {:>12} {:>8.2}s  {}",
             quality.as_str(),
             size,
             bitrate_kbps,
+            vorbis,
             seconds,
             loudness,
             elapsed.as_secs_f64(),
@@ -433,9 +439,14 @@ async fn transcode_cmd(
         f.dynamics_db
     );
     println!(
-        "all tiers in {:.2} s ({:.1}x real time)",
+        "all tiers in {:.2} s ({:.1}x real time){}",
         elapsed.as_secs_f64(),
-        seconds / elapsed.as_secs_f64().max(1e-9)
+        seconds / elapsed.as_secs_f64().max(1e-9),
+        if encoded_twice {
+            "; * encoded twice to meet the nominal mean"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::common::Limit;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::formats::{FormatOptions, FormatReader, SeekMode, SeekTo, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
@@ -239,6 +239,23 @@ impl MasterDecoder {
     /// Frames decoded so far.
     pub fn decoded_frames(&self) -> u64 {
         self.decoded_frames
+    }
+
+    /// Moves to about `frame` (at or before it, where the container allows), for sampling
+    /// parts of the master. The integrity checks at the end no longer apply after a seek.
+    pub fn seek(&mut self, frame: u64) -> Result<(), TranscodeError> {
+        let ts = i64::try_from(frame).map_err(|_| refused("seek position out of range"))?;
+        self.format
+            .seek(
+                SeekMode::Coarse,
+                SeekTo::Timestamp {
+                    ts: ts.into(),
+                    track_id: self.track_id,
+                },
+            )
+            .map_err(|e| refused(format!("cannot seek in the master: {}", describe(e))))?;
+        self.decoder.reset();
+        Ok(())
     }
 
     /// Decodes the next block into `planes` (one `Vec` per channel, replaced), returning the

@@ -10,6 +10,7 @@
 mod decode;
 mod encode;
 mod features;
+mod fit;
 mod loudness;
 mod mix;
 mod ogg_pages;

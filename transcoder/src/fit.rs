@@ -19,7 +19,7 @@ use crate::encode::{
 };
 
 /// Audible seconds of the master the fitting encodes.
-pub const EXCERPT_SECONDS: u32 = 12;
+pub const EXCERPT_SECONDS: u32 = 8;
 /// At most this many seconds are read waiting for audible ones (a long silent intro).
 pub const EXCERPT_MAX_SECONDS: u32 = 60;
 /// A master this long or longer is sampled in [`SPANS`] spans spread over its length,

@@ -138,6 +138,15 @@ pub enum Command {
         edge_read_ahead: u64,
         #[command(flatten)]
         s3: S3Args,
+        /// The control plane's database, instead of `{data}/catalogue.sqlite`:
+        /// `postgres://USER[:PASSWORD]@HOST:PORT/DB` (or a `sqlite://PATH?mode=rwc` URL).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "CADENZA_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {
@@ -170,6 +179,10 @@ pub enum Command {
         /// Release time, seconds since the epoch (the track is embargoed until then).
         #[arg(long, value_name = "UNIX_SECS")]
         release_at: Option<u64>,
+        /// A licence window, `TERRITORIES[@START..END]` in seconds since the epoch (either
+        /// bound may be left out); repeatable. When given, the windows replace `--territories`.
+        #[arg(long = "licence", value_name = "WINDOW")]
+        licences: Vec<cadenza_common::Licence>,
     },
     /// Sign edge tokens for file ids with a stack's key (for debugging and load tests).
     Token {

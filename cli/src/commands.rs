@@ -54,8 +54,10 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             edge_memory_mib,
             edge_read_ahead,
             s3,
+            database_url,
         } => {
             let mut config = StackConfig::new(&data);
+            config.database_url = database_url;
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.edge_read_ahead = edge_read_ahead;
             config.s3 = s3.config()?;
@@ -95,6 +97,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             track_number,
             featuring,
             release_at,
+            licences,
         } => {
             let info = ClusterInfo::load(&endpoint.data)?;
             let mut failed = 0;
@@ -109,6 +112,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
                         track_number,
                         featuring: featuring.clone(),
                         release_at,
+                        licences: licences.clone(),
                     },
                 };
                 let view = ingest_file(&info.client()?, &info, path, &meta, true).await?;

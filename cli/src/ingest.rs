@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::bail;
 use cadenza_common::http::client::{self, HttpClient};
 use cadenza_common::{
-    IngestRequest, IngestResponse, Territories, TrackId, TrackStatus, TrackView, UploadReceipt,
+    IngestRequest, IngestResponse, Licence, Territories, TrackId, TrackStatus, TrackView,
+    UploadReceipt,
 };
 use http::Method;
 
@@ -35,6 +36,8 @@ pub struct Release {
     pub featuring: Vec<String>,
     /// Seconds since the epoch.
     pub release_at: Option<u64>,
+    /// Licence windows; none means the territories, for all time.
+    pub licences: Vec<Licence>,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +80,7 @@ pub async fn submit(
         track_number: meta.release.track_number,
         featuring: meta.release.featuring.clone(),
         release_at: meta.release.release_at,
+        licences: meta.release.licences.clone(),
     };
     let url = format!("{}/v1/ingest", info.origin);
     Ok(client::call_json(

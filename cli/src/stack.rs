@@ -77,6 +77,9 @@ pub struct StackConfig {
     pub extra_origins_first: bool,
     /// Keep masters and renditions in this S3 bucket instead of `{data}/objects`.
     pub s3: Option<S3Config>,
+    /// The control plane's database URL (PostgreSQL in production); `None` keeps the
+    /// catalogue in `{data}/catalogue.sqlite`.
+    pub database_url: Option<String>,
 }
 
 impl StackConfig {
@@ -102,6 +105,7 @@ impl StackConfig {
             extra_origins: Vec::new(),
             extra_origins_first: false,
             s3: None,
+            database_url: None,
         }
     }
 }
@@ -340,7 +344,10 @@ impl Stack {
         let limits = ServerLimits::default();
         let mut tasks = Vec::new();
 
-        let store = Store::open_sqlite(&data.join("catalogue.sqlite")).await?;
+        let store = match &config.database_url {
+            Some(url) => Store::open(url).await?,
+            None => Store::open_sqlite(&data.join("catalogue.sqlite")).await?,
+        };
         // The embedded stack's own label ("default") and its key, which `cadenza ingest`
         // uses. A data directory from before labels had keys gets a real one here.
         if store.verify_label_key(&secrets.label_key).await?.is_none() {
@@ -355,6 +362,18 @@ impl Stack {
             )?;
         }
         info.label_key = secrets.label_key.clone();
+        let geo = match &config.geoip {
+            Some(path) => {
+                let geo = Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
+                tasks.push(cadenza_edge::spawn_geo_reloader(
+                    geo.clone(),
+                    Duration::from_secs(10),
+                    shutdown.clone(),
+                ));
+                Some(geo)
+            }
+            None => None,
+        };
         let control_plane = Arc::new(ControlPlane::new(
             ControlPlaneConfig {
                 service_token: secrets.service_token.clone(),
@@ -365,6 +384,8 @@ impl Stack {
                     edges: vec![info.edge.clone()],
                     ..Default::default()
                 },
+                geo: geo.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             store,
             signing,
@@ -465,18 +486,6 @@ impl Stack {
             .task,
         );
         let edge_addr = edge_l.local_addr()?;
-        let geo = match &config.geoip {
-            Some(path) => {
-                let geo = Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
-                tasks.push(cadenza_edge::spawn_geo_reloader(
-                    geo.clone(),
-                    Duration::from_secs(10),
-                    shutdown.clone(),
-                ));
-                Some(geo)
-            }
-            None => None,
-        };
         // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
         let alt_svc =
             http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", edge_addr.port())).ok();

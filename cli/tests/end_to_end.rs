@@ -591,6 +591,101 @@ async fn territories_are_enforced_at_the_edge_behind_a_trusted_proxy() {
     stack.shutdown().await;
 }
 
+/// Licence windows are decided per country at grant time, from the listener's address: the
+/// grant's token names only the territories licensed now, so the edge holds the same line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn licence_windows_decide_grants_per_country() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.geoip = Some(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb"),
+    );
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.edge_cleartext = true;
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut licensed = meta("Windows");
+    licensed.release.licences = vec![
+        "SE".parse().unwrap(),
+        format!("GB@{}..{}", now - 7200, now - 3600)
+            .parse()
+            .unwrap(),
+        format!("JP@{}..", now + 3600).parse().unwrap(),
+    ];
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("mono.flac"),
+        &licensed,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    assert_eq!(view.licences.len(), 3);
+    let grant_from = |xff: &'static str| {
+        let url = format!("{}/v1/playback", stack.info.control_plane);
+        let body = serde_json::to_vec(&serde_json::json!({"track_id": view.track_id})).unwrap();
+        let mut req =
+            client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        req.headers_mut()
+            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    // Sweden: licensed, and the token is good for Sweden only.
+    let (status, grant) = grant_from("89.160.20.112").await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    let grant: PlaybackGrant = serde_json::from_value(grant).unwrap();
+    for (xff, code) in [
+        ("2.125.160.216", "licence_ended"),
+        ("2001:218::1", "not_yet_licensed"),
+        ("2001:220::1", "not_licensed"),
+    ] {
+        let (status, body) = grant_from(xff).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+            "{xff}: {body}"
+        );
+        assert_eq!(body["error"], code, "{xff}: {body}");
+    }
+    let edge = stack.info.edge_cleartext.clone().unwrap();
+    let url = format!("{edge}/a/{}", grant.file_id);
+    for (xff, want) in [
+        ("89.160.20.112", StatusCode::PARTIAL_CONTENT),
+        // Britain's window closed: a Swedish grant carried to Britain does not play there.
+        ("2.125.160.216", StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS),
+    ] {
+        let mut req = client::request(Method::GET, &url, Some(&grant.token.0), empty()).unwrap();
+        req.headers_mut()
+            .insert(header::RANGE, "bytes=0-9".parse().unwrap());
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        assert_eq!(client.request(req).await.unwrap().status(), want, "{xff}");
+    }
+    stack.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_fails_over_past_a_dead_origin_and_opens_its_breaker() {
     // A port nothing listens on: connections are refused at once.

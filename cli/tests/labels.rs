@@ -79,6 +79,7 @@ fn meta(title: &str, isrc: Option<&str>) -> TrackMeta {
             track_number: Some(3),
             featuring: vec!["Guest One".into(), "Guest Two".into()],
             release_at: Some(1_800_000_000),
+            ..Default::default()
         },
     }
 }

@@ -138,6 +138,14 @@ hex_id!(
     /// A transcode job.
     JobId, "job id", 12
 );
+hex_id!(
+    /// An artist in the catalogue.
+    ArtistId, "artist id", 12
+);
+hex_id!(
+    /// An album in the catalogue.
+    AlbumId, "album id", 12
+);
 
 #[cfg(test)]
 mod tests {

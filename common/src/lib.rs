@@ -15,7 +15,9 @@ mod token;
 mod wire;
 
 pub use crypto::{ContentKey, CryptoError, random_bytes};
-pub use ids::{FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode};
+pub use ids::{
+    AlbumId, ArtistId, FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode,
+};
 pub use range::{ByteRange, RangeRequest, first_byte, parse_range};
 pub use territories::{Territories, TerritoryError};
 pub use token::{
@@ -23,7 +25,8 @@ pub use token::{
     verify_leeway_default,
 };
 pub use wire::{
-    AcousticFeatures, IngestRequest, IngestResponse, JobLease, JobOutcome, LabelKey, Loudness,
-    PlaybackGrant, PlaybackRequest, Quality, RenditionRecord, RenditionSummary, SeekIndex,
-    SeekPoint, TrackRegistration, TrackStatus, TrackView, UploadReceipt, UploadStatus,
+    AcousticFeatures, AlbumSummary, AlbumView, ArtistView, IngestRequest, IngestResponse, JobLease,
+    JobOutcome, LabelKey, Licence, Loudness, PlaybackGrant, PlaybackRequest, Quality,
+    RenditionRecord, RenditionSummary, SeekIndex, SeekPoint, TrackRegistration, TrackStatus,
+    TrackSummary, TrackView, UploadReceipt, UploadStatus,
 };

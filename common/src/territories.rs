@@ -62,6 +62,18 @@ impl Territories {
             Self::WorldwideExcept(set) => !set.contains(&code),
         }
     }
+
+    /// Every country either allows.
+    pub fn union(&self, other: &Territories) -> Territories {
+        use Territories::*;
+        match (self, other) {
+            (Only(a), Only(b)) => Only(a | b),
+            (WorldwideExcept(out), Only(some)) | (Only(some), WorldwideExcept(out)) => {
+                WorldwideExcept(out - some)
+            }
+            (WorldwideExcept(a), WorldwideExcept(b)) => WorldwideExcept(a & b),
+        }
+    }
 }
 
 impl FromStr for Territories {
@@ -149,5 +161,27 @@ mod tests {
             Err(TerritoryError::ExclusionWithoutWorldwide(_))
         ));
         assert_eq!(Territories::worldwide().to_string(), "WW");
+    }
+
+    #[test]
+    fn union_allows_what_either_allows() {
+        let cases = [
+            ("GB,SE", "SE,US", "GB,SE,US"),
+            ("WW,-CN,-RU", "RU,GB", "WW,-CN"),
+            ("FR", "WW,-FR,-DE", "WW,-DE"),
+            ("WW,-CN,-RU", "WW,-RU,-US", "WW,-RU"),
+        ];
+        for (a, b, want) in cases {
+            let (a, b): (Territories, Territories) = (a.parse().unwrap(), b.parse().unwrap());
+            assert_eq!(a.union(&b).to_string(), want);
+            assert_eq!(b.union(&a).to_string(), want);
+            for c in ["GB", "SE", "US", "CN", "RU", "FR", "DE", "JP"] {
+                assert_eq!(
+                    a.union(&b).allows(c),
+                    a.allows(c) || b.allows(c),
+                    "{a} {b} {c}"
+                );
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::ContentKey;
-use crate::ids::{FileId, JobId, TrackId, UploadId};
+use crate::ids::{AlbumId, ArtistId, FileId, JobId, TrackId, UploadId};
 use crate::territories::Territories;
 use crate::token::EdgeToken;
 
@@ -86,6 +86,69 @@ pub struct UploadStatus {
     pub expires_at: Option<u64>,
 }
 
+/// A licence window: the track may be heard in `territories` from `starts_at` (inclusive)
+/// until `ends_at` (exclusive), seconds since the epoch; an absent bound is open.
+///
+/// Text form (the CLI's `--licence`): `TERRITORIES[@START..END]`, e.g. `GB,SE@1700000000..`
+/// or `WW,-CN@..1800000000`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Licence {
+    pub territories: Territories,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<u64>,
+}
+
+impl Licence {
+    /// Licensed in `territories` for all time.
+    pub fn always(territories: Territories) -> Self {
+        Self {
+            territories,
+            starts_at: None,
+            ends_at: None,
+        }
+    }
+
+    /// Why the window cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.starts_at, self.ends_at) {
+            (Some(s), Some(e)) if e <= s => Err(format!(
+                "licence for {} ends ({e}) before it starts ({s})",
+                self.territories
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::str::FromStr for Licence {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (territories, window) = s.split_once('@').unwrap_or((s, ".."));
+        let territories = territories.parse().map_err(|e| format!("{e}"))?;
+        let (start, end) = window
+            .split_once("..")
+            .ok_or_else(|| format!("licence window {window:?} is not START..END"))?;
+        let bound = |b: &str| -> Result<Option<u64>, String> {
+            let b = b.trim();
+            if b.is_empty() {
+                return Ok(None);
+            }
+            b.parse()
+                .map(Some)
+                .map_err(|_| format!("{b:?} is not seconds since the epoch"))
+        };
+        let licence = Licence {
+            territories,
+            starts_at: bound(start)?,
+            ends_at: bound(end)?,
+        };
+        licence.check()?;
+        Ok(licence)
+    }
+}
+
 /// Metadata a label submits with an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IngestRequest {
@@ -107,6 +170,10 @@ pub struct IngestRequest {
     /// When the track may first be played, seconds since the epoch (an embargo until then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_at: Option<u64>,
+    /// Licence windows per territory. When absent, the track is licensed in `territories`
+    /// for all time; when given, the windows alone decide where and when it plays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub licences: Vec<Licence>,
 }
 
 /// What the origin registers with the control plane for an ingest: the label's metadata,
@@ -222,6 +289,12 @@ pub struct TrackView {
     pub track_id: TrackId,
     pub title: String,
     pub artist: String,
+    /// The primary artist in the catalogue.
+    #[serde(default)]
+    pub artist_id: Option<ArtistId>,
+    /// The album in the catalogue.
+    #[serde(default)]
+    pub album_id: Option<AlbumId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub featuring: Vec<String>,
     pub isrc: Option<String>,
@@ -239,6 +312,9 @@ pub struct TrackView {
     #[serde(default)]
     pub taken_down_at: Option<u64>,
     pub territories: Territories,
+    /// Where and when it is licensed.
+    #[serde(default)]
+    pub licences: Vec<Licence>,
     pub status: TrackStatus,
     /// Why the track failed, when it did.
     pub failure: Option<String>,
@@ -250,6 +326,51 @@ pub struct TrackView {
     pub loudness: Option<Loudness>,
     /// Acoustic features, once transcoded.
     pub features: Option<AcousticFeatures>,
+}
+
+/// A track in a listing (an album's or an artist's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackSummary {
+    pub track_id: TrackId,
+    pub title: String,
+    /// The primary artist's name.
+    pub artist: String,
+    #[serde(default)]
+    pub track_number: Option<u32>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+}
+
+/// An album in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlbumSummary {
+    pub album_id: AlbumId,
+    pub title: String,
+    #[serde(default)]
+    pub release_at: Option<u64>,
+}
+
+/// An album and its playable tracks in order (`GET /v1/albums/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlbumView {
+    pub album_id: AlbumId,
+    pub title: String,
+    pub artist_id: ArtistId,
+    pub artist: String,
+    #[serde(default)]
+    pub label_id: Option<String>,
+    #[serde(default)]
+    pub release_at: Option<u64>,
+    pub tracks: Vec<TrackSummary>,
+}
+
+/// An artist, their albums and the playable tracks that credit them (`GET /v1/artists/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtistView {
+    pub artist_id: ArtistId,
+    pub name: String,
+    pub albums: Vec<AlbumSummary>,
+    pub tracks: Vec<TrackSummary>,
 }
 
 /// A rendition without its key.

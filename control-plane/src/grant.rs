@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use cadenza_common::{PlaybackGrant, Quality, RenditionRecord, SigningKey, TokenClaims, TrackView};
 
+use crate::rights::Allowed;
+
 /// How grants are made.
 #[derive(Debug, Clone)]
 pub struct GrantPolicy {
@@ -24,27 +26,6 @@ impl Default for GrantPolicy {
     }
 }
 
-/// Why a track may not be played right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unavailable {
-    /// Its label took it down.
-    TakenDown,
-    /// Its release time has not come (seconds since the epoch).
-    Embargoed { until: u64 },
-}
-
-/// Whether `track` may be played at `now`, as far as its own state goes (territories are the
-/// edge's check).
-pub fn availability(track: &TrackView, now: u64) -> Result<(), Unavailable> {
-    if track.taken_down_at.is_some_and(|t| t <= now) {
-        return Err(Unavailable::TakenDown);
-    }
-    match track.release_at {
-        Some(until) if now < until => Err(Unavailable::Embargoed { until }),
-        _ => Ok(()),
-    }
-}
-
 /// The rendition to serve for `want`: that tier, else the best tier below it, else the
 /// lowest above it.
 pub fn choose(renditions: &[RenditionRecord], want: Quality) -> Option<&RenditionRecord> {
@@ -55,20 +36,24 @@ pub fn choose(renditions: &[RenditionRecord], want: Quality) -> Option<&Renditio
         .or_else(|| renditions.iter().min_by_key(|r| r.quality))
 }
 
-/// The grant for `rendition` of `track`, valid from `now` (seconds since the epoch).
+/// The grant for `rendition` of `track`, valid from `now` (seconds since the epoch), as far
+/// as the rights decision `allowed` lets it: the token names the territories licensed now
+/// and expires when the right does, if that is sooner.
 pub fn build(
     track: &TrackView,
     rendition: &RenditionRecord,
+    allowed: &Allowed,
     key: &SigningKey,
     policy: &GrantPolicy,
     now: u64,
 ) -> PlaybackGrant {
     let duration_ms = track.duration_ms.unwrap_or(0);
-    let expires_at = now + policy.token_slack.as_secs() + duration_ms.div_ceil(1000);
+    let lifetime = now + policy.token_slack.as_secs() + duration_ms.div_ceil(1000);
+    let expires_at = allowed.until.map_or(lifetime, |u| u.min(lifetime));
     let token = key.sign(&TokenClaims {
         file_id: rendition.file_id.clone(),
         expires_at,
-        territories: track.territories.clone(),
+        territories: allowed.territories.clone(),
     });
     PlaybackGrant {
         track_id: track.track_id.clone(),
@@ -105,6 +90,38 @@ mod tests {
     }
 
     #[test]
+    fn token_carries_todays_territories_and_ends_with_the_right() {
+        let (key, _) = SigningKey::generate("k1").expect("key");
+        let track: TrackView = serde_json::from_value(serde_json::json!({
+            "track_id": cadenza_common::TrackId::random(),
+            "title": "t", "artist": "a", "isrc": null, "territories": "WW",
+            "status": "ready", "failure": null, "duration_ms": 200_000,
+            "renditions": [], "loudness": null, "features": null,
+        }))
+        .expect("track view");
+        let r = rendition(Quality::Normal);
+        let policy = GrantPolicy::default();
+        let limited = Allowed {
+            until: Some(1_000 + 60),
+            territories: "GB,SE".parse().expect("territories"),
+        };
+        let grant = build(&track, &r, &limited, &key, &policy, 1_000);
+        assert_eq!(grant.expires_at, 1_060);
+        let open = Allowed {
+            until: None,
+            ..limited
+        };
+        let grant = build(&track, &r, &open, &key, &policy, 1_000);
+        assert_eq!(grant.expires_at, 1_000 + 3_600 + 200);
+        let mut keys = cadenza_common::VerifyingKeys::default();
+        keys.insert(key.kid(), key.public_key());
+        let claims = keys
+            .verify_signature(&grant.token.0)
+            .expect("token verifies");
+        assert_eq!(claims.territories.to_string(), "GB,SE");
+    }
+
+    #[test]
     fn quality_falls_back_down_then_up() {
         use Quality::*;
         let all = [rendition(Low), rendition(Normal), rendition(High)];
@@ -114,51 +131,5 @@ mod tests {
         let only_high = [rendition(High)];
         assert_eq!(choose(&only_high, Low).map(|r| r.quality), Some(High));
         assert!(choose(&[], High).is_none());
-    }
-
-    fn track(release_at: Option<u64>, taken_down_at: Option<u64>) -> TrackView {
-        TrackView {
-            track_id: cadenza_common::TrackId::random(),
-            title: "t".into(),
-            artist: "a".into(),
-            featuring: Vec::new(),
-            isrc: None,
-            album: None,
-            track_number: None,
-            release_at,
-            label_id: None,
-            taken_down_at,
-            territories: cadenza_common::Territories::worldwide(),
-            status: cadenza_common::TrackStatus::Ready,
-            failure: None,
-            duration_ms: None,
-            renditions: Vec::new(),
-            loudness: None,
-            features: None,
-        }
-    }
-
-    #[test]
-    fn embargo_and_takedown_decide_availability() {
-        let cases = [
-            (None, None, 100, Ok(())),
-            (
-                Some(100),
-                None,
-                99,
-                Err(Unavailable::Embargoed { until: 100 }),
-            ),
-            (Some(100), None, 100, Ok(())),
-            (None, Some(50), 100, Err(Unavailable::TakenDown)),
-            (None, Some(150), 100, Ok(())),
-            (Some(200), Some(50), 100, Err(Unavailable::TakenDown)),
-        ];
-        for (release, down, now, want) in cases {
-            assert_eq!(
-                availability(&track(release, down), now),
-                want,
-                "{release:?} {down:?} {now}"
-            );
-        }
     }
 }

@@ -4,11 +4,13 @@
 //! — in a SQL store (SQLite embedded), queues transcode jobs and leases them to workers, and
 //! answers `POST /v1/playback` with a grant: the rendition's file id and key, the edges to
 //! fetch it from, and an edge token it signs with Ed25519. It never touches audio bytes.
+//! SQLite is the embedded default and PostgreSQL the production store, behind one [`Store`].
 
 mod grant;
+pub mod rights;
 mod service;
 mod store;
 
 pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
-pub use store::{Registered, Released, Store, StoreError, retry_delay};
+pub use store::{Backend, Registered, Released, Store, StoreError, name_key, retry_delay};

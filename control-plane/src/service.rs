@@ -3,7 +3,9 @@
 //! | route | who | what |
 //! |---|---|---|
 //! | `POST /v1/playback` | player | a grant for a track |
-//! | `GET /v1/tracks/{id}` | anyone | a track's status and renditions (no keys) |
+//! | `GET /v1/tracks/{id}` | anyone | a track's status, licences and renditions (no keys) |
+//! | `GET /v1/albums/{id}` | anyone | an album and its playable tracks in order |
+//! | `GET /v1/artists/{id}` | anyone | an artist, their albums and playable tracks |
 //! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
 //! | `POST /internal/v1/tracks` | origin | register an ingested upload, queue its job (idempotent) |
 //! | `POST /internal/v1/tracks/{id}/takedown` | origin | withdraw a label's track: no more grants |
@@ -24,14 +26,17 @@ use cadenza_common::http::{
     ApiError, Body, ConnInfo, Handler, empty, health, json_response, read_json, require_bearer,
 };
 use cadenza_common::{
-    IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey, TrackId,
-    TrackRegistration, TrackStatus,
+    AlbumId, ArtistId, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
+    TrackId, TrackRegistration, TrackStatus,
 };
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
+
 use crate::grant::{self, GrantPolicy};
+use crate::rights::{self, Refusal, TrackRights};
 use crate::store::{Released, Store, StoreError};
 
 /// How the control plane is set up.
@@ -47,6 +52,11 @@ pub struct ControlPlaneConfig {
     pub job_retry_backoff: Duration,
     /// Grant policy (token lifetime, edges).
     pub grants: GrantPolicy,
+    /// GeoIP country database: with it, a grant is refused (451) where the track is not
+    /// licensed; without it the country is unknown and the edge's territory check decides.
+    pub geo: Option<Arc<ReloadingGeo>>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// The control plane service.
@@ -127,12 +137,38 @@ impl ControlPlane {
         require_bearer(req.headers(), &self.config.service_token)
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(health()),
-            (Method::POST, ["v1", "playback"]) => self.playback(req).await,
+            (Method::POST, ["v1", "playback"]) => self.playback(req, conn).await,
+            (Method::GET, ["v1", "albums", id]) => {
+                let id: AlbumId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
+                let album = self
+                    .store
+                    .album(&id, now_secs())
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("no such album"))?;
+                Ok(json_response(StatusCode::OK, &album))
+            }
+            (Method::GET, ["v1", "artists", id]) => {
+                let id: ArtistId = id.parse().map_err(|e: cadenza_common::IdError| {
+                    ApiError::bad_request("bad_id", e.to_string())
+                })?;
+                let artist = self
+                    .store
+                    .artist(&id, now_secs(), ARTIST_TRACKS)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("no such artist"))?;
+                Ok(json_response(StatusCode::OK, &artist))
+            }
             (Method::GET, ["v1", "tracks", id]) => {
                 let id: TrackId = id.parse().map_err(|e: cadenza_common::IdError| {
                     ApiError::bad_request("bad_id", e.to_string())
@@ -332,7 +368,23 @@ impl ControlPlane {
         }
     }
 
-    async fn playback(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    /// The listener's country, when a GeoIP database is configured and knows the address.
+    fn country(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<String> {
+        let geo = self.config.geo.as_ref()?;
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let ip = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
+        geo.get().country(ip)
+    }
+
+    async fn playback(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<Body>, ApiError> {
+        let country = self.country(&req, &conn);
         let want: PlaybackRequest = read_json(req.into_body(), JSON_LIMIT).await?;
         let track = self
             .store
@@ -360,28 +412,73 @@ impl ControlPlane {
         }
         // Rights are read from the primary store at grant time, never from a cache.
         let now = now_secs();
-        match grant::availability(&track, now) {
-            Ok(()) => {}
-            Err(grant::Unavailable::TakenDown) => {
-                return Err(ApiError::forbidden(
-                    "taken_down",
-                    "the track was withdrawn by its label",
-                ));
-            }
-            Err(grant::Unavailable::Embargoed { until }) => {
-                return Err(ApiError::forbidden(
-                    "embargoed",
-                    format!("the track is released at {until} (seconds since the epoch)"),
-                ));
-            }
-        }
+        let decision = rights::decide(
+            &TrackRights {
+                release_at: track.release_at,
+                taken_down_at: track.taken_down_at,
+                licences: &track.licences,
+            },
+            country.as_deref(),
+            now,
+        );
+        let allowed = decision.map_err(refusal_error)?;
         let renditions = self.store.renditions(&want.track_id).await?;
         let rendition = grant::choose(&renditions, want.quality.unwrap_or(Quality::Normal))
             .ok_or_else(|| {
                 ApiError::internal(format!("ready track {} has no renditions", track.track_id))
             })?;
-        let grant = grant::build(&track, rendition, &self.signing, &self.config.grants, now);
+        let grant = grant::build(
+            &track,
+            rendition,
+            &allowed,
+            &self.signing,
+            &self.config.grants,
+            now,
+        );
         Ok(json_response(StatusCode::OK, &grant))
+    }
+}
+
+/// Tracks listed on an artist's page.
+const ARTIST_TRACKS: u32 = 500;
+
+/// A refused grant as the player sees it: 403 for the label's decisions (takedown, embargo),
+/// 451 for the licence's (RFC 7725).
+fn refusal_error(refusal: Refusal) -> ApiError {
+    let legal = StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS;
+    let place = |c: &Option<String>| {
+        c.as_deref()
+            .map_or_else(String::new, |c| format!(" in {c}"))
+    };
+    match refusal {
+        Refusal::TakenDown => {
+            ApiError::forbidden("taken_down", "the track was withdrawn by its label")
+        }
+        Refusal::Embargoed { until } => ApiError::forbidden(
+            "embargoed",
+            format!("the track is released at {until} (seconds since the epoch)"),
+        ),
+        Refusal::NotLicensed { country } => ApiError::new(
+            legal,
+            "not_licensed",
+            format!("the track is not licensed{}", place(&country)),
+        ),
+        Refusal::NotYetLicensed { country, from } => ApiError::new(
+            legal,
+            "not_yet_licensed",
+            format!(
+                "the track is licensed{} from {from} (seconds since the epoch)",
+                place(&country)
+            ),
+        ),
+        Refusal::LicenceEnded { country, ended_at } => ApiError::new(
+            legal,
+            "licence_ended",
+            format!(
+                "the track's licence{} ended at {ended_at} (seconds since the epoch)",
+                place(&country)
+            ),
+        ),
     }
 }
 
@@ -409,8 +506,8 @@ fn wait_param(query: Option<&str>) -> Duration {
 }
 
 impl Handler for ControlPlane {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        match self.route(req).await {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        match self.route(req, conn).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         }

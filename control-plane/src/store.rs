@@ -5,14 +5,15 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cadenza_common::{
-    ContentKey, FileId, JobId, JobLease, JobOutcome, Loudness, Quality, RenditionRecord,
+    ContentKey, FileId, JobId, JobLease, JobOutcome, Licence, Loudness, Quality, RenditionRecord,
     RenditionSummary, Territories, TrackId, TrackRegistration, TrackStatus, TrackView, UploadId,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Executor, Row};
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,10 @@ pub enum StoreError {
     Conflict(String),
 }
 
+mod catalogue;
 mod labels;
+
+pub use catalogue::name_key;
 
 /// What releasing a failed attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +66,8 @@ pub struct Registered {
     pub duplicate: bool,
 }
 
-/// Schema migrations, applied in order once each.
-const MIGRATIONS: &[(i64, &str)] = &[
+/// Schema migrations for SQLite, applied in order once each.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_catalogue.sql")),
     (2, include_str!("../migrations/0002_seek_index.sql")),
     (3, include_str!("../migrations/0003_loudness.sql")),
@@ -71,12 +75,52 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_labels.sql")),
     (6, include_str!("../migrations/0006_takedown.sql")),
     (7, include_str!("../migrations/0007_job_backoff.sql")),
+    (8, include_str!("../migrations/0008_licences.sql")),
+    (9, include_str!("../migrations/0009_artists_albums.sql")),
 ];
 
-/// The catalogue store.
+/// The same schema for PostgreSQL: 64-bit integers and double-precision reals, so every
+/// column reads back as the same Rust type on both.
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/postgres/0001_catalogue.sql")),
+    (
+        2,
+        include_str!("../migrations/postgres/0002_seek_index.sql"),
+    ),
+    (3, include_str!("../migrations/postgres/0003_loudness.sql")),
+    (4, include_str!("../migrations/postgres/0004_features.sql")),
+    (5, include_str!("../migrations/postgres/0005_labels.sql")),
+    (6, include_str!("../migrations/postgres/0006_takedown.sql")),
+    (
+        7,
+        include_str!("../migrations/postgres/0007_job_backoff.sql"),
+    ),
+    (8, include_str!("../migrations/postgres/0008_licences.sql")),
+    (
+        9,
+        include_str!("../migrations/postgres/0009_artists_albums.sql"),
+    ),
+];
+
+/// The PostgreSQL advisory lock migrations hold ("cadenza" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0063_6164_656e_7a61;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: one file, WAL, one writer at a time.
+    Sqlite,
+    /// Production: many writers, row locks.
+    Postgres,
+}
+
+/// The catalogue store. Queries are written once, in the SQL both databases accept, with
+/// `$N` parameters numbered in order of first use (SQLite reads those as positional too);
+/// the few statements that must differ ask [`Store::backend`].
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -104,45 +148,130 @@ fn parse_status(s: &str) -> Result<TrackStatus, StoreError> {
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        let store = Self { pool };
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::open(&url).await
+    }
+
+    /// Opens the database at `url` — `sqlite://PATH?mode=rwc` or
+    /// `postgres://USER@HOST:PORT/DB` — and migrates it.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database URL {:?}: use sqlite:// or postgres://",
+                url.split('@').next_back().unwrap_or_default()
+            )));
+        };
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Sqlite => {
+                options
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Backend::Postgres => options.max_connections(16).connect(url).await?,
+        };
+        let store = Self { pool, backend };
         store.migrate().await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        store.link_unlinked(now).await?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-            .execute(&self.pool)
-            .await?;
-        for &(version, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
-            let done = sqlx::query("SELECT 1 FROM schema_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !done {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
+    /// A transaction that will write. SQLite's are taken as writer from the start (`BEGIN
+    /// IMMEDIATE`), so concurrent ones wait on the busy timeout instead of failing when a
+    /// reader finds it cannot become the writer.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Row locks for a read that a write in the same transaction depends on. SQLite has one
+    /// writer at a time and no such clause.
+    fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
         }
-        Ok(())
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let mut conn = self.pool.acquire().await?;
+        if self.backend == Backend::Postgres {
+            // Control planes starting together migrate one at a time: even `CREATE TABLE IF
+            // NOT EXISTS` races on PostgreSQL. The lock is the session's, released below
+            // or when the connection closes.
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let migrated = async {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            let migrations = match self.backend {
+                Backend::Sqlite => SQLITE_MIGRATIONS,
+                Backend::Postgres => POSTGRES_MIGRATIONS,
+            };
+            for &(version, sql) in migrations {
+                let mut tx = match self.backend {
+                    Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+                    Backend::Postgres => conn.begin().await?,
+                };
+                let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                if !done {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        migrated
     }
 
     /// Records a new track and queues its transcode job, unless this ingest repeats an
@@ -155,10 +284,18 @@ impl Store {
         now: u64,
     ) -> Result<Registered, StoreError> {
         let req = &reg.ingest;
-        let mut tx = self.pool.begin().await?;
+        let licences = if req.licences.is_empty() {
+            vec![Licence::always(req.territories.clone())]
+        } else {
+            req.licences.clone()
+        };
+        for l in &licences {
+            l.check().map_err(StoreError::Invalid)?;
+        }
+        let mut tx = self.write_tx().await?;
         let existing = sqlx::query(
             "SELECT id, status, label_id FROM tracks
-             WHERE upload_id = ? OR (isrc IS NOT NULL AND isrc = ? AND master_sha256 = ?)
+             WHERE upload_id = $1 OR (isrc IS NOT NULL AND isrc = $2 AND master_sha256 = $3)
              ORDER BY created_at LIMIT 1",
         )
         .bind(req.upload_id.as_str())
@@ -188,7 +325,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at,
                                  label_id, featuring, album, track_number, release_at, master_sha256)
-             VALUES (?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, 'received', $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(track_id.as_str())
         .bind(req.title.trim())
@@ -205,8 +342,18 @@ impl Store {
         .bind(&reg.master_sha256)
         .execute(&mut *tx)
         .await?;
+        catalogue::insert_licences(&mut tx, &track_id, &licences).await?;
+        let credits = catalogue::Credits {
+            artists: std::iter::once(req.artist.as_str())
+                .chain(req.featuring.iter().map(String::as_str))
+                .collect(),
+            album: req.album.as_deref(),
+            label_id: Some(&reg.label_id),
+            release_at: req.release_at,
+        };
+        catalogue::link(&mut tx, &track_id, &credits, now).await?;
         sqlx::query(
-            "INSERT INTO jobs (id, track_id, upload_id, state, created_at) VALUES (?, ?, ?, 'queued', ?)",
+            "INSERT INTO jobs (id, track_id, upload_id, state, created_at) VALUES ($1, $2, $3, 'queued', $4)",
         )
         .bind(job_id.as_str())
         .bind(track_id.as_str())
@@ -232,9 +379,9 @@ impl Store {
         now: u64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE tracks SET taken_down_at = COALESCE(taken_down_at, ?),
-                               takedown_reason = COALESCE(takedown_reason, ?)
-             WHERE id = ? AND label_id = ?",
+            "UPDATE tracks SET taken_down_at = COALESCE(taken_down_at, $1),
+                               takedown_reason = COALESCE(takedown_reason, $2)
+             WHERE id = $3 AND label_id = $4",
         )
         .bind(now as i64)
         .bind(reason)
@@ -254,10 +401,10 @@ impl Store {
         lease: Duration,
         max_attempts: u32,
     ) -> Result<Option<JobLease>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Jobs whose workers died too often are failed with a reason.
         let exhausted = sqlx::query(
-            "SELECT id, track_id FROM jobs WHERE state = 'leased' AND lease_expires_at <= ? AND attempts >= ?",
+            "SELECT id, track_id FROM jobs WHERE state = 'leased' AND lease_expires_at <= $1 AND attempts >= $2",
         )
         .bind(now as i64)
         .bind(i64::from(max_attempts))
@@ -267,36 +414,43 @@ impl Store {
             let reason = format!("transcoding did not finish after {max_attempts} attempts");
             let job: String = row.try_get("id")?;
             let track: String = row.try_get("track_id")?;
-            sqlx::query("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?")
+            sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
                 .bind(&reason)
                 .bind(&job)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+            sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
                 .bind(&reason)
                 .bind(&track)
                 .execute(&mut *tx)
                 .await?;
         }
         let expires = now + lease.as_secs();
-        let row = sqlx::query(
-            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = ?
+        // On PostgreSQL concurrent leasers skip each other's candidate rows rather than
+        // both updating the same job.
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = $1
              WHERE id = (SELECT id FROM jobs
-                         WHERE (state = 'queued' AND not_before <= ?)
-                            OR (state = 'leased' AND lease_expires_at <= ?)
-                         ORDER BY created_at, id LIMIT 1)
-             RETURNING id, track_id, upload_id, attempts",
-        )
-        .bind(expires as i64)
-        .bind(now as i64)
-        .bind(now as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
+                         WHERE (state = 'queued' AND not_before <= $2)
+                            OR (state = 'leased' AND lease_expires_at <= $3)
+                         ORDER BY created_at, id LIMIT 1{lock})
+             RETURNING id, track_id, upload_id, attempts"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(expires as i64)
+            .bind(now as i64)
+            .bind(now as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
         let lease = match row {
             None => None,
             Some(row) => {
                 let track_id: String = row.try_get("track_id")?;
-                sqlx::query("UPDATE tracks SET status = 'transcoding' WHERE id = ?")
+                sqlx::query("UPDATE tracks SET status = 'transcoding' WHERE id = $1")
                     .bind(&track_id)
                     .execute(&mut *tx)
                     .await?;
@@ -325,7 +479,7 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         let expires = now + lease.as_secs();
         let done = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND state = 'leased' AND attempts = ?",
+            "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND state = 'leased' AND attempts = $3",
         )
         .bind(expires as i64)
         .bind(job_id.as_str())
@@ -348,8 +502,12 @@ impl Store {
         max_attempts: u32,
         base: Duration,
     ) -> Result<Released, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT track_id, state, attempts FROM jobs WHERE id = ?")
+        let mut tx = self.write_tx().await?;
+        let sql = format!(
+            "SELECT track_id, state, attempts FROM jobs WHERE id = $1{}",
+            self.for_update()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(job_id.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -363,14 +521,14 @@ impl Store {
         let released = if attempts >= max_attempts {
             let why = format!("gave up after {attempts} attempts; the last: {reason}");
             sqlx::query(
-                "UPDATE jobs SET state = 'failed', reason = ?, last_error = ? WHERE id = ?",
+                "UPDATE jobs SET state = 'failed', reason = $1, last_error = $2 WHERE id = $3",
             )
             .bind(&why)
             .bind(reason)
             .bind(job_id.as_str())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+            sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
                 .bind(&why)
                 .bind(&track)
                 .execute(&mut *tx)
@@ -379,15 +537,15 @@ impl Store {
         } else {
             let retry_at = now + retry_delay(attempts, base).as_secs();
             sqlx::query(
-                "UPDATE jobs SET state = 'queued', lease_expires_at = NULL, not_before = ?,
-                                 last_error = ? WHERE id = ?",
+                "UPDATE jobs SET state = 'queued', lease_expires_at = NULL, not_before = $1,
+                                 last_error = $2 WHERE id = $3",
             )
             .bind(retry_at as i64)
             .bind(reason)
             .bind(job_id.as_str())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE tracks SET status = 'received' WHERE id = ?")
+            sqlx::query("UPDATE tracks SET status = 'received' WHERE id = $1")
                 .bind(&track)
                 .execute(&mut *tx)
                 .await?;
@@ -399,7 +557,7 @@ impl Store {
 
     /// How many leases a job has used, and its state (for tools and tests).
     pub async fn job_state(&self, track: &TrackId) -> Result<Option<(String, u32)>, StoreError> {
-        let row = sqlx::query("SELECT state, attempts FROM jobs WHERE track_id = ?")
+        let row = sqlx::query("SELECT state, attempts FROM jobs WHERE track_id = $1")
             .bind(track.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -419,8 +577,12 @@ impl Store {
         job_id: &JobId,
         outcome: &JobOutcome,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT track_id, state FROM jobs WHERE id = ?")
+        let mut tx = self.write_tx().await?;
+        let sql = format!(
+            "SELECT track_id, state FROM jobs WHERE id = $1{}",
+            self.for_update()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(job_id.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -443,7 +605,7 @@ impl Store {
                 for r in renditions {
                     sqlx::query(
                         "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     )
                     .bind(r.file_id.as_str())
                     .bind(&track_id)
@@ -458,8 +620,8 @@ impl Store {
                     .await?;
                 }
                 sqlx::query(
-                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = ?, master_rate = ?,
-                     loudness_lufs = ?, true_peak_dbtp = ?, track_gain_db = ?, features = ? WHERE id = ?",
+                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = $1, master_rate = $2,
+                     loudness_lufs = $3, true_peak_dbtp = $4, track_gain_db = $5, features = $6 WHERE id = $7",
                 )
                 .bind(*master_frames as i64)
                 .bind(i64::from(*master_sample_rate))
@@ -470,18 +632,18 @@ impl Store {
                 .bind(&track_id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE jobs SET state = 'done' WHERE id = ?")
+                sqlx::query("UPDATE jobs SET state = 'done' WHERE id = $1")
                     .bind(job_id.as_str())
                     .execute(&mut *tx)
                     .await?;
             }
             JobOutcome::Failed { reason } => {
-                sqlx::query("UPDATE tracks SET status = 'failed', failure = ? WHERE id = ?")
+                sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
                     .bind(reason)
                     .bind(&track_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("UPDATE jobs SET state = 'failed', reason = ? WHERE id = ?")
+                sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
                     .bind(reason)
                     .bind(job_id.as_str())
                     .execute(&mut *tx)
@@ -497,8 +659,10 @@ impl Store {
         let Some(row) = sqlx::query(
             "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
                     loudness_lufs, true_peak_dbtp, track_gain_db, features, label_id, featuring,
-                    album, track_number, release_at, taken_down_at
-             FROM tracks WHERE id = ?",
+                    album, track_number, release_at, taken_down_at, album_id,
+                    (SELECT artist_id FROM track_artists WHERE track_id = tracks.id AND position = 0)
+                        AS artist_id
+             FROM tracks WHERE id = $1",
         )
         .bind(id.as_str())
         .fetch_optional(&self.pool)
@@ -545,6 +709,15 @@ impl Store {
                 .try_get::<Option<i64>, _>("taken_down_at")?
                 .and_then(|t| u64::try_from(t).ok()),
             territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
+            licences: self.licences(id).await?,
+            artist_id: row
+                .try_get::<Option<String>, _>("artist_id")?
+                .map(|a| parse(&a))
+                .transpose()?,
+            album_id: row
+                .try_get::<Option<String>, _>("album_id")?
+                .map(|a| parse(&a))
+                .transpose()?,
             status: parse_status(&row.try_get::<String, _>("status")?)?,
             failure: row.try_get("failure")?,
             duration_ms,
@@ -573,7 +746,7 @@ impl Store {
     /// A track's renditions with their keys, lowest tier first.
     pub async fn renditions(&self, id: &TrackId) -> Result<Vec<RenditionRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index FROM renditions WHERE track_id = ?",
+            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index FROM renditions WHERE track_id = $1",
         )
         .bind(id.as_str())
         .fetch_all(&self.pool)

@@ -8,6 +8,8 @@ use std::time::Duration;
 use cadenza_common::{IngestRequest, Territories, TrackRegistration, TrackStatus, UploadId};
 use cadenza_control_plane::{Released, Store, StoreError, retry_delay};
 
+mod support;
+
 #[test]
 fn retry_delays_double_and_are_capped() {
     let base = Duration::from_secs(5);
@@ -18,10 +20,13 @@ fn retry_delays_double_and_are_capped() {
 
 #[tokio::test]
 async fn a_failing_job_is_retried_with_backoff_then_failed_with_its_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("c.sqlite"))
-        .await
-        .unwrap();
+    for t in support::stores().await {
+        eprintln!("on {}", t.name());
+        retried_then_failed(&t.store).await;
+    }
+}
+
+async fn retried_then_failed(store: &Store) {
     let label = store.ensure_label("L", 0).await.unwrap();
     let reg = TrackRegistration {
         ingest: IngestRequest {
@@ -34,6 +39,7 @@ async fn a_failing_job_is_retried_with_backoff_then_failed_with_its_reason() {
             album: None,
             track_number: None,
             release_at: None,
+            licences: Vec::new(),
         },
         label_id: label,
         master_sha256: "00".repeat(32),

@@ -41,13 +41,13 @@ impl Store {
         }
         let name = name.trim();
         let id = hex_encode(&random_bytes::<8>());
-        sqlx::query("INSERT INTO labels (id, name, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+        sqlx::query("INSERT INTO labels (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
             .bind(&id)
             .bind(name)
             .bind(now as i64)
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT id FROM labels WHERE name = ?")
+        let row = sqlx::query("SELECT id FROM labels WHERE name = $1")
             .bind(name)
             .fetch_one(&self.pool)
             .await?;
@@ -56,7 +56,7 @@ impl Store {
 
     /// A new API key for the label (others stay valid until revoked).
     pub async fn create_label_key(&self, label_id: &str, now: u64) -> Result<LabelKey, StoreError> {
-        let row = sqlx::query("SELECT name FROM labels WHERE id = ?")
+        let row = sqlx::query("SELECT name FROM labels WHERE id = $1")
             .bind(label_id)
             .fetch_optional(&self.pool)
             .await?
@@ -64,7 +64,7 @@ impl Store {
         let key_id = hex_encode(&random_bytes::<8>());
         let secret = hex_encode(&random_bytes::<24>());
         sqlx::query(
-            "INSERT INTO label_keys (id, label_id, secret_sha256, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO label_keys (id, label_id, secret_sha256, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&key_id)
         .bind(label_id)
@@ -85,7 +85,7 @@ impl Store {
             return Ok(None);
         };
         let row = sqlx::query(
-            "SELECT label_id, secret_sha256 FROM label_keys WHERE id = ? AND revoked_at IS NULL",
+            "SELECT label_id, secret_sha256 FROM label_keys WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(key_id.to_ascii_lowercase())
         .fetch_optional(&self.pool)
@@ -103,12 +103,13 @@ impl Store {
         let Some((key_id, _)) = parse_key(key) else {
             return Ok(false);
         };
-        let done =
-            sqlx::query("UPDATE label_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-                .bind(now as i64)
-                .bind(key_id.to_ascii_lowercase())
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE label_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now as i64)
+        .bind(key_id.to_ascii_lowercase())
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }

@@ -1,0 +1,73 @@
+//! The whole stack with its catalogue on PostgreSQL: a master is ingested, transcoded and
+//! played; a restarted stack on the same database still has the track and plays it.
+//! Needs `CADENZA_POSTGRES_URL` (an admin URL, as `.ci/postgres.sh start` prints).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+#[path = "../../control-plane/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use cadenza::ingest::{TrackMeta, ingest_file};
+use cadenza::stack::{Stack, StackConfig};
+use cadenza_common::{Quality, Territories, TrackStatus};
+use cadenza_player::{PlayOptions, Player};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/flac")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_runs_on_postgres_and_survives_a_restart() {
+    let Ok(admin) = std::env::var("CADENZA_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("CADENZA_REQUIRE_PEERS").is_none(),
+            "CADENZA_POSTGRES_URL is required (CADENZA_REQUIRE_PEERS is set)"
+        );
+        eprintln!("SKIPPED: PostgreSQL (CADENZA_POSTGRES_URL is not set)");
+        return;
+    };
+    let url = support::fresh_postgres_database(&admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = StackConfig::new(dir.path().join("data"));
+        c.port_base = 0;
+        c.database_url = Some(url.clone());
+        c
+    };
+    let stack = Stack::start(config()).await.unwrap();
+    let client = stack.client().unwrap();
+    let meta = TrackMeta {
+        title: "On PostgreSQL".into(),
+        artist: "Test".into(),
+        territories: Territories::worldwide(),
+        isrc: None,
+        release: Default::default(),
+    };
+    let view = ingest_file(
+        &client,
+        &stack.info,
+        &fixture("stereo-44k1.flac"),
+        &meta,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
+    // Nothing of the catalogue went to the data directory.
+    assert!(!dir.path().join("data/catalogue.sqlite").exists());
+    stack.shutdown().await;
+
+    let stack = Stack::start(config()).await.unwrap();
+    let client = stack.client().unwrap();
+    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let report = player
+        .play(&PlayOptions::new(view.track_id.clone(), Quality::Normal))
+        .await
+        .unwrap();
+    assert!((report.decoded.duration().as_secs_f64() - 7.0).abs() < 0.05);
+    stack.shutdown().await;
+}

@@ -1,0 +1,324 @@
+//! Artists, albums and licence windows: the catalogue around a track.
+//!
+//! Labels name artists and albums as text. The store resolves those names to entities: an
+//! artist by its name compared without case or repeated spaces, an album by its primary artist
+//! and title. Two labels that send the same artist name reach the same artist, which is how
+//! a listener expects to find them.
+
+use cadenza_common::{
+    AlbumId, AlbumSummary, AlbumView, ArtistId, ArtistView, Licence, TrackId, TrackSummary,
+};
+use sqlx::{Any, Row, Transaction};
+
+use super::{Store, StoreError, parse};
+
+/// How names are compared: lowercase, runs of whitespace as one space, trimmed.
+pub fn name_key(name: &str) -> String {
+    name.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a track credits and belongs to, as the label sent it.
+pub(super) struct Credits<'a> {
+    pub artists: Vec<&'a str>,
+    pub album: Option<&'a str>,
+    pub label_id: Option<&'a str>,
+    pub release_at: Option<u64>,
+}
+
+/// The artist named `name`, made if new.
+async fn ensure_artist(
+    tx: &mut Transaction<'static, Any>,
+    name: &str,
+    now: u64,
+) -> Result<String, StoreError> {
+    let key = name_key(name);
+    sqlx::query(
+        "INSERT INTO artists (id, name, name_key, created_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name_key) DO NOTHING",
+    )
+    .bind(ArtistId::random().as_str())
+    .bind(name.trim())
+    .bind(&key)
+    .bind(now as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(sqlx::query("SELECT id FROM artists WHERE name_key = $1")
+        .bind(&key)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("id")?)
+}
+
+/// Links `track` to its artists (in credit order, the primary first) and its album, making
+/// either if new. Run inside the transaction that records the track.
+pub(super) async fn link(
+    tx: &mut Transaction<'static, Any>,
+    track: &TrackId,
+    credits: &Credits<'_>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let mut primary = None;
+    let mut seen = Vec::new();
+    for name in &credits.artists {
+        let artist = ensure_artist(tx, name, now).await?;
+        if seen.contains(&artist) {
+            continue;
+        }
+        // A repeat (a backfill racing another) leaves the first credit.
+        sqlx::query(
+            "INSERT INTO track_artists (track_id, artist_id, position) VALUES ($1, $2, $3)
+             ON CONFLICT (track_id, position) DO NOTHING",
+        )
+        .bind(track.as_str())
+        .bind(&artist)
+        .bind(seen.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+        primary.get_or_insert_with(|| artist.clone());
+        seen.push(artist);
+    }
+    let (Some(title), Some(artist)) = (credits.album.map(str::trim), primary) else {
+        return Ok(());
+    };
+    if title.is_empty() {
+        return Ok(());
+    }
+    let key = name_key(title);
+    sqlx::query(
+        "INSERT INTO albums (id, title, title_key, artist_id, label_id, release_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (artist_id, title_key) DO NOTHING",
+    )
+    .bind(AlbumId::random().as_str())
+    .bind(title)
+    .bind(&key)
+    .bind(&artist)
+    .bind(credits.label_id)
+    .bind(credits.release_at.map(|t| t as i64))
+    .bind(now as i64)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE tracks SET album_id = (SELECT id FROM albums WHERE artist_id = $1 AND title_key = $2)
+         WHERE id = $3",
+    )
+    .bind(&artist)
+    .bind(&key)
+    .bind(track.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records `track`'s licence windows.
+pub(super) async fn insert_licences(
+    tx: &mut Transaction<'static, Any>,
+    track: &TrackId,
+    licences: &[Licence],
+) -> Result<(), StoreError> {
+    for l in licences {
+        sqlx::query(
+            "INSERT INTO licences (track_id, territories, starts_at, ends_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(track.as_str())
+        .bind(l.territories.to_string())
+        .bind(l.starts_at.map(|t| t as i64))
+        .bind(l.ends_at.map(|t| t as i64))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn secs(v: Option<i64>) -> Option<u64> {
+    v.and_then(|t| u64::try_from(t).ok())
+}
+
+fn summary(row: &sqlx::any::AnyRow) -> Result<TrackSummary, StoreError> {
+    Ok(TrackSummary {
+        track_id: parse(&row.try_get::<String, _>("id")?)?,
+        title: row.try_get("title")?,
+        artist: row.try_get("artist")?,
+        track_number: row
+            .try_get::<Option<i64>, _>("track_number")?
+            .and_then(|n| u32::try_from(n).ok()),
+        duration_ms: match (
+            row.try_get::<Option<i64>, _>("master_frames")?,
+            row.try_get::<Option<i64>, _>("master_rate")?,
+        ) {
+            (Some(f), Some(r)) if r > 0 => Some(f as u64 * 1000 / r as u64),
+            _ => None,
+        },
+    })
+}
+
+/// The columns [`summary`] reads, from `tracks t`.
+const SUMMARY_COLUMNS: &str =
+    "t.id, t.title, t.artist, t.track_number, t.master_frames, t.master_rate";
+
+/// Listings show what a listener could play: ready, not taken down by `now`.
+const LISTED: &str = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $2)";
+
+impl Store {
+    /// A track's licence windows.
+    pub async fn licences(&self, track: &TrackId) -> Result<Vec<Licence>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT territories, starts_at, ends_at FROM licences WHERE track_id = $1
+             ORDER BY starts_at IS NOT NULL, starts_at, ends_at IS NULL, ends_at, territories",
+        )
+        .bind(track.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Licence {
+                    territories: parse(&row.try_get::<String, _>("territories")?)?,
+                    starts_at: secs(row.try_get("starts_at")?),
+                    ends_at: secs(row.try_get("ends_at")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Gives tracks recorded before artists and albums were entities their entities. Cheap
+    /// when there are none; run at open.
+    pub(super) async fn link_unlinked(&self, now: u64) -> Result<u64, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, artist, featuring, album, label_id, release_at FROM tracks t
+             WHERE NOT EXISTS (SELECT 1 FROM track_artists a WHERE a.track_id = t.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut linked = 0;
+        for row in &rows {
+            let id: TrackId = parse(&row.try_get::<String, _>("id")?)?;
+            let artist: String = row.try_get("artist")?;
+            let featuring: Vec<String> = row
+                .try_get::<Option<String>, _>("featuring")?
+                .map(|json| serde_json::from_str(&json).map_err(super::corrupt))
+                .transpose()?
+                .unwrap_or_default();
+            let album: Option<String> = row.try_get("album")?;
+            let label: Option<String> = row.try_get("label_id")?;
+            let credits = Credits {
+                artists: std::iter::once(artist.as_str())
+                    .chain(featuring.iter().map(String::as_str))
+                    .collect(),
+                album: album.as_deref(),
+                label_id: label.as_deref(),
+                release_at: secs(row.try_get("release_at")?),
+            };
+            let mut tx = self.write_tx().await?;
+            link(&mut tx, &id, &credits, now).await?;
+            tx.commit().await?;
+            linked += 1;
+        }
+        Ok(linked)
+    }
+
+    /// The artist whose name compares equal to `name`.
+    pub async fn artist_by_name(&self, name: &str) -> Result<Option<ArtistId>, StoreError> {
+        sqlx::query("SELECT id FROM artists WHERE name_key = $1")
+            .bind(name_key(name))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| parse(&row.try_get::<String, _>("id")?))
+            .transpose()
+    }
+
+    /// An album with its playable tracks in album order.
+    pub async fn album(&self, id: &AlbumId, now: u64) -> Result<Option<AlbumView>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT al.title, al.artist_id, al.label_id, al.release_at, ar.name
+             FROM albums al JOIN artists ar ON ar.id = al.artist_id WHERE al.id = $1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let tracks = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM tracks t WHERE t.album_id = $1 AND {LISTED}
+             ORDER BY t.track_number IS NULL, t.track_number, t.created_at, t.id"
+        )))
+        .bind(id.as_str())
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(AlbumView {
+            album_id: id.clone(),
+            title: row.try_get("title")?,
+            artist_id: parse(&row.try_get::<String, _>("artist_id")?)?,
+            artist: row.try_get("name")?,
+            label_id: row.try_get("label_id")?,
+            release_at: secs(row.try_get("release_at")?),
+            tracks: tracks.iter().map(summary).collect::<Result<_, _>>()?,
+        }))
+    }
+
+    /// An artist, their albums (newest release first) and the playable tracks that credit
+    /// them, at most `limit`.
+    pub async fn artist(
+        &self,
+        id: &ArtistId,
+        now: u64,
+        limit: u32,
+    ) -> Result<Option<ArtistView>, StoreError> {
+        let Some(row) = sqlx::query("SELECT name FROM artists WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let albums = sqlx::query(
+            "SELECT id, title, release_at FROM albums WHERE artist_id = $1
+             ORDER BY release_at IS NULL, release_at DESC, created_at DESC",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let tracks = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS} FROM tracks t
+             JOIN track_artists ta ON ta.track_id = t.id
+             WHERE ta.artist_id = $1 AND {LISTED}
+             ORDER BY t.created_at DESC, t.id LIMIT $3"
+        )))
+        .bind(id.as_str())
+        .bind(now as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(ArtistView {
+            artist_id: id.clone(),
+            name: row.try_get("name")?,
+            albums: albums
+                .iter()
+                .map(|a| {
+                    Ok(AlbumSummary {
+                        album_id: parse(&a.try_get::<String, _>("id")?)?,
+                        title: a.try_get("title")?,
+                        release_at: secs(a.try_get("release_at")?),
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            tracks: tracks.iter().map(summary).collect::<Result<_, _>>()?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_key;
+
+    #[test]
+    fn names_compare_without_case_or_spacing() {
+        assert_eq!(name_key("  The   Beatles "), "the beatles");
+        assert_eq!(name_key("Björk"), name_key("BJÖRK"));
+        assert_ne!(name_key("Bjork"), name_key("Björk"));
+    }
+}

@@ -390,6 +390,8 @@ impl Stack {
             store,
             signing,
         ));
+        let indexed = control_plane.load_search().await?;
+        tracing::info!(documents = indexed, "search index built");
         tasks.push(
             serve_on(
                 control_l,

@@ -68,6 +68,25 @@ async fn grant(c: &HttpClient, info: &ClusterInfo, track: &cadenza_common::Track
     v["error"].as_str().unwrap().to_owned()
 }
 
+/// Ids of the tracks `GET /v1/search?q=…` finds.
+async fn search_tracks(c: &HttpClient, info: &ClusterInfo, q: &str) -> Vec<String> {
+    let url = format!("{}/v1/search?q={q}&limit=10", info.control_plane);
+    let resp = c
+        .request(client::request(Method::GET, &url, None, cadenza_common::http::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = client::read_all(resp.into_body(), &url).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["kind"] == "track")
+        .map(|h| h["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn meta(title: &str, isrc: Option<&str>) -> TrackMeta {
     TrackMeta {
         title: title.into(),
@@ -213,6 +232,22 @@ async fn labels_see_only_their_own_uploads_and_tracks() {
     let view: TrackView = store.track(&fresh.track_id).await.unwrap().unwrap();
     assert_eq!(view.label_id.as_deref(), Some(b.label_id.as_str()));
 
+    // Search finds B's track within a second of its being ready, with a typo in the
+    // prefix ("Thiers" for "Theirs": a transposition); A's embargoed track is not found.
+    let ready_at = std::time::Instant::now();
+    loop {
+        let found = search_tracks(&c, &stack.info, "thiers").await;
+        if found == [fresh.track_id.to_string()] {
+            break;
+        }
+        assert!(
+            ready_at.elapsed() < Duration::from_secs(1),
+            "not searchable a second after ready: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(search_tracks(&c, &stack.info, "mine").await.is_empty());
+
     // Rights at grant time: A's track is embargoed until its release time; B's plays.
     assert_eq!(grant(&c, &stack.info, &created.track_id).await, "embargoed");
     assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "ok");
@@ -228,6 +263,7 @@ async fn labels_see_only_their_own_uploads_and_tracks() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "taken_down");
+    assert!(search_tracks(&c, &stack.info, "theirs").await.is_empty());
     let view = store.track(&fresh.track_id).await.unwrap().unwrap();
     assert!(view.taken_down_at.is_some());
 

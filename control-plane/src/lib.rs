@@ -8,6 +8,7 @@
 
 mod grant;
 pub mod rights;
+pub mod search;
 mod service;
 mod store;
 

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `POST /v1/playback` | player | a grant for a track |
 //! | `GET /v1/tracks/{id}` | anyone | a track's status, licences and renditions (no keys) |
+//! | `GET /v1/search?q=…` | anyone | tracks, albums and artists playable where the listener is |
 //! | `GET /v1/albums/{id}` | anyone | an album and its playable tracks in order |
 //! | `GET /v1/artists/{id}` | anyone | an artist, their albums and playable tracks |
 //! | `GET /v1/edge-keys` | edges | public keys that sign edge tokens |
@@ -37,6 +38,7 @@ use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 
 use crate::grant::{self, GrantPolicy};
 use crate::rights::{self, Refusal, TrackRights};
+use crate::search::{Query, SearchIndex};
 use crate::store::{Released, Store, StoreError};
 
 /// How the control plane is set up.
@@ -63,6 +65,7 @@ pub struct ControlPlaneConfig {
 pub struct ControlPlane {
     config: ControlPlaneConfig,
     store: Store,
+    search: Arc<SearchIndex>,
     signing: SigningKey,
     jobs_queued: Notify,
 }
@@ -125,6 +128,30 @@ impl ControlPlane {
             store,
             signing,
             jobs_queued: Notify::new(),
+            search: Arc::new(SearchIndex::new(Vec::new())),
+        }
+    }
+
+    /// Builds the search index from the store; returns the documents indexed. Run at start
+    /// (until it has run, search finds only what changed since).
+    pub async fn load_search(&self) -> Result<usize, StoreError> {
+        let docs = self.store.search_docs(now_secs()).await?;
+        let n = docs.len();
+        self.search.reset(docs);
+        Ok(n)
+    }
+
+    /// The search index.
+    pub fn search_index(&self) -> &Arc<SearchIndex> {
+        &self.search
+    }
+
+    /// Brings the index up to date with `track` (it was ingested, finished or taken down).
+    async fn reindex(&self, track: &TrackId) {
+        match self.store.search_changes_for(track, now_secs()).await {
+            Ok(changes) => self.search.apply(changes),
+            // The catalogue changed; search lags until the next change or restart.
+            Err(e) => tracing::warn!(track = %track, error = %e, "search index not updated"),
         }
     }
 
@@ -147,6 +174,7 @@ impl ControlPlane {
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(health()),
             (Method::POST, ["v1", "playback"]) => self.playback(req, conn).await,
+            (Method::GET, ["v1", "search"]) => self.search(&req, &conn),
             (Method::GET, ["v1", "albums", id]) => {
                 let id: AlbumId = id.parse().map_err(|e: cadenza_common::IdError| {
                     ApiError::bad_request("bad_id", e.to_string())
@@ -234,6 +262,7 @@ impl ControlPlane {
                     return Err(ApiError::not_found("no such track"));
                 }
                 tracing::info!(track = %id, reason = %body.reason, "track taken down");
+                self.reindex(&id).await;
                 Ok(json_response(
                     StatusCode::OK,
                     &serde_json::json!({"taken_down": true}),
@@ -329,7 +358,8 @@ impl ControlPlane {
                     ApiError::bad_request("bad_id", e.to_string())
                 })?;
                 let outcome: JobOutcome = read_json(req.into_body(), JSON_LIMIT).await?;
-                self.store.complete_job(&id, &outcome).await?;
+                let track = self.store.complete_job(&id, &outcome).await?;
+                self.reindex(&track).await;
                 Ok(json_response(
                     StatusCode::OK,
                     &serde_json::json!({"job_id": id}),
@@ -377,6 +407,48 @@ impl ControlPlane {
             .and_then(|v| v.to_str().ok());
         let ip = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         geo.get().country(ip)
+    }
+
+    /// `GET /v1/search?q=TEXT[&limit=N][&offset=N]`: what the listener may play, best first.
+    fn search(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Result<Response<Body>, ApiError> {
+        let mut text = None;
+        let mut limit = 20;
+        let mut offset = 0;
+        for pair in req.uri().query().unwrap_or_default().split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |v: &str| {
+                v.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request("bad_query", format!("{k} must be a number"))
+                })
+            };
+            match k {
+                "q" => text = Some(percent_decode(v)?),
+                "limit" => limit = number(v)?,
+                "offset" => offset = number(v)?,
+                _ => {}
+            }
+        }
+        let text = text.ok_or_else(|| ApiError::bad_request("bad_query", "q is required"))?;
+        if text.chars().count() > MAX_QUERY_CHARS {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("q is longer than {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+        if !(1..=MAX_SEARCH_LIMIT).contains(&limit) || offset > MAX_SEARCH_OFFSET {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("limit is 1–{MAX_SEARCH_LIMIT} and offset at most {MAX_SEARCH_OFFSET}"),
+            ));
+        }
+        let query = Query {
+            text,
+            country: self.country(req, conn),
+            offset,
+            limit,
+        };
+        let results = self.search.search(&query, now_secs());
+        Ok(json_response(StatusCode::OK, &*results))
     }
 
     async fn playback(
@@ -437,6 +509,33 @@ impl ControlPlane {
         );
         Ok(json_response(StatusCode::OK, &grant))
     }
+}
+
+/// Bounds on a search request.
+const MAX_QUERY_CHARS: usize = 200;
+const MAX_SEARCH_LIMIT: usize = 100;
+const MAX_SEARCH_OFFSET: usize = 1000;
+
+/// Decodes a query-string value (`+` is a space, `%XX` a byte), refusing what is not UTF-8.
+fn percent_decode(v: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("bad_query", "q is not percent-encoded UTF-8");
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad())
 }
 
 /// Tracks listed on an artist's page.

@@ -37,6 +37,7 @@ pub enum StoreError {
 
 mod catalogue;
 mod labels;
+mod search_docs;
 
 pub use catalogue::name_key;
 
@@ -77,6 +78,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_job_backoff.sql")),
     (8, include_str!("../migrations/0008_licences.sql")),
     (9, include_str!("../migrations/0009_artists_albums.sql")),
+    (10, include_str!("../migrations/0010_plays.sql")),
 ];
 
 /// The same schema for PostgreSQL: 64-bit integers and double-precision reals, so every
@@ -100,6 +102,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../migrations/postgres/0009_artists_albums.sql"),
     ),
+    (10, include_str!("../migrations/postgres/0010_plays.sql")),
 ];
 
 /// The PostgreSQL advisory lock migrations hold ("cadenza" in ASCII).
@@ -571,12 +574,12 @@ impl Store {
     }
 
     /// Records how a job ended. Completing a finished job again changes nothing, so a worker
-    /// retrying a report after a lost response is harmless.
+    /// retrying a report after a lost response is harmless. Returns the job's track.
     pub async fn complete_job(
         &self,
         job_id: &JobId,
         outcome: &JobOutcome,
-    ) -> Result<(), StoreError> {
+    ) -> Result<TrackId, StoreError> {
         let mut tx = self.write_tx().await?;
         let sql = format!(
             "SELECT track_id, state FROM jobs WHERE id = $1{}",
@@ -589,8 +592,9 @@ impl Store {
             .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
         let state: String = row.try_get("state")?;
         let track_id: String = row.try_get("track_id")?;
+        let track: TrackId = parse(&track_id)?;
         match state.as_str() {
-            "done" | "failed" => return Ok(()),
+            "done" | "failed" => return Ok(track),
             "leased" => {}
             _ => return Err(StoreError::JobNotLeased(job_id.to_string())),
         }
@@ -651,7 +655,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(track)
     }
 
     /// A track with its renditions (without keys).

@@ -434,3 +434,72 @@ async fn licence_windows_are_stored_and_checked() {
         assert!(!s.create_track(&bad, 10).await.unwrap().duplicate);
     }
 }
+
+#[tokio::test]
+async fn search_documents_follow_the_catalogue() {
+    use cadenza_control_plane::search::{Change, Kind, Query, SearchIndex};
+    for t in support::stores().await {
+        let s = &t.store;
+        let a = s.ensure_label("A", 1).await.unwrap();
+        let mut reg = registration(&a, None, &"07".repeat(32));
+        reg.ingest.title = "Wonderwall".into();
+        reg.ingest.artist = "Oasis".into();
+        let id = s.create_track(&reg, 10).await.unwrap().track_id;
+        // Not ready yet: nothing to find.
+        assert!(s.search_docs(100).await.unwrap().is_empty(), "{}", t.name());
+        finish_all(s).await;
+        let docs = s.search_docs(100).await.unwrap();
+        let kinds: HashSet<Kind> = docs.iter().map(|d| d.hit.kind).collect();
+        assert_eq!(docs.len(), 4, "track, album, artist and guest: {docs:?}");
+        assert_eq!(kinds.len(), 3);
+        let track = docs.iter().find(|d| d.hit.kind == Kind::Track).unwrap();
+        assert_eq!(track.hit.album.as_deref(), Some("Album"));
+        // DE,FR only and embargoed until 1000: checked at query time.
+        assert!(track.rights.is_some());
+
+        let index = std::sync::Arc::new(SearchIndex::new(docs));
+        let find = |text: &str, country: &str, now: u64| {
+            index
+                .search(
+                    &Query {
+                        text: text.into(),
+                        country: Some(country.into()),
+                        offset: 0,
+                        limit: 10,
+                    },
+                    now,
+                )
+                .hits
+                .iter()
+                .map(|h| h.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(find("wonderwal", "DE", 2_000), [Kind::Track]);
+        assert!(find("wonderwal", "DE", 500).is_empty(), "embargoed");
+        assert!(
+            find("wonderwal", "GB", 2_000).is_empty(),
+            "not licensed in GB"
+        );
+        // Albums and artists are not filtered by territory: the artist by name, then its album.
+        assert_eq!(find("oasis", "GB", 2_000), [Kind::Artist, Kind::Album]);
+
+        s.take_down(&id, &a, "rights", 3_000).await.unwrap();
+        let changes = s.search_changes_for(&id, 3_001).await.unwrap();
+        assert!(
+            changes.contains(&Change::Remove(Kind::Track, id.as_str().to_owned())),
+            "{changes:?}"
+        );
+        // Its album and artists have no listed track left.
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::Remove(..)))
+                .count(),
+            4,
+            "{}: {changes:?}",
+            t.name()
+        );
+        index.apply(changes);
+        assert!(find("oasis", "GB", 3_001).is_empty());
+    }
+}

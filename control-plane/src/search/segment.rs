@@ -1,0 +1,359 @@
+//! One immutable search segment: documents numbered by popularity, an `fst` term dictionary,
+//! `roaring` posting lists, and the ranking rules applied bucket by bucket so only the top
+//! of the ranking is ever materialised.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+use fst::{Automaton, IntoStreamer, Map, Streamer};
+use levenshtein_automata::{DFA, Distance, LevenshteinAutomatonBuilder, SINK_STATE};
+use roaring::RoaringBitmap;
+
+use super::text::{typo_budget, words};
+use super::{Kind, SearchDoc};
+
+/// Prefixes up to this many characters have their posting lists precomputed: a one-letter
+/// prefix would otherwise union tens of thousands of lists per keystroke.
+const SHORT_PREFIX: usize = 3;
+
+/// Query words beyond this many are ignored.
+pub const MAX_QUERY_WORDS: usize = 8;
+
+/// A Levenshtein DFA walked over the term dictionary.
+struct Lev<'a>(&'a DFA);
+
+impl Automaton for Lev<'_> {
+    type State = u32;
+    fn start(&self) -> u32 {
+        self.0.initial_state()
+    }
+    fn is_match(&self, state: &u32) -> bool {
+        matches!(self.0.distance(*state), Distance::Exact(_))
+    }
+    fn can_match(&self, state: &u32) -> bool {
+        *state != SINK_STATE
+    }
+    fn accept(&self, state: &u32, byte: u8) -> u32 {
+        self.0.transition(*state, byte)
+    }
+}
+
+/// Builders are costly to make (all the automaton's states), cheap to use: one per budget,
+/// made once. A transposition counts as one typo.
+fn builder(budget: u8) -> &'static LevenshteinAutomatonBuilder {
+    static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    static TWO: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    if budget <= 1 {
+        ONE.get_or_init(|| LevenshteinAutomatonBuilder::new(1, true))
+    } else {
+        TWO.get_or_init(|| LevenshteinAutomatonBuilder::new(2, true))
+    }
+}
+
+/// Documents matching one query word: by the fewest typos it took (exactly 0, 1, 2), and
+/// those where it matched in the title.
+#[derive(Default)]
+struct WordMatch {
+    by_typos: [RoaringBitmap; 3],
+    in_title: RoaringBitmap,
+    /// The typos this word may carry.
+    budget: u8,
+    /// `within[d]`: documents matched with at most `d` typos (after [`WordMatch::settle`]).
+    within: [RoaringBitmap; 3],
+}
+
+impl WordMatch {
+    fn add(&mut self, typos: u8, docs: &RoaringBitmap, title: &RoaringBitmap) {
+        self.by_typos[usize::from(typos.min(2))] |= docs;
+        self.in_title |= title;
+    }
+
+    /// Keeps each document only under its fewest typos, and sums them up.
+    fn settle(mut self) -> Self {
+        let [zero, one, two] = &mut self.by_typos;
+        *one -= &*zero;
+        *two -= &*zero;
+        *two -= &*one;
+        let zero = self.by_typos[0].clone();
+        let one = &zero | &self.by_typos[1];
+        let two = &one | &self.by_typos[2];
+        self.within = [zero, one, two];
+        self
+    }
+
+    fn all(&self) -> &RoaringBitmap {
+        &self.within[2]
+    }
+}
+
+/// A ranked match: lower `class` ranks first (typos, then title), then lower `doc`
+/// (documents are numbered most popular first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ranked {
+    pub class: u8,
+    pub doc: u32,
+}
+
+/// An immutable segment.
+pub struct Segment {
+    docs: Vec<SearchDoc>,
+    terms: Map<Vec<u8>>,
+    postings: Vec<RoaringBitmap>,
+    title_postings: Vec<RoaringBitmap>,
+    prefixes: HashMap<String, (RoaringBitmap, RoaringBitmap)>,
+    /// Documents whose rights must be checked (not playable everywhere, always).
+    restricted: RoaringBitmap,
+    by_key: HashMap<(Kind, String), u32>,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("docs", &self.docs.len())
+            .field("terms", &self.terms.len())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Indexes `docs`, most popular first.
+    pub fn build(mut docs: Vec<SearchDoc>) -> Segment {
+        docs.sort_by(|a, b| {
+            b.hit
+                .popularity
+                .cmp(&a.hit.popularity)
+                .then_with(|| a.hit.id.cmp(&b.hit.id))
+        });
+        let mut terms: BTreeMap<String, (RoaringBitmap, RoaringBitmap)> = BTreeMap::new();
+        let mut restricted = RoaringBitmap::new();
+        let mut by_key = HashMap::with_capacity(docs.len());
+        for (n, doc) in docs.iter().enumerate() {
+            let n = n as u32;
+            for w in words(&doc.hit.title) {
+                let e = terms.entry(w).or_default();
+                e.0.insert(n);
+                e.1.insert(n);
+            }
+            let others = doc.hit.artist.iter().chain(doc.hit.album.iter());
+            for w in others.flat_map(|t| words(t)) {
+                terms.entry(w).or_default().0.insert(n);
+            }
+            if doc.rights.is_some() {
+                restricted.insert(n);
+            }
+            by_key.insert((doc.hit.kind, doc.hit.id.clone()), n);
+        }
+        let mut prefixes: HashMap<String, (RoaringBitmap, RoaringBitmap)> = HashMap::new();
+        for (term, (all, title)) in &terms {
+            for (i, _) in term.char_indices().skip(1).take(SHORT_PREFIX - 1) {
+                let e = prefixes.entry(term[..i].to_owned()).or_default();
+                e.0 |= all;
+                e.1 |= title;
+            }
+            if term.chars().count() <= SHORT_PREFIX {
+                let e = prefixes.entry(term.clone()).or_default();
+                e.0 |= all;
+                e.1 |= title;
+            }
+        }
+        let mut postings = Vec::with_capacity(terms.len());
+        let mut title_postings = Vec::with_capacity(terms.len());
+        let keys: Vec<(String, u64)> = terms
+            .into_iter()
+            .enumerate()
+            .map(|(i, (term, (all, title)))| {
+                postings.push(all);
+                title_postings.push(title);
+                (term, i as u64)
+            })
+            .collect();
+        // Keys come sorted and distinct out of the BTreeMap, which is all `from_iter` needs.
+        let terms = Map::from_iter(keys).unwrap_or_default();
+        Segment {
+            docs,
+            terms,
+            postings,
+            title_postings,
+            prefixes,
+            restricted,
+            by_key,
+        }
+    }
+
+    pub fn docs(&self) -> &[SearchDoc] {
+        &self.docs
+    }
+
+    pub fn doc(&self, n: u32) -> &SearchDoc {
+        &self.docs[n as usize]
+    }
+
+    pub fn position(&self, kind: Kind, id: &str) -> Option<u32> {
+        self.by_key.get(&(kind, id.to_owned())).copied()
+    }
+
+    pub fn is_restricted(&self, n: u32) -> bool {
+        self.restricted.contains(n)
+    }
+
+    /// Bytes held by posting lists and the term dictionary (documents not counted).
+    pub fn index_bytes(&self) -> usize {
+        let lists = self
+            .postings
+            .iter()
+            .chain(&self.title_postings)
+            .chain(self.prefixes.values().flat_map(|(a, b)| [a, b]))
+            .map(|b| b.serialized_size())
+            .sum::<usize>();
+        lists + self.terms.as_fst().as_bytes().len()
+    }
+
+    fn match_word(&self, word: &str, prefix: bool) -> WordMatch {
+        let budget = typo_budget(word);
+        let mut m = WordMatch {
+            budget,
+            ..WordMatch::default()
+        };
+        let add_term = |m: &mut WordMatch, typos: u8, t: u64| {
+            m.add(
+                typos,
+                &self.postings[t as usize],
+                &self.title_postings[t as usize],
+            );
+        };
+        if budget == 0 && prefix && word.chars().count() <= SHORT_PREFIX {
+            if let Some((all, title)) = self.prefixes.get(word) {
+                m.add(0, all, title);
+            }
+        } else if budget == 0 && !prefix {
+            if let Some(t) = self.terms.get(word) {
+                add_term(&mut m, 0, t);
+            }
+        } else if budget == 0 {
+            let mut stream = self
+                .terms
+                .search(fst::automaton::Str::new(word).starts_with())
+                .into_stream();
+            while let Some((_, t)) = stream.next() {
+                add_term(&mut m, 0, t);
+            }
+        } else {
+            let b = builder(budget);
+            let dfa = if prefix {
+                b.build_prefix_dfa(word)
+            } else {
+                b.build_dfa(word)
+            };
+            let mut stream = self.terms.search_with_state(Lev(&dfa)).into_stream();
+            while let Some((_, t, state)) = stream.next() {
+                if let Distance::Exact(d) = dfa.distance(state) {
+                    add_term(&mut m, d, t);
+                }
+            }
+        }
+        m.settle()
+    }
+
+    /// The best `want` matches for `query` that `keep` accepts, in rank order, and how many
+    /// documents matched before `keep` was asked (an estimate of the total).
+    pub fn search(
+        &self,
+        query: &[String],
+        want: usize,
+        mut keep: impl FnMut(u32) -> bool,
+    ) -> (Vec<Ranked>, u64) {
+        let n = query.len().min(MAX_QUERY_WORDS);
+        if n == 0 || want == 0 {
+            return (Vec::new(), 0);
+        }
+        let matches: Vec<WordMatch> = query[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| self.match_word(w, i + 1 == n))
+            .collect();
+        // Every word must match: start from the rarest.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| matches[i].all().len());
+        let all = intersect(order.iter().map(|&i| matches[i].all().clone()));
+        let total = all.len();
+        if total == 0 {
+            return (Vec::new(), 0);
+        }
+        let in_title = intersect(order.iter().map(|&i| matches[i].in_title.clone())) & &all;
+        let mut out = Vec::with_capacity(want);
+        let mut seen = RoaringBitmap::new();
+        // Rule 1, typos: buckets of at most 0, 1, 2 typos in all, then the rest.
+        for typos in 0..=3usize {
+            let bucket = if typos == 3 {
+                &all - &seen
+            } else {
+                within_total(&matches, &order, typos) - &seen
+            };
+            seen |= &bucket;
+            // Rule 2, attribute: every word found in the title first.
+            let title_first = &bucket & &in_title;
+            let rest = &bucket - &title_first;
+            for (sub, docs) in [(0u8, title_first), (1, rest)] {
+                // Rule 3, popularity: document numbers are popularity ranks.
+                for doc in docs.iter() {
+                    if keep(doc) {
+                        out.push(Ranked {
+                            class: typos as u8 * 2 + sub,
+                            doc,
+                        });
+                        if out.len() == want {
+                            return (out, total);
+                        }
+                    }
+                }
+            }
+            if seen.len() == total {
+                break;
+            }
+        }
+        (out, total)
+    }
+}
+
+fn intersect(mut sets: impl Iterator<Item = RoaringBitmap>) -> RoaringBitmap {
+    let Some(mut acc) = sets.next() else {
+        return RoaringBitmap::new();
+    };
+    for s in sets {
+        if acc.is_empty() {
+            break;
+        }
+        acc &= s;
+    }
+    acc
+}
+
+/// Documents whose words match with at most `total` typos in all: the union, over every way
+/// of spending exactly `total` typos across the words (each within its budget), of the
+/// words' matches within their share.
+fn within_total(matches: &[WordMatch], order: &[usize], total: usize) -> RoaringBitmap {
+    let mut out = RoaringBitmap::new();
+    let mut shares = vec![0usize; matches.len()];
+    spend(matches, order, total, 0, &mut shares, &mut out);
+    out
+}
+
+fn spend(
+    matches: &[WordMatch],
+    order: &[usize],
+    left: usize,
+    word: usize,
+    shares: &mut Vec<usize>,
+    out: &mut RoaringBitmap,
+) {
+    if word == matches.len() {
+        if left == 0 {
+            *out |= intersect(order.iter().map(|&i| matches[i].within[shares[i]].clone()));
+        }
+        return;
+    }
+    for share in 0..=left.min(usize::from(matches[word].budget)) {
+        shares[word] = share;
+        spend(matches, order, left - share, word + 1, shares, out);
+    }
+}

@@ -1,0 +1,192 @@
+//! What the search index is built from: listed tracks with their rights, and the albums and
+//! artists that have listed tracks, with plays as popularity.
+
+use std::collections::HashMap;
+
+use cadenza_common::{Licence, TrackId};
+use sqlx::Row;
+
+use super::{Store, StoreError, parse};
+use crate::search::{Change, DocRights, Hit, Kind, SearchDoc};
+
+fn secs(v: Option<i64>) -> Option<u64> {
+    v.and_then(|t| u64::try_from(t).ok())
+}
+
+fn plays(v: Option<i64>) -> u64 {
+    v.map_or(0, |p| p.max(0) as u64)
+}
+
+fn track_doc(row: &sqlx::any::AnyRow, licences: Vec<Licence>) -> Result<SearchDoc, StoreError> {
+    Ok(SearchDoc {
+        hit: Hit {
+            kind: Kind::Track,
+            id: row.try_get("id")?,
+            title: row.try_get("title")?,
+            artist: Some(row.try_get("artist")?),
+            album: row.try_get("album")?,
+            popularity: plays(row.try_get("plays")?),
+        },
+        rights: DocRights {
+            release_at: secs(row.try_get("release_at")?),
+            taken_down_at: secs(row.try_get("taken_down_at")?),
+            licences,
+        }
+        .restricting(),
+    })
+}
+
+const TRACK_COLUMNS: &str =
+    "t.id, t.title, t.artist, t.album, t.plays, t.release_at, t.taken_down_at";
+
+impl Store {
+    /// Every searchable document: ready tracks not taken down by `now`, and the albums and
+    /// artists they belong to.
+    pub async fn search_docs(&self, now: u64) -> Result<Vec<SearchDoc>, StoreError> {
+        let mut licences: HashMap<String, Vec<Licence>> = HashMap::new();
+        for row in sqlx::query("SELECT track_id, territories, starts_at, ends_at FROM licences")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            licences
+                .entry(row.try_get("track_id")?)
+                .or_default()
+                .push(Licence {
+                    territories: parse(&row.try_get::<String, _>("territories")?)?,
+                    starts_at: secs(row.try_get("starts_at")?),
+                    ends_at: secs(row.try_get("ends_at")?),
+                });
+        }
+        let listed = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $1)";
+        let mut docs = Vec::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRACK_COLUMNS} FROM tracks t WHERE {listed}"
+        )))
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let id: String = row.try_get("id")?;
+            let l = licences.remove(&id).unwrap_or_default();
+            docs.push(track_doc(&row, l)?);
+        }
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT al.id, al.title, ar.name, CAST(SUM(t.plays) AS BIGINT) AS plays
+             FROM albums al JOIN artists ar ON ar.id = al.artist_id
+             JOIN tracks t ON t.album_id = al.id
+             WHERE {listed} GROUP BY al.id, al.title, ar.name"
+        )))
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            docs.push(SearchDoc {
+                hit: Hit {
+                    kind: Kind::Album,
+                    id: row.try_get("id")?,
+                    title: row.try_get("title")?,
+                    artist: Some(row.try_get("name")?),
+                    album: None,
+                    popularity: plays(row.try_get("plays")?),
+                },
+                rights: None,
+            });
+        }
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT ar.id, ar.name, CAST(SUM(t.plays) AS BIGINT) AS plays
+             FROM artists ar JOIN track_artists ta ON ta.artist_id = ar.id
+             JOIN tracks t ON t.id = ta.track_id
+             WHERE {listed} GROUP BY ar.id, ar.name"
+        )))
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            docs.push(SearchDoc {
+                hit: Hit {
+                    kind: Kind::Artist,
+                    id: row.try_get("id")?,
+                    title: row.try_get("name")?,
+                    artist: None,
+                    album: None,
+                    popularity: plays(row.try_get("plays")?),
+                },
+                rights: None,
+            });
+        }
+        Ok(docs)
+    }
+
+    /// The index changes that a change to `track` makes: the track and its album and
+    /// artists, each upserted while listed (ready, not taken down) and removed otherwise.
+    pub async fn search_changes_for(
+        &self,
+        track: &TrackId,
+        now: u64,
+    ) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRACK_COLUMNS}, t.status FROM tracks t WHERE t.id = $1"
+        )))
+        .bind(track.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(out);
+        };
+        let status: String = row.try_get("status")?;
+        let down = secs(row.try_get("taken_down_at")?).is_some_and(|t| t <= now);
+        out.push(if status == "ready" && !down {
+            Change::Upsert(track_doc(&row, self.licences(track).await?)?)
+        } else {
+            Change::Remove(Kind::Track, track.as_str().to_owned())
+        });
+        // Albums and artists are re-read whole: their popularity, and whether any of their
+        // tracks is still listed, may have changed.
+        let listed = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $2)";
+        let album = format!(
+            "SELECT al.id, al.title, ar.name,
+                    (SELECT CAST(SUM(t.plays) AS BIGINT) FROM tracks t
+                      WHERE t.album_id = al.id AND {listed}) AS plays,
+                    (SELECT COUNT(*) FROM tracks t WHERE t.album_id = al.id AND {listed}) AS listed
+             FROM albums al JOIN artists ar ON ar.id = al.artist_id
+             WHERE al.id = (SELECT album_id FROM tracks WHERE id = $1)"
+        );
+        let artists = format!(
+            "SELECT ar.id, ar.name AS title, CAST(NULL AS TEXT) AS name,
+                    (SELECT CAST(SUM(t.plays) AS BIGINT) FROM tracks t
+                      JOIN track_artists x ON x.track_id = t.id
+                      WHERE x.artist_id = ar.id AND {listed}) AS plays,
+                    (SELECT COUNT(*) FROM tracks t JOIN track_artists x ON x.track_id = t.id
+                      WHERE x.artist_id = ar.id AND {listed}) AS listed
+             FROM artists ar JOIN track_artists ta ON ta.artist_id = ar.id
+             WHERE ta.track_id = $1"
+        );
+        for (kind, sql) in [(Kind::Album, album), (Kind::Artist, artists)] {
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(track.as_str())
+                .bind(now as i64)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let id: String = row.try_get("id")?;
+                out.push(if row.try_get::<i64, _>("listed")? == 0 {
+                    Change::Remove(kind, id)
+                } else {
+                    Change::Upsert(SearchDoc {
+                        hit: Hit {
+                            kind,
+                            id,
+                            title: row.try_get("title")?,
+                            artist: row.try_get("name")?,
+                            album: None,
+                            popularity: plays(row.try_get("plays")?),
+                        },
+                        rights: None,
+                    })
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -307,6 +307,13 @@ impl SearchIndex {
                 Err(poisoned) => poisoned.into_inner(),
             };
             let now = guard.clone();
+            if !Arc::ptr_eq(&now.base, &start.base) {
+                // A reset replaced the base meanwhile: this one is stale.
+                drop(guard);
+                self.rebuilding
+                    .store(false, std::sync::atomic::Ordering::Release);
+                return;
+            }
             let newer: Vec<(u64, SearchDoc)> = now
                 .delta_docs
                 .iter()

@@ -148,6 +148,27 @@ fn parse_status(s: &str) -> Result<TrackStatus, StoreError> {
     })
 }
 
+/// Ends a write transaction: commits what succeeded, and rolls back at once what did not, so
+/// its row locks are gone before the next statement (a dropped transaction rolls back only
+/// when its connection is next used, and a `SKIP LOCKED` lease would skip its rows till then).
+async fn finish<T>(
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    out: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match out {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(rollback) = tx.rollback().await {
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
@@ -296,80 +317,83 @@ impl Store {
             l.check().map_err(StoreError::Invalid)?;
         }
         let mut tx = self.write_tx().await?;
-        let existing = sqlx::query(
-            "SELECT id, status, label_id FROM tracks
-             WHERE upload_id = $1 OR (isrc IS NOT NULL AND isrc = $2 AND master_sha256 = $3)
-             ORDER BY created_at LIMIT 1",
-        )
-        .bind(req.upload_id.as_str())
-        .bind(req.isrc.as_deref())
-        .bind(&reg.master_sha256)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            let owner: Option<String> = row.try_get("label_id")?;
-            if owner.as_deref() != Some(reg.label_id.as_str()) {
-                return Err(StoreError::Conflict(
-                    "this ISRC and master were already ingested by another label".into(),
-                ));
+        let out = async {
+            let existing = sqlx::query(
+                "SELECT id, status, label_id FROM tracks
+                 WHERE upload_id = $1 OR (isrc IS NOT NULL AND isrc = $2 AND master_sha256 = $3)
+                 ORDER BY created_at LIMIT 1",
+            )
+            .bind(req.upload_id.as_str())
+            .bind(req.isrc.as_deref())
+            .bind(&reg.master_sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let owner: Option<String> = row.try_get("label_id")?;
+                if owner.as_deref() != Some(reg.label_id.as_str()) {
+                    return Err(StoreError::Conflict(
+                        "this ISRC and master were already ingested by another label".into(),
+                    ));
+                }
+                return Ok(Registered {
+                    track_id: parse(&row.try_get::<String, _>("id")?)?,
+                    status: parse_status(&row.try_get::<String, _>("status")?)?,
+                    duplicate: true,
+                });
             }
-            return Ok(Registered {
-                track_id: parse(&row.try_get::<String, _>("id")?)?,
-                status: parse_status(&row.try_get::<String, _>("status")?)?,
-                duplicate: true,
-            });
-        }
-        let track_id = TrackId::random();
-        let job_id = JobId::random();
-        let featuring = (!req.featuring.is_empty())
-            .then(|| serde_json::to_string(&req.featuring))
-            .transpose()
-            .map_err(corrupt)?;
-        sqlx::query(
-            "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at,
-                                 label_id, featuring, album, track_number, release_at, master_sha256)
-             VALUES ($1, $2, $3, $4, $5, $6, 'received', $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(track_id.as_str())
-        .bind(req.title.trim())
-        .bind(req.artist.trim())
-        .bind(req.isrc.as_deref())
-        .bind(req.territories.to_string())
-        .bind(req.upload_id.as_str())
-        .bind(now as i64)
-        .bind(&reg.label_id)
-        .bind(featuring)
-        .bind(req.album.as_deref().map(str::trim))
-        .bind(req.track_number.map(i64::from))
-        .bind(req.release_at.map(|t| t as i64))
-        .bind(&reg.master_sha256)
-        .execute(&mut *tx)
-        .await?;
-        catalogue::insert_licences(&mut tx, &track_id, &licences).await?;
-        let credits = catalogue::Credits {
-            artists: std::iter::once(req.artist.as_str())
-                .chain(req.featuring.iter().map(String::as_str))
-                .collect(),
-            album: req.album.as_deref(),
-            label_id: Some(&reg.label_id),
-            release_at: req.release_at,
-        };
-        catalogue::link(&mut tx, &track_id, &credits, now).await?;
-        sqlx::query(
-            "INSERT INTO jobs (id, track_id, upload_id, state, created_at) VALUES ($1, $2, $3, 'queued', $4)",
-        )
-        .bind(job_id.as_str())
-        .bind(track_id.as_str())
-        .bind(req.upload_id.as_str())
-        .bind(now as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Registered {
+            let track_id = TrackId::random();
+            let job_id = JobId::random();
+            let featuring = (!req.featuring.is_empty())
+                .then(|| serde_json::to_string(&req.featuring))
+                .transpose()
+                .map_err(corrupt)?;
+            sqlx::query(
+                "INSERT INTO tracks (id, title, artist, isrc, territories, upload_id, status, created_at,
+                                     label_id, featuring, album, track_number, release_at, master_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'received', $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind(track_id.as_str())
+            .bind(req.title.trim())
+            .bind(req.artist.trim())
+            .bind(req.isrc.as_deref())
+            .bind(req.territories.to_string())
+            .bind(req.upload_id.as_str())
+            .bind(now as i64)
+            .bind(&reg.label_id)
+            .bind(featuring)
+            .bind(req.album.as_deref().map(str::trim))
+            .bind(req.track_number.map(i64::from))
+            .bind(req.release_at.map(|t| t as i64))
+            .bind(&reg.master_sha256)
+            .execute(&mut *tx)
+            .await?;
+            catalogue::insert_licences(&mut tx, &track_id, &licences).await?;
+            let credits = catalogue::Credits {
+                artists: std::iter::once(req.artist.as_str())
+                    .chain(req.featuring.iter().map(String::as_str))
+                    .collect(),
+                album: req.album.as_deref(),
+                label_id: Some(&reg.label_id),
+                release_at: req.release_at,
+            };
+            catalogue::link(&mut tx, &track_id, &credits, now).await?;
+            sqlx::query(
+                "INSERT INTO jobs (id, track_id, upload_id, state, created_at) VALUES ($1, $2, $3, 'queued', $4)",
+            )
+            .bind(job_id.as_str())
+            .bind(track_id.as_str())
+            .bind(req.upload_id.as_str())
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await?;
+            Ok::<Registered, StoreError>(Registered {
             track_id,
             status: TrackStatus::Received,
             duplicate: false,
         })
+        }
+        .await;
+        finish(tx, out).await
     }
 
     /// Takes `track` down for its label: from now on no grant is issued for it. Returns false
@@ -506,56 +530,59 @@ impl Store {
         base: Duration,
     ) -> Result<Released, StoreError> {
         let mut tx = self.write_tx().await?;
-        let sql = format!(
-            "SELECT track_id, state, attempts FROM jobs WHERE id = $1{}",
-            self.for_update()
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(job_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
-        let state: String = row.try_get("state")?;
-        let attempts = u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX);
-        if state != "leased" || attempts != attempt {
-            return Err(StoreError::JobNotLeased(job_id.to_string()));
-        }
-        let track: String = row.try_get("track_id")?;
-        let released = if attempts >= max_attempts {
-            let why = format!("gave up after {attempts} attempts; the last: {reason}");
-            sqlx::query(
-                "UPDATE jobs SET state = 'failed', reason = $1, last_error = $2 WHERE id = $3",
-            )
-            .bind(&why)
-            .bind(reason)
-            .bind(job_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
+        let out = async {
+            let sql = format!(
+                "SELECT track_id, state, attempts FROM jobs WHERE id = $1{}",
+                self.for_update()
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
+            let state: String = row.try_get("state")?;
+            let attempts = u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX);
+            if state != "leased" || attempts != attempt {
+                return Err(StoreError::JobNotLeased(job_id.to_string()));
+            }
+            let track: String = row.try_get("track_id")?;
+            let released = if attempts >= max_attempts {
+                let why = format!("gave up after {attempts} attempts; the last: {reason}");
+                sqlx::query(
+                    "UPDATE jobs SET state = 'failed', reason = $1, last_error = $2 WHERE id = $3",
+                )
                 .bind(&why)
-                .bind(&track)
+                .bind(reason)
+                .bind(job_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            Released::Failed { reason: why }
-        } else {
-            let retry_at = now + retry_delay(attempts, base).as_secs();
-            sqlx::query(
-                "UPDATE jobs SET state = 'queued', lease_expires_at = NULL, not_before = $1,
-                                 last_error = $2 WHERE id = $3",
-            )
-            .bind(retry_at as i64)
-            .bind(reason)
-            .bind(job_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE tracks SET status = 'received' WHERE id = $1")
-                .bind(&track)
+                sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
+                    .bind(&why)
+                    .bind(&track)
+                    .execute(&mut *tx)
+                    .await?;
+                Released::Failed { reason: why }
+            } else {
+                let retry_at = now + retry_delay(attempts, base).as_secs();
+                sqlx::query(
+                    "UPDATE jobs SET state = 'queued', lease_expires_at = NULL, not_before = $1,
+                                     last_error = $2 WHERE id = $3",
+                )
+                .bind(retry_at as i64)
+                .bind(reason)
+                .bind(job_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            Released::Retry { retry_at }
-        };
-        tx.commit().await?;
-        Ok(released)
+                sqlx::query("UPDATE tracks SET status = 'received' WHERE id = $1")
+                    .bind(&track)
+                    .execute(&mut *tx)
+                    .await?;
+                Released::Retry { retry_at }
+            };
+            Ok::<Released, StoreError>(released)
+        }
+        .await;
+        finish(tx, out).await
     }
 
     /// How many leases a job has used, and its state (for tools and tests).
@@ -581,81 +608,84 @@ impl Store {
         outcome: &JobOutcome,
     ) -> Result<TrackId, StoreError> {
         let mut tx = self.write_tx().await?;
-        let sql = format!(
-            "SELECT track_id, state FROM jobs WHERE id = $1{}",
-            self.for_update()
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(job_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
-        let state: String = row.try_get("state")?;
-        let track_id: String = row.try_get("track_id")?;
-        let track: TrackId = parse(&track_id)?;
-        match state.as_str() {
-            "done" | "failed" => return Ok(track),
-            "leased" => {}
-            _ => return Err(StoreError::JobNotLeased(job_id.to_string())),
-        }
-        match outcome {
-            JobOutcome::Completed {
-                renditions,
-                master_frames,
-                master_sample_rate,
-                loudness,
-                features,
-            } => {
-                for r in renditions {
+        let out = async {
+            let sql = format!(
+                "SELECT track_id, state FROM jobs WHERE id = $1{}",
+                self.for_update()
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::JobNotLeased(job_id.to_string()))?;
+            let state: String = row.try_get("state")?;
+            let track_id: String = row.try_get("track_id")?;
+            let track: TrackId = parse(&track_id)?;
+            match state.as_str() {
+                "done" | "failed" => return Ok(track),
+                "leased" => {}
+                _ => return Err(StoreError::JobNotLeased(job_id.to_string())),
+            }
+            match outcome {
+                JobOutcome::Completed {
+                    renditions,
+                    master_frames,
+                    master_sample_rate,
+                    loudness,
+                    features,
+                } => {
+                    for r in renditions {
+                        sqlx::query(
+                            "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(r.file_id.as_str())
+                        .bind(&track_id)
+                        .bind(r.quality.as_str())
+                        .bind(r.size as i64)
+                        .bind(i64::from(r.bitrate_kbps))
+                        .bind(r.key.key_hex())
+                        .bind(r.key.iv_hex())
+                        .bind(&r.plaintext_sha256)
+                        .bind(serde_json::to_string(&r.seek_index).map_err(corrupt)?)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     sqlx::query(
-                        "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = $1, master_rate = $2,
+                         loudness_lufs = $3, true_peak_dbtp = $4, track_gain_db = $5, features = $6 WHERE id = $7",
                     )
-                    .bind(r.file_id.as_str())
+                    .bind(*master_frames as i64)
+                    .bind(i64::from(*master_sample_rate))
+                    .bind(loudness.integrated_lufs)
+                    .bind(loudness.true_peak_dbtp)
+                    .bind(loudness.track_gain_db)
+                    .bind(serde_json::to_string(features).map_err(corrupt)?)
                     .bind(&track_id)
-                    .bind(r.quality.as_str())
-                    .bind(r.size as i64)
-                    .bind(i64::from(r.bitrate_kbps))
-                    .bind(r.key.key_hex())
-                    .bind(r.key.iv_hex())
-                    .bind(&r.plaintext_sha256)
-                    .bind(serde_json::to_string(&r.seek_index).map_err(corrupt)?)
                     .execute(&mut *tx)
                     .await?;
+                    sqlx::query("UPDATE jobs SET state = 'done' WHERE id = $1")
+                        .bind(job_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
                 }
-                sqlx::query(
-                    "UPDATE tracks SET status = 'ready', failure = NULL, master_frames = $1, master_rate = $2,
-                     loudness_lufs = $3, true_peak_dbtp = $4, track_gain_db = $5, features = $6 WHERE id = $7",
-                )
-                .bind(*master_frames as i64)
-                .bind(i64::from(*master_sample_rate))
-                .bind(loudness.integrated_lufs)
-                .bind(loudness.true_peak_dbtp)
-                .bind(loudness.track_gain_db)
-                .bind(serde_json::to_string(features).map_err(corrupt)?)
-                .bind(&track_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE jobs SET state = 'done' WHERE id = $1")
-                    .bind(job_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                JobOutcome::Failed { reason } => {
+                    sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
+                        .bind(reason)
+                        .bind(&track_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
+                        .bind(reason)
+                        .bind(job_id.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-            JobOutcome::Failed { reason } => {
-                sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
-                    .bind(reason)
-                    .bind(&track_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
-                    .bind(reason)
-                    .bind(job_id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Ok::<TrackId, StoreError>(track)
         }
-        tx.commit().await?;
-        Ok(track)
+        .await;
+        finish(tx, out).await
     }
 
     /// A track with its renditions (without keys).

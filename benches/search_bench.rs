@@ -291,6 +291,17 @@ fn main() {
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
         found += usize::from(r.hits.iter().any(|h| &h.id == target));
     }
+    if std::env::var_os("SEARCH_BENCH_SLOWEST").is_some() {
+        let mut slow: Vec<(f64, &str)> = latencies
+            .iter()
+            .zip(&cases)
+            .map(|(l, (_, q))| (*l, q.as_str()))
+            .collect();
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (l, q) in slow.iter().take(15) {
+            eprintln!("slow: {l:.3} ms  {q:?}");
+        }
+    }
     latencies.sort_by(f64::total_cmp);
     let peer_n = cases.len().min(scanned);
     let mut peer_lat = Vec::with_capacity(peer_n);

@@ -480,6 +480,15 @@ mod tests {
             ids(&idx.search(&q("wondar"), 0)),
             ["wonderwall", "wonderful"]
         );
+        // Short prefixes, which come from the precomputed lists, at every length.
+        for p in ["w", "wo", "won", "wond", "wonde"] {
+            let found = idx.search(&q(p), 0);
+            let found = ids(&found);
+            assert!(
+                found.contains(&"wonderwall") && found.contains(&"wonderful"),
+                "{p}: {found:?}"
+            );
+        }
         // No typo allowed under five characters.
         assert!(idx.search(&q("wqnd"), 0).hits.is_empty());
         // Two typos from nine: transposed and dropped letters.

@@ -7,14 +7,20 @@ use std::sync::OnceLock;
 
 use fst::{Automaton, IntoStreamer, Map, Streamer};
 use levenshtein_automata::{DFA, Distance, LevenshteinAutomatonBuilder, SINK_STATE};
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 
 use super::text::{typo_budget, words};
 use super::{Kind, SearchDoc};
 
 /// Prefixes up to this many characters have their posting lists precomputed: a one-letter
 /// prefix would otherwise union tens of thousands of lists per keystroke.
-const SHORT_PREFIX: usize = 3;
+const SHORT_PREFIX: usize = 4;
+
+/// Terms a query word may stand for through typos (exact and prefix matches are all kept).
+const MAX_TYPO_DERIVATIONS: usize = 50;
+
+/// Typo'd terms looked at per query word before choosing among them.
+const MAX_TYPO_SCAN: usize = 500;
 
 /// Query words beyond this many are ignored.
 pub const MAX_QUERY_WORDS: usize = 8;
@@ -63,11 +69,6 @@ struct WordMatch {
 }
 
 impl WordMatch {
-    fn add(&mut self, typos: u8, docs: &RoaringBitmap, title: &RoaringBitmap) {
-        self.by_typos[usize::from(typos.min(2))] |= docs;
-        self.in_title |= title;
-    }
-
     /// Keeps each document only under its fewest typos, and sums them up.
     fn settle(mut self) -> Self {
         let [zero, one, two] = &mut self.by_typos;
@@ -81,8 +82,53 @@ impl WordMatch {
         self
     }
 
+    /// Only the documents in `to`.
+    fn narrowed(&self, to: &RoaringBitmap) -> WordMatch {
+        WordMatch {
+            by_typos: self.by_typos.clone().map(|b| b & to),
+            in_title: &self.in_title & to,
+            budget: self.budget,
+            within: self.within.clone().map(|b| b & to),
+        }
+    }
+
     fn all(&self) -> &RoaringBitmap {
         &self.within[2]
+    }
+}
+
+/// The posting lists one query word stands for, not yet unioned.
+struct WordTerms<'a> {
+    budget: u8,
+    lists: [Vec<&'a RoaringBitmap>; 3],
+    titles: Vec<&'a RoaringBitmap>,
+}
+
+impl WordTerms<'_> {
+    /// Documents it could match at most: the cost of unioning it whole.
+    fn weight(&self) -> u64 {
+        self.lists.iter().flatten().map(|b| b.len()).sum()
+    }
+
+    /// The word's matches, among `within` when given. A many-way union is far cheaper than
+    /// folding lists in one at a time, and intersecting each list with a small candidate set
+    /// first is cheaper still.
+    fn matches(&self, within: Option<&RoaringBitmap>) -> WordMatch {
+        let union = |lists: &[&RoaringBitmap]| match within {
+            None => lists.iter().copied().union(),
+            Some(c) => lists.iter().map(|l| *l & c).union(),
+        };
+        WordMatch {
+            by_typos: [
+                union(&self.lists[0]),
+                union(&self.lists[1]),
+                union(&self.lists[2]),
+            ],
+            in_title: union(&self.titles),
+            budget: self.budget,
+            ..WordMatch::default()
+        }
+        .settle()
     }
 }
 
@@ -145,7 +191,7 @@ impl Segment {
         }
         let mut prefixes: HashMap<String, (RoaringBitmap, RoaringBitmap)> = HashMap::new();
         for (term, (all, title)) in &terms {
-            for (i, _) in term.char_indices().skip(1).take(SHORT_PREFIX - 1) {
+            for (i, _) in term.char_indices().skip(1).take(SHORT_PREFIX) {
                 let e = prefixes.entry(term[..i].to_owned()).or_default();
                 e.0 |= all;
                 e.1 |= title;
@@ -208,50 +254,67 @@ impl Segment {
         lists + self.terms.as_fst().as_bytes().len()
     }
 
-    fn match_word(&self, word: &str, prefix: bool) -> WordMatch {
+    /// The posting lists a query word stands for, by typos, with their title lists.
+    fn word_terms<'a>(&'a self, word: &str, prefix: bool) -> WordTerms<'a> {
         let budget = typo_budget(word);
-        let mut m = WordMatch {
+        let mut terms = WordTerms {
             budget,
-            ..WordMatch::default()
+            lists: Default::default(),
+            titles: Vec::new(),
         };
-        let add_term = |m: &mut WordMatch, typos: u8, t: u64| {
-            m.add(
-                typos,
-                &self.postings[t as usize],
-                &self.title_postings[t as usize],
-            );
+        let add_term = |terms: &mut WordTerms<'a>, typos: u8, t: u64| {
+            terms.lists[usize::from(typos.min(2))].push(&self.postings[t as usize]);
+            terms.titles.push(&self.title_postings[t as usize]);
         };
-        if budget == 0 && prefix && word.chars().count() <= SHORT_PREFIX {
-            if let Some((all, title)) = self.prefixes.get(word) {
-                m.add(0, all, title);
-            }
-        } else if budget == 0 && !prefix {
+        // Exact matches, all of them: the word itself, or every term it begins.
+        if !prefix {
             if let Some(t) = self.terms.get(word) {
-                add_term(&mut m, 0, t);
+                add_term(&mut terms, 0, t);
             }
-        } else if budget == 0 {
+        } else if word.chars().count() <= SHORT_PREFIX {
+            if let Some((all, title)) = self.prefixes.get(word) {
+                terms.lists[0].push(all);
+                terms.titles.push(title);
+            }
+        } else {
             let mut stream = self
                 .terms
                 .search(fst::automaton::Str::new(word).starts_with())
                 .into_stream();
             while let Some((_, t)) = stream.next() {
-                add_term(&mut m, 0, t);
+                add_term(&mut terms, 0, t);
             }
-        } else {
+        }
+        if budget > 0 {
             let b = builder(budget);
             let dfa = if prefix {
                 b.build_prefix_dfa(word)
             } else {
                 b.build_dfa(word)
             };
+            // A short word with a typo can be near thousands of terms (a typo'd prefix
+            // matches every completion): look at the first few hundred in dictionary order,
+            // and keep the closest, and among equally close the most frequent.
             let mut stream = self.terms.search_with_state(Lev(&dfa)).into_stream();
+            let mut typoed = Vec::new();
             while let Some((_, t, state)) = stream.next() {
-                if let Distance::Exact(d) = dfa.distance(state) {
-                    add_term(&mut m, d, t);
+                if let Distance::Exact(d @ 1..) = dfa.distance(state) {
+                    typoed.push((d, t));
+                    if typoed.len() == MAX_TYPO_SCAN {
+                        break;
+                    }
                 }
             }
+            if typoed.len() > MAX_TYPO_DERIVATIONS {
+                typoed
+                    .sort_by_key(|&(d, t)| (d, std::cmp::Reverse(self.postings[t as usize].len())));
+                typoed.truncate(MAX_TYPO_DERIVATIONS);
+            }
+            for (d, t) in typoed {
+                add_term(&mut terms, d, t);
+            }
         }
-        m.settle()
+        terms
     }
 
     /// The best `want` matches for `query` that `keep` accepts, in rank order, and how many
@@ -266,15 +329,35 @@ impl Segment {
         if n == 0 || want == 0 {
             return (Vec::new(), 0);
         }
-        let matches: Vec<WordMatch> = query[..n]
+        let terms: Vec<WordTerms<'_>> = query[..n]
             .iter()
             .enumerate()
-            .map(|(i, w)| self.match_word(w, i + 1 == n))
+            .map(|(i, w)| self.word_terms(w, i + 1 == n))
             .collect();
-        // Every word must match: start from the rarest.
+        // Every word must match: start from the rarest, and take each further word only
+        // where the words before it matched.
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| matches[i].all().len());
-        let all = intersect(order.iter().map(|&i| matches[i].all().clone()));
+        order.sort_by_key(|&i| terms[i].weight());
+        let mut matches: Vec<Option<WordMatch>> = (0..n).map(|_| None).collect();
+        let mut all: Option<RoaringBitmap> = None;
+        for &i in &order {
+            let m = terms[i].matches(all.as_ref());
+            let narrowed = match all {
+                None => m.all().clone(),
+                Some(c) => c & m.all(),
+            };
+            matches[i] = Some(m);
+            all = Some(narrowed);
+            if all.as_ref().is_some_and(RoaringBitmap::is_empty) {
+                return (Vec::new(), 0);
+            }
+        }
+        let all = all.unwrap_or_default();
+        let mut matches: Vec<WordMatch> = matches.into_iter().flatten().collect();
+        // The first word was taken whole: narrow it too, so the buckets below stay small.
+        if let Some(&first) = order.first() {
+            matches[first] = matches[first].narrowed(&all);
+        }
         let total = all.len();
         if total == 0 {
             return (Vec::new(), 0);

@@ -8,174 +8,10 @@
 use std::time::Instant;
 
 use cadenza_control_plane::search::{Hit, Kind, Query, SearchDoc, SearchIndex, typo_budget, words};
+use search_data::{peak_rss_mb, percentile};
+
+mod search_data;
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder};
-
-/// xorshift64*: reproducible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// An index in `0..n` drawn with probability ∝ 1/(i+1) (Zipf, s = 1).
-    fn zipf(&mut self, n: usize) -> usize {
-        let h = (n as f64).ln() + 0.5772;
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        ((u * h).exp() - 1.0).clamp(0.0, (n - 1) as f64) as usize
-    }
-}
-
-const COMMON: &[&str] = &[
-    "love",
-    "night",
-    "heart",
-    "baby",
-    "time",
-    "life",
-    "light",
-    "dream",
-    "world",
-    "fire",
-    "girl",
-    "home",
-    "blue",
-    "dance",
-    "rain",
-    "summer",
-    "river",
-    "sweet",
-    "wild",
-    "gold",
-    "moon",
-    "star",
-    "city",
-    "road",
-    "song",
-    "soul",
-    "angel",
-    "devil",
-    "forever",
-    "tonight",
-    "little",
-    "never",
-    "remember",
-    "tomorrow",
-    "yesterday",
-    "heaven",
-    "shadow",
-    "stone",
-    "ocean",
-    "paradise",
-    "broken",
-    "hello",
-    "goodbye",
-    "lonely",
-    "freedom",
-    "wonder",
-];
-const SYLLABLES: &[&str] = &[
-    "ka", "lo", "mi", "ra", "ve", "sto", "na", "ri", "del", "mar", "tin", "bel", "co", "ru", "sa",
-    "fen", "lia", "dor", "an", "es", "qui", "zo", "ber", "ta", "gon", "vi", "len", "mo",
-];
-
-fn made_up_word(rng: &mut Rng) -> String {
-    let n = 2 + rng.below(3);
-    (0..n)
-        .map(|_| SYLLABLES[rng.below(SYLLABLES.len())])
-        .collect()
-}
-
-fn capitalised(w: &str) -> String {
-    let mut c = w.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
-}
-
-/// A vocabulary: common title words first, then made-up ones; drawn Zipf-wise, so a few
-/// words are everywhere and most are rare, as in real catalogues.
-fn vocabulary(rng: &mut Rng, n: usize) -> Vec<String> {
-    let mut v: Vec<String> = COMMON.iter().map(|s| s.to_string()).collect();
-    while v.len() < n {
-        v.push(made_up_word(rng));
-    }
-    v
-}
-
-fn phrase(rng: &mut Rng, vocab: &[String], max_words: usize) -> String {
-    let n = 1 + rng.zipf(max_words);
-    (0..n)
-        .map(|_| capitalised(&vocab[rng.zipf(vocab.len())]))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// One random edit (substitution, deletion, insertion or transposition) at a random place.
-fn typo(rng: &mut Rng, word: &str) -> String {
-    let mut c: Vec<char> = word.chars().collect();
-    let i = rng.below(c.len());
-    let letter = (b'a' + rng.below(26) as u8) as char;
-    match rng.below(4) {
-        0 => c[i] = letter,
-        1 => {
-            c.remove(i);
-        }
-        2 => c.insert(i, letter),
-        _ if i + 1 < c.len() => c.swap(i, i + 1),
-        _ => c[i] = letter,
-    }
-    c.into_iter().collect()
-}
-
-/// What a listener types for `title`: its words with the last cut to a prefix, and the typos
-/// the rules allow put in at random (half the time each).
-fn typed(rng: &mut Rng, title: &str) -> String {
-    let mut ws = words(title);
-    if let Some(last) = ws.last_mut() {
-        let n = last.chars().count();
-        if n > 4 {
-            let keep = 4 + rng.below(n - 3);
-            *last = last.chars().take(keep).collect();
-        }
-    }
-    ws.iter()
-        .map(|w| {
-            let mut out = w.clone();
-            for _ in 0..typo_budget(w) {
-                if rng.below(2) == 0 {
-                    let t = typo(rng, &out);
-                    // A typo that shortens the word may lower its budget: keep within it.
-                    if typo_budget(&t) >= typo_budget(w) {
-                        out = t;
-                    }
-                }
-            }
-            out
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// The peer: every document, every word, the same typo budgets and prefix rule; documents
 /// ranked by total typos, then popularity.
@@ -240,43 +76,41 @@ fn main() {
         .unwrap_or(1_000_000);
     let queries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2_000);
     let scanned: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let vocab = vocabulary(&mut rng, 60_000);
-    let artists: Vec<String> = (0..(tracks / 10).max(1))
-        .map(|_| phrase(&mut rng, &vocab, 3))
-        .collect();
     let made = Instant::now();
-    let docs: Vec<SearchDoc> = (0..tracks)
-        .map(|i| {
-            let artist = artists[rng.zipf(artists.len())].clone();
-            SearchDoc {
-                hit: Hit {
-                    kind: Kind::Track,
-                    id: format!("t{i:07}"),
-                    title: phrase(&mut rng, &vocab, 5),
-                    artist: Some(artist),
-                    album: (rng.below(3) > 0).then(|| phrase(&mut rng, &vocab, 4)),
-                    // Plays fall off as a power law of a random rank.
-                    popularity: 10_000_000 / (1 + rng.below(tracks) as u64),
-                },
-                rights: None,
-            }
+    let tracks_made = search_data::catalogue(tracks);
+    let docs: Vec<SearchDoc> = tracks_made
+        .iter()
+        .map(|t| SearchDoc {
+            hit: Hit {
+                kind: Kind::Track,
+                id: t.id.clone(),
+                title: t.title.clone(),
+                artist: Some(t.artist.clone()),
+                album: t.album.clone(),
+                popularity: t.plays,
+            },
+            rights: None,
         })
         .collect();
+    drop(tracks_made);
     eprintln!("catalogue made in {:.1} s", made.elapsed().as_secs_f64());
     let rss_before = peak_rss_mb();
     let built = Instant::now();
     let index = SearchIndex::new(docs.clone());
     let build_s = built.elapsed().as_secs_f64();
-    // Listeners look for popular tracks: targets drawn by plays rank.
-    let mut by_plays: Vec<usize> = (0..tracks).collect();
-    by_plays.sort_by_key(|&i| std::cmp::Reverse(docs[i].hit.popularity));
-    let cases: Vec<(String, String)> = (0..queries)
-        .map(|_| {
-            let d = &docs[by_plays[rng.zipf(tracks.min(100_000))]];
-            (d.hit.id.clone(), typed(&mut rng, &d.hit.title))
-        })
-        .collect();
+    let cases = search_data::queries(
+        &docs
+            .iter()
+            .map(|d| search_data::Track {
+                id: d.hit.id.clone(),
+                title: d.hit.title.clone(),
+                artist: String::new(),
+                album: None,
+                plays: d.hit.popularity,
+            })
+            .collect::<Vec<_>>(),
+        queries,
+    );
     let mut latencies = Vec::with_capacity(queries);
     let mut found = 0;
     for (target, text) in &cases {

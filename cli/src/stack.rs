@@ -182,6 +182,40 @@ impl std::fmt::Debug for Stack {
     }
 }
 
+/// How often counted plays are written to the catalogue.
+const PLAYS_FLUSH: Duration = Duration::from_secs(10);
+/// How often the search index is rebuilt from the catalogue, so plays re-rank it.
+const SEARCH_REFRESH: Duration = Duration::from_secs(600);
+
+/// Writes plays to the catalogue every few seconds (and once more at shutdown), and rebuilds
+/// the search index from it every few minutes.
+fn spawn_catalogue_upkeep(cp: Arc<ControlPlane>, mut shutdown: Shutdown) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut flush = tokio::time::interval(PLAYS_FLUSH);
+        let mut refresh = tokio::time::interval(SEARCH_REFRESH);
+        refresh.tick().await; // the index was just built
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => {
+                    if let Err(e) = cp.flush_plays().await {
+                        tracing::warn!(error = %e, "plays lost at shutdown");
+                    }
+                    return;
+                }
+                _ = flush.tick() => {
+                    if let Err(e) = cp.flush_plays().await {
+                        tracing::warn!(error = %e, "plays not written; kept for the next try");
+                    }
+                }
+                _ = refresh.tick() => match cp.refresh_search().await {
+                    Ok(n) => tracing::info!(documents = n, "search index rebuilt"),
+                    Err(e) => tracing::warn!(error = %e, "search index not rebuilt"),
+                },
+            }
+        }
+    })
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -392,6 +426,10 @@ impl Stack {
         ));
         let indexed = control_plane.load_search().await?;
         tracing::info!(documents = indexed, "search index built");
+        tasks.push(spawn_catalogue_upkeep(
+            control_plane.clone(),
+            shutdown.clone(),
+        ));
         tasks.push(
             serve_on(
                 control_l,

@@ -251,6 +251,15 @@ async fn labels_see_only_their_own_uploads_and_tracks() {
     // Rights at grant time: A's track is embargoed until its release time; B's plays.
     assert_eq!(grant(&c, &stack.info, &created.track_id).await, "embargoed");
     assert_eq!(grant(&c, &stack.info, &fresh.track_id).await, "ok");
+    // Each grant is a play, written to the catalogue in batches.
+    assert_eq!(stack.control_plane.flush_plays().await.unwrap(), 1);
+    assert_eq!(stack.control_plane.flush_plays().await.unwrap(), 0);
+    let docs = store.search_docs(0).await.unwrap();
+    let played = docs
+        .iter()
+        .find(|d| d.hit.id == fresh.track_id.as_str())
+        .unwrap();
+    assert_eq!(played.hit.popularity, 1);
     // A cannot take B's track down; B can, and from then on no grant is issued.
     let theirs_url = format!("{}/v1/tracks/{}", stack.info.origin, fresh.track_id);
     assert_eq!(

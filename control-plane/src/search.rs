@@ -125,8 +125,8 @@ struct Snapshot {
     delta: Arc<Segment>,
     /// Sequence numbers of the delta's documents, by position in `delta_docs`.
     delta_docs: Vec<(u64, SearchDoc)>,
-    /// Keys removed since the base was built and not in the delta.
-    removed: Vec<(Kind, String)>,
+    /// Keys removed since the base was built and not in the delta, with their sequence.
+    removed: Vec<(u64, (Kind, String))>,
 }
 
 /// The search index: a snapshot behind a lock held only to swap it.
@@ -221,21 +221,54 @@ impl SearchIndex {
         }
     }
 
-    /// Replaces everything with a fresh base over `docs` (at start, or to re-rank by plays).
+    /// Replaces everything with a fresh base over `docs` (at start).
     pub fn reset(&self, docs: Vec<SearchDoc>) {
+        self.reset_keeping(docs, u64::MAX);
+    }
+
+    /// The sequence number the next change will get: read it before reading the documents
+    /// for [`SearchIndex::reset_keeping`].
+    pub fn sequence(&self) -> u64 {
+        self.next_seq.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Replaces the base with one over `docs` (read from the catalogue after
+    /// [`SearchIndex::sequence`] returned `since`), keeping every change made from `since`
+    /// on, which `docs` may not show. Slow for a large catalogue: call it off the runtime.
+    pub fn reset_keeping(&self, docs: Vec<SearchDoc>, since: u64) {
         let base = Arc::new(Segment::build(docs));
         let mut guard = match self.current.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let generation = guard.generation + 1;
+        let old = guard.clone();
+        let delta_docs: Vec<(u64, SearchDoc)> = old
+            .delta_docs
+            .iter()
+            .filter(|(s, _)| *s >= since)
+            .cloned()
+            .collect();
+        let removed: Vec<(u64, (Kind, String))> = old
+            .removed
+            .iter()
+            .filter(|(s, _)| *s >= since)
+            .cloned()
+            .collect();
+        let hidden = delta_docs
+            .iter()
+            .map(|(_, d)| (d.hit.kind, d.hit.id.clone()))
+            .chain(removed.iter().map(|(_, k)| k.clone()))
+            .filter_map(|(k, id)| base.position(k, &id))
+            .collect();
         *guard = Arc::new(Snapshot {
-            generation,
+            generation: old.generation + 1,
             base,
-            hidden: RoaringBitmap::new(),
-            delta: Arc::new(Segment::build(Vec::new())),
-            delta_docs: Vec::new(),
-            removed: Vec::new(),
+            hidden,
+            delta: Arc::new(Segment::build(
+                delta_docs.iter().map(|(_, d)| d.clone()).collect(),
+            )),
+            delta_docs,
+            removed,
         });
     }
 
@@ -255,11 +288,15 @@ impl SearchIndex {
                 .filter(|(_, d)| (d.hit.kind, &d.hit.id) != (key.0, &key.1))
                 .cloned()
                 .collect();
-            let mut removed: Vec<(Kind, String)> =
-                old.removed.iter().filter(|k| **k != key).cloned().collect();
+            let mut removed: Vec<(u64, (Kind, String))> = old
+                .removed
+                .iter()
+                .filter(|(_, k)| *k != key)
+                .cloned()
+                .collect();
             match doc {
                 Some(d) => delta_docs.push((seq, d)),
-                None => removed.push(key.clone()),
+                None => removed.push((seq, key.clone())),
             }
             let mut hidden = old.hidden.clone();
             if let Some(n) = old.base.position(key.0, &key.1) {
@@ -321,16 +358,16 @@ impl SearchIndex {
                 .cloned()
                 .collect();
             // What was removed after the rebuild began is still hidden in the new base.
-            let removed_since: Vec<(Kind, String)> = now
+            let removed_since: Vec<(u64, (Kind, String))> = now
                 .removed
                 .iter()
-                .filter(|k| !start.removed.contains(k))
+                .filter(|r| !start.removed.contains(r))
                 .cloned()
                 .collect();
             let hidden = newer
                 .iter()
                 .map(|(_, d)| (d.hit.kind, d.hit.id.clone()))
-                .chain(removed_since.iter().cloned())
+                .chain(removed_since.iter().map(|(_, k)| k.clone()))
                 .filter_map(|(k, id)| base.position(k, &id))
                 .collect();
             *guard = Arc::new(Snapshot {
@@ -567,6 +604,23 @@ mod tests {
         assert_eq!(idx.len(), 6 + LIMIT + 1 - 1);
         assert!(idx.search(&q("wanderer"), 0).hits.is_empty());
         assert_eq!(ids(&idx.search(&q("filler 64"), 0)), ["t64"]);
+    }
+
+    #[test]
+    fn a_reset_keeps_changes_made_while_its_documents_were_read() {
+        let idx = index();
+        let since = idx.sequence();
+        // Read from the catalogue: every document, re-ranked; meanwhile a track arrives
+        // and another is taken down.
+        let docs: Vec<SearchDoc> = idx.snapshot().base.docs().to_vec();
+        idx.upsert(track("late", "Wonder Late", "Newcomer", 50_000));
+        idx.remove(Kind::Track, "wonderwall");
+        idx.reset_keeping(docs, since);
+        assert_eq!(
+            ids(&idx.search(&q("wonder"), 0))[..2],
+            ["late", "wonderful"]
+        );
+        assert_eq!(idx.len(), 6);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct ControlPlane {
     config: ControlPlaneConfig,
     store: Store,
     search: Arc<SearchIndex>,
+    /// Grants per track since the last [`ControlPlane::flush_plays`].
+    plays: std::sync::Mutex<std::collections::HashMap<TrackId, u64>>,
     signing: SigningKey,
     jobs_queued: Notify,
 }
@@ -129,7 +131,44 @@ impl ControlPlane {
             signing,
             jobs_queued: Notify::new(),
             search: Arc::new(SearchIndex::new(Vec::new())),
+            plays: Default::default(),
         }
+    }
+
+    /// Writes the plays counted since the last call to the store; returns the tracks
+    /// updated. On a store error the counts are kept for the next call.
+    pub async fn flush_plays(&self) -> Result<usize, StoreError> {
+        let batch: Vec<(TrackId, u64)> = match self.plays.lock() {
+            Ok(mut p) => p.drain().collect(),
+            Err(poisoned) => poisoned.into_inner().drain().collect(),
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.add_plays(&batch).await {
+            let mut plays = match self.plays.lock() {
+                Ok(p) => p,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (track, n) in batch {
+                *plays.entry(track).or_default() += n;
+            }
+            return Err(e);
+        }
+        Ok(batch.len())
+    }
+
+    /// Rebuilds the search index's base from the store, off the async runtime, so plays
+    /// re-rank it; changes made meanwhile are kept. Returns the documents indexed.
+    pub async fn refresh_search(&self) -> Result<usize, StoreError> {
+        let since = self.search.sequence();
+        let docs = self.store.search_docs(now_secs()).await?;
+        let n = docs.len();
+        let index = self.search.clone();
+        tokio::task::spawn_blocking(move || index.reset_keeping(docs, since))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("search rebuild failed: {e}")))?;
+        Ok(n)
     }
 
     /// Builds the search index from the store; returns the documents indexed. Run at start
@@ -507,6 +546,15 @@ impl ControlPlane {
             &self.config.grants,
             now,
         );
+        match self.plays.lock() {
+            Ok(mut p) => *p.entry(track.track_id.clone()).or_default() += 1,
+            Err(poisoned) => {
+                *poisoned
+                    .into_inner()
+                    .entry(track.track_id.clone())
+                    .or_default() += 1
+            }
+        }
         Ok(json_response(StatusCode::OK, &grant))
     }
 }

@@ -448,7 +448,16 @@ async fn search_documents_follow_the_catalogue() {
         // Not ready yet: nothing to find.
         assert!(s.search_docs(100).await.unwrap().is_empty(), "{}", t.name());
         finish_all(s).await;
+        s.add_plays(&[(id.clone(), 5)]).await.unwrap();
+        s.add_plays(&[(id.clone(), 2)]).await.unwrap();
         let docs = s.search_docs(100).await.unwrap();
+        // Plays are every document's popularity: the track's own, summed for its album and
+        // artists.
+        assert!(
+            docs.iter().all(|d| d.hit.popularity == 7),
+            "{}: {docs:?}",
+            t.name()
+        );
         let kinds: HashSet<Kind> = docs.iter().map(|d| d.hit.kind).collect();
         assert_eq!(docs.len(), 4, "track, album, artist and guest: {docs:?}");
         assert_eq!(kinds.len(), 3);

@@ -61,7 +61,6 @@ fn builder(budget: u8) -> &'static LevenshteinAutomatonBuilder {
 #[derive(Default)]
 struct WordMatch {
     by_typos: [RoaringBitmap; 3],
-    in_title: RoaringBitmap,
     /// The typos this word may carry.
     budget: u8,
     /// `within[d]`: documents matched with at most `d` typos (after [`WordMatch::settle`]).
@@ -86,7 +85,6 @@ impl WordMatch {
     fn narrowed(&self, to: &RoaringBitmap) -> WordMatch {
         WordMatch {
             by_typos: self.by_typos.clone().map(|b| b & to),
-            in_title: &self.in_title & to,
             budget: self.budget,
             within: self.within.clone().map(|b| b & to),
         }
@@ -110,13 +108,24 @@ impl WordTerms<'_> {
         self.lists.iter().flatten().map(|b| b.len()).sum()
     }
 
+    /// What unioning the word's lists whole costs: nothing for a single list.
+    fn union_cost(&self) -> u64 {
+        if self.lists.iter().map(Vec::len).sum::<usize>() <= 1 {
+            0
+        } else {
+            self.weight()
+        }
+    }
+
     /// The word's matches, among `within` when given. A many-way union is far cheaper than
     /// folding lists in one at a time, and intersecting each list with a small candidate set
-    /// first is cheaper still.
+    /// first is cheaper still. Title matches are left for [`WordTerms::in_title`].
     fn matches(&self, within: Option<&RoaringBitmap>) -> WordMatch {
-        let union = |lists: &[&RoaringBitmap]| match within {
-            None => lists.iter().copied().union(),
-            Some(c) => lists.iter().map(|l| *l & c).union(),
+        let union = |lists: &[&RoaringBitmap]| match (within, lists) {
+            (_, []) => RoaringBitmap::new(),
+            (None, [one]) => (*one).clone(),
+            (None, _) => lists.iter().copied().union(),
+            (Some(c), _) => lists.iter().map(|l| *l & c).union(),
         };
         WordMatch {
             by_typos: [
@@ -124,11 +133,15 @@ impl WordTerms<'_> {
                 union(&self.lists[1]),
                 union(&self.lists[2]),
             ],
-            in_title: union(&self.titles),
             budget: self.budget,
             ..WordMatch::default()
         }
         .settle()
+    }
+
+    /// The documents among `among` where the word matched in the title.
+    fn in_title(&self, among: &RoaringBitmap) -> RoaringBitmap {
+        self.titles.iter().map(|l| *l & among).union()
     }
 }
 
@@ -336,8 +349,14 @@ impl Segment {
             .collect();
         // Every word must match: start from the rarest, and take each further word only
         // where the words before it matched.
+        // The first word is unioned whole, so it is the cheapest to union (a single list
+        // costs nothing); the rest narrow the candidates smallest first.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| terms[i].weight());
+        if let Some(cheapest) = (0..n).min_by_key(|&i| (terms[i].union_cost(), terms[i].weight())) {
+            order.retain(|&i| i != cheapest);
+            order.insert(0, cheapest);
+        }
         let mut matches: Vec<Option<WordMatch>> = (0..n).map(|_| None).collect();
         let mut all: Option<RoaringBitmap> = None;
         for &i in &order {
@@ -362,7 +381,9 @@ impl Segment {
         if total == 0 {
             return (Vec::new(), 0);
         }
-        let in_title = intersect(order.iter().map(|&i| matches[i].in_title.clone())) & &all;
+        let in_title = order
+            .iter()
+            .fold(all.clone(), |acc, &i| terms[i].in_title(&acc));
         let mut out = Vec::with_capacity(want);
         let mut seen = RoaringBitmap::new();
         // Rule 1, typos: buckets of at most 0, 1, 2 typos in all, then the rest.

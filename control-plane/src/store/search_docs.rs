@@ -40,6 +40,23 @@ const TRACK_COLUMNS: &str =
     "t.id, t.title, t.artist, t.album, t.plays, t.release_at, t.taken_down_at";
 
 impl Store {
+    /// Adds plays counted since the last call, in one transaction.
+    pub async fn add_plays(&self, plays: &[(TrackId, u64)]) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let out = async {
+            for (track, n) in plays {
+                sqlx::query("UPDATE tracks SET plays = plays + $1 WHERE id = $2")
+                    .bind(i64::try_from(*n).unwrap_or(i64::MAX))
+                    .bind(track.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        super::finish(tx, out).await
+    }
+
     /// Every searchable document: ready tracks not taken down by `now`, and the albums and
     /// artists they belong to.
     pub async fn search_docs(&self, now: u64) -> Result<Vec<SearchDoc>, StoreError> {

@@ -18,7 +18,10 @@ use search_data::{peak_rss_mb, percentile, typo_budget, words};
 
 fn main() -> tantivy::Result<()> {
     let mut args = std::env::args().skip(1);
-    let tracks: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let tracks: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let queries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2_000);
     let catalogue = search_data::catalogue(tracks);
     let cases = search_data::queries(&catalogue, queries);

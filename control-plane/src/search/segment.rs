@@ -381,9 +381,6 @@ impl Segment {
         if total == 0 {
             return (Vec::new(), 0);
         }
-        let in_title = order
-            .iter()
-            .fold(all.clone(), |acc, &i| terms[i].in_title(&acc));
         let mut out = Vec::with_capacity(want);
         let mut seen = RoaringBitmap::new();
         // Rule 1, typos: buckets of at most 0, 1, 2 typos in all, then the rest.
@@ -394,8 +391,18 @@ impl Segment {
                 within_total(&matches, &order, typos) - &seen
             };
             seen |= &bucket;
-            // Rule 2, attribute: every word found in the title first.
-            let title_first = &bucket & &in_title;
+            if bucket.is_empty() {
+                continue;
+            }
+            // Rule 2, attribute: every word found in the title first (worked out only for
+            // the buckets walked, rarest word first).
+            let title_first = order.iter().fold(bucket.clone(), |acc, &i| {
+                if acc.is_empty() {
+                    acc
+                } else {
+                    terms[i].in_title(&acc)
+                }
+            });
             let rest = &bucket - &title_first;
             for (sub, docs) in [(0u8, title_first), (1, rest)] {
                 // Rule 3, popularity: document numbers are popularity ranks.

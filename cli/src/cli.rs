@@ -147,6 +147,10 @@ pub enum Command {
             hide_env_values = true
         )]
         database_url: Option<String>,
+        /// Make a new master key for content keys and re-seal every content key under it
+        /// at start (no audio is touched); the old master keys are dropped once done.
+        #[arg(long)]
+        rotate_master_key: bool,
     },
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {

@@ -55,9 +55,11 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             edge_read_ahead,
             s3,
             database_url,
+            rotate_master_key,
         } => {
             let mut config = StackConfig::new(&data);
             config.database_url = database_url;
+            config.rotate_master_key = rotate_master_key;
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.edge_read_ahead = edge_read_ahead;
             config.s3 = s3.config()?;

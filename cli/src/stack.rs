@@ -6,7 +6,7 @@
 //! | path | what |
 //! |---|---|
 //! | `cluster.json` | URLs, label key and CA path, for `cadenza ingest` / `play` |
-//! | `secrets.json` | service, label and edge credentials (mode 0600) |
+//! | `secrets.json` | service, label and edge credentials, master keys (mode 0600) |
 //! | `tls/cert.pem`, `tls/key.pem` | the self-signed certificate every service presents |
 //! | `keys/edge-token-k1.pk8` | the Ed25519 key that signs edge tokens (mode 0600) |
 //! | `catalogue.sqlite` | the control plane's database |
@@ -24,7 +24,9 @@ use cadenza_common::http::client::{HttpClient, https_client};
 use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
-use cadenza_control_plane::{ControlPlane, ControlPlaneConfig, GrantPolicy, Store};
+use cadenza_control_plane::{
+    ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store,
+};
 use cadenza_edge::{
     DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath,
     UnknownCountry, UpstreamConfig, serve_h3,
@@ -80,6 +82,8 @@ pub struct StackConfig {
     /// The control plane's database URL (PostgreSQL in production); `None` keeps the
     /// catalogue in `{data}/catalogue.sqlite`.
     pub database_url: Option<String>,
+    /// Re-seal every content key under a new master key at start.
+    pub rotate_master_key: bool,
 }
 
 impl StackConfig {
@@ -106,6 +110,7 @@ impl StackConfig {
             extra_origins_first: false,
             s3: None,
             database_url: None,
+            rotate_master_key: false,
         }
     }
 }
@@ -165,6 +170,10 @@ struct Secrets {
     /// load when an older data directory lacks it).
     #[serde(default = "secret")]
     admin_token: String,
+    /// Master keys sealing content keys in the catalogue, `ID:HEX`; the first seals, the
+    /// others only open (made on load when an older data directory lacks one).
+    #[serde(default)]
+    master_keys: Vec<String>,
 }
 
 /// A running stack.
@@ -291,6 +300,7 @@ fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
         label_key: secret(),
         edge_key: secret(),
         admin_token: secret(),
+        master_keys: vec![MasterKey::generate().to_text()],
     };
     write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
     Ok(secrets)
@@ -378,10 +388,44 @@ impl Stack {
         let limits = ServerLimits::default();
         let mut tasks = Vec::new();
 
+        if secrets.master_keys.is_empty() || config.rotate_master_key {
+            secrets
+                .master_keys
+                .insert(0, MasterKey::generate().to_text());
+            write_private(
+                &data.join("secrets.json"),
+                &serde_json::to_vec_pretty(&secrets)?,
+            )?;
+        }
+        let masters = secrets
+            .master_keys
+            .iter()
+            .map(|k| MasterKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .context("secrets.json: master_keys")?;
+        let current = masters[0].clone();
         let store = match &config.database_url {
             Some(url) => Store::open(url).await?,
             None => Store::open_sqlite(&data.join("catalogue.sqlite")).await?,
-        };
+        }
+        .with_master_keys(KeyRing::new(current.clone(), masters));
+        // Content keys stored in the clear or under an older master key are sealed under
+        // the current one; once all are, the older keys are no longer needed.
+        let resealed = store.reseal_keys().await?;
+        if resealed > 0 {
+            tracing::info!(
+                keys = resealed,
+                master_key = current.id(),
+                "content keys sealed"
+            );
+        }
+        if secrets.master_keys.len() > 1 {
+            secrets.master_keys.truncate(1);
+            write_private(
+                &data.join("secrets.json"),
+                &serde_json::to_vec_pretty(&secrets)?,
+            )?;
+        }
         // The embedded stack's own label ("default") and its key, which `cadenza ingest`
         // uses. A data directory from before labels had keys gets a real one here.
         if store.verify_label_key(&secrets.label_key).await?.is_none() {

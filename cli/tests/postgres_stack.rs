@@ -1,5 +1,6 @@
 //! The whole stack with its catalogue on PostgreSQL: a master is ingested, transcoded and
-//! played; a restarted stack on the same database still has the track and plays it.
+//! played; a restarted stack on the same database still has the track and plays it, after
+//! re-sealing its content keys under a new master key.
 //! Needs `CADENZA_POSTGRES_URL` (an admin URL, as `.ci/postgres.sh start` prints).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -59,9 +60,36 @@ async fn the_stack_runs_on_postgres_and_survives_a_restart() {
     assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
     // Nothing of the catalogue went to the data directory.
     assert!(!dir.path().join("data/catalogue.sqlite").exists());
+    let sealed_under = sealed_keys(&stack).await;
+    assert_eq!(
+        sealed_under.len(),
+        1,
+        "every key under one master key: {sealed_under:?}"
+    );
     stack.shutdown().await;
 
-    let stack = Stack::start(config()).await.unwrap();
+    // Restart with a new master key: every content key is sealed again, the audio untouched.
+    let mut rotating = config();
+    rotating.rotate_master_key = true;
+    let stack = Stack::start(rotating).await.unwrap();
+    let now_under = sealed_keys(&stack).await;
+    assert_eq!(now_under.len(), 1);
+    assert_ne!(now_under, sealed_under);
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/secrets.json")).unwrap())
+            .unwrap();
+    let masters = secrets["master_keys"].as_array().unwrap();
+    assert_eq!(
+        masters.len(),
+        1,
+        "the old master key is dropped once all are re-sealed"
+    );
+    assert!(
+        masters[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", now_under[0]))
+    );
     let client = stack.client().unwrap();
     let player = Player::new(client.clone(), stack.info.control_plane.clone());
     let report = player
@@ -70,4 +98,25 @@ async fn the_stack_runs_on_postgres_and_survives_a_restart() {
         .unwrap();
     assert!((report.decoded.duration().as_secs_f64() - 7.0).abs() < 0.05);
     stack.shutdown().await;
+}
+
+/// The master key ids the stack's content keys are sealed under; checks none is in the clear.
+async fn sealed_keys(stack: &Stack) -> Vec<String> {
+    use sqlx::Row;
+    let rows = sqlx::query("SELECT key_hex, iv_hex, sealed_key FROM renditions")
+        .fetch_all(stack.control_plane.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r.get::<String, _>("key_hex"), "");
+            assert_eq!(r.get::<String, _>("iv_hex"), "");
+            let sealed: String = r.get("sealed_key");
+            sealed.split(':').nth(1).unwrap().to_owned()
+        })
+        .collect();
+    ids.dedup();
+    ids
 }

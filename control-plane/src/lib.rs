@@ -14,4 +14,6 @@ mod store;
 
 pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
-pub use store::{Backend, Registered, Released, Store, StoreError, name_key, retry_delay};
+pub use store::{
+    Backend, KeyRing, MasterKey, Registered, Released, Store, StoreError, name_key, retry_delay,
+};

@@ -36,8 +36,11 @@ pub enum StoreError {
 }
 
 mod catalogue;
+mod keyring;
 mod labels;
 mod search_docs;
+
+pub use keyring::{KeyRing, MasterKey};
 
 pub use catalogue::name_key;
 
@@ -79,6 +82,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_licences.sql")),
     (9, include_str!("../migrations/0009_artists_albums.sql")),
     (10, include_str!("../migrations/0010_plays.sql")),
+    (11, include_str!("../migrations/0011_sealed_keys.sql")),
 ];
 
 /// The same schema for PostgreSQL: 64-bit integers and double-precision reals, so every
@@ -103,6 +107,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/postgres/0009_artists_albums.sql"),
     ),
     (10, include_str!("../migrations/postgres/0010_plays.sql")),
+    (
+        11,
+        include_str!("../migrations/postgres/0011_sealed_keys.sql"),
+    ),
 ];
 
 /// The PostgreSQL advisory lock migrations hold ("cadenza" in ASCII).
@@ -124,6 +132,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Seals and opens content keys; without one they are stored in the clear.
+    ring: Option<std::sync::Arc<KeyRing>>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -210,7 +220,11 @@ impl Store {
             }
             Backend::Postgres => options.max_connections(16).connect(url).await?,
         };
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            ring: None,
+        };
         store.migrate().await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -227,6 +241,24 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// This store, sealing content keys under `ring`'s current master key from now on.
+    /// Call [`Store::reseal_keys`] to seal those stored before.
+    pub fn with_master_keys(mut self, ring: KeyRing) -> Self {
+        self.ring = Some(std::sync::Arc::new(ring));
+        self
+    }
+
+    fn ring(&self) -> Result<&KeyRing, StoreError> {
+        self.ring
+            .as_deref()
+            .ok_or_else(|| StoreError::Invalid("no master key is configured".into()))
+    }
+
+    /// The connection pool, for operator tools and tests that look at rows directly.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Which database this store runs on.
@@ -635,19 +667,25 @@ impl Store {
                     features,
                 } => {
                     for r in renditions {
+                        let sealed = match &self.ring {
+                            Some(ring) => Some(ring.seal(&r.file_id, &r.key)?),
+                            None => None,
+                        };
+                        let clear = |hex: String| if sealed.is_some() { String::new() } else { hex };
                         sqlx::query(
-                            "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            "INSERT INTO renditions (file_id, track_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index, sealed_key)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                         )
                         .bind(r.file_id.as_str())
                         .bind(&track_id)
                         .bind(r.quality.as_str())
                         .bind(r.size as i64)
                         .bind(i64::from(r.bitrate_kbps))
-                        .bind(r.key.key_hex())
-                        .bind(r.key.iv_hex())
+                        .bind(clear(r.key.key_hex()))
+                        .bind(clear(r.key.iv_hex()))
                         .bind(&r.plaintext_sha256)
                         .bind(serde_json::to_string(&r.seek_index).map_err(corrupt)?)
+                        .bind(sealed.as_deref())
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -780,7 +818,7 @@ impl Store {
     /// A track's renditions with their keys, lowest tier first.
     pub async fn renditions(&self, id: &TrackId) -> Result<Vec<RenditionRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index FROM renditions WHERE track_id = $1",
+            "SELECT file_id, quality, size, bitrate_kbps, key_hex, iv_hex, plaintext_sha256, seek_index, sealed_key FROM renditions WHERE track_id = $1",
         )
         .bind(id.as_str())
         .fetch_all(&self.pool)
@@ -788,16 +826,21 @@ impl Store {
         let mut out = rows
             .iter()
             .map(|row| {
-                Ok(RenditionRecord {
-                    quality: parse::<Quality>(&row.try_get::<String, _>("quality")?)?,
-                    file_id: parse::<FileId>(&row.try_get::<String, _>("file_id")?)?,
-                    size: row.try_get::<i64, _>("size")? as u64,
-                    bitrate_kbps: row.try_get::<i64, _>("bitrate_kbps")? as u32,
-                    key: ContentKey::from_hex(
+                let file_id = parse::<FileId>(&row.try_get::<String, _>("file_id")?)?;
+                let key = match row.try_get::<Option<String>, _>("sealed_key")? {
+                    Some(sealed) => self.ring()?.open(&file_id, &sealed)?,
+                    None => ContentKey::from_hex(
                         &row.try_get::<String, _>("key_hex")?,
                         &row.try_get::<String, _>("iv_hex")?,
                     )
                     .map_err(corrupt)?,
+                };
+                Ok(RenditionRecord {
+                    quality: parse::<Quality>(&row.try_get::<String, _>("quality")?)?,
+                    file_id,
+                    size: row.try_get::<i64, _>("size")? as u64,
+                    bitrate_kbps: row.try_get::<i64, _>("bitrate_kbps")? as u32,
+                    key,
                     plaintext_sha256: row.try_get("plaintext_sha256")?,
                     seek_index: serde_json::from_str(&row.try_get::<String, _>("seek_index")?)
                         .map_err(corrupt)?,

@@ -512,3 +512,123 @@ async fn search_documents_follow_the_catalogue() {
         assert!(find("oasis", "GB", 3_001).is_empty());
     }
 }
+
+/// Registers a track and completes its job with fresh file ids; returns the renditions sent.
+async fn ready_track(s: &Store, label: &str, master: &str) -> Vec<RenditionRecord> {
+    s.create_track(&registration(label, None, master), 10)
+        .await
+        .unwrap();
+    let job = s
+        .lease_job(50, Duration::from_secs(60), 3)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut outcome = completed();
+    let JobOutcome::Completed { renditions, .. } = &mut outcome else {
+        unreachable!()
+    };
+    for r in renditions.iter_mut() {
+        r.file_id = FileId::random();
+    }
+    let sent = renditions.clone();
+    let track = s.complete_job(&job.job_id, &outcome).await.unwrap();
+    assert_eq!(s.renditions(&track).await.unwrap(), sent);
+    sent
+}
+
+/// The stored form of each rendition's key: (clear key hex, sealed key).
+async fn stored_keys(s: &Store) -> Vec<(String, Option<String>)> {
+    use sqlx::Row;
+    sqlx::query("SELECT key_hex, sealed_key FROM renditions ORDER BY file_id")
+        .fetch_all(s.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("key_hex"), r.get("sealed_key")))
+        .collect()
+}
+
+#[tokio::test]
+async fn content_keys_are_sealed_at_rest_and_a_master_key_rotation_reseals_them() {
+    use cadenza_control_plane::{KeyRing, MasterKey};
+    for t in support::stores().await {
+        let clear = &t.store;
+        let a = clear.ensure_label("A", 1).await.unwrap();
+        // A catalogue from before envelope encryption: keys in the clear.
+        let early = ready_track(clear, &a, &"08".repeat(32)).await;
+        assert!(
+            stored_keys(clear)
+                .await
+                .iter()
+                .all(|(k, s)| k.len() == 32 && s.is_none())
+        );
+
+        let first = MasterKey::generate();
+        let sealed = clear
+            .clone()
+            .with_master_keys(KeyRing::new(first.clone(), []));
+        let late = ready_track(&sealed, &a, &"09".repeat(32)).await;
+        assert_eq!(sealed.reseal_keys().await.unwrap(), 3, "{}", t.name());
+        let prefix = format!("v1:{}:", first.id());
+        let keys = stored_keys(&sealed).await;
+        assert!(
+            keys.iter()
+                .all(|(k, s)| k.is_empty() && s.as_deref().is_some_and(|s| s.starts_with(&prefix))),
+            "{keys:?}"
+        );
+
+        // Rotation: a new master key seals everything again; the content keys are the same.
+        let second = MasterKey::generate();
+        let rotated = clear
+            .clone()
+            .with_master_keys(KeyRing::new(second.clone(), [first.clone()]));
+        assert_eq!(rotated.reseal_keys().await.unwrap(), 6);
+        assert_eq!(rotated.reseal_keys().await.unwrap(), 0, "idempotent");
+        let only_new = clear.clone().with_master_keys(KeyRing::new(second, []));
+        let only_old = clear.clone().with_master_keys(KeyRing::new(first, []));
+        for sent in [&early, &late] {
+            let track = {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT track_id FROM renditions WHERE file_id = $1")
+                    .bind(sent[0].file_id.as_str())
+                    .fetch_one(clear.pool())
+                    .await
+                    .unwrap();
+                row.get::<String, _>("track_id").parse().unwrap()
+            };
+            assert_eq!(&only_new.renditions(&track).await.unwrap(), sent);
+            // The retired key opens nothing any more, and without a key nothing opens.
+            assert!(matches!(
+                only_old.renditions(&track).await,
+                Err(StoreError::Invalid(_))
+            ));
+            assert!(clear.renditions(&track).await.is_err());
+        }
+
+        // A sealed key moved to another rendition does not open there.
+        sqlx::query(
+            "UPDATE renditions SET sealed_key = (SELECT sealed_key FROM renditions WHERE file_id = $1)
+             WHERE file_id = $2",
+        )
+        .bind(early[0].file_id.as_str())
+        .bind(early[1].file_id.as_str())
+        .execute(clear.pool())
+        .await
+        .unwrap();
+        let track = {
+            use sqlx::Row;
+            sqlx::query("SELECT track_id FROM renditions WHERE file_id = $1")
+                .bind(early[1].file_id.as_str())
+                .fetch_one(clear.pool())
+                .await
+                .unwrap()
+                .get::<String, _>("track_id")
+                .parse()
+                .unwrap()
+        };
+        assert!(matches!(
+            only_new.renditions(&track).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

@@ -772,3 +772,76 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
     assert_eq!(stack.edge.cache().metrics().disk_hits.get(), slices - 1);
     stack.shutdown().await;
 }
+
+/// `/openapi.json` passes an OpenAPI validator not written here, and every path it describes
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_is_valid_and_every_path_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let (client, _player, view) = ready_track(&stack, "mono.flac", "Described").await;
+    let base = &stack.info.control_plane;
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let url = format!("{base}{path}");
+            let resp = client
+                .request(client::request(Method::GET, &url, None, empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = client::read_all(resp.into_body(), &url).await.unwrap();
+            (status, body)
+        }
+    };
+    let (status, body) = get("/openapi.json".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    let spec: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, &body).unwrap();
+    let python = std::env::var("CADENZA_PYTHON").unwrap_or_else(|_| "python3".into());
+    match Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) if out.status.success() => {}
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+            skip_or_fail("openapi-spec-validator (Python)")
+        }
+        Ok(out) => panic!(
+            "the OpenAPI validator refused /openapi.json:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => skip_or_fail("python"),
+    }
+    // Every described GET answers something other than "no such endpoint".
+    let track = view.track_id.to_string();
+    let album = view
+        .album_id
+        .clone()
+        .map_or_else(|| "0".repeat(24), |a| a.to_string());
+    let artist = view.artist_id.clone().unwrap().to_string();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        if item.get("get").is_none() {
+            continue;
+        }
+        let concrete = match path.as_str() {
+            "/v1/tracks/{id}" => format!("/v1/tracks/{track}"),
+            "/v1/albums/{id}" => format!("/v1/albums/{album}"),
+            "/v1/artists/{id}" => format!("/v1/artists/{artist}"),
+            "/v1/search" => "/v1/search?q=described".into(),
+            p => p.to_owned(),
+        };
+        let (status, body) = get(concrete.clone()).await;
+        assert!(
+            status.is_success() || (path == "/v1/albums/{id}" && status == StatusCode::NOT_FOUND),
+            "{concrete}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    stack.shutdown().await;
+}

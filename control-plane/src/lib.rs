@@ -7,6 +7,7 @@
 //! SQLite is the embedded default and PostgreSQL the production store, behind one [`Store`].
 
 mod grant;
+pub mod openapi;
 pub mod rights;
 pub mod search;
 mod service;

@@ -18,6 +18,7 @@
 //! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
 //! | `POST /internal/v1/jobs/{id}/release` | transcoder | hand back a failed attempt (retried with backoff) |
 //! | `GET /healthz` | anyone | liveness |
+//! | `GET /openapi.json` | anyone | the OpenAPI 3.1 description of the public endpoints |
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -212,6 +213,9 @@ impl ControlPlane {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => Ok(health()),
+            (Method::GET, ["openapi.json"]) => {
+                Ok(json_response(StatusCode::OK, &crate::openapi::spec()))
+            }
             (Method::POST, ["v1", "playback"]) => self.playback(req, conn).await,
             (Method::GET, ["v1", "search"]) => self.search(&req, &conn),
             (Method::GET, ["v1", "albums", id]) => {

@@ -147,6 +147,7 @@ async fn run(
             },
             geo: None,
             trusted_proxies: Vec::new(),
+            auth: Default::default(),
         },
         store,
         signing,

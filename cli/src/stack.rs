@@ -25,7 +25,7 @@ use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
 use cadenza_control_plane::{
-    ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store,
+    ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store, auth::AuthConfig,
 };
 use cadenza_edge::{
     DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath,
@@ -174,6 +174,9 @@ struct Secrets {
     /// others only open (made on load when an older data directory lacks one).
     #[serde(default)]
     master_keys: Vec<String>,
+    /// Signs listeners' access tokens (made on load when missing).
+    #[serde(default = "secret")]
+    access_token_key: String,
 }
 
 /// A running stack.
@@ -301,6 +304,7 @@ fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
         edge_key: secret(),
         admin_token: secret(),
         master_keys: vec![MasterKey::generate().to_text()],
+        access_token_key: secret(),
     };
     write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
     Ok(secrets)
@@ -464,6 +468,10 @@ impl Stack {
                 },
                 geo: geo.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
+                auth: AuthConfig {
+                    access_token_key: secrets.access_token_key.as_bytes().to_vec(),
+                    ..AuthConfig::default()
+                },
             },
             store,
             signing,

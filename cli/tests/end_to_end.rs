@@ -837,11 +837,217 @@ async fn the_openapi_description_is_valid_and_every_path_is_served() {
             p => p.to_owned(),
         };
         let (status, body) = get(concrete.clone()).await;
+        let needs_token = item["get"].get("security").is_some();
         assert!(
-            status.is_success() || (path == "/v1/albums/{id}" && status == StatusCode::NOT_FOUND),
+            status.is_success()
+                || (path == "/v1/albums/{id}" && status == StatusCode::NOT_FOUND)
+                || (needs_token && status == StatusCode::UNAUTHORIZED),
             "{concrete}: {status} {}",
             String::from_utf8_lossy(&body)
         );
     }
+    stack.shutdown().await;
+}
+
+/// Sign-up, OAuth 2.0 password, refresh and client-credentials grants over HTTPS, a user's
+/// export and deletion, and the token endpoint's rate limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_sign_up_get_tokens_export_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start(dir.path()).await;
+    let client = stack.client().unwrap();
+    let base = stack.info.control_plane.clone();
+    let service = cadenza::stack::service_token(dir.path()).unwrap();
+    let call = |method: Method,
+                path: &str,
+                bearer: Option<String>,
+                body: Option<(&'static str, String)>| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let payload = body
+                .as_ref()
+                .map_or_else(Vec::new, |(_, b)| b.clone().into_bytes());
+            let mut req = client::request(
+                method,
+                &url,
+                bearer.as_deref(),
+                cadenza_common::http::full(payload),
+            )
+            .unwrap();
+            if let Some((ct, _)) = body {
+                req.headers_mut()
+                    .insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            }
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status();
+            let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+            let bytes = client::read_all(resp.into_body(), &url).await.unwrap();
+            let json = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+            (status, json, retry_after)
+        }
+    };
+    let json = |v: serde_json::Value| Some(("application/json", v.to_string()));
+    let form = |s: String| Some(("application/x-www-form-urlencoded", s));
+
+    let (status, made, _) = call(
+        Method::POST,
+        "/v1/accounts",
+        None,
+        json(serde_json::json!({"email": "ann@example.com", "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let (status, _, _) = call(
+        Method::POST,
+        "/v1/accounts",
+        None,
+        json(serde_json::json!({"email": "ANN@example.com", "password": "other password"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, app, _) = call(
+        Method::POST,
+        "/internal/v1/oauth-clients",
+        Some(service.clone()),
+        json(serde_json::json!({"name": "Player", "kind": "first_party"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_id = app["client_id"].as_str().unwrap().to_owned();
+
+    // The password grant, form-encoded as RFC 6749 has it (`+` and `%40` decoded).
+    let (status, tokens, _) = call(
+        Method::POST,
+        "/oauth/token",
+        None,
+        form(format!(
+            "grant_type=password&username=ann%40example.com&password=correct+horse&client_id={app_id}"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(tokens["token_type"], "Bearer");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let (status, wrong, _) = call(
+        Method::POST,
+        "/oauth/token",
+        None,
+        form(format!(
+            "grant_type=password&username=ann%40example.com&password=wrong&client_id={app_id}"
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, wrong["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    let (status, export, _) = call(Method::GET, "/v1/me/export", Some(access.clone()), None).await;
+    assert_eq!(status, StatusCode::OK, "{export}");
+    assert_eq!(export["email"], "ann@example.com");
+    assert_eq!(export["sessions"].as_array().unwrap().len(), 1);
+    let (status, _, _) = call(
+        Method::GET,
+        "/v1/me/export",
+        Some("at1.forged.x".into()),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A refresh token is good once.
+    let refresh_with = |t: &str| {
+        form(format!(
+            "grant_type=refresh_token&refresh_token={t}&client_id={app_id}"
+        ))
+    };
+    let (status, rotated, _) =
+        call(Method::POST, "/oauth/token", None, refresh_with(&refresh)).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_ne!(rotated["refresh_token"], tokens["refresh_token"]);
+    let (status, again, _) = call(Method::POST, "/oauth/token", None, refresh_with(&refresh)).await;
+    assert_eq!(
+        (status, again["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // Client credentials for a service; a first-party app may not use them.
+    let (_, svc, _) = call(
+        Method::POST,
+        "/internal/v1/oauth-clients",
+        Some(service.clone()),
+        json(serde_json::json!({"name": "Label backend", "kind": "service"})),
+    )
+    .await;
+    let (status, svc_token, _) = call(
+        Method::POST,
+        "/oauth/token",
+        None,
+        json(serde_json::json!({
+            "grant_type": "client_credentials",
+            "client_id": svc["client_id"],
+            "client_secret": svc["client_secret"],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{svc_token}");
+    assert!(svc_token.get("refresh_token").is_none());
+    // A service token is not a user's.
+    let (status, _, _) = call(
+        Method::GET,
+        "/v1/me/export",
+        svc_token["access_token"].as_str().map(str::to_owned),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(
+        Method::POST,
+        "/oauth/token",
+        None,
+        form(format!("grant_type=client_credentials&client_id={app_id}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Deleting the account ends it; its refresh token no longer works.
+    let (status, _, _) = call(Method::DELETE, "/v1/me", Some(access.clone()), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(Method::GET, "/v1/me/export", Some(access.clone()), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        Method::POST,
+        "/oauth/token",
+        None,
+        refresh_with(rotated["refresh_token"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The token endpoint limits each client: a burst, then 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..30 {
+        let (status, _, retry) = call(
+            Method::POST,
+            "/oauth/token",
+            None,
+            form("grant_type=password&username=x&password=y&client_id=cl_nobody".into()),
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = retry;
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let retry: u64 = limited
+        .expect("rate limited")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry), "{retry}");
     stack.shutdown().await;
 }

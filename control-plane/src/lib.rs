@@ -6,6 +6,7 @@
 //! fetch it from, and an edge token it signs with Ed25519. It never touches audio bytes.
 //! SQLite is the embedded default and PostgreSQL the production store, behind one [`Store`].
 
+pub mod auth;
 mod grant;
 pub mod openapi;
 pub mod rights;
@@ -16,5 +17,6 @@ mod store;
 pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
 pub use store::{
-    Backend, KeyRing, MasterKey, Registered, Released, Store, StoreError, name_key, retry_delay,
+    Backend, ClientKind, KeyRing, MasterKey, NewClient, Refreshed, Registered, Released, Store,
+    StoreError, UserExport, name_key, retry_delay,
 };

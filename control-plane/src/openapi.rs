@@ -14,6 +14,10 @@ pub const PUBLIC_PATHS: &[&str] = &[
     "/v1/albums/{id}",
     "/v1/artists/{id}",
     "/v1/edge-keys",
+    "/v1/accounts",
+    "/oauth/token",
+    "/v1/me",
+    "/v1/me/export",
 ];
 
 fn error_responses(codes: &[&str]) -> Value {
@@ -26,7 +30,9 @@ fn error_responses(codes: &[&str]) -> Value {
                     "400" => "The request is malformed.",
                     "403" => "The label withheld the track (taken_down, embargoed).",
                     "404" => "No such resource.",
-                    "409" => "The track is not ready (track_not_ready, track_failed).",
+                    "409" => "A conflict: the track is not ready (track_not_ready, track_failed), or the account exists.",
+                    "401" => "Missing or wrong credentials (unauthorized, invalid_client).",
+                    "429" => "Too many requests from this client; see Retry-After.",
                     "451" => "Not licensed where the listener is, or not now (licence_ended, not_yet_licensed, not_licensed).",
                     _ => "An error.",
                 },
@@ -69,11 +75,56 @@ pub fn spec() -> Value {
             "description": "Playback grants, the catalogue and search. Errors are JSON objects {\"error\": code, \"message\": text}."
         },
         "paths": paths(),
-        "components": {"schemas": schemas()}
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An access token from /oauth/token."}}
+        }
     })
 }
 
 fn paths() -> Value {
+    merge(paths_catalogue(), paths_accounts())
+}
+
+fn paths_accounts() -> Value {
+    let bearer = json!([{"bearer": []}]);
+    json!({
+        "/v1/accounts": {"post": {
+            "summary": "Sign up",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["email", "password"],
+                "properties": {"email": {"type": "string"}, "password": {"type": "string", "minLength": 8, "maxLength": 256}}
+            }}}},
+            "responses": merge(json!({"201": {"description": "The account.", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["user_id"], "properties": {"user_id": {"type": "string"}}
+            }}}}}), error_responses(&["400", "409", "429"]))
+        }},
+        "/oauth/token": {"post": {
+            "summary": "OAuth 2.0 tokens (RFC 6749)",
+            "description": "grant_type=password (first-party apps: username, password, client_id), refresh_token (first-party apps: refresh_token, client_id; each refresh token works once), client_credentials (services: client_id, client_secret). Rate limited per client.",
+            "requestBody": {"required": true, "content": {
+                "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/TokenRequest"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}
+            }},
+            "responses": merge(json!({"200": {"description": "Tokens.", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["access_token", "token_type", "expires_in"],
+                "properties": {"access_token": {"type": "string"}, "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer"}, "refresh_token": {"type": "string"}}
+            }}}}}), error_responses(&["400", "401", "429"]))
+        }},
+        "/v1/me": {"delete": {
+            "summary": "Delete the caller's account and sessions",
+            "security": bearer,
+            "responses": merge(json!({"204": {"description": "Deleted."}}), error_responses(&["401", "404"]))
+        }},
+        "/v1/me/export": {"get": {
+            "summary": "Everything stored about the caller",
+            "security": bearer,
+            "responses": merge(json!({"200": {"description": "The export.", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401", "404"]))
+        }}
+    })
+}
+
+fn paths_catalogue() -> Value {
     json!({
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive."}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI description.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -177,6 +228,11 @@ fn schemas() -> Value {
 
 fn schemas_grants() -> Value {
     json!({
+        "TokenRequest": {"type": "object", "required": ["grant_type", "client_id"], "properties": {
+            "grant_type": {"type": "string", "enum": ["password", "refresh_token", "client_credentials"]},
+            "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+            "username": {"type": "string"}, "password": {"type": "string"}, "refresh_token": {"type": "string"}
+        }},
         "Error": {"type": "object", "required": ["error", "message"], "properties": {
             "error": {"type": "string", "description": "A stable machine-readable code."},
             "message": {"type": "string"}

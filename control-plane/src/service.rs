@@ -17,6 +17,11 @@
 //! | `POST /internal/v1/jobs/{id}/heartbeat` | transcoder | extend the lease (`{"attempt": n}`) |
 //! | `POST /internal/v1/jobs/{id}/complete` | transcoder | report a job's outcome |
 //! | `POST /internal/v1/jobs/{id}/release` | transcoder | hand back a failed attempt (retried with backoff) |
+//! | `POST /v1/accounts` | anyone | sign up (`{"email", "password"}`) |
+//! | `POST /oauth/token` | apps, services | OAuth 2.0 tokens: password, refresh_token, client_credentials |
+//! | `GET /v1/me/export` | a user | everything stored about them |
+//! | `DELETE /v1/me` | a user | delete the account and its sessions |
+//! | `POST /internal/v1/oauth-clients` | operator tools | an OAuth client (`first_party` or `service`) |
 //! | `GET /healthz` | anyone | liveness |
 //! | `GET /openapi.json` | anyone | the OpenAPI 3.1 description of the public endpoints |
 
@@ -37,9 +42,12 @@ use tokio::sync::Notify;
 
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 
+use crate::auth::{AccessTokens, AuthConfig, RateLimiter};
 use crate::grant::{self, GrantPolicy};
 use crate::rights::{self, Refusal, TrackRights};
 use crate::search::{Query, SearchIndex};
+
+mod accounts;
 use crate::store::{Released, Store, StoreError};
 
 /// How the control plane is set up.
@@ -60,6 +68,8 @@ pub struct ControlPlaneConfig {
     pub geo: Option<Arc<ReloadingGeo>>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<Cidr>,
+    /// Accounts, OAuth tokens and their rate limits.
+    pub auth: AuthConfig,
 }
 
 /// The control plane service.
@@ -67,6 +77,9 @@ pub struct ControlPlane {
     config: ControlPlaneConfig,
     store: Store,
     search: Arc<SearchIndex>,
+    tokens: AccessTokens,
+    token_limiter: RateLimiter,
+    signup_limiter: RateLimiter,
     /// Grants per track since the last [`ControlPlane::flush_plays`].
     plays: std::sync::Mutex<std::collections::HashMap<TrackId, u64>>,
     signing: SigningKey,
@@ -93,6 +106,12 @@ struct Takedown {
     label_id: String,
     #[serde(default)]
     reason: String,
+}
+
+#[derive(serde::Deserialize)]
+struct NewOauthClient {
+    name: String,
+    kind: crate::store::ClientKind,
 }
 
 #[derive(serde::Deserialize)]
@@ -126,6 +145,10 @@ impl From<StoreError> for ApiError {
 impl ControlPlane {
     /// A control plane over `store`, signing edge tokens with `signing`.
     pub fn new(config: ControlPlaneConfig, store: Store, signing: SigningKey) -> Self {
+        let auth = &config.auth;
+        let tokens = AccessTokens::new(&auth.access_token_key);
+        let token_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
+        let signup_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
         Self {
             config,
             store,
@@ -133,6 +156,9 @@ impl ControlPlane {
             jobs_queued: Notify::new(),
             search: Arc::new(SearchIndex::new(Vec::new())),
             plays: Default::default(),
+            tokens,
+            token_limiter,
+            signup_limiter,
         }
     }
 
@@ -218,6 +244,19 @@ impl ControlPlane {
             }
             (Method::POST, ["v1", "playback"]) => self.playback(req, conn).await,
             (Method::GET, ["v1", "search"]) => self.search(&req, &conn),
+            (Method::POST, ["v1", "accounts"]) => self.sign_up(req, &conn).await,
+            (Method::POST, ["oauth", "token"]) => self.token(req, &conn).await,
+            (Method::GET, ["v1", "me", "export"]) => self.export_me(&req).await,
+            (Method::DELETE, ["v1", "me"]) => self.delete_me(&req).await,
+            (Method::POST, ["internal", "v1", "oauth-clients"]) => {
+                self.authorize_service(&req)?;
+                let body: NewOauthClient = read_json(req.into_body(), JSON_LIMIT).await?;
+                let client = self
+                    .store
+                    .create_client(&body.name, body.kind, now_secs())
+                    .await?;
+                Ok(json_response(StatusCode::CREATED, &client))
+            }
             (Method::GET, ["v1", "albums", id]) => {
                 let id: AlbumId = id.parse().map_err(|e: cadenza_common::IdError| {
                     ApiError::bad_request("bad_id", e.to_string())

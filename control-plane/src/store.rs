@@ -35,11 +35,13 @@ pub enum StoreError {
     Conflict(String),
 }
 
+mod accounts;
 mod catalogue;
 mod keyring;
 mod labels;
 mod search_docs;
 
+pub use accounts::{ClientKind, NewClient, Refreshed, UserExport};
 pub use keyring::{KeyRing, MasterKey};
 
 pub use catalogue::name_key;
@@ -83,6 +85,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../migrations/0009_artists_albums.sql")),
     (10, include_str!("../migrations/0010_plays.sql")),
     (11, include_str!("../migrations/0011_sealed_keys.sql")),
+    (12, include_str!("../migrations/0012_accounts.sql")),
 ];
 
 /// The same schema for PostgreSQL: 64-bit integers and double-precision reals, so every
@@ -111,6 +114,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         11,
         include_str!("../migrations/postgres/0011_sealed_keys.sql"),
     ),
+    (12, include_str!("../migrations/postgres/0012_accounts.sql")),
 ];
 
 /// The PostgreSQL advisory lock migrations hold ("cadenza" in ASCII).

@@ -632,3 +632,150 @@ async fn content_keys_are_sealed_at_rest_and_a_master_key_rotation_reseals_them(
         ));
     }
 }
+
+#[tokio::test]
+async fn accounts_sign_in_refresh_once_and_are_exported_and_deleted() {
+    use cadenza_control_plane::{ClientKind, Refreshed};
+    for t in support::stores().await {
+        let s = &t.store;
+        let user = s
+            .create_user("Ann@Example.com", "correct horse", 10)
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.create_user(" ann@example.COM", "another one", 11).await,
+            Err(StoreError::Conflict(_))
+        ));
+        for (email, pass) in [("not-an-email", "long enough"), ("b@example.com", "short")] {
+            assert!(matches!(
+                s.create_user(email, pass, 12).await,
+                Err(StoreError::Invalid(_))
+            ));
+        }
+        assert_eq!(
+            s.sign_in("ann@example.com", "correct horse")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(user.as_str())
+        );
+        assert_eq!(
+            s.sign_in("ann@example.com", "wrong horse").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.sign_in("nobody@example.com", "correct horse")
+                .await
+                .unwrap(),
+            None
+        );
+
+        let app = s
+            .create_client("Player", ClientKind::FirstParty, 10)
+            .await
+            .unwrap();
+        assert!(app.client_secret.is_none());
+        let svc = s
+            .create_client("Label backend", ClientKind::Service, 10)
+            .await
+            .unwrap();
+        let secret = svc.client_secret.clone().unwrap();
+        assert_eq!(
+            s.verify_client(&app.client_id, None).await.unwrap(),
+            Some(ClientKind::FirstParty)
+        );
+        assert_eq!(
+            s.verify_client(&app.client_id, Some("x")).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s.verify_client(&svc.client_id, Some(&secret))
+                .await
+                .unwrap(),
+            Some(ClientKind::Service)
+        );
+        assert_eq!(
+            s.verify_client(&svc.client_id, Some("wrong"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.verify_client(&svc.client_id, None).await.unwrap(), None);
+
+        // A refresh token works once, for its client, until it expires.
+        let first = s
+            .issue_refresh(&user, &app.client_id, 100, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.use_refresh(&first, &svc.client_id, 101, 1_000)
+                .await
+                .unwrap(),
+            Refreshed::Refused
+        );
+        let Refreshed::Rotated {
+            user_id,
+            token: second,
+        } = s
+            .use_refresh(&first, &app.client_id, 102, 1_000)
+            .await
+            .unwrap()
+        else {
+            panic!("{}: the first use rotates", t.name());
+        };
+        assert_eq!(user_id, user);
+        let expired = s
+            .issue_refresh(&user, &app.client_id, 100, 5)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.use_refresh(&expired, &app.client_id, 105, 1_000)
+                .await
+                .unwrap(),
+            Refreshed::Refused
+        );
+        // The first token again: someone holds a copy; every session of the user ends.
+        assert_eq!(
+            s.use_refresh(&first, &app.client_id, 103, 1_000)
+                .await
+                .unwrap(),
+            Refreshed::Refused
+        );
+        assert_eq!(
+            s.use_refresh(&second, &app.client_id, 104, 1_000)
+                .await
+                .unwrap(),
+            Refreshed::Refused
+        );
+        for junk in ["", "rt_", "rt_x_y", "bearer"] {
+            assert_eq!(
+                s.use_refresh(junk, &app.client_id, 104, 1_000)
+                    .await
+                    .unwrap(),
+                Refreshed::Refused
+            );
+        }
+
+        let export = s.export_user(&user).await.unwrap().unwrap();
+        assert_eq!(export.email, "ann@example.com");
+        assert_eq!(export.sessions.len(), 3);
+        assert!(export.sessions.iter().all(|x| x.revoked_at.is_some()));
+        let text = serde_json::to_string(&export).unwrap();
+        assert!(
+            !text.contains("argon2"),
+            "no password hash in an export: {text}"
+        );
+
+        assert!(s.delete_user(&user).await.unwrap());
+        assert!(!s.delete_user(&user).await.unwrap());
+        assert!(s.export_user(&user).await.unwrap().is_none());
+        assert_eq!(
+            s.sign_in("ann@example.com", "correct horse").await.unwrap(),
+            None
+        );
+        // The email can be used again.
+        s.create_user("ann@example.com", "correct horse", 200)
+            .await
+            .unwrap();
+    }
+}

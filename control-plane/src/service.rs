@@ -540,9 +540,9 @@ impl ControlPlane {
     ) -> Result<Response<Body>, ApiError> {
         let country = self.country(&req, &conn);
         let want: PlaybackRequest = read_json(req.into_body(), JSON_LIMIT).await?;
-        let track = self
+        let (track, renditions) = self
             .store
-            .track(&want.track_id)
+            .track_and_renditions(&want.track_id)
             .await?
             .ok_or_else(|| ApiError::not_found("no such track"))?;
         match track.status {
@@ -576,7 +576,6 @@ impl ControlPlane {
             now,
         );
         let allowed = decision.map_err(refusal_error)?;
-        let renditions = self.store.renditions(&want.track_id).await?;
         let rendition = grant::choose(&renditions, want.quality.unwrap_or(Quality::Normal))
             .ok_or_else(|| {
                 ApiError::internal(format!("ready track {} has no renditions", track.track_id))

@@ -465,69 +465,72 @@ impl Store {
         max_attempts: u32,
     ) -> Result<Option<JobLease>, StoreError> {
         let mut tx = self.write_tx().await?;
-        // Jobs whose workers died too often are failed with a reason.
-        let exhausted = sqlx::query(
-            "SELECT id, track_id FROM jobs WHERE state = 'leased' AND lease_expires_at <= $1 AND attempts >= $2",
-        )
-        .bind(now as i64)
-        .bind(i64::from(max_attempts))
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in exhausted {
-            let reason = format!("transcoding did not finish after {max_attempts} attempts");
-            let job: String = row.try_get("id")?;
-            let track: String = row.try_get("track_id")?;
-            sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
-                .bind(&reason)
-                .bind(&job)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
-                .bind(&reason)
-                .bind(&track)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let expires = now + lease.as_secs();
-        // On PostgreSQL concurrent leasers skip each other's candidate rows rather than
-        // both updating the same job.
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
-        let sql = format!(
-            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = $1
-             WHERE id = (SELECT id FROM jobs
-                         WHERE (state = 'queued' AND not_before <= $2)
-                            OR (state = 'leased' AND lease_expires_at <= $3)
-                         ORDER BY created_at, id LIMIT 1{lock})
-             RETURNING id, track_id, upload_id, attempts"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(expires as i64)
+        let out = async {
+            // Jobs whose workers died too often are failed with a reason.
+            let exhausted = sqlx::query(
+                "SELECT id, track_id FROM jobs WHERE state = 'leased' AND lease_expires_at <= $1 AND attempts >= $2",
+            )
             .bind(now as i64)
-            .bind(now as i64)
-            .fetch_optional(&mut *tx)
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut *tx)
             .await?;
-        let lease = match row {
-            None => None,
-            Some(row) => {
-                let track_id: String = row.try_get("track_id")?;
-                sqlx::query("UPDATE tracks SET status = 'transcoding' WHERE id = $1")
-                    .bind(&track_id)
+            for row in exhausted {
+                let reason = format!("transcoding did not finish after {max_attempts} attempts");
+                let job: String = row.try_get("id")?;
+                let track: String = row.try_get("track_id")?;
+                sqlx::query("UPDATE jobs SET state = 'failed', reason = $1 WHERE id = $2")
+                    .bind(&reason)
+                    .bind(&job)
                     .execute(&mut *tx)
                     .await?;
-                Some(JobLease {
-                    job_id: parse(&row.try_get::<String, _>("id")?)?,
-                    track_id: parse(&track_id)?,
-                    upload_id: parse::<UploadId>(&row.try_get::<String, _>("upload_id")?)?,
-                    attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                    lease_expires_at: expires,
-                })
+                sqlx::query("UPDATE tracks SET status = 'failed', failure = $1 WHERE id = $2")
+                    .bind(&reason)
+                    .bind(&track)
+                    .execute(&mut *tx)
+                    .await?;
             }
-        };
-        tx.commit().await?;
-        Ok(lease)
+            let expires = now + lease.as_secs();
+            // On PostgreSQL concurrent leasers skip each other's candidate rows rather than
+            // both updating the same job.
+            let lock = match self.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            };
+            let sql = format!(
+                "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_expires_at = $1
+                 WHERE id = (SELECT id FROM jobs
+                             WHERE (state = 'queued' AND not_before <= $2)
+                                OR (state = 'leased' AND lease_expires_at <= $3)
+                             ORDER BY created_at, id LIMIT 1{lock})
+                 RETURNING id, track_id, upload_id, attempts"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(expires as i64)
+                .bind(now as i64)
+                .bind(now as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let lease = match row {
+                None => None,
+                Some(row) => {
+                    let track_id: String = row.try_get("track_id")?;
+                    sqlx::query("UPDATE tracks SET status = 'transcoding' WHERE id = $1")
+                        .bind(&track_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    Some(JobLease {
+                        job_id: parse(&row.try_get::<String, _>("id")?)?,
+                        track_id: parse(&track_id)?,
+                        upload_id: parse::<UploadId>(&row.try_get::<String, _>("upload_id")?)?,
+                        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                        lease_expires_at: expires,
+                    })
+                }
+            };
+            Ok::<Option<JobLease>, StoreError>(lease)
+        }
+        .await;
+        finish(tx, out).await
     }
 
     /// Extends the lease of `job_id` to `now + lease` if attempt `attempt` still holds it.
@@ -732,6 +735,15 @@ impl Store {
 
     /// A track with its renditions (without keys).
     pub async fn track(&self, id: &TrackId) -> Result<Option<TrackView>, StoreError> {
+        Ok(self.track_and_renditions(id).await?.map(|(view, _)| view))
+    }
+
+    /// A track, and its renditions with their keys (what a grant needs), in one read of
+    /// the renditions.
+    pub async fn track_and_renditions(
+        &self,
+        id: &TrackId,
+    ) -> Result<Option<(TrackView, Vec<RenditionRecord>)>, StoreError> {
         let Some(row) = sqlx::query(
             "SELECT title, artist, isrc, territories, status, failure, master_frames, master_rate,
                     loudness_lufs, true_peak_dbtp, track_gain_db, features, label_id, featuring,
@@ -752,10 +764,10 @@ impl Store {
             (Some(f), Some(r)) if r > 0 => Some((f as u64 * 1000) / r as u64),
             _ => None,
         };
-        let renditions = self
-            .renditions(id)
-            .await?
-            .into_iter()
+        let records = self.renditions(id).await?;
+        let renditions = records
+            .iter()
+            .cloned()
             .map(|r| RenditionSummary {
                 quality: r.quality,
                 file_id: r.file_id,
@@ -763,60 +775,63 @@ impl Store {
                 bitrate_kbps: r.bitrate_kbps,
             })
             .collect();
-        Ok(Some(TrackView {
-            track_id: id.clone(),
-            title: row.try_get("title")?,
-            artist: row.try_get("artist")?,
-            featuring: row
-                .try_get::<Option<String>, _>("featuring")?
-                .map(|json| serde_json::from_str(&json).map_err(corrupt))
-                .transpose()?
-                .unwrap_or_default(),
-            isrc: row.try_get("isrc")?,
-            album: row.try_get("album")?,
-            track_number: row
-                .try_get::<Option<i64>, _>("track_number")?
-                .and_then(|n| u32::try_from(n).ok()),
-            release_at: row
-                .try_get::<Option<i64>, _>("release_at")?
-                .and_then(|t| u64::try_from(t).ok()),
-            label_id: row.try_get("label_id")?,
-            taken_down_at: row
-                .try_get::<Option<i64>, _>("taken_down_at")?
-                .and_then(|t| u64::try_from(t).ok()),
-            territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
-            licences: self.licences(id).await?,
-            artist_id: row
-                .try_get::<Option<String>, _>("artist_id")?
-                .map(|a| parse(&a))
-                .transpose()?,
-            album_id: row
-                .try_get::<Option<String>, _>("album_id")?
-                .map(|a| parse(&a))
-                .transpose()?,
-            status: parse_status(&row.try_get::<String, _>("status")?)?,
-            failure: row.try_get("failure")?,
-            duration_ms,
-            renditions,
-            loudness: match (
-                row.try_get::<Option<f64>, _>("loudness_lufs")?,
-                row.try_get::<Option<f64>, _>("true_peak_dbtp")?,
-                row.try_get::<Option<f64>, _>("track_gain_db")?,
-            ) {
-                (Some(integrated_lufs), Some(true_peak_dbtp), Some(track_gain_db)) => {
-                    Some(Loudness {
-                        integrated_lufs,
-                        true_peak_dbtp,
-                        track_gain_db,
-                    })
-                }
-                _ => None,
+        Ok(Some((
+            TrackView {
+                track_id: id.clone(),
+                title: row.try_get("title")?,
+                artist: row.try_get("artist")?,
+                featuring: row
+                    .try_get::<Option<String>, _>("featuring")?
+                    .map(|json| serde_json::from_str(&json).map_err(corrupt))
+                    .transpose()?
+                    .unwrap_or_default(),
+                isrc: row.try_get("isrc")?,
+                album: row.try_get("album")?,
+                track_number: row
+                    .try_get::<Option<i64>, _>("track_number")?
+                    .and_then(|n| u32::try_from(n).ok()),
+                release_at: row
+                    .try_get::<Option<i64>, _>("release_at")?
+                    .and_then(|t| u64::try_from(t).ok()),
+                label_id: row.try_get("label_id")?,
+                taken_down_at: row
+                    .try_get::<Option<i64>, _>("taken_down_at")?
+                    .and_then(|t| u64::try_from(t).ok()),
+                territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
+                licences: self.licences(id).await?,
+                artist_id: row
+                    .try_get::<Option<String>, _>("artist_id")?
+                    .map(|a| parse(&a))
+                    .transpose()?,
+                album_id: row
+                    .try_get::<Option<String>, _>("album_id")?
+                    .map(|a| parse(&a))
+                    .transpose()?,
+                status: parse_status(&row.try_get::<String, _>("status")?)?,
+                failure: row.try_get("failure")?,
+                duration_ms,
+                renditions,
+                loudness: match (
+                    row.try_get::<Option<f64>, _>("loudness_lufs")?,
+                    row.try_get::<Option<f64>, _>("true_peak_dbtp")?,
+                    row.try_get::<Option<f64>, _>("track_gain_db")?,
+                ) {
+                    (Some(integrated_lufs), Some(true_peak_dbtp), Some(track_gain_db)) => {
+                        Some(Loudness {
+                            integrated_lufs,
+                            true_peak_dbtp,
+                            track_gain_db,
+                        })
+                    }
+                    _ => None,
+                },
+                features: row
+                    .try_get::<Option<String>, _>("features")?
+                    .map(|json| serde_json::from_str(&json).map_err(corrupt))
+                    .transpose()?,
             },
-            features: row
-                .try_get::<Option<String>, _>("features")?
-                .map(|json| serde_json::from_str(&json).map_err(corrupt))
-                .transpose()?,
-        }))
+            records,
+        )))
     }
 
     /// A track's renditions with their keys, lowest tier first.

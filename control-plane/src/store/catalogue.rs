@@ -212,8 +212,8 @@ impl Store {
                 release_at: secs(row.try_get("release_at")?),
             };
             let mut tx = self.write_tx().await?;
-            link(&mut tx, &id, &credits, now).await?;
-            tx.commit().await?;
+            let out = link(&mut tx, &id, &credits, now).await;
+            super::finish(tx, out).await?;
             linked += 1;
         }
         Ok(linked)

@@ -92,25 +92,13 @@ fn main() {
             rights: None,
         })
         .collect();
+    let cases = search_data::queries(&tracks_made, queries);
     drop(tracks_made);
     eprintln!("catalogue made in {:.1} s", made.elapsed().as_secs_f64());
     let rss_before = peak_rss_mb();
     let built = Instant::now();
     let index = SearchIndex::new(docs.clone());
     let build_s = built.elapsed().as_secs_f64();
-    let cases = search_data::queries(
-        &docs
-            .iter()
-            .map(|d| search_data::Track {
-                id: d.hit.id.clone(),
-                title: d.hit.title.clone(),
-                artist: String::new(),
-                album: None,
-                plays: d.hit.popularity,
-            })
-            .collect::<Vec<_>>(),
-        queries,
-    );
     let mut latencies = Vec::with_capacity(queries);
     let mut found = 0;
     for (target, text) in &cases {

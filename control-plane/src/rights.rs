@@ -100,25 +100,22 @@ pub fn decide(
             None => Refusal::NotLicensed { country: owned },
         });
     }
+    // What the edge may serve: every territory with a window open now (a superset of the
+    // listener's, which is among them).
     let territories = rights
         .licences
         .iter()
         .filter(|l| open_at(l, now))
-        .map(|l| &l.territories)
-        .fold(None::<Territories>, |acc, t| {
-            Some(acc.map_or_else(|| t.clone(), |a| a.union(t)))
-        })
-        .unwrap_or_else(|| open[0].territories.clone());
+        .fold(open[0].territories.clone(), |acc, l| {
+            acc.union(&l.territories)
+        });
     let licensed_until = match country {
         Some(_) => covered_until(&covering, now),
         // Unknown country: the territory set changes when the first open window closes.
         None => open.iter().filter_map(|l| l.ends_at).min(),
     };
     let takedown = rights.taken_down_at.filter(|&t| t > now);
-    let until = match (licensed_until, takedown) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let until = licensed_until.into_iter().chain(takedown).min();
     Ok(Allowed { until, territories })
 }
 

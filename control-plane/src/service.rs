@@ -480,15 +480,19 @@ impl ControlPlane {
         }
     }
 
-    /// The listener's country, when a GeoIP database is configured and knows the address.
-    fn country(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<String> {
-        let geo = self.config.geo.as_ref()?;
+    /// The client's address: the peer, or what a trusted proxy says it forwarded for.
+    fn client_ip(&self, req: &Request<Incoming>, conn: &ConnInfo) -> std::net::IpAddr {
         let forwarded = req
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok());
-        let ip = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
-        geo.get().country(ip)
+        client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies)
+    }
+
+    /// The listener's country, when a GeoIP database is configured and knows the address.
+    fn country(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<String> {
+        let geo = self.config.geo.as_ref()?;
+        geo.get().country(self.client_ip(req, conn))
     }
 
     /// `GET /v1/search?q=TEXT[&limit=N][&offset=N]`: what the listener may play, best first.

@@ -152,6 +152,29 @@ where
         .map_err(|e: T::Err| corrupt(format!("{s:?}: {e}")))
 }
 
+/// A stored time (seconds since the epoch), as read back.
+fn secs(v: Option<i64>) -> Option<u64> {
+    v.and_then(|t| u64::try_from(t).ok())
+}
+
+/// A track's duration from the master's frame count and rate, as stored.
+fn duration_ms(row: &sqlx::any::AnyRow) -> Result<Option<u64>, StoreError> {
+    let frames: Option<i64> = row.try_get("master_frames")?;
+    let rate: Option<i64> = row.try_get("master_rate")?;
+    Ok(match (frames, rate) {
+        (Some(f), Some(r)) if r > 0 => Some(f as u64 * 1000 / r as u64),
+        _ => None,
+    })
+}
+
+/// Hex SHA-256 of a random secret (label keys, client secrets, refresh tokens): the secrets
+/// carry 192 bits, so a fast hash is enough, and a copy of the database hands out nothing.
+fn secret_hash(secret: &str) -> String {
+    cadenza_common::hex_encode(
+        ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref(),
+    )
+}
+
 fn parse_status(s: &str) -> Result<TrackStatus, StoreError> {
     Ok(match s {
         "received" => TrackStatus::Received,
@@ -758,12 +781,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let frames: Option<i64> = row.try_get("master_frames")?;
-        let rate: Option<i64> = row.try_get("master_rate")?;
-        let duration_ms = match (frames, rate) {
-            (Some(f), Some(r)) if r > 0 => Some((f as u64 * 1000) / r as u64),
-            _ => None,
-        };
+        let duration_ms = duration_ms(&row)?;
         let records = self.renditions(id).await?;
         let renditions = records
             .iter()
@@ -790,13 +808,9 @@ impl Store {
                 track_number: row
                     .try_get::<Option<i64>, _>("track_number")?
                     .and_then(|n| u32::try_from(n).ok()),
-                release_at: row
-                    .try_get::<Option<i64>, _>("release_at")?
-                    .and_then(|t| u64::try_from(t).ok()),
+                release_at: secs(row.try_get("release_at")?),
                 label_id: row.try_get("label_id")?,
-                taken_down_at: row
-                    .try_get::<Option<i64>, _>("taken_down_at")?
-                    .and_then(|t| u64::try_from(t).ok()),
+                taken_down_at: secs(row.try_get("taken_down_at")?),
                 territories: parse::<Territories>(&row.try_get::<String, _>("territories")?)?,
                 licences: self.licences(id).await?,
                 artist_id: row

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cadenza_common::{
     AcousticFeatures, ContentKey, FileId, IngestRequest, JobOutcome, Loudness, Quality,
-    RenditionRecord, SeekIndex, Territories, TrackRegistration, TrackStatus, UploadId,
+    RenditionRecord, SeekIndex, Territories, TrackId, TrackRegistration, TrackStatus, UploadId,
 };
 use cadenza_control_plane::{Store, StoreError};
 
@@ -513,8 +513,9 @@ async fn search_documents_follow_the_catalogue() {
     }
 }
 
-/// Registers a track and completes its job with fresh file ids; returns the renditions sent.
-async fn ready_track(s: &Store, label: &str, master: &str) -> Vec<RenditionRecord> {
+/// Registers a track and completes its job with fresh file ids; returns the track and the
+/// renditions sent.
+async fn ready_track(s: &Store, label: &str, master: &str) -> (TrackId, Vec<RenditionRecord>) {
     s.create_track(&registration(label, None, master), 10)
         .await
         .unwrap();
@@ -533,7 +534,7 @@ async fn ready_track(s: &Store, label: &str, master: &str) -> Vec<RenditionRecor
     let sent = renditions.clone();
     let track = s.complete_job(&job.job_id, &outcome).await.unwrap();
     assert_eq!(s.renditions(&track).await.unwrap(), sent);
-    sent
+    (track, sent)
 }
 
 /// The stored form of each rendition's key: (clear key hex, sealed key).
@@ -586,23 +587,14 @@ async fn content_keys_are_sealed_at_rest_and_a_master_key_rotation_reseals_them(
         assert_eq!(rotated.reseal_keys().await.unwrap(), 0, "idempotent");
         let only_new = clear.clone().with_master_keys(KeyRing::new(second, []));
         let only_old = clear.clone().with_master_keys(KeyRing::new(first, []));
-        for sent in [&early, &late] {
-            let track = {
-                use sqlx::Row;
-                let row = sqlx::query("SELECT track_id FROM renditions WHERE file_id = $1")
-                    .bind(sent[0].file_id.as_str())
-                    .fetch_one(clear.pool())
-                    .await
-                    .unwrap();
-                row.get::<String, _>("track_id").parse().unwrap()
-            };
-            assert_eq!(&only_new.renditions(&track).await.unwrap(), sent);
+        for (track, sent) in [&early, &late] {
+            assert_eq!(&only_new.renditions(track).await.unwrap(), sent);
             // The retired key opens nothing any more, and without a key nothing opens.
             assert!(matches!(
-                only_old.renditions(&track).await,
+                only_old.renditions(track).await,
                 Err(StoreError::Invalid(_))
             ));
-            assert!(clear.renditions(&track).await.is_err());
+            assert!(clear.renditions(track).await.is_err());
         }
 
         // A sealed key moved to another rendition does not open there.
@@ -610,24 +602,13 @@ async fn content_keys_are_sealed_at_rest_and_a_master_key_rotation_reseals_them(
             "UPDATE renditions SET sealed_key = (SELECT sealed_key FROM renditions WHERE file_id = $1)
              WHERE file_id = $2",
         )
-        .bind(early[0].file_id.as_str())
-        .bind(early[1].file_id.as_str())
+        .bind(early.1[0].file_id.as_str())
+        .bind(early.1[1].file_id.as_str())
         .execute(clear.pool())
         .await
         .unwrap();
-        let track = {
-            use sqlx::Row;
-            sqlx::query("SELECT track_id FROM renditions WHERE file_id = $1")
-                .bind(early[1].file_id.as_str())
-                .fetch_one(clear.pool())
-                .await
-                .unwrap()
-                .get::<String, _>("track_id")
-                .parse()
-                .unwrap()
-        };
         assert!(matches!(
-            only_new.renditions(&track).await,
+            only_new.renditions(&early.0).await,
             Err(StoreError::Corrupt(_))
         ));
     }

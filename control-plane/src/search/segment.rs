@@ -56,35 +56,18 @@ fn builder(budget: u8) -> &'static LevenshteinAutomatonBuilder {
     }
 }
 
-/// Documents matching one query word: by the fewest typos it took (exactly 0, 1, 2), and
-/// those where it matched in the title.
-#[derive(Default)]
+/// Documents matching one query word, by the typos it may take.
 struct WordMatch {
-    by_typos: [RoaringBitmap; 3],
     /// The typos this word may carry.
     budget: u8,
-    /// `within[d]`: documents matched with at most `d` typos (after [`WordMatch::settle`]).
+    /// `within[d]`: documents matched with at most `d` typos.
     within: [RoaringBitmap; 3],
 }
 
 impl WordMatch {
-    /// Keeps each document only under its fewest typos, and sums them up.
-    fn settle(mut self) -> Self {
-        let [zero, one, two] = &mut self.by_typos;
-        *one -= &*zero;
-        *two -= &*zero;
-        *two -= &*one;
-        let zero = self.by_typos[0].clone();
-        let one = &zero | &self.by_typos[1];
-        let two = &one | &self.by_typos[2];
-        self.within = [zero, one, two];
-        self
-    }
-
     /// Only the documents in `to`.
     fn narrowed(&self, to: &RoaringBitmap) -> WordMatch {
         WordMatch {
-            by_typos: self.by_typos.clone().map(|b| b & to),
             budget: self.budget,
             within: self.within.clone().map(|b| b & to),
         }
@@ -127,16 +110,13 @@ impl WordTerms<'_> {
             (None, _) => lists.iter().copied().union(),
             (Some(c), _) => lists.iter().map(|l| *l & c).union(),
         };
+        let zero = union(&self.lists[0]);
+        let one = union(&self.lists[1]) | &zero;
+        let two = union(&self.lists[2]) | &one;
         WordMatch {
-            by_typos: [
-                union(&self.lists[0]),
-                union(&self.lists[1]),
-                union(&self.lists[2]),
-            ],
             budget: self.budget,
-            ..WordMatch::default()
+            within: [zero, one, two],
         }
-        .settle()
     }
 
     /// The documents among `among` where the word matched in the title.

@@ -60,21 +60,13 @@ fn token_params(
 }
 
 impl ControlPlane {
-    fn client_address(&self, req: &Request<Incoming>, conn: &ConnInfo) -> String {
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        cadenza_geo::client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies).to_string()
-    }
-
     /// `POST /v1/accounts {"email", "password"}`: 201 with the user id.
     pub(super) async fn sign_up(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> Result<Response<Body>, ApiError> {
-        let address = self.client_address(&req, conn);
+        let address = self.client_ip(&req, conn).to_string();
         if let Err(wait) = self.signup_limiter.check(&address, Instant::now()) {
             return Ok(slow_down(wait));
         }
@@ -100,7 +92,7 @@ impl ControlPlane {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let address = self.client_address(&req, conn);
+        let address = self.client_ip(&req, conn).to_string();
         let body = read_body(req.into_body(), 16 * 1024).await?;
         let p = token_params(content_type.as_deref(), &body)?;
         let get = |k: &str| p.get(k).map(String::as_str);

@@ -13,11 +13,7 @@ use cadenza_common::{hex_encode, random_bytes};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Store, StoreError, finish};
-
-fn sha256_hex(s: &str) -> String {
-    hex_encode(ring::digest::digest(&ring::digest::SHA256, s.as_bytes()).as_ref())
-}
+use super::{Store, StoreError, finish, secret_hash};
 
 /// A new id: 12 random bytes, hex.
 fn new_id() -> String {
@@ -201,7 +197,7 @@ impl Store {
         .bind(&id)
         .bind(name)
         .bind(kind.as_str())
-        .bind(secret.as_deref().map(sha256_hex))
+        .bind(secret.as_deref().map(secret_hash))
         .bind(now as i64)
         .execute(&self.pool)
         .await?;
@@ -235,7 +231,7 @@ impl Store {
         let stored: Option<String> = row.try_get("secret_sha256")?;
         let ok = match (stored, secret) {
             (None, None) => true,
-            (Some(h), Some(s)) => secrets_match(h.as_bytes(), sha256_hex(s).as_bytes()),
+            (Some(h), Some(s)) => secrets_match(h.as_bytes(), secret_hash(s).as_bytes()),
             _ => false,
         };
         Ok(ok.then_some(kind))
@@ -279,7 +275,7 @@ impl Store {
                 return Ok(Refreshed::Refused);
             };
             let stored: String = row.try_get("secret_sha256")?;
-            if !secrets_match(stored.as_bytes(), sha256_hex(secret).as_bytes()) {
+            if !secrets_match(stored.as_bytes(), secret_hash(secret).as_bytes()) {
                 return Ok(Refreshed::Refused);
             }
             let user: String = row.try_get("user_id")?;
@@ -378,7 +374,7 @@ async fn issue_in(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&id)
-    .bind(sha256_hex(&secret))
+    .bind(secret_hash(&secret))
     .bind(user)
     .bind(client)
     .bind((now + ttl) as i64)

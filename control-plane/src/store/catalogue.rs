@@ -10,7 +10,7 @@ use cadenza_common::{
 };
 use sqlx::{Any, Row, Transaction};
 
-use super::{Store, StoreError, parse};
+use super::{Store, StoreError, duration_ms, parse, secs};
 
 /// How names are compared: lowercase, runs of whitespace as one space, trimmed.
 pub fn name_key(name: &str) -> String {
@@ -133,10 +133,6 @@ pub(super) async fn insert_licences(
     Ok(())
 }
 
-fn secs(v: Option<i64>) -> Option<u64> {
-    v.and_then(|t| u64::try_from(t).ok())
-}
-
 fn summary(row: &sqlx::any::AnyRow) -> Result<TrackSummary, StoreError> {
     Ok(TrackSummary {
         track_id: parse(&row.try_get::<String, _>("id")?)?,
@@ -145,13 +141,7 @@ fn summary(row: &sqlx::any::AnyRow) -> Result<TrackSummary, StoreError> {
         track_number: row
             .try_get::<Option<i64>, _>("track_number")?
             .and_then(|n| u32::try_from(n).ok()),
-        duration_ms: match (
-            row.try_get::<Option<i64>, _>("master_frames")?,
-            row.try_get::<Option<i64>, _>("master_rate")?,
-        ) {
-            (Some(f), Some(r)) if r > 0 => Some(f as u64 * 1000 / r as u64),
-            _ => None,
-        },
+        duration_ms: duration_ms(row)?,
     })
 }
 

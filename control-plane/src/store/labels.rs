@@ -10,13 +10,9 @@ use cadenza_common::http::secrets_match;
 use cadenza_common::{LabelKey, hex_encode, random_bytes};
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, secret_hash};
 
 const PREFIX: &str = "cdz_";
-
-fn secret_hash(secret: &str) -> String {
-    hex_encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
-}
 
 /// Splits a key into (key id, secret), or `None` when it is not one of ours.
 fn parse_key(key: &str) -> Option<(&str, &str)> {

@@ -6,12 +6,8 @@ use std::collections::HashMap;
 use cadenza_common::{Licence, TrackId};
 use sqlx::Row;
 
-use super::{Store, StoreError, parse};
+use super::{Store, StoreError, parse, secs};
 use crate::search::{Change, DocRights, Hit, Kind, SearchDoc};
-
-fn secs(v: Option<i64>) -> Option<u64> {
-    v.and_then(|t| u64::try_from(t).ok())
-}
 
 fn plays(v: Option<i64>) -> u64 {
     v.map_or(0, |p| p.max(0) as u64)
@@ -33,6 +29,22 @@ fn track_doc(row: &sqlx::any::AnyRow, licences: Vec<Licence>) -> Result<SearchDo
             licences,
         }
         .restricting(),
+    })
+}
+
+/// An album or artist document from a row of `id`, `title`, `name` (the album's artist) and
+/// `plays` (summed over its listed tracks).
+fn grouping_doc(row: &sqlx::any::AnyRow, kind: Kind) -> Result<SearchDoc, StoreError> {
+    Ok(SearchDoc {
+        hit: Hit {
+            kind,
+            id: row.try_get("id")?,
+            title: row.try_get("title")?,
+            artist: row.try_get("name")?,
+            album: None,
+            popularity: plays(row.try_get("plays")?),
+        },
+        rights: None,
     })
 }
 
@@ -87,49 +99,27 @@ impl Store {
             let l = licences.remove(&id).unwrap_or_default();
             docs.push(track_doc(&row, l)?);
         }
-        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+        let albums = format!(
             "SELECT al.id, al.title, ar.name, CAST(SUM(t.plays) AS BIGINT) AS plays
              FROM albums al JOIN artists ar ON ar.id = al.artist_id
              JOIN tracks t ON t.album_id = al.id
              WHERE {listed} GROUP BY al.id, al.title, ar.name"
-        )))
-        .bind(now as i64)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            docs.push(SearchDoc {
-                hit: Hit {
-                    kind: Kind::Album,
-                    id: row.try_get("id")?,
-                    title: row.try_get("title")?,
-                    artist: Some(row.try_get("name")?),
-                    album: None,
-                    popularity: plays(row.try_get("plays")?),
-                },
-                rights: None,
-            });
-        }
-        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT ar.id, ar.name, CAST(SUM(t.plays) AS BIGINT) AS plays
+        );
+        let artists = format!(
+            "SELECT ar.id, ar.name AS title, CAST(NULL AS TEXT) AS name,
+                    CAST(SUM(t.plays) AS BIGINT) AS plays
              FROM artists ar JOIN track_artists ta ON ta.artist_id = ar.id
              JOIN tracks t ON t.id = ta.track_id
              WHERE {listed} GROUP BY ar.id, ar.name"
-        )))
-        .bind(now as i64)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            docs.push(SearchDoc {
-                hit: Hit {
-                    kind: Kind::Artist,
-                    id: row.try_get("id")?,
-                    title: row.try_get("name")?,
-                    artist: None,
-                    album: None,
-                    popularity: plays(row.try_get("plays")?),
-                },
-                rights: None,
-            });
+        );
+        for (kind, sql) in [(Kind::Album, albums), (Kind::Artist, artists)] {
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now as i64)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                docs.push(grouping_doc(&row, kind)?);
+            }
         }
         Ok(docs)
     }
@@ -190,17 +180,7 @@ impl Store {
                 out.push(if row.try_get::<i64, _>("listed")? == 0 {
                     Change::Remove(kind, id)
                 } else {
-                    Change::Upsert(SearchDoc {
-                        hit: Hit {
-                            kind,
-                            id,
-                            title: row.try_get("title")?,
-                            artist: row.try_get("name")?,
-                            album: None,
-                            popularity: plays(row.try_get("plays")?),
-                        },
-                        rights: None,
-                    })
+                    Change::Upsert(grouping_doc(&row, kind)?)
                 });
             }
         }

@@ -194,7 +194,7 @@ impl ControlPlane {
         let index = self.search.clone();
         tokio::task::spawn_blocking(move || index.reset_keeping(docs, since))
             .await
-            .map_err(|e| StoreError::Invalid(format!("search rebuild failed: {e}")))?;
+            .map_err(|e| StoreError::Internal(format!("search rebuild failed: {e}")))?;
         Ok(n)
     }
 

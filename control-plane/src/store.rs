@@ -33,6 +33,10 @@ pub enum StoreError {
     /// The request collides with what another party owns.
     #[error("{0}")]
     Conflict(String),
+    /// Work the store hands to a thread failed there (a hash, a rebuild): not the
+    /// caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 mod accounts;
@@ -280,7 +284,7 @@ impl Store {
     fn ring(&self) -> Result<&KeyRing, StoreError> {
         self.ring
             .as_deref()
-            .ok_or_else(|| StoreError::Invalid("no master key is configured".into()))
+            .ok_or_else(|| StoreError::Internal("no master key is configured".into()))
     }
 
     /// The connection pool, for operator tools and tests that look at rows directly.

@@ -90,11 +90,11 @@ fn valid_email(email: &str) -> bool {
 /// Hashes `password` with a fresh salt (slow by design: call off the runtime).
 pub fn hash_password(password: &str) -> Result<String, StoreError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>())
-        .map_err(|e| StoreError::Invalid(format!("salt: {e}")))?;
+        .map_err(|e| StoreError::Internal(format!("salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| StoreError::Invalid(format!("password hash: {e}")))
+        .map_err(|e| StoreError::Internal(format!("password hash: {e}")))
 }
 
 /// Whether `password` matches the PHC string `stored` (slow by design).
@@ -117,7 +117,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Invalid(format!("password hashing failed: {e}")))
+        .map_err(|e| StoreError::Internal(format!("password hashing failed: {e}")))
 }
 
 impl Store {

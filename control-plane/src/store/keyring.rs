@@ -134,7 +134,7 @@ impl KeyRing {
             return Err(corrupt(format!("sealed key of {file} is malformed")));
         };
         let master = self.get(id).ok_or_else(|| {
-            StoreError::Invalid(format!(
+            StoreError::Internal(format!(
                 "the content key of {file} is sealed under master key {id:?}, which this control plane does not have"
             ))
         })?;

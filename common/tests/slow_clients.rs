@@ -1,13 +1,15 @@
-//! Clients that stop reading, or stay connected doing nothing, are cut off by the server's
-//! send and idle timeouts, while a client that reads gets every byte; connections past the
-//! limit are closed at accept.
+//! Clients that stop reading, read a trickle, or stay connected doing nothing, are cut off by
+//! the server's send timeout, minimum send rate and idle timeout, while a client that reads
+//! gets every byte; connections past the limit are closed at accept.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadenza_common::http::{Body, ConnInfo, Handler, ServerLimits, Shutdown, full, serve_on};
+use cadenza_common::http::{
+    Body, ConnInfo, Handler, MinRate, ServerLimits, Shutdown, full, serve_on,
+};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,13 +34,19 @@ async fn server(
     send: Duration,
     idle: Duration,
 ) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let limits = ServerLimits {
+    serve(ServerLimits {
         send_timeout: send,
         idle_timeout: idle,
         ..ServerLimits::default()
-    };
+    })
+    .await
+}
+
+async fn serve(
+    limits: ServerLimits,
+) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (trigger, shutdown) = Shutdown::new();
     let listening = serve_on(listener, None, limits, Arc::new(Big), shutdown).unwrap();
     (listening.addr, trigger)
 }
@@ -79,6 +87,66 @@ async fn a_client_that_stops_reading_is_cut_off_and_one_that_reads_is_not() {
         got < BIG / 2,
         "a client that stopped reading still got {got} bytes"
     );
+    trigger.trigger();
+}
+
+/// Reads `chunk` bytes every `every` for `within`, then reads the rest as fast as it can;
+/// returns the bytes read in all. A server that cut the connection off sent only what the
+/// socket buffers held by then.
+async fn trickle_then_drain(
+    stream: &mut TcpStream,
+    chunk: usize,
+    every: Duration,
+    within: Duration,
+) -> usize {
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return total,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("nothing to read for 5 s"),
+        }
+        tokio::time::sleep(every).await;
+    }
+    total + drain(stream, Duration::from_secs(30)).await
+}
+
+/// A socket with a small receive buffer, so the reader's pace reaches the server quickly.
+async fn small_window(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_reader_is_cut_off_below_the_minimum_rate_and_kept_above_it() {
+    // Minimum 64 KiB/s over 1 s; the send timeout (30 s) never fires for either reader,
+    // because both take bytes every 50 ms.
+    let (addr, trigger) = serve(ServerLimits {
+        min_send_rate: MinRate {
+            bytes_per_sec: 64 * 1024,
+            window: Duration::from_secs(1),
+        },
+        ..ServerLimits::default()
+    })
+    .await;
+    let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    // 1 KiB per 50 ms is 20 KiB/s for 4 s: cut off, so the fast reading after it finds
+    // only what the socket buffers held.
+    let mut slow = small_window(addr).await;
+    slow.write_all(request).await.unwrap();
+    let ms = Duration::from_millis;
+    let got = trickle_then_drain(&mut slow, 1024, ms(50), Duration::from_secs(4)).await;
+    assert!(got < BIG / 2, "a 20 KiB/s reader still got {got} bytes");
+
+    // 16 KiB per 50 ms is about 320 KiB/s: served to the end.
+    let mut fast_enough = small_window(addr).await;
+    fast_enough.write_all(request).await.unwrap();
+    let got = trickle_then_drain(&mut fast_enough, 16 * 1024, ms(50), Duration::from_secs(4)).await;
+    assert!(got > BIG, "a reader above the minimum got only {got} bytes");
     trigger.trigger();
 }
 

@@ -5,6 +5,10 @@
 //!   is served; one that stopped reading is cut off instead of pinning a response's memory.
 //! - **Idle timeout** (nginx's `keepalive_timeout`): a connection that moves no byte either
 //!   way for this long is closed.
+//! - **Minimum send rate** (Kestrel's `MinResponseDataRate`, Apache's `MinRate`): while the
+//!   server has bytes the peer is not taking as fast as they are offered, the peer must take
+//!   at least `rate` bytes per `window`. A reader that trickles a byte now and then defeats
+//!   the send timeout but not this, so it cannot hold a response's memory for hours.
 //!
 //! The wrapper sits under TLS and hyper, so it covers HTTP/1.1 and HTTP/2 alike.
 
@@ -16,8 +20,30 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// A stream whose writes must progress within `send` and which closes after `idle` without
-/// traffic.
+/// The slowest a peer may read while the server waits on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Bytes per second; 0 turns the check off.
+    pub bytes_per_sec: u64,
+    /// The span the rate is measured over (a grace period for slow starts and short stalls).
+    pub window: Duration,
+}
+
+impl MinRate {
+    /// No minimum.
+    pub const OFF: Self = Self {
+        bytes_per_sec: 0,
+        window: Duration::from_secs(1),
+    };
+
+    fn bytes_per_window(&self) -> u64 {
+        let per_window = self.bytes_per_sec as f64 * self.window.as_secs_f64();
+        per_window as u64
+    }
+}
+
+/// A stream whose writes must progress within `send`, whose reader must keep up a minimum
+/// rate while writes wait on it, and which closes after `idle` without traffic.
 ///
 /// Moving bytes only records the time; the one timer is re-armed when it fires early, so the
 /// serve path pays a clock read per read or write, not a timer update.
@@ -29,6 +55,10 @@ pub struct Deadlines<S> {
     last: Instant,
     /// Since when a write has been waiting on the peer.
     stalled_since: Option<Instant>,
+    min_rate: MinRate,
+    /// While writes are backed up: when the current rate window began, and the bytes the
+    /// peer has taken since. Ends when a flush completes (nothing left waiting).
+    backlog: Option<(Instant, u64)>,
     /// Never later than the earliest deadline that can apply (`last + min(send, idle)`).
     timer: Pin<Box<Sleep>>,
 }
@@ -44,7 +74,7 @@ impl<S> std::fmt::Debug for Deadlines<S> {
 
 impl<S> Deadlines<S> {
     /// Wraps `inner`.
-    pub fn new(inner: S, send: Duration, idle: Duration) -> Self {
+    pub fn new(inner: S, send: Duration, idle: Duration, min_rate: MinRate) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -52,6 +82,8 @@ impl<S> Deadlines<S> {
             idle,
             last: now,
             stalled_since: None,
+            min_rate,
+            backlog: None,
             timer: Box::pin(tokio::time::sleep_until(now + send.min(idle))),
         }
     }
@@ -69,6 +101,14 @@ impl<S> Deadlines<S> {
             if now >= self.last + self.idle {
                 return Some(timed_out("connection idle too long"));
             }
+            if let Some((since, taken)) = self.backlog
+                && now >= since + self.min_rate.window
+            {
+                if taken < self.min_rate.bytes_per_window() {
+                    return Some(timed_out("the peer reads slower than the minimum rate"));
+                }
+                self.backlog = Some((now, 0));
+            }
             // Fired early (bytes moved since it was set): wait for the nearest deadline, and
             // no longer than a stall starting now could last, so one cannot be missed.
             let idle = self.last + self.idle;
@@ -76,6 +116,10 @@ impl<S> Deadlines<S> {
                 .stalled_since
                 .map_or(idle, |s| idle.min(s + self.send))
                 .min(now + self.send.min(self.idle));
+            let next = match self.backlog {
+                Some((since, _)) => next.min(since + self.min_rate.window),
+                None => next,
+            };
             self.timer.as_mut().reset(next);
         }
         None
@@ -124,12 +168,24 @@ impl<S> Deadlines<S> {
                 if n > 0 {
                     self.last = Instant::now();
                 }
+                if let Some((_, taken)) = &mut self.backlog {
+                    *taken += n as u64;
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                let now = Instant::now();
                 if self.stalled_since.is_none() {
-                    self.stalled_since = Some(Instant::now());
+                    self.stalled_since = Some(now);
+                }
+                if self.backlog.is_none() && self.min_rate.bytes_per_sec > 0 {
+                    self.backlog = Some((now, 0));
+                    // The timer may be set later than this window's end.
+                    let end = now + self.min_rate.window;
+                    if self.timer.deadline() > end {
+                        self.timer.as_mut().reset(end);
+                    }
                 }
                 match self.expired(cx) {
                     Some(e) => Poll::Ready(Err(e)),
@@ -164,7 +220,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        // Everything offered was taken: the peer kept up, whatever its rate.
+        if let Poll::Ready(Ok(())) = flushed {
+            self.backlog = None;
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -20,7 +20,7 @@ pub use body::{
     Body, BoxError, bearer_token, empty, file_body, full, health, json_response, read_body,
     read_json, require_bearer, secrets_match,
 };
-pub use deadline::Deadlines;
+pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
 pub use server::{ConnInfo, Handler, Listening, ServerLimits, serve_on};

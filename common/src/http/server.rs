@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::deadline::Deadlines;
+use super::deadline::{Deadlines, MinRate};
 use super::{Body, Shutdown};
 
 /// What a handler learns about the connection a request came on.
@@ -59,6 +59,13 @@ pub struct ServerLimits {
     pub send_timeout: Duration,
     /// How long a connection may move no byte at all before it is closed.
     pub idle_timeout: Duration,
+    /// The slowest a peer may read while a response waits on it.
+    pub min_send_rate: MinRate,
+    /// Most unsent bytes a connection's kernel send queue holds (Linux `TCP_NOTSENT_LOWAT`).
+    /// The socket takes more only as the peer takes what it holds, so the minimum-rate
+    /// check sees the peer's pace, not the kernel's buffer, and idle readers pin less kernel
+    /// memory. `None` leaves the system default.
+    pub tcp_notsent_lowat: Option<u32>,
 }
 
 impl Default for ServerLimits {
@@ -72,6 +79,13 @@ impl Default for ServerLimits {
             drain_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            // 80 KiB per 20 s: a third of the lowest tier's playback rate, with room for a
+            // mobile link's stalls.
+            min_send_rate: MinRate {
+                bytes_per_sec: 4096,
+                window: Duration::from_secs(20),
+            },
+            tcp_notsent_lowat: Some(128 * 1024),
         }
     }
 }
@@ -142,6 +156,9 @@ async fn accept_loop<H: Handler>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Some(lowat) = limits.tcp_notsent_lowat {
+            set_notsent_lowat(&stream, lowat);
+        }
         let conn = ConnInfo {
             peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
             tls: acceptor.is_some(),
@@ -152,7 +169,12 @@ async fn accept_loop<H: Handler>(
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
         // Under TLS, so a peer that stops reading is noticed whatever the protocol.
-        let stream = Deadlines::new(stream, limits.send_timeout, limits.idle_timeout);
+        let stream = Deadlines::new(
+            stream,
+            limits.send_timeout,
+            limits.idle_timeout,
+            limits.min_send_rate,
+        );
         tokio::spawn(async move {
             let _permit = permit;
             serve_one(
@@ -175,6 +197,16 @@ async fn accept_loop<H: Handler>(
         tracing::warn!("connections still open after the drain timeout");
     }
 }
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_notsent_lowat(stream: &TcpStream, lowat: u32) {
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(lowat) {
+        tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT refused");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_notsent_lowat(_stream: &TcpStream, _lowat: u32) {}
 
 async fn serve_one<H: Handler>(
     stream: Deadlines<TcpStream>,

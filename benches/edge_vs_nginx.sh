@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Edge cache hits against nginx serving the same bytes, HTTP/1.1 cleartext, in one run.
+# Edge cache hits against nginx serving the same bytes, HTTP/1.1 cleartext and HTTP/2 over
+# TLS, in one run.
 #
 # Starts `cadenza up --edge-cleartext` (release build) with a memory cache that holds every
 # object, stores OBJECTS random renditions of OBJECT_MIB MiB through the origin, pre-warms the
@@ -8,8 +9,13 @@
 # keep-alive connections from each for DURATION seconds. The edge checks a signed token on
 # every request; nginx checks nothing. Prints requests/s, MiB/s and server CPU-seconds per GB.
 #
-# Needs: nginx, wrk, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
-# CONNS (64), DURATION (15).
+# HTTP/2 over TLS is driven by h2load (one thread, CONNS connections, one stream each, TLS 1.3
+# with AES-128-GCM for both servers, which present the same certificate). h2load cannot vary
+# a header per request, so every request asks for the same 128 KiB range (RANGE_AT, which
+# spans two slices) of the next object in turn; the token rides in `?t=`.
+#
+# Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
+# CONNS (64), DURATION (15), RANGE_AT (1000000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +24,7 @@ OBJECT_MIB=${OBJECT_MIB:-5}
 CONNS=${CONNS:-64}
 DURATION=${DURATION:-15}
 RANGE=131072
+RANGE_AT=${RANGE_AT:-1000000}
 
 source benches/lib.sh
 bench_init
@@ -37,7 +44,11 @@ curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" \
 # nginx's worker drops to an unprivileged user: let it read the files.
 chmod a+x "$work"
 chmod -R a+rX "$work/files"
-nginx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+nginx_port=$(free_port)
+nginx_tls_port=$(free_port)
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -53,6 +64,14 @@ http {
   default_type application/octet-stream;
   server {
     listen 127.0.0.1:$nginx_port;
+    location /a/ { alias $work/files/; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_tls_port ssl http2;
+    ssl_certificate $work/data/tls/cert.pem;
+    ssl_certificate_key $work/data/tls/key.pem;
+    ssl_protocols TLSv1.3;
+    http2_max_concurrent_streams 128;
     location /a/ { alias $work/files/; }
   }
 }
@@ -111,8 +130,43 @@ print(f"{reqs/dur:.0f} {body/dur/1048576:.1f} {cpu/gb:.3f} {float(p99):.2f} {err
 EOF
 }
 
+# h2load over TLS: URI list file, server pid → "req/s MiB/s cpu_s_per_GB errors"
+run_h2() {
+  local h2="h2load -t1 -c$CONNS -m1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 -i $1"
+  local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
+  taskset -c 1 $h2 -H "$hdr" -D 3 >/dev/null
+  local c0 c1 out
+  c0=$(cpu "$2")
+  out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
+  c1=$(cpu "$2")
+  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" <<'EOF'
+import re, sys
+out = sys.argv[1]
+c0, c1, dur, tck, rng = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+codes = re.search(r"status codes: (\d+) 2xx", out)
+if not m or not codes:
+    sys.exit("h2load printed no summary:\n" + out)
+done, failed, errored = int(m.group(3)), int(m.group(5)), int(m.group(6))
+ok = int(codes.group(1))
+body = ok * rng
+cpu = (c1 - c0) / tck
+print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} {failed + errored + (done - ok)}")
+EOF
+}
+
 read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
 read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
+
+tls_port=${edge_tls##*:}
+while read -r id token; do
+  echo "https://127.0.0.1:$tls_port/a/$id?t=$token"
+done <"$work/tokens" >"$work/edge_uris"
+for id in "${ids[@]}"; do
+  echo "https://127.0.0.1:$nginx_tls_port/a/$id"
+done >"$work/nginx_uris"
+read -r e2_rps e2_mib e2_cpu e2_err < <(run_h2 "$work/edge_uris" "$up_pid")
+read -r n2_rps n2_mib n2_cpu n2_err < <(run_h2 "$work/nginx_uris" "$nginx_worker")
 
 echo
 echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext, $CONNS connections, ${DURATION}s"
@@ -123,4 +177,15 @@ python3 - "$e_rps" "$n_rps" "$e_cpu" "$n_cpu" <<'EOF'
 import sys
 e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
 print(f"edge/nginx: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
+EOF
+
+echo
+echo "128 KiB ranges at byte $RANGE_AT of each object in turn, HTTP/2 over TLS 1.3, $CONNS connections, ${DURATION}s"
+printf '%-22s %10s %10s %14s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "errors"
+printf '%-22s %10s %10s %14s %8s\n' "cadenza edge (token)" "$e2_rps" "$e2_mib" "$e2_cpu" "$e2_err"
+printf '%-22s %10s %10s %14s %8s\n' "nginx" "$n2_rps" "$n2_mib" "$n2_cpu" "$n2_err"
+python3 - "$e2_rps" "$n2_rps" "$e2_cpu" "$n2_cpu" <<'EOF'
+import sys
+e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
+print(f"edge/nginx over HTTP/2 + TLS: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
 EOF

@@ -3,8 +3,8 @@
 #   bench_init                      a work directory in $work, cleaned up (with every pid in
 #                                   $pids) on exit; the release binary in $bin
 #   bench_up [ARGS…]                `cadenza up` on free ports with extra ARGS, waits for it,
-#                                   and sets $origin $edge (cleartext, when enabled) $admin
-#                                   $ca $service $admin_token
+#                                   and sets $origin $edge (cleartext, when enabled) $edge_tls
+#                                   $admin $ca $service $admin_token
 #   bench_store N MIB [DIR]         N random renditions of MIB MiB stored through the origin;
 #                                   their ids in $ids, copies kept in DIR when given
 #   bench_tokens FILE               "id token" lines for every id in $ids
@@ -31,13 +31,13 @@ bench_up() {
     [ -f "$work/data/cluster.json" ] && break
     sleep 0.1
   done
-  read -r origin edge admin ca service admin_token < <(python3 - "$work/data" <<'PY'
+  read -r origin edge admin ca service admin_token edge_tls < <(python3 - "$work/data" <<'PY'
 import json, sys
 d = sys.argv[1]
 c = json.load(open(d + "/cluster.json"))
 s = json.load(open(d + "/secrets.json"))
 print(c["origin"], c.get("edge_cleartext") or c["edge"], c["edge_admin"], c["ca"],
-      s["service_token"], c["admin_token"])
+      s["service_token"], c["admin_token"], c["edge"])
 PY
 )
 }

@@ -76,6 +76,82 @@ impl S3Args {
     }
 }
 
+/// `cadenza edge`: where a standalone edge serves, what it trusts, and its cache.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    /// Directory for the edge's state: its disk cache, a self-signed certificate when none
+    /// is given, and `edge.json` (its URLs and admin token, written at start).
+    #[arg(long, default_value = "cadenza-edge-data", env = "CADENZA_EDGE_DATA")]
+    pub data: PathBuf,
+    /// Join the `cadenza up` stack in this data directory: its origin, certificate, edge
+    /// key, token keys and admin token, unless given below.
+    #[arg(long, value_name = "DIR")]
+    pub join: Option<PathBuf>,
+    /// Origin base URL; repeat for failover, in preference order.
+    #[arg(long = "origin", value_name = "URL")]
+    pub origins: Vec<String>,
+    /// The key the origins expect from edges.
+    #[arg(long, env = "CADENZA_EDGE_KEY", hide_env_values = true)]
+    pub edge_key: Option<String>,
+    /// A public key verifying edge tokens, `KID=HEX` (cluster.json's token_keys); repeat
+    /// during a key rotation.
+    #[arg(long = "token-key", value_name = "KID=HEX")]
+    pub token_keys: Vec<String>,
+    /// PEM bundle to trust for origins and peer edges (default: this edge's certificate).
+    #[arg(long, value_name = "PEM")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Certificate chain to present (PEM); without it a self-signed one is made in --data.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key for --cert (PKCS#8 PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Address for players: TLS on TCP (HTTP/1.1, HTTP/2) and HTTP/3 on the same UDP port.
+    #[arg(long, default_value = "127.0.0.1:7743")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the admin listener (purge, pre-warm, stats, /metrics), over TLS.
+    #[arg(long, default_value = "127.0.0.1:7744")]
+    pub admin_listen: std::net::SocketAddr,
+    /// Also serve players without TLS here (behind a TLS-terminating load balancer).
+    #[arg(long, value_name = "ADDR")]
+    pub cleartext_listen: Option<std::net::SocketAddr>,
+    /// Bearer token for the admin listener (default: the joined stack's, else a new one in
+    /// edge.json).
+    #[arg(long, env = "CADENZA_EDGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Memory tier, MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory_mib: u64,
+    /// Disk tier under --data, GiB (0: memory only).
+    #[arg(long, default_value_t = 4)]
+    pub disk_gib: u64,
+    /// Slice size, KiB.
+    #[arg(long, default_value_t = 256)]
+    pub slice_kib: u64,
+    /// Slices fetched ahead of a sequential reader.
+    #[arg(long, default_value_t = 2)]
+    pub read_ahead: u64,
+    /// MaxMind country database for the territory check (reloaded on change).
+    #[arg(long, value_name = "MMDB")]
+    pub geoip: Option<PathBuf>,
+    /// A proxy (IP or CIDR) whose X-Forwarded-For is believed; repeatable.
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Vec<cadenza_geo::Cidr>,
+    /// Refuse (451) listeners the GeoIP database cannot place, instead of serving them.
+    #[arg(long)]
+    pub deny_unknown_country: bool,
+    /// Log every request to stderr (target `access`; JSON with --log-json).
+    #[arg(long)]
+    pub access_log: bool,
+    /// Another edge of this region (its player URL); repeat. With peers, each file has one
+    /// owner in the region (rendezvous hashing), which alone asks the origin for it.
+    #[arg(long = "region-peer", value_name = "URL")]
+    pub region_peers: Vec<String>,
+    /// This edge's URL as its region peers spell it (default https://LISTEN).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+}
+
 /// What to do with labels.
 #[derive(Debug, Subcommand)]
 pub enum LabelAction {
@@ -152,6 +228,8 @@ pub enum Command {
         #[arg(long)]
         rotate_master_key: bool,
     },
+    /// Run one edge node alone, fetching from origins elsewhere (one per region or more).
+    Edge(Box<EdgeArgs>),
     /// Upload masters with their metadata and wait until each is ready or refused.
     Ingest {
         #[command(flatten)]

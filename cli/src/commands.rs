@@ -10,7 +10,7 @@ use cadenza_transcoder::{TranscodeOptions, seal, transcode};
 
 use cadenza_common::http::client::call_json;
 
-use crate::cli::{Cli, Command, LabelAction};
+use crate::cli::{Cli, Command, EdgeArgs, LabelAction};
 use crate::ingest::{Release, TrackMeta, ingest_file};
 use crate::stack::{ClusterInfo, Stack, StackConfig};
 use crate::synth;
@@ -72,6 +72,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             config.job_lease = Duration::from_secs(lease_secs.max(4));
             up(config, demo.then_some(demo_dir), exit_after_demo).await
         }
+        Command::Edge(args) => run_edge(*args).await,
         Command::Worker {
             endpoint,
             lease_secs,
@@ -288,6 +289,137 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     found.sort();
     Ok(found)
+}
+
+/// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
+async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
+    use crate::edge_node::{EdgeListeners, EdgeNodeConfig};
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let joined = args
+        .join
+        .as_deref()
+        .map(crate::stack::join_info)
+        .transpose()
+        .context("--join")?;
+    let cert = match (&args.cert, &args.key, &joined) {
+        (Some(cert), Some(key), _) => cadenza_common::http::tls::CertPem {
+            cert: std::fs::read_to_string(cert)
+                .with_context(|| format!("reading {}", cert.display()))?,
+            key: std::fs::read_to_string(key)
+                .with_context(|| format!("reading {}", key.display()))?,
+        },
+        (_, _, Some(j)) => j.cert.clone(),
+        _ => crate::stack::load_or_create_cert(&args.data)?.0,
+    };
+    let upstream_ca = match &args.upstream_ca {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => cert.cert.as_bytes().to_vec(),
+    };
+    let origins = match (&args.origins[..], &joined) {
+        ([], Some(j)) => vec![j.origin.clone()],
+        ([], None) => bail!("no origin: pass --origin URL (or --join DIR)"),
+        (given, _) => given.to_vec(),
+    };
+    let edge_key = args
+        .edge_key
+        .clone()
+        .or_else(|| joined.as_ref().map(|j| j.edge_key.clone()))
+        .context("no edge key: pass --edge-key or CADENZA_EDGE_KEY (or --join DIR)")?;
+    let token_keys = match (&args.token_keys[..], &joined) {
+        ([], Some(j)) => j.token_keys.clone(),
+        ([], None) => bail!("no token key: pass --token-key KID=HEX (or --join DIR)"),
+        (given, _) => crate::stack::parse_token_keys(given.iter().cloned())?,
+    };
+    let admin_token = args
+        .admin_token
+        .clone()
+        .or_else(|| joined.as_ref().map(|j| j.admin_token.clone()))
+        .unwrap_or_else(crate::stack::secret);
+    let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
+    let mut config = EdgeNodeConfig::new(
+        cert,
+        upstream_ca,
+        origins,
+        edge_key,
+        admin_token.clone(),
+        token_keys,
+    );
+    let mut reloader = None;
+    if let Some(path) = &args.geoip {
+        let geo = std::sync::Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
+        reloader = Some(cadenza_edge::spawn_geo_reloader(
+            geo.clone(),
+            Duration::from_secs(10),
+            shutdown.clone(),
+        ));
+        config.geo = Some(geo);
+    }
+    config.trusted_proxies = args.trusted_proxy.clone();
+    if args.deny_unknown_country {
+        config.unknown_country = cadenza_edge::UnknownCountry::Deny;
+    }
+    config.memory_bytes = args.memory_mib.saturating_mul(1 << 20);
+    config.slice_bytes = args.slice_kib.clamp(4, 16 * 1024) * 1024;
+    config.read_ahead = args.read_ahead;
+    config.access_log = args.access_log;
+    if args.disk_gib > 0 {
+        config.disk = Some((
+            args.data.join("cache"),
+            args.disk_gib.saturating_mul(1 << 30),
+        ));
+    }
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
+    };
+    let listeners = EdgeListeners {
+        main: bind(args.listen).await?,
+        admin: bind(args.admin_listen).await?,
+        cleartext: match args.cleartext_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        },
+    };
+    let main_url = format!("https://{}", listeners.main.local_addr()?);
+    let admin_url = format!("https://{}", listeners.admin.local_addr()?);
+    let cleartext_url = match &listeners.cleartext {
+        Some(l) => Some(format!("http://{}", l.local_addr()?)),
+        None => None,
+    };
+    if !args.region_peers.is_empty() {
+        let me = args.advertise.clone().unwrap_or_else(|| main_url.clone());
+        config.region = Some((me, args.region_peers.clone()));
+    }
+    let region = config.region.clone();
+    let node = crate::edge_node::start(config, listeners, shutdown).await?;
+    let about = serde_json::json!({
+        "edge": main_url,
+        "edge_admin": admin_url,
+        "edge_cleartext": cleartext_url,
+        "admin_token": admin_token,
+        "region": region.as_ref().map(|(me, peers)| serde_json::json!({"me": me, "peers": peers})),
+    });
+    crate::stack::write_private(
+        &args.data.join("edge.json"),
+        &serde_json::to_vec_pretty(&about)?,
+    )?;
+    println!("cadenza edge is up (state in {})", args.data.display());
+    println!("  players        {main_url} (HTTP/1.1, HTTP/2; HTTP/3 on the same UDP port)");
+    if let Some(url) = &cleartext_url {
+        println!("  players, clear {url}");
+    }
+    println!("  admin          {admin_url} (admin_token in edge.json)");
+    if let Some((me, peers)) = &region {
+        println!("  region         {me} among {} peer(s)", peers.len());
+    }
+    shutdown_signal().await;
+    trigger.trigger();
+    for task in node.tasks.into_iter().chain(reloader) {
+        let _ = task.await;
+    }
+    Ok(())
 }
 
 async fn up(

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod edge_node;
 pub mod ingest;
 pub mod stack;
 pub mod synth;

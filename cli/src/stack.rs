@@ -23,16 +23,15 @@ use anyhow::Context;
 use cadenza_common::http::client::{HttpClient, https_client};
 use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
-use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes, verify_leeway_default};
+use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes};
 use cadenza_control_plane::{
     ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store, auth::AuthConfig,
 };
-use cadenza_edge::{
-    DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, SliceCache, SliceMath,
-    UnknownCountry, UpstreamConfig, serve_h3,
-};
+use cadenza_edge::Edge;
 use cadenza_origin::{LocalDirStore, ObjectStore, Origin, OriginConfig, S3Config, S3Store};
 use cadenza_transcoder::worker::{self, WorkerConfig};
+
+use crate::edge_node::{self, EdgeListeners, EdgeNodeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -131,6 +130,10 @@ pub struct ClusterInfo {
     pub admin_token: String,
     /// The edge's cleartext listener, when enabled.
     pub edge_cleartext: Option<String>,
+    /// Public keys that verify the control plane's edge tokens, hex by key id (what a
+    /// standalone `cadenza edge` is given with `--token-key`).
+    #[serde(default)]
+    pub token_keys: std::collections::BTreeMap<String, String>,
     /// The data directory this was loaded from (clients keep their resume state there).
     #[serde(skip)]
     pub data_dir: Option<PathBuf>,
@@ -228,7 +231,7 @@ fn spawn_catalogue_upkeep(cp: Arc<ControlPlane>, mut shutdown: Shutdown) -> Join
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
@@ -287,7 +290,50 @@ pub fn service_token(data: &Path) -> anyhow::Result<String> {
     Ok(secrets.service_token)
 }
 
-fn secret() -> String {
+/// What an edge joining the stack in `data` takes from it (`cadenza edge --join`): the
+/// origin, the certificate (presented and trusted), the edge key, the token keys and the
+/// admin token.
+#[derive(Debug, Clone)]
+pub struct JoinInfo {
+    pub origin: String,
+    pub cert: CertPem,
+    pub edge_key: String,
+    pub token_keys: VerifyingKeys,
+    pub admin_token: String,
+}
+
+/// Reads [`JoinInfo`] from a `cadenza up` data directory.
+pub fn join_info(data: &Path) -> anyhow::Result<JoinInfo> {
+    let info = ClusterInfo::load(data)?;
+    let secrets: Secrets = serde_json::from_str(
+        &std::fs::read_to_string(data.join("secrets.json")).context("reading secrets.json")?,
+    )?;
+    let (cert, _) = load_or_create_cert(data)?;
+    Ok(JoinInfo {
+        origin: info.origin,
+        cert,
+        edge_key: secrets.edge_key,
+        token_keys: parse_token_keys(info.token_keys.iter().map(|(k, v)| format!("{k}={v}")))?,
+        admin_token: secrets.admin_token,
+    })
+}
+
+/// Token keys written `KID=HEX` (32-byte Ed25519 public keys).
+pub fn parse_token_keys(specs: impl IntoIterator<Item = String>) -> anyhow::Result<VerifyingKeys> {
+    let mut keys = VerifyingKeys::default();
+    for spec in specs {
+        let (kid, hex) = spec
+            .split_once('=')
+            .with_context(|| format!("token key {spec:?}: expected KID=HEX"))?;
+        let key = cadenza_common::hex_decode(hex.trim())
+            .filter(|k| k.len() == 32)
+            .with_context(|| format!("token key {kid:?}: expected 64 hex digits"))?;
+        keys.insert(kid.trim(), key);
+    }
+    Ok(keys)
+}
+
+pub(crate) fn secret() -> String {
     hex_encode(&random_bytes::<24>())
 }
 
@@ -310,7 +356,7 @@ fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
     Ok(secrets)
 }
 
-fn load_or_create_cert(data: &Path) -> anyhow::Result<(CertPem, PathBuf)> {
+pub(crate) fn load_or_create_cert(data: &Path) -> anyhow::Result<(CertPem, PathBuf)> {
     let dir = data.join("tls");
     std::fs::create_dir_all(&dir)?;
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -386,6 +432,7 @@ impl Stack {
                 Some(l) => Some(format!("http://{}", l.local_addr()?)),
                 None => None,
             },
+            token_keys: [(signing.kid().to_owned(), hex_encode(&signing.public_key()))].into(),
             data_dir: Some(data.clone()),
         };
         let (trigger, shutdown) = Shutdown::new();
@@ -530,92 +577,48 @@ impl Stack {
             .task,
         );
 
-        let disk = if config.edge_disk_bytes > 0 {
-            Some(Arc::new(
-                DiskTier::open(data.join("edge-cache"), config.edge_disk_bytes).await?,
-            ))
+        let origins = if config.extra_origins_first {
+            config
+                .extra_origins
+                .iter()
+                .cloned()
+                .chain([info.origin.clone()])
+                .collect()
         } else {
-            None
+            std::iter::once(info.origin.clone())
+                .chain(config.extra_origins.iter().cloned())
+                .collect()
         };
-        let cache = Arc::new(SliceCache::new(
-            SliceMath::new(config.slice_bytes),
-            config.edge_cache_bytes,
-            UpstreamConfig {
-                origins: if config.extra_origins_first {
-                    config
-                        .extra_origins
-                        .iter()
-                        .cloned()
-                        .chain([info.origin.clone()])
-                        .collect()
-                } else {
-                    std::iter::once(info.origin.clone())
-                        .chain(config.extra_origins.iter().cloned())
-                        .collect()
-                },
-                edge_key: secrets.edge_key.clone(),
-                timeout: Duration::from_secs(10),
-                breaker_threshold: 3,
-                breaker_cooldown: Duration::from_secs(10),
-            },
-            client.clone(),
-            Arc::new(EdgeMetrics::new()),
-            disk,
-        ));
-        let admin = Arc::new(EdgeAdmin::new(
-            cache.clone(),
+        let mut edge_config = EdgeNodeConfig::new(
+            cert.clone(),
+            cert.cert.as_bytes().to_vec(),
+            origins,
+            secrets.edge_key.clone(),
             secrets.admin_token.clone(),
-            true,
-        ));
-        tasks.push(
-            serve_on(
-                admin_l,
-                Some(server_tls.clone()),
-                limits.clone(),
-                admin,
-                shutdown.clone(),
-            )?
-            .task,
+            keys,
         );
-        let edge_addr = edge_l.local_addr()?;
-        // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
-        let alt_svc =
-            http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", edge_addr.port())).ok();
-        let edge = Arc::new(Edge::new(
-            EdgeConfig {
-                keys,
-                token_leeway: verify_leeway_default(),
-                geo: geo.clone(),
-                trusted_proxies: config.trusted_proxies.clone(),
-                unknown_country: UnknownCountry::Allow,
-                read_ahead_slices: config.edge_read_ahead,
-                alt_svc,
-                access_log: config.access_log,
-            },
-            cache,
-        ));
-        tasks.push(
-            serve_on(
-                edge_l,
-                Some(server_tls),
-                limits.clone(),
-                edge.clone(),
-                shutdown.clone(),
-            )?
-            .task,
-        );
-        if let Some(l) = cleartext_l {
-            tasks.push(serve_on(l, None, limits.clone(), edge.clone(), shutdown.clone())?.task);
+        edge_config.geo = geo.clone();
+        edge_config.trusted_proxies = config.trusted_proxies.clone();
+        edge_config.slice_bytes = config.slice_bytes;
+        edge_config.memory_bytes = config.edge_cache_bytes;
+        edge_config.read_ahead = config.edge_read_ahead;
+        edge_config.access_log = config.access_log;
+        edge_config.limits = limits.clone();
+        if config.edge_disk_bytes > 0 {
+            edge_config.disk = Some((data.join("edge-cache"), config.edge_disk_bytes));
         }
-        let h3_tls = tls::server_config_with_alpn(&cert, &[b"h3"])?;
-        let h3 = serve_h3(
-            edge_addr,
-            h3_tls,
-            H3Limits::default(),
-            edge.clone(),
+        let node = edge_node::start(
+            edge_config,
+            EdgeListeners {
+                main: edge_l,
+                admin: admin_l,
+                cleartext: cleartext_l,
+            },
             shutdown.clone(),
-        )?;
-        tasks.push(h3.task);
+        )
+        .await?;
+        let edge = node.edge;
+        tasks.extend(node.tasks);
 
         for _ in 0..config.workers {
             let worker_config =

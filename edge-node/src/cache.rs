@@ -13,6 +13,7 @@ use moka::future::Cache;
 
 use crate::disk::{DiskMiss, DiskTier};
 use crate::metrics::EdgeMetrics;
+use crate::shield::Shield;
 use crate::slices::SliceMath;
 use crate::upstream::Upstreams;
 
@@ -52,6 +53,7 @@ pub struct SliceCache {
     upstream: UpstreamConfig,
     origins: Upstreams,
     disk: Option<Arc<DiskTier>>,
+    shield: Option<Shield>,
     client: HttpClient,
     origin_fetches: AtomicU64,
 }
@@ -92,9 +94,23 @@ impl SliceCache {
             ),
             upstream,
             disk,
+            shield: None,
             client,
             origin_fetches: AtomicU64::new(0),
         }
+    }
+
+    /// Fetches missing slices of files another edge of the region owns from that edge
+    /// first (the shield tier). The owner is asked with the same edge key and object API as
+    /// an origin.
+    pub fn with_shield(mut self, shield: Shield) -> Self {
+        self.shield = Some(shield);
+        self
+    }
+
+    /// Whether this edge owns `id` in its region (always, without a shield tier).
+    pub fn owns(&self, id: &FileId) -> bool {
+        self.shield.as_ref().is_none_or(|s| s.owns(id))
     }
 
     /// Slice geometry.
@@ -284,12 +300,38 @@ impl SliceCache {
         Ok(data)
     }
 
-    /// Fetches slice `index` from the first origin that answers, at most one attempt per
-    /// origin. A 404 is final (every origin serves the same content-addressed store).
+    /// Fetches slice `index` from the file's owner in the region when that is another edge
+    /// and it answers, else from the first origin that answers, at most one attempt per
+    /// origin. A 404 is final (every origin serves the same content-addressed store, and an
+    /// owner answers 404 only when the origins did).
     async fn fetch(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        if let Some(shield) = &self.shield
+            && let Some((i, owner)) = shield.fetch_from(id, std::time::Instant::now())
+        {
+            let outcome = self.fetch_from(owner, id, index, Source::Owner).await;
+            shield.record(
+                i,
+                !matches!(outcome, Err(FetchError::Upstream(_))),
+                std::time::Instant::now(),
+            );
+            match outcome {
+                Ok(bytes) => {
+                    self.metrics.shield_fetches.with_label_values(&["ok"]).inc();
+                    return Ok(bytes);
+                }
+                Err(FetchError::NotFound) => return Err(FetchError::NotFound),
+                Err(e) => {
+                    self.metrics
+                        .shield_fetches
+                        .with_label_values(&["failed"])
+                        .inc();
+                    tracing::warn!(owner, error = %e, "owner edge fetch failed; asking an origin");
+                }
+            }
+        }
         let mut last = FetchError::Upstream("no origin configured".into());
         for (i, origin) in self.origins.order(std::time::Instant::now()) {
-            match self.fetch_from(origin, id, index).await {
+            match self.fetch_from(origin, id, index, Source::Origin).await {
                 Ok(bytes) => {
                     self.origins.record(i, true, std::time::Instant::now());
                     return Ok(bytes);
@@ -313,7 +355,13 @@ impl SliceCache {
         self.origins.is_open(i, std::time::Instant::now())
     }
 
-    async fn fetch_from(&self, origin: &str, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+    async fn fetch_from(
+        &self,
+        origin: &str,
+        id: &FileId,
+        index: u64,
+        source: Source,
+    ) -> Result<Bytes, FetchError> {
         let size = self.math.slice_size();
         let start = index * size;
         let url = format!("{origin}/v1/objects/{id}");
@@ -325,7 +373,9 @@ impl SliceCache {
             header::HeaderValue::from_str(&range)
                 .map_err(|e| FetchError::Upstream(e.to_string()))?,
         );
-        self.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        if source == Source::Origin {
+            self.origin_fetches.fetch_add(1, Ordering::Relaxed);
+        }
         let started = std::time::Instant::now();
         let fetched = self.fetch_body(req, &url, &range).await;
         let outcome = if fetched.is_ok() { "ok" } else { "error" };
@@ -334,7 +384,10 @@ impl SliceCache {
             .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
         let (total, body) = fetched?;
-        self.metrics.upstream_bytes.inc_by(body.len() as u64);
+        match source {
+            Source::Origin => self.metrics.upstream_bytes.inc_by(body.len() as u64),
+            Source::Owner => self.metrics.shield_bytes.inc_by(body.len() as u64),
+        }
         let (_, expected) = self.math.bounds(index, total);
         if body.len() as u64 != expected {
             // Never cache a short or long slice: it would be served as if whole.
@@ -372,6 +425,14 @@ impl SliceCache {
         .map_err(|e: ClientError| FetchError::Upstream(e.to_string()))?;
         Ok((total, body))
     }
+}
+
+/// Who a slice is fetched from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Origin,
+    /// The edge owning the file in this region.
+    Owner,
 }
 
 /// The complete length from `Content-Range: bytes a-b/LEN`.

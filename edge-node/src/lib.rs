@@ -13,6 +13,7 @@ mod disk;
 mod h3;
 mod metrics;
 mod service;
+mod shield;
 mod slices;
 mod upstream;
 
@@ -22,6 +23,7 @@ pub use disk::DiskTier;
 pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
+pub use shield::Shield;
 pub use slices::SliceMath;
 pub use upstream::{Breaker, Upstreams};
 

@@ -30,6 +30,11 @@ pub struct EdgeMetrics {
     pub upstream_seconds: HistogramVec,
     /// Body bytes received from origins.
     pub upstream_bytes: IntCounter,
+    /// Slice fetches from the file's owner in the region (shield tier), by outcome: `ok`,
+    /// or `failed` (then fetched from an origin).
+    pub shield_fetches: IntCounterVec,
+    /// Body bytes received from owner edges.
+    pub shield_bytes: IntCounter,
     /// Time from request to response head.
     pub ttfb_seconds: Histogram,
     /// Bytes in the memory tier.
@@ -101,6 +106,24 @@ impl EdgeMetrics {
             upstream_bytes: register(
                 &r,
                 counter("upstream_bytes_total", "Body bytes received from origins"),
+            ),
+            shield_fetches: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "shield_fetches_total",
+                        "Slice fetches from the owning edge of the region, by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            shield_bytes: register(
+                &r,
+                counter(
+                    "shield_bytes_total",
+                    "Body bytes received from owning edges",
+                ),
             ),
             upstream_seconds: register(
                 &r,

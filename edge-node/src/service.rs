@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET, HEAD /a/{file_id}` | rendition bytes by range; token in `Authorization: Bearer` or `?t=` |
+//! | `GET, HEAD /v1/objects/{file_id}` | the same bytes for the region's other edges (shield tier); the edge key in `Authorization: Bearer` |
 //! | `GET /healthz` | liveness |
 
 use std::net::IpAddr;
@@ -55,6 +56,9 @@ pub struct EdgeConfig {
     /// Log every request (target `access`: method, path, status, bytes, protocol, client,
     /// milliseconds).
     pub access_log: bool,
+    /// The key the region's other edges present to fetch slices of files this edge owns
+    /// (`/v1/objects/{id}`, the origin's object API); `None` serves no peers.
+    pub peer_key: Option<String>,
 }
 
 /// The edge service.
@@ -155,6 +159,32 @@ impl Edge {
             .and_then(|v| v.to_str().ok());
         let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         check_territory(&self.config, &claims, client)?;
+        self.serve_bytes(req, id, true).await
+    }
+
+    /// A slice range for another edge of the region, which owns no token: the edge key
+    /// authorises it. The asking edge reads ahead itself, so this one does not.
+    async fn serve_peer(&self, req: &Parts, id: &str) -> Result<Response<Body>, ApiError> {
+        let expected = self
+            .config
+            .peer_key
+            .as_deref()
+            .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
+        cadenza_common::http::require_bearer(&req.headers, expected)?;
+        let id: FileId = id
+            .parse()
+            .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
+        self.serve_bytes(req, id, false).await
+    }
+
+    /// The requested bytes of `id` from the cache, reading ahead when `read_ahead` and the
+    /// request looks sequential.
+    async fn serve_bytes(
+        &self,
+        req: &Parts,
+        id: FileId,
+        read_ahead: bool,
+    ) -> Result<Response<Body>, ApiError> {
         let slice_size = self.cache.math().slice_size();
         let range = req.headers.get(http::header::RANGE).map(|v| v.as_bytes());
         let first_hint = first_byte(range).map_or(0, |b| b / slice_size);
@@ -169,7 +199,7 @@ impl Edge {
             // for slices nobody may ask for.
             let first = offset / slice_size;
             let last = (offset + len - 1) / slice_size;
-            if offset == 0 || (first > 0 && self.cache.holds(&id, first - 1)) {
+            if read_ahead && (offset == 0 || (first > 0 && self.cache.holds(&id, first - 1))) {
                 self.cache
                     .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
             }
@@ -260,6 +290,7 @@ impl Edge {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let result = match (&req.method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, conn, id).await,
+            (&Method::GET | &Method::HEAD, ["v1", "objects", id]) => self.serve_peer(req, id).await,
             (&Method::GET, ["healthz"]) => Ok(health()),
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
@@ -329,6 +360,7 @@ mod tests {
             read_ahead_slices: 0,
             alt_svc: None,
             access_log: false,
+            peer_key: None,
         }
     }
 

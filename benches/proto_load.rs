@@ -1,0 +1,256 @@
+//! A load client for the edge that speaks HTTP/2 over TLS or HTTP/3 with the same loop, so
+//! the two protocols are compared by one client rather than by two tools of different
+//! efficiency (h2load has no HTTP/3).
+//!
+//! ```text
+//! proto_load h2|h3 ADDR CA_PEM TOKENS OBJECT_BYTES [CONNS] [SECS] [RANGE]
+//! ```
+//!
+//! `TOKENS` holds `file_id token` lines (`cadenza token` writes them). Each of CONNS
+//! connections asks, one request at a time for SECS seconds, for a random RANGE-byte range
+//! (default 128 KiB) of a random object, and reads the whole answer. Runs on one thread
+//! (pin it with `taskset`). Prints one line: `RESULT requests bytes errors p50_ms p99_ms`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Plan {
+    addr: SocketAddr,
+    objects: Vec<(String, String)>,
+    object_bytes: u64,
+    range: u64,
+    until: Instant,
+}
+
+/// What one connection did.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    bytes: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// A small, seeded generator: the benchmark needs spread, not quality.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+impl Plan {
+    /// The next request: a random object and a random range of it.
+    fn next(&self, rng: &mut XorShift) -> http::Request<()> {
+        let (id, token) = &self.objects[rng.below(self.objects.len() as u64) as usize];
+        let start = rng.below(self.object_bytes - self.range);
+        http::Request::get(format!("https://localhost:{}/a/{id}", self.addr.port()))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(
+                http::header::RANGE,
+                format!("bytes={start}-{}", start + self.range - 1),
+            )
+            .body(())
+            .unwrap_or_default()
+    }
+}
+
+fn record(tally: &mut Tally, started: Instant, status: http::StatusCode, got: u64, want: u64) {
+    tally.requests += 1;
+    tally.bytes += got;
+    if status != http::StatusCode::PARTIAL_CONTENT || got != want {
+        tally.errors += 1;
+    }
+    let us = started.elapsed().as_micros();
+    tally
+        .latencies_us
+        .push(u32::try_from(us).unwrap_or(u32::MAX));
+}
+
+async fn h2_connection(
+    plan: Arc<Plan>,
+    tls: Arc<rustls::ClientConfig>,
+    seed: u64,
+) -> Result<Tally, BoxError> {
+    let tcp = tokio::net::TcpStream::connect(plan.addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let mut rng = XorShift(seed);
+    let mut tally = Tally::default();
+    while Instant::now() < plan.until {
+        let (parts, ()) = plan.next(&mut rng).into_parts();
+        let started = Instant::now();
+        let resp = send
+            .send_request(http::Request::from_parts(parts, Empty::new()))
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                got += data.len() as u64;
+            }
+        }
+        record(&mut tally, started, status, got, plan.range);
+    }
+    Ok(tally)
+}
+
+async fn h3_connection(
+    plan: Arc<Plan>,
+    endpoint: quinn::Endpoint,
+    seed: u64,
+) -> Result<Tally, BoxError> {
+    let conn = endpoint.connect(plan.addr, "localhost")?.await?;
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let mut rng = XorShift(seed);
+    let mut tally = Tally::default();
+    while Instant::now() < plan.until {
+        let req = plan.next(&mut rng);
+        let started = Instant::now();
+        let mut stream = send.send_request(req).await?;
+        stream.finish().await?;
+        let status = stream.recv_response().await?.status();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.recv_data().await? {
+            got += chunk.remaining() as u64;
+        }
+        record(&mut tally, started, status, got, plan.range);
+    }
+    drive.abort();
+    Ok(tally)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn usage() -> ! {
+    eprintln!("usage: proto_load h2|h3 ADDR CA_PEM TOKENS OBJECT_BYTES [CONNS] [SECS] [RANGE]");
+    std::process::exit(2)
+}
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 5 {
+        usage();
+    }
+    let proto = args[0].as_str();
+    let addr: SocketAddr = args[1].parse()?;
+    let ca = std::fs::read(&args[2])?;
+    let objects: Vec<(String, String)> = std::fs::read_to_string(&args[3])?
+        .lines()
+        .filter_map(|l| {
+            let (id, token) = l.split_once(' ')?;
+            Some((id.to_owned(), token.trim().to_owned()))
+        })
+        .collect();
+    let object_bytes: u64 = args[4].parse()?;
+    let arg = |i: usize, default: u64| -> Result<u64, BoxError> {
+        Ok(args
+            .get(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let conns = arg(5, 64)?;
+    let secs = arg(6, 15)?;
+    let range = arg(7, 128 * 1024)?;
+    if objects.is_empty() || object_bytes <= range {
+        usage();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let plan = Arc::new(Plan {
+            addr,
+            objects,
+            object_bytes,
+            range,
+            until: Instant::now() + Duration::from_secs(secs),
+        });
+        let tls = cadenza_common::http::tls::client_config(&ca)?;
+        let mut tasks = Vec::new();
+        match proto {
+            "h2" => {
+                let mut h2_tls = (*tls).clone();
+                h2_tls.alpn_protocols = vec![b"h2".to_vec()];
+                let h2_tls = Arc::new(h2_tls);
+                for c in 0..conns {
+                    let plan = plan.clone();
+                    let tls = h2_tls.clone();
+                    tasks.push(tokio::spawn(h2_connection(plan, tls, 0x9E37_79B9 + c)));
+                }
+            }
+            "h3" => {
+                let mut h3_tls = (*tls).clone();
+                h3_tls.alpn_protocols = vec![b"h3".to_vec()];
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(h3_tls)?;
+                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                for c in 0..conns {
+                    let plan = plan.clone();
+                    tasks.push(tokio::spawn(h3_connection(
+                        plan,
+                        endpoint.clone(),
+                        0x9E37_79B9 + c,
+                    )));
+                }
+            }
+            _ => usage(),
+        }
+        let mut all = Tally::default();
+        for task in tasks {
+            match task.await? {
+                Ok(t) => {
+                    all.requests += t.requests;
+                    all.bytes += t.bytes;
+                    all.errors += t.errors;
+                    all.latencies_us.extend(t.latencies_us);
+                }
+                Err(e) => {
+                    eprintln!("connection failed: {e}");
+                    all.errors += 1;
+                }
+            }
+        }
+        all.latencies_us.sort_unstable();
+        println!(
+            "RESULT {} {} {} {:.3} {:.3}",
+            all.requests,
+            all.bytes,
+            all.errors,
+            percentile(&all.latencies_us, 0.5),
+            percentile(&all.latencies_us, 0.99)
+        );
+        Ok::<_, BoxError>(())
+    })
+}

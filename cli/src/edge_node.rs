@@ -1,0 +1,212 @@
+//! One edge node: the slice cache, its listeners (TLS on TCP for HTTP/1.1 and HTTP/2, UDP
+//! for HTTP/3, an optional cleartext port, the admin port) and its upstreams. `cadenza up`
+//! runs one beside the other services; `cadenza edge` runs one alone, pointed at origins
+//! elsewhere, as operators deploy them per region.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cadenza_common::VerifyingKeys;
+use cadenza_common::http::client::https_client;
+use cadenza_common::http::tls::{self, CertPem};
+use cadenza_common::http::{ServerLimits, Shutdown, serve_on};
+use cadenza_edge::{
+    DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache, SliceMath,
+    UnknownCountry, UpstreamConfig, serve_h3,
+};
+use cadenza_geo::{Cidr, ReloadingGeo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Everything an edge node needs.
+#[derive(Debug, Clone)]
+pub struct EdgeNodeConfig {
+    /// The certificate the node presents (TCP and QUIC).
+    pub cert: CertPem,
+    /// Certificates to trust when fetching from origins and from the region's other edges.
+    pub upstream_ca: Vec<u8>,
+    /// Origin base URLs in preference order.
+    pub origins: Vec<String>,
+    /// The key origins (and owning edges) expect from edges.
+    pub edge_key: String,
+    /// Bearer token for the admin listener.
+    pub admin_token: String,
+    /// The control plane's token-signing public keys (two during a rotation).
+    pub token_keys: VerifyingKeys,
+    /// Country database for the territory check, reloaded by the caller.
+    pub geo: Option<Arc<ReloadingGeo>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Policy for listeners the database does not place.
+    pub unknown_country: UnknownCountry,
+    /// Slice size.
+    pub slice_bytes: u64,
+    /// Memory tier size.
+    pub memory_bytes: u64,
+    /// Disk tier directory and size; `None` keeps memory only.
+    pub disk: Option<(PathBuf, u64)>,
+    /// Slices fetched ahead of a sequential reader.
+    pub read_ahead: u64,
+    /// Log every request (target `access`).
+    pub access_log: bool,
+    /// The shield tier: this edge's URL as its peers spell it, and the region's edges
+    /// (itself included or not). `None` fetches every miss from the origins.
+    pub region: Option<(String, Vec<String>)>,
+    /// Time allowed for one slice fetch from one upstream.
+    pub upstream_timeout: Duration,
+    /// Connection limits and timeouts.
+    pub limits: ServerLimits,
+}
+
+impl EdgeNodeConfig {
+    /// Defaults for everything but the credentials and the upstreams.
+    pub fn new(
+        cert: CertPem,
+        upstream_ca: Vec<u8>,
+        origins: Vec<String>,
+        edge_key: String,
+        admin_token: String,
+        token_keys: VerifyingKeys,
+    ) -> Self {
+        Self {
+            cert,
+            upstream_ca,
+            origins,
+            edge_key,
+            admin_token,
+            token_keys,
+            geo: None,
+            trusted_proxies: Vec::new(),
+            unknown_country: UnknownCountry::Allow,
+            slice_bytes: 256 * 1024,
+            memory_bytes: 256 * 1024 * 1024,
+            disk: None,
+            read_ahead: 2,
+            access_log: false,
+            region: None,
+            upstream_timeout: Duration::from_secs(10),
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+/// The sockets an edge node serves on, bound by the caller (so it knows the ports first).
+#[derive(Debug)]
+pub struct EdgeListeners {
+    /// Players, over TLS; HTTP/3 binds the same port on UDP.
+    pub main: TcpListener,
+    /// Purge, pre-warm, stats and metrics, over TLS.
+    pub admin: TcpListener,
+    /// Players without TLS, behind a load balancer that terminates it.
+    pub cleartext: Option<TcpListener>,
+}
+
+/// A running edge node.
+#[derive(Debug)]
+pub struct EdgeNode {
+    /// The service, for tests and stats.
+    pub edge: Arc<Edge>,
+    /// Serving tasks; each ends after shutdown once its connections drain.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Starts an edge node on `listeners` until `shutdown`.
+pub async fn start(
+    config: EdgeNodeConfig,
+    listeners: EdgeListeners,
+    shutdown: Shutdown,
+) -> anyhow::Result<EdgeNode> {
+    let server_tls = tls::server_config(&config.cert)?;
+    let client = https_client(tls::client_config(&config.upstream_ca)?);
+    let disk = match &config.disk {
+        Some((dir, bytes)) => Some(Arc::new(DiskTier::open(dir, *bytes).await?)),
+        None => None,
+    };
+    let breaker_threshold = 3;
+    let breaker_cooldown = Duration::from_secs(10);
+    let mut cache = SliceCache::new(
+        SliceMath::new(config.slice_bytes),
+        config.memory_bytes,
+        UpstreamConfig {
+            origins: config.origins.clone(),
+            edge_key: config.edge_key.clone(),
+            timeout: config.upstream_timeout,
+            breaker_threshold,
+            breaker_cooldown,
+        },
+        client,
+        Arc::new(EdgeMetrics::new()),
+        disk,
+    );
+    if let Some((me, peers)) = &config.region {
+        cache = cache.with_shield(Shield::new(me, peers, breaker_threshold, breaker_cooldown));
+    }
+    let cache = Arc::new(cache);
+    let mut tasks = Vec::new();
+    let admin = Arc::new(EdgeAdmin::new(
+        cache.clone(),
+        config.admin_token.clone(),
+        true,
+    ));
+    tasks.push(
+        serve_on(
+            listeners.admin,
+            Some(server_tls.clone()),
+            config.limits.clone(),
+            admin,
+            shutdown.clone(),
+        )?
+        .task,
+    );
+    let main_addr = listeners.main.local_addr()?;
+    // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
+    let alt_svc =
+        http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", main_addr.port())).ok();
+    let edge = Arc::new(Edge::new(
+        EdgeConfig {
+            keys: config.token_keys.clone(),
+            token_leeway: cadenza_common::verify_leeway_default(),
+            geo: config.geo.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            unknown_country: config.unknown_country,
+            read_ahead_slices: config.read_ahead,
+            alt_svc,
+            access_log: config.access_log,
+            peer_key: config.region.is_some().then(|| config.edge_key.clone()),
+        },
+        cache,
+    ));
+    tasks.push(
+        serve_on(
+            listeners.main,
+            Some(server_tls),
+            config.limits.clone(),
+            edge.clone(),
+            shutdown.clone(),
+        )?
+        .task,
+    );
+    if let Some(l) = listeners.cleartext {
+        tasks.push(
+            serve_on(
+                l,
+                None,
+                config.limits.clone(),
+                edge.clone(),
+                shutdown.clone(),
+            )?
+            .task,
+        );
+    }
+    let h3_tls = tls::server_config_with_alpn(&config.cert, &[b"h3"])?;
+    let h3 = serve_h3(
+        main_addr,
+        h3_tls,
+        H3Limits::default(),
+        edge.clone(),
+        shutdown.clone(),
+    )?;
+    tasks.push(h3.task);
+    Ok(EdgeNode { edge, tasks })
+}

@@ -1,0 +1,312 @@
+//! Standalone edges beside a running stack: three edges of one region share the origin's
+//! load through the shield tier (one origin fetch per slice for the whole region, and a
+//! dead owner costs a fallback to the origin, not an error), and `cadenza edge --join` runs
+//! as its own process and stops cleanly on SIGTERM.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cadenza::edge_node::{self, EdgeListeners, EdgeNode, EdgeNodeConfig};
+use cadenza::stack::{JoinInfo, Stack, StackConfig, join_info, signing_key};
+use cadenza_common::http::client::{self, HttpClient};
+use cadenza_common::http::{Shutdown, ShutdownTrigger, empty, full};
+use cadenza_common::{FileId, Territories, TokenClaims, hex_encode};
+use http::{Method, StatusCode};
+use tokio::net::TcpListener;
+
+const SLICE: u64 = 64 * 1024;
+
+/// Deterministic bytes, different per seed.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stores `data` through the origin's service API; its id is the content hash.
+async fn put(stack: &Stack, dir: &Path, data: Vec<u8>) -> FileId {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+    let id: FileId = hex_encode(digest.as_ref())[..40].parse().unwrap();
+    let service = cadenza::stack::service_token(dir).unwrap();
+    let url = format!("{}/internal/v1/objects/{id}", stack.info.origin);
+    let req = client::request(Method::PUT, &url, Some(&service), full(data)).unwrap();
+    let resp = stack.client().unwrap().request(req).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    id
+}
+
+fn token(dir: &Path, id: &FileId) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    signing_key(dir)
+        .unwrap()
+        .sign(&TokenClaims {
+            file_id: id.clone(),
+            expires_at: now + 600,
+            territories: Territories::worldwide(),
+        })
+        .0
+}
+
+async fn get(client: &HttpClient, url: &str, token: &str) -> (StatusCode, Vec<u8>) {
+    let req = client::request(Method::GET, url, Some(token), empty()).unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        client::read_all(resp.into_body(), url)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+}
+
+struct RegionEdge {
+    url: String,
+    node: EdgeNode,
+    trigger: ShutdownTrigger,
+}
+
+/// `n` edges of one region, each knowing the others, all fetching from the stack's origin.
+async fn region(join: &JoinInfo, n: usize) -> Vec<RegionEdge> {
+    let mut bound = Vec::new();
+    for _ in 0..n {
+        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bound.push((
+            format!("https://{}", main.local_addr().unwrap()),
+            main,
+            admin,
+        ));
+    }
+    let urls: Vec<String> = bound.iter().map(|(u, _, _)| u.clone()).collect();
+    let mut edges = Vec::new();
+    for (url, main, admin) in bound {
+        let mut config = EdgeNodeConfig::new(
+            join.cert.clone(),
+            join.cert.cert.as_bytes().to_vec(),
+            vec![join.origin.clone()],
+            join.edge_key.clone(),
+            join.admin_token.clone(),
+            join.token_keys.clone(),
+        );
+        config.slice_bytes = SLICE;
+        config.read_ahead = 0;
+        config.region = Some((url.clone(), urls.clone()));
+        let (trigger, shutdown) = Shutdown::new();
+        let listeners = EdgeListeners {
+            main,
+            admin,
+            cleartext: None,
+        };
+        let node = edge_node::start(config, listeners, shutdown).await.unwrap();
+        edges.push(RegionEdge { url, node, trigger });
+    }
+    edges
+}
+
+fn origin_fetches(edges: &[RegionEdge]) -> u64 {
+    edges
+        .iter()
+        .map(|e| e.node.edge.cache().origin_fetches())
+        .sum()
+}
+
+fn shield(edge: &RegionEdge, outcome: &str) -> u64 {
+    edge.node
+        .edge
+        .cache()
+        .metrics()
+        .shield_fetches
+        .with_label_values(&[outcome])
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.workers = 0;
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let join = join_info(dir.path()).unwrap();
+    let edges = region(&join, 3).await;
+
+    // 12 objects of 200 KiB (4 slices each), each read whole from all three edges at once.
+    let len = 200 * 1024;
+    let mut objects = Vec::new();
+    for seed in 0..12u64 {
+        let data = bytes(seed + 1, len);
+        let id = put(&stack, dir.path(), data.clone()).await;
+        objects.push((id, data));
+    }
+    for (id, data) in &objects {
+        let t = token(dir.path(), id);
+        let reads = edges.iter().map(|e| {
+            let (client, url, t) = (client.clone(), format!("{}/a/{id}", e.url), t.clone());
+            async move { get(&client, &url, &t).await }
+        });
+        for (status, body) in futures_util::future::join_all(reads).await {
+            assert_eq!(status, StatusCode::OK);
+            assert!(body == *data, "an edge served other bytes for {id}");
+        }
+    }
+    let slices = objects.len() as u64 * (len as u64).div_ceil(SLICE);
+    println!(
+        "origin fetches for {slices} slices read from 3 edges: {}",
+        origin_fetches(&edges)
+    );
+    assert_eq!(
+        origin_fetches(&edges),
+        slices,
+        "the region fetched a slice twice"
+    );
+    let from_owners: u64 = edges.iter().map(|e| shield(e, "ok")).sum();
+    assert_eq!(
+        from_owners,
+        2 * slices,
+        "each non-owner asks the owner once per slice"
+    );
+    // Owners are spread: every edge owns some of the twelve.
+    for e in &edges {
+        let owned = objects
+            .iter()
+            .filter(|(id, _)| e.node.edge.cache().owns(id))
+            .count();
+        assert!(owned > 0, "{} owns none of 12 files", e.url);
+    }
+
+    // The owner of a new file goes down: another edge serves it from the origin.
+    let mut edges = edges;
+    let data = bytes(1000, len);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let owner = edges
+        .iter()
+        .position(|e| e.node.edge.cache().owns(&id))
+        .unwrap();
+    let dead = edges.remove(owner);
+    dead.trigger.trigger();
+    for task in dead.node.tasks {
+        tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let asker = &edges[0];
+    let before = origin_fetches(&edges);
+    let started = Instant::now();
+    let (status, body) = get(
+        &client,
+        &format!("{}/a/{id}", asker.url),
+        &token(dir.path(), &id),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == data, "wrong bytes after the owner died");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        shield(asker, "failed") >= 1,
+        "the dead owner was never tried"
+    );
+    assert_eq!(
+        origin_fetches(&edges) - before,
+        (len as u64).div_ceil(SLICE)
+    );
+
+    // Peers' object API wants the edge key.
+    let url = format!("{}/v1/objects/{id}", asker.url);
+    let (status, _) = get(&client, &url, "not-the-key").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = get(&client, &url, &join.edge_key).await;
+    assert_eq!((status, body == data), (StatusCode::OK, true));
+
+    for e in edges {
+        e.trigger.trigger();
+    }
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.workers = 0;
+    let stack = Stack::start(config).await.unwrap();
+    let data = bytes(7, 300 * 1024);
+    let id = put(&stack, dir.path(), data.clone()).await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+        .args(["edge", "--join"])
+        .arg(dir.path())
+        .arg("--data")
+        .arg(edge_dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--disk-gib",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let about = edge_dir.path().join("edge.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !about.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "cadenza edge never wrote edge.json"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "cadenza edge exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let about: serde_json::Value = serde_json::from_slice(&std::fs::read(&about).unwrap()).unwrap();
+    let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    let client = stack.client().unwrap();
+    let (status, body) = get(&client, &url, &token(dir.path(), &id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == data, "the standalone edge served other bytes");
+    let (status, _) = get(&client, &url, "v1.k1.bad.token").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+    let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&text).contains("cadenza_edge_upstream_bytes_total"));
+
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "cadenza edge ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    stack.shutdown().await;
+}

@@ -8,10 +8,11 @@
 #  2. CROWD concurrent identical requests for a range of one more cold object:
 #     how many origin requests they caused (collapsing should make it one per slice).
 # Run with READ_AHEAD=0 too: `up` reads two slices ahead by default, which sequential
-# players want and random readers pay for.
+# players want and random readers pay for. SLICE_KIB sets the slice size (a random 128 KiB
+# range spans 1.5 slices of 256 KiB on average, 2 of 128 KiB).
 #
 # Needs: curl ≥ 7.66 (--parallel), python3. Knobs: OBJECTS (100), OBJECT_MIB (5),
-# CROWD (100), READ_AHEAD (2).
+# CROWD (100), READ_AHEAD (2), SLICE_KIB (256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,8 @@ RANGE=131072
 source benches/lib.sh
 bench_init
 READ_AHEAD=${READ_AHEAD:-2}
-bench_up --edge-cleartext --edge-read-ahead "$READ_AHEAD"
+SLICE_KIB=${SLICE_KIB:-256}
+bench_up --edge-cleartext --edge-read-ahead "$READ_AHEAD" --edge-slice-kib "$SLICE_KIB"
 echo "storing $((OBJECTS + 1)) × $OBJECT_MIB MiB renditions…"
 bench_store $((OBJECTS + 1)) "$OBJECT_MIB"
 bench_tokens "$work/tokens"

@@ -34,19 +34,11 @@ taskset -a -cp 0 "$up_pid" >/dev/null
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB" "$work/files"
 bench_tokens "$work/tokens"
-python3 - "${ids[@]}" >"$work/prewarm.json" <<'EOF'
-import json, sys
-print(json.dumps({"file_ids": sys.argv[1:]}))
-EOF
-curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" \
-  --data-binary "@$work/prewarm.json" "$admin/admin/v1/prewarm" >/dev/null
+bench_prewarm "$admin" "$admin_token"
 
 # nginx's worker drops to an unprivileged user: let it read the files.
 chmod a+x "$work"
 chmod -R a+rX "$work/files"
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
 cat >"$work/nginx.conf" <<EOF
@@ -109,16 +101,13 @@ done = function(summary, latency, requests)
 end
 EOF
 
-cpu() { # pid → utime + stime, clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
-}
 
 run() { # name url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors"
   taskset -c 1 wrk -t1 -c"$CONNS" -d3s -s "$work/ranges.lua" "$2" >/dev/null
   local c0 c1 out
-  c0=$(cpu "$3")
+  c0=$(bench_cpu "$3")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$2" | grep RESULT)
-  c1=$(cpu "$3")
+  c1=$(bench_cpu "$3")
   python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" <<'EOF'
 import sys
 _, reqs, body, errors, p99 = sys.argv[1].split()
@@ -136,22 +125,23 @@ run_h2() {
   local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
   taskset -c 1 $h2 -H "$hdr" -D 3 >/dev/null
   local c0 c1 out
-  c0=$(cpu "$2")
+  c0=$(bench_cpu "$2")
   out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
-  c1=$(cpu "$2")
+  c1=$(bench_cpu "$2")
   python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" <<'EOF'
 import re, sys
 out = sys.argv[1]
 c0, c1, dur, tck, rng = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-codes = re.search(r"status codes: (\d+) 2xx", out)
+codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
 if not m or not codes:
     sys.exit("h2load printed no summary:\n" + out)
 done, failed, errored = int(m.group(3)), int(m.group(5)), int(m.group(6))
 ok = int(codes.group(1))
+refused = sum(int(codes.group(i)) for i in (2, 3, 4))
 body = ok * rng
 cpu = (c1 - c0) / tck
-print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} {failed + errored + (done - ok)}")
+print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} {failed + errored + refused}")
 EOF
 }
 

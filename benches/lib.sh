@@ -8,6 +8,9 @@
 #   bench_store N MIB [DIR]         N random renditions of MIB MiB stored through the origin;
 #                                   their ids in $ids, copies kept in DIR when given
 #   bench_tokens FILE               "id token" lines for every id in $ids
+#   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
+#   bench_cpu PID                   the process's user + system time, clock ticks
+#   free_port                       a free TCP port on 127.0.0.1
 
 bench_init() {
   work=$(mktemp -d)
@@ -60,4 +63,19 @@ bench_store() {
 
 bench_tokens() {
   "$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$1"
+}
+
+bench_prewarm() {
+  python3 -c 'import json, sys; print(json.dumps({"file_ids": sys.argv[1:]}))' "${ids[@]}" \
+    >"$work/prewarm.json"
+  curl -sSf --cacert "$ca" -H "Authorization: Bearer $2" \
+    --data-binary "@$work/prewarm.json" "$1/admin/v1/prewarm" >/dev/null
+}
+
+bench_cpu() {
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

@@ -214,7 +214,19 @@ fn main() -> Result<(), BoxError> {
                 let mut h3_tls = (*tls).clone();
                 h3_tls.alpn_protocols = vec![b"h3".to_vec()];
                 let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(h3_tls)?;
-                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+                // QUIC_MAX_UDP_PAYLOAD: the largest datagram this client accepts (1472 by
+                // default, Ethernet's); the edge sends no larger.
+                let mut endpoint_config = quinn::EndpointConfig::default();
+                if let Ok(v) = std::env::var("QUIC_MAX_UDP_PAYLOAD") {
+                    endpoint_config.max_udp_payload_size(v.parse()?)?;
+                }
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let mut endpoint = quinn::Endpoint::new(
+                    endpoint_config,
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?;
                 endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
                 for c in 0..conns {
                     let plan = plan.clone();

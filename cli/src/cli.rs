@@ -150,6 +150,13 @@ pub struct EdgeArgs {
     /// This edge's URL as its region peers spell it (default https://LISTEN).
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
+    /// Largest UDP payload HTTP/3's path MTU discovery probes for (1200–65527).
+    #[arg(long, default_value_t = 1452)]
+    pub h3_max_udp_payload: u16,
+    /// Ask HTTP/3 clients to acknowledge every N packets (where they support the ACK
+    /// frequency extension); 2 is QUIC's default of every other packet.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub h3_ack_every: u32,
 }
 
 /// What to do with labels.
@@ -212,6 +219,10 @@ pub enum Command {
         /// Slices the edge fetches ahead of each request (sequential players want some).
         #[arg(long, default_value_t = 2)]
         edge_read_ahead: u64,
+        /// The edge's slice size, KiB (smaller slices cost fewer origin bytes per random
+        /// range, at more cache entries and origin requests).
+        #[arg(long, default_value_t = 256)]
+        edge_slice_kib: u64,
         #[command(flatten)]
         s3: S3Args,
         /// The control plane's database, instead of `{data}/catalogue.sqlite`:

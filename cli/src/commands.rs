@@ -53,6 +53,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             access_log,
             edge_memory_mib,
             edge_read_ahead,
+            edge_slice_kib,
             s3,
             database_url,
             rotate_master_key,
@@ -62,6 +63,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             config.rotate_master_key = rotate_master_key;
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.edge_read_ahead = edge_read_ahead;
+            config.slice_bytes = edge_slice_kib.clamp(4, 16 * 1024) * 1024;
             config.s3 = s3.config()?;
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
@@ -363,6 +365,8 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.slice_bytes = args.slice_kib.clamp(4, 16 * 1024) * 1024;
     config.read_ahead = args.read_ahead;
     config.access_log = args.access_log;
+    config.h3.max_udp_payload = args.h3_max_udp_payload.clamp(1200, 65527);
+    config.h3.ack_every = (args.h3_ack_every > 2).then_some(args.h3_ack_every);
     if args.disk_gib > 0 {
         config.disk = Some((
             args.data.join("cache"),

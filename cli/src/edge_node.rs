@@ -57,6 +57,8 @@ pub struct EdgeNodeConfig {
     pub upstream_timeout: Duration,
     /// Connection limits and timeouts.
     pub limits: ServerLimits,
+    /// HTTP/3 limits and QUIC tuning.
+    pub h3: H3Limits,
 }
 
 impl EdgeNodeConfig {
@@ -87,6 +89,7 @@ impl EdgeNodeConfig {
             region: None,
             upstream_timeout: Duration::from_secs(10),
             limits: ServerLimits::default(),
+            h3: H3Limits::default(),
         }
     }
 }
@@ -203,7 +206,7 @@ pub async fn start(
     let h3 = serve_h3(
         main_addr,
         h3_tls,
-        H3Limits::default(),
+        config.h3.clone(),
         edge.clone(),
         shutdown.clone(),
     )?;

@@ -24,6 +24,15 @@ pub struct H3Limits {
     pub idle_timeout: Duration,
     /// Time given to open connections to finish after shutdown.
     pub drain_timeout: Duration,
+    /// Largest UDP payload path MTU discovery probes for (1452 fits Ethernet; quinn's
+    /// discovery finds what the path allows below it, so a higher bound is safe where
+    /// jumbo frames may exist).
+    pub max_udp_payload: u16,
+    /// Ask clients that support the ACK frequency extension (draft-ietf-quic-ack-frequency)
+    /// to acknowledge only every this many packets (`None`: every other, the RFC 9000
+    /// default). Each ACK costs the edge a packet to process: asking for every 10th took
+    /// HTTP/3 from 0.40× to 0.48× of HTTP/2's throughput in `benches/edge_h3.sh`.
+    pub ack_every: Option<u32>,
 }
 
 impl Default for H3Limits {
@@ -32,6 +41,8 @@ impl Default for H3Limits {
             max_streams: 128,
             idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            max_udp_payload: 1452,
+            ack_every: Some(10),
         }
     }
 }
@@ -75,9 +86,28 @@ pub fn serve_h3(
     transport.max_concurrent_bidi_streams(limits.max_streams.into());
     transport.max_concurrent_uni_streams(8u32.into());
     transport.max_idle_timeout(limits.idle_timeout.try_into().ok());
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits.max_udp_payload);
+    transport.mtu_discovery_config(Some(mtu));
+    if let Some(every) = limits.ack_every {
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(every.saturating_sub(1).into());
+        transport.ack_frequency_config(Some(acks));
+    }
     config.transport_config(Arc::new(transport));
-    let endpoint =
-        quinn::Endpoint::server(config, addr).map_err(|source| H3Error::Bind { addr, source })?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(limits.max_udp_payload.clamp(1200, 65527))
+        .map_err(|e| H3Error::Tls(e.to_string()))?;
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| H3Error::Bind { addr, source })?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| H3Error::Bind { addr, source })?;
     let addr = endpoint
         .local_addr()
         .map_err(|source| H3Error::Bind { addr, source })?;

@@ -218,8 +218,10 @@ async fn serve_one<H: Handler>(
     watcher: Watcher,
 ) {
     let service = service_fn(move |req| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req, conn).await) }
+        // Boxed, so a kept-alive connection holds a pointer between requests rather than
+        // room for the handler's whole state machine.
+        let answer = Box::pin(handler.clone().handle(req, conn));
+        async move { Ok::<_, Infallible>(answer.await) }
     });
     let result = match acceptor {
         Some(acceptor) => {

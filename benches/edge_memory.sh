@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The edge's resident memory with its memory tier full, and with 10,000 idle keep-alive
+# connections open, against nginx holding the same idle connections, in one run.
+#
+# Starts `cadenza up` for the origin, then a standalone `cadenza edge --join` (release build,
+# memory tier MEMORY_MIB, no disk tier) so the edge's memory is measured alone. Stores
+# OBJECTS random renditions of OBJECT_MIB MiB (more than the tier holds) and pre-warms them
+# all through the edge, then reads VmRSS. Then benches/idle_conns.py opens CONNS connections
+# to the edge's cleartext port and as many over TLS, one small request each, and holds them
+# idle; the same against nginx (one worker; cleartext and TLS). Prints resident sizes in MiB.
+#
+# Needs: nginx, curl, python3. Knobs: MEMORY_MIB (256), OBJECTS (80), OBJECT_MIB (5),
+# CONNS (10000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MEMORY_MIB=${MEMORY_MIB:-256}
+OBJECTS=${OBJECTS:-80}
+OBJECT_MIB=${OBJECT_MIB:-5}
+CONNS=${CONNS:-10000}
+ulimit -n "$(ulimit -Hn)"
+
+source benches/lib.sh
+bench_init
+bench_up --edge-memory-mib 16
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+edge_port=$(free_port)
+clear_port=$(free_port)
+"$bin" edge --join "$work/data" --data "$work/edge" --listen "127.0.0.1:$edge_port" \
+  --admin-listen "127.0.0.1:$(free_port)" --cleartext-listen "127.0.0.1:$clear_port" \
+  --memory-mib "$MEMORY_MIB" --disk-gib 0 >"$work/edge.log" 2>&1 &
+edge_pid=$!
+pids+=("$edge_pid")
+for _ in $(seq 1 300); do
+  [ -f "$work/edge/edge.json" ] && break
+  sleep 0.1
+done
+edge_admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_admin"])' "$work/edge/edge.json")
+rss_start=$(rss "$edge_pid")
+
+echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
+bench_store "$OBJECTS" "$OBJECT_MIB"
+bench_prewarm "$edge_admin" "$admin_token"
+sleep 1
+held=$(curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" "$edge_admin/admin/v1/stats" |
+  python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["cache_bytes"])')
+rss_full=$(rss "$edge_pid")
+
+idle() { # pid port path [tls CA] → RSS before, RSS with CONNS idle connections, how many opened
+  local pid=$1 port=$2 path=$3; shift 3
+  local before
+  before=$(rss "$pid")
+  local fifo=$work/idle.$port
+  mkfifo "$fifo"
+  python3 benches/idle_conns.py 127.0.0.1 "$port" "$CONNS" "$path" "$@" <"$fifo" >"$fifo.out" &
+  local py=$!
+  exec 7>"$fifo"
+  for _ in $(seq 1 1200); do
+    grep -q '^open' "$fifo.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  sleep 1
+  echo "$before $(rss "$pid") $(awk '{print $2}' "$fifo.out")"
+  exec 7>&-
+  wait "$py" || true
+}
+
+read -r _ edge_clear opened_clear < <(idle "$edge_pid" "$clear_port" /healthz)
+sleep 2
+read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
+
+chmod a+x "$work"
+nginx_port=$(free_port)
+nginx_tls_port=$(free_port)
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 15000; }
+http {
+  access_log off;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { return 200 "ok"; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_tls_port ssl;
+    ssl_certificate $work/data/tls/cert.pem;
+    ssl_certificate_key $work/data/tls/key.pem;
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" &
+nginx_master=$!
+pids+=("$nginx_master")
+for _ in $(seq 1 100); do
+  curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
+  sleep 0.05
+done
+nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_port" /)
+sleep 2
+read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" /)
+
+python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \
+  "$nginx_base" "$nginx_clear" "$nginx_tls" "$CONNS" "$opened_clear" "$opened_tls" \
+  "$n_opened_clear" "$n_opened_tls" "$edge_tls_before" "$nginx_tls_before" <<'PY'
+import sys
+a = sys.argv[1:]
+mem, held = int(a[0]), int(a[1]) / 1048576
+start, full, e_clear, e_tls, n_base, n_clear, n_tls = map(float, a[2:9])
+conns = int(a[9])
+opened = a[10:14]
+e_tls_before, n_tls_before = float(a[14]), float(a[15])
+print()
+print(f"edge memory tier {mem} MiB, holding {held:.1f} MiB after the pre-warm")
+print(f"  edge RSS at start            {start:8.1f} MiB")
+print(f"  edge RSS, memory tier full   {full:8.1f} MiB  (tier + {full - mem:.1f} MiB; target ≤ tier + 64)")
+print(f"  + {conns} idle, cleartext    {e_clear:8.1f} MiB  (+{e_clear - full:.1f} MiB, {1024 * (e_clear - full) / conns:.1f} KiB each; {opened[0]} open)")
+print(f"  {conns} idle over TLS       {e_tls:8.1f} MiB  (+{e_tls - e_tls_before:.1f} MiB from {e_tls_before:.1f} once the cleartext ones closed; {opened[1]} open)")
+print(f"nginx worker RSS               {n_base:8.1f} MiB")
+print(f"  + {conns} idle, cleartext    {n_clear:8.1f} MiB  (+{n_clear - n_base:.1f} MiB, {1024 * (n_clear - n_base) / conns:.1f} KiB each; {opened[2]} open)")
+print(f"  {conns} idle over TLS       {n_tls:8.1f} MiB  (+{n_tls - n_tls_before:.1f} MiB from {n_tls_before:.1f}; {opened[3]} open)")
+ec, et = e_clear - full, e_tls - e_tls_before
+nc, nt = max(n_clear - n_base, 0.1), max(n_tls - n_tls_before, 0.1)
+print(f"idle-connection memory, edge/nginx: cleartext {ec/nc:.2f}×, TLS {et/nt:.2f}×")
+PY

@@ -142,7 +142,9 @@ async fn run(
             max_job_attempts: 3,
             job_retry_backoff: Duration::from_secs(5),
             grants: GrantPolicy {
-                edges: vec!["https://edge.invalid".into()],
+                edges: vec![cadenza_control_plane::EdgeSite::worldwide(
+                    "https://edge.invalid",
+                )],
                 ..Default::default()
             },
             geo: None,

@@ -238,6 +238,11 @@ pub enum Command {
         /// at start (no audio is touched); the old master keys are dropped once done.
         #[arg(long)]
         rotate_master_key: bool,
+        /// Another edge grants may list, `URL` or `URL@TERRITORIES` (the countries it is for,
+        /// e.g. `https://edge-se.example@SE,NO,FI`); repeatable. Grants list healthy edges
+        /// serving the listener's country first, fastest first.
+        #[arg(long, value_name = "URL[@TERRITORIES]")]
+        edge_site: Vec<cadenza_control_plane::EdgeSite>,
     },
     /// Run one edge node alone, fetching from origins elsewhere (one per region or more).
     Edge(Box<EdgeArgs>),

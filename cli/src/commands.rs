@@ -57,10 +57,12 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             s3,
             database_url,
             rotate_master_key,
+            edge_site,
         } => {
             let mut config = StackConfig::new(&data);
             config.database_url = database_url;
             config.rotate_master_key = rotate_master_key;
+            config.edge_sites = edge_site;
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.edge_read_ahead = edge_read_ahead;
             config.slice_bytes = edge_slice_kib.clamp(4, 16 * 1024) * 1024;

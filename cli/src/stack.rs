@@ -25,7 +25,8 @@ use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes};
 use cadenza_control_plane::{
-    ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store, auth::AuthConfig,
+    ControlPlane, ControlPlaneConfig, EdgeSite, GrantPolicy, KeyRing, MasterKey, Store,
+    auth::AuthConfig,
 };
 use cadenza_edge::Edge;
 use cadenza_origin::{LocalDirStore, ObjectStore, Origin, OriginConfig, S3Config, S3Store};
@@ -83,6 +84,11 @@ pub struct StackConfig {
     pub database_url: Option<String>,
     /// Re-seal every content key under a new master key at start.
     pub rotate_master_key: bool,
+    /// Edges elsewhere that grants may list after this stack's own, with the countries each
+    /// serves.
+    pub edge_sites: Vec<EdgeSite>,
+    /// How often the control plane probes the edges' health.
+    pub edge_probe_every: Duration,
 }
 
 impl StackConfig {
@@ -110,6 +116,8 @@ impl StackConfig {
             s3: None,
             database_url: None,
             rotate_master_key: false,
+            edge_sites: Vec::new(),
+            edge_probe_every: Duration::from_secs(5),
         }
     }
 }
@@ -204,6 +212,25 @@ const SEARCH_REFRESH: Duration = Duration::from_secs(600);
 
 /// Writes plays to the catalogue every few seconds (and once more at shutdown), and rebuilds
 /// the search index from it every few minutes.
+/// Probes the edges grants list every `every` (the first probe at once) until shutdown.
+fn spawn_edge_prober(
+    cp: Arc<ControlPlane>,
+    client: HttpClient,
+    every: Duration,
+    mut shutdown: Shutdown,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => cp.probe_edges(&client, every.min(Duration::from_secs(2))).await,
+            }
+        }
+    })
+}
+
 fn spawn_catalogue_upkeep(cp: Arc<ControlPlane>, mut shutdown: Shutdown) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut flush = tokio::time::interval(PLAYS_FLUSH);
@@ -510,7 +537,9 @@ impl Stack {
                 max_job_attempts: 3,
                 job_retry_backoff: config.job_retry_backoff,
                 grants: GrantPolicy {
-                    edges: vec![info.edge.clone()],
+                    edges: std::iter::once(EdgeSite::worldwide(info.edge.clone()))
+                        .chain(config.edge_sites.iter().cloned())
+                        .collect(),
                     ..Default::default()
                 },
                 geo: geo.clone(),
@@ -527,6 +556,12 @@ impl Stack {
         tracing::info!(documents = indexed, "search index built");
         tasks.push(spawn_catalogue_upkeep(
             control_plane.clone(),
+            shutdown.clone(),
+        ));
+        tasks.push(spawn_edge_prober(
+            control_plane.clone(),
+            client.clone(),
+            config.edge_probe_every,
             shutdown.clone(),
         ));
         tasks.push(

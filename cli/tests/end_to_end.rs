@@ -1051,3 +1051,129 @@ async fn accounts_sign_up_get_tokens_export_and_delete() {
     assert!((1..=6).contains(&retry), "{retry}");
     stack.shutdown().await;
 }
+
+/// A grant lists the edges for the listener's country first, healthy before failing: a
+/// Swede gets this stack's edge and a Swedish edge, with a dead Swedish edge last; a Briton
+/// gets the worldwide edge first. The Swedish edge is a real `edge_node` serving the track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_list_the_listeners_healthy_edges_first() {
+    use cadenza::edge_node::{self, EdgeListeners, EdgeNodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let se_main = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let se_url = format!("https://{}", se_main.local_addr().unwrap());
+    let dead_url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://{}", l.local_addr().unwrap())
+    };
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.geoip = Some(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb"),
+    );
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    config.edge_sites = vec![
+        format!("{dead_url}@SE,NO").parse().unwrap(),
+        format!("{se_url}@SE,NO").parse().unwrap(),
+    ];
+    config.edge_probe_every = Duration::from_millis(200);
+    let stack = Stack::start(config).await.unwrap();
+    let join = cadenza::stack::join_info(dir.path()).unwrap();
+    let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
+    let se_edge = edge_node::start(
+        EdgeNodeConfig::new(
+            join.cert.clone(),
+            join.cert.cert.as_bytes().to_vec(),
+            vec![join.origin.clone()],
+            join.edge_key.clone(),
+            join.admin_token.clone(),
+            join.token_keys.clone(),
+        ),
+        EdgeListeners {
+            main: se_main,
+            admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            cleartext: None,
+        },
+        shutdown,
+    )
+    .await
+    .unwrap();
+    let (client, _player, view) = ready_track(&stack, "mono.flac", "Edges").await;
+
+    // Wait until the probes have seen all three: two up, the dead one down.
+    let service = cadenza::stack::service_token(dir.path()).unwrap();
+    let edges_url = format!("{}/internal/v1/edges", stack.info.control_plane);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen: serde_json::Value = client::call_json(
+            &client,
+            Method::GET,
+            &edges_url,
+            Some(&service),
+            None::<&()>,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let up: Vec<bool> = seen["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["up"].as_bool().unwrap() && !e["rtt_ms"].is_null())
+            .collect();
+        let failures = seen["edges"][1]["failures"].as_u64().unwrap();
+        if up == [true, false, true] && failures >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes never settled: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let grant_from = |xff: &'static str| {
+        let url = format!("{}/v1/playback", stack.info.control_plane);
+        let body = serde_json::to_vec(&serde_json::json!({"track_id": view.track_id})).unwrap();
+        let mut req =
+            client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        req.headers_mut()
+            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        req
+    };
+    let edges_for = |xff: &'static str| {
+        let client = client.clone();
+        let req = grant_from(xff);
+        async move {
+            let resp = client.request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = client::read_all(resp.into_body(), "grant").await.unwrap();
+            serde_json::from_slice::<PlaybackGrant>(&body).unwrap()
+        }
+    };
+    let sweden = edges_for("89.160.20.112").await;
+    assert_eq!(sweden.edges.len(), 3);
+    assert_eq!(sweden.edges[2], dead_url, "{:?}", sweden.edges);
+    let mut healthy = sweden.edges[..2].to_vec();
+    healthy.sort();
+    let mut want = vec![stack.info.edge.clone(), se_url.clone()];
+    want.sort();
+    assert_eq!(healthy, want);
+    let britain = edges_for("2.125.160.216").await;
+    assert_eq!(
+        britain.edges,
+        [stack.info.edge.clone(), se_url.clone(), dead_url.clone()]
+    );
+
+    // The Swedish edge serves the granted file.
+    let url = format!("{se_url}/a/{}", sweden.file_id);
+    let (status, _, body) = fetch(&client, &url, &sweden.token.0, Some("bytes=0-99")).await;
+    assert_eq!((status, body.len()), (StatusCode::PARTIAL_CONTENT, 100));
+    trigger.trigger();
+    for task in se_edge.tasks {
+        let _ = task.await;
+    }
+    stack.shutdown().await;
+}

@@ -188,29 +188,54 @@ mod tests {
         // A Swede: the three edges that serve Sweden by speed, then the British one.
         assert_eq!(
             names(&health, Some("SE")),
-            ["https://se-b.example", "https://se-a.example", "https://ww.example", "https://gb.example"]
+            [
+                "https://se-b.example",
+                "https://se-a.example",
+                "https://ww.example",
+                "https://gb.example"
+            ]
         );
         // A Briton: the two that serve Britain, then the Swedish ones by speed.
         assert_eq!(
             names(&health, Some("GB")),
-            ["https://gb.example", "https://ww.example", "https://se-b.example", "https://se-a.example"]
+            [
+                "https://gb.example",
+                "https://ww.example",
+                "https://se-b.example",
+                "https://se-a.example"
+            ]
         );
         // Country unknown: by speed alone.
         assert_eq!(
             names(&health, None),
-            ["https://gb.example", "https://se-b.example", "https://se-a.example", "https://ww.example"]
+            [
+                "https://gb.example",
+                "https://se-b.example",
+                "https://se-a.example",
+                "https://ww.example"
+            ]
         );
         // The fastest Swedish edge goes down: it drops to the very end.
         let health = [up(40), up(9), down(), up(3)];
         assert_eq!(
             names(&health, Some("SE")),
-            ["https://se-a.example", "https://ww.example", "https://gb.example", "https://se-b.example"]
+            [
+                "https://se-a.example",
+                "https://ww.example",
+                "https://gb.example",
+                "https://se-b.example"
+            ]
         );
         // Before any probe: local first, then configured order.
         let fresh = [Health::default(); 4];
         assert_eq!(
             names(&fresh, Some("NO")),
-            ["https://ww.example", "https://se-a.example", "https://se-b.example", "https://gb.example"]
+            [
+                "https://ww.example",
+                "https://se-a.example",
+                "https://se-b.example",
+                "https://gb.example"
+            ]
         );
     }
 

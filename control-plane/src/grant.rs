@@ -13,8 +13,9 @@ pub struct GrantPolicy {
     /// Token lifetime beyond the track's duration, so a listener can pause and seek through
     /// the whole track on one grant.
     pub token_slack: Duration,
-    /// Edge base URLs in preference order.
-    pub edges: Vec<String>,
+    /// The edges grants may list, each with the countries it serves; a grant lists them
+    /// best first for the listener (see [`crate::fleet`]).
+    pub edges: Vec<crate::fleet::EdgeSite>,
 }
 
 impl Default for GrantPolicy {
@@ -45,6 +46,7 @@ pub fn build(
     allowed: &Allowed,
     key: &SigningKey,
     policy: &GrantPolicy,
+    edges: Vec<String>,
     now: u64,
 ) -> PlaybackGrant {
     let duration_ms = track.duration_ms.unwrap_or(0);
@@ -64,7 +66,7 @@ pub fn build(
         bitrate_kbps: rendition.bitrate_kbps,
         duration_ms,
         key: rendition.key.clone(),
-        edges: policy.edges.clone(),
+        edges,
         token,
         expires_at,
         seek_index: rendition.seek_index.clone(),
@@ -105,13 +107,13 @@ mod tests {
             until: Some(1_000 + 60),
             territories: "GB,SE".parse().expect("territories"),
         };
-        let grant = build(&track, &r, &limited, &key, &policy, 1_000);
+        let grant = build(&track, &r, &limited, &key, &policy, Vec::new(), 1_000);
         assert_eq!(grant.expires_at, 1_060);
         let open = Allowed {
             until: None,
             ..limited
         };
-        let grant = build(&track, &r, &open, &key, &policy, 1_000);
+        let grant = build(&track, &r, &open, &key, &policy, Vec::new(), 1_000);
         assert_eq!(grant.expires_at, 1_000 + 3_600 + 200);
         let mut keys = cadenza_common::VerifyingKeys::default();
         keys.insert(key.kid(), key.public_key());

@@ -7,6 +7,7 @@
 //! SQLite is the embedded default and PostgreSQL the production store, behind one [`Store`].
 
 pub mod auth;
+pub mod fleet;
 mod grant;
 pub mod openapi;
 pub mod rights;
@@ -14,6 +15,7 @@ pub mod search;
 mod service;
 mod store;
 
+pub use fleet::{EdgeSite, Fleet};
 pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
 pub use store::{

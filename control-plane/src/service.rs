@@ -84,6 +84,8 @@ pub struct ControlPlane {
     plays: std::sync::Mutex<std::collections::HashMap<TrackId, u64>>,
     signing: SigningKey,
     jobs_queued: Notify,
+    /// The edges grants list, with what the probes have seen of each.
+    fleet: crate::fleet::Fleet,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -149,7 +151,9 @@ impl ControlPlane {
         let tokens = AccessTokens::new(&auth.access_token_key);
         let token_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
         let signup_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
+        let fleet = crate::fleet::Fleet::new(config.grants.edges.clone());
         Self {
+            fleet,
             config,
             store,
             signing,
@@ -159,6 +163,40 @@ impl ControlPlane {
             tokens,
             token_limiter,
             signup_limiter,
+        }
+    }
+
+    /// Probes every edge's `/healthz` once, all at the same time, each allowed `timeout`,
+    /// and records what it saw; grants then list the edges by it.
+    pub async fn probe_edges(
+        &self,
+        client: &cadenza_common::http::client::HttpClient,
+        timeout: std::time::Duration,
+    ) {
+        let probes = self.fleet.sites().iter().enumerate().map(|(i, site)| {
+            let url = format!("{}/healthz", site.url);
+            async move {
+                let started = std::time::Instant::now();
+                let ok = match cadenza_common::http::client::request(
+                    Method::GET,
+                    &url,
+                    None,
+                    cadenza_common::http::empty(),
+                ) {
+                    Ok(req) => cadenza_common::http::client::send(client, req, timeout)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                (i, ok.then(|| started.elapsed()))
+            }
+        });
+        let now = std::time::Instant::now();
+        for (i, outcome) in futures_util::future::join_all(probes).await {
+            if outcome.is_none() {
+                tracing::warn!(edge = %self.fleet.sites()[i].url, "edge health probe failed");
+            }
+            self.fleet.record(i, outcome, now);
         }
     }
 
@@ -298,6 +336,30 @@ impl ControlPlane {
                     "public_key": base64::engine::general_purpose::STANDARD.encode(self.signing.public_key()),
                 }]}),
             )),
+            (Method::GET, ["internal", "v1", "edges"]) => {
+                self.authorize_service(&req)?;
+                let now = std::time::Instant::now();
+                let edges: Vec<serde_json::Value> = self
+                    .fleet
+                    .sites()
+                    .iter()
+                    .zip(self.fleet.health())
+                    .map(|(site, h)| {
+                        serde_json::json!({
+                            "url": site.url,
+                            "serves": site.serves.to_string(),
+                            "up": !h.is_down(),
+                            "rtt_ms": h.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            "failures": h.failures,
+                            "checked_secs_ago": h.checked.map(|t| now.duration_since(t).as_secs_f64()),
+                        })
+                    })
+                    .collect();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "edges": edges }),
+                ))
+            }
             (Method::POST, ["internal", "v1", "labels"]) => {
                 self.authorize_service(&req)?;
                 let body: NewLabel = read_json(req.into_body(), JSON_LIMIT).await?;
@@ -590,6 +652,7 @@ impl ControlPlane {
             &allowed,
             &self.signing,
             &self.config.grants,
+            self.fleet.edges_for(country.as_deref()),
             now,
         );
         match self.plays.lock() {

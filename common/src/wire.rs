@@ -370,7 +370,11 @@ pub struct ArtistView {
     pub artist_id: ArtistId,
     pub name: String,
     pub albums: Vec<AlbumSummary>,
+    /// One page of the artist's playable tracks, newest first.
     pub tracks: Vec<TrackSummary>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A rendition without its key.

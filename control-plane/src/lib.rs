@@ -20,5 +20,5 @@ pub use grant::GrantPolicy;
 pub use service::{ControlPlane, ControlPlaneConfig};
 pub use store::{
     Backend, ClientKind, KeyRing, MasterKey, NewClient, Refreshed, Registered, Released, Store,
-    StoreError, UserExport, name_key, retry_delay,
+    StoreError, TrackCursor, UserExport, name_key, retry_delay,
 };

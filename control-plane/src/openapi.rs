@@ -155,8 +155,10 @@ fn paths_catalogue() -> Value {
             "responses": merge(json!({"200": ok("The album.", "Album")}), error_responses(&["400", "404"]))
         }},
         "/v1/artists/{id}": {"get": {
-            "summary": "An artist, their albums and playable tracks",
-            "parameters": [id_param("artist")],
+            "summary": "An artist, their albums and a page of their playable tracks, newest first",
+            "parameters": [id_param("artist"),
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+                {"name": "cursor", "in": "query", "description": "next_cursor of the previous page.", "schema": {"type": "string"}}],
             "responses": merge(json!({"200": ok("The artist.", "Artist")}), error_responses(&["400", "404"]))
         }},
         "/v1/edge-keys": {"get": {
@@ -210,7 +212,8 @@ fn schemas() -> Value {
                 "albums": {"type": "array", "items": {"type": "object", "required": ["album_id", "title"], "properties": {
                     "album_id": {"type": "string"}, "title": {"type": "string"}, "release_at": nullable("integer")
                 }}},
-                "tracks": {"type": "array", "items": {"$ref": "#/components/schemas/TrackSummary"}}
+                "tracks": {"type": "array", "items": {"$ref": "#/components/schemas/TrackSummary"}},
+                "next_cursor": {"type": "string", "description": "Pass as cursor for the next page; absent on the last."}
             }},
             "Hit": {"type": "object", "required": ["kind", "id", "title", "popularity"], "properties": {
                 "kind": {"type": "string", "enum": ["track", "album", "artist"]},

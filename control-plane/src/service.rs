@@ -310,9 +310,10 @@ impl ControlPlane {
                 let id: ArtistId = id.parse().map_err(|e: cadenza_common::IdError| {
                     ApiError::bad_request("bad_id", e.to_string())
                 })?;
+                let (limit, cursor) = artist_page(req.uri().query().unwrap_or_default())?;
                 let artist = self
                     .store
-                    .artist(&id, now_secs(), ARTIST_TRACKS)
+                    .artist(&id, now_secs(), limit, cursor.as_ref())
                     .await?
                     .ok_or_else(|| ApiError::not_found("no such artist"))?;
                 Ok(json_response(StatusCode::OK, &artist))
@@ -696,7 +697,36 @@ fn percent_decode(v: &str) -> Result<String, ApiError> {
 }
 
 /// Tracks listed on an artist's page.
+/// Most tracks on one page of an artist, and the default.
 const ARTIST_TRACKS: u32 = 500;
+const ARTIST_TRACKS_DEFAULT: u32 = 100;
+
+/// `limit` and `cursor` of `GET /v1/artists/{id}`.
+fn artist_page(query: &str) -> Result<(u32, Option<crate::TrackCursor>), ApiError> {
+    let mut limit = ARTIST_TRACKS_DEFAULT;
+    let mut cursor = None;
+    for pair in query.split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("limit", v) => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=ARTIST_TRACKS).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request("bad_query", format!("limit is 1–{ARTIST_TRACKS}"))
+                    })?;
+            }
+            ("cursor", v) => {
+                cursor = Some(
+                    v.parse()
+                        .map_err(|e: String| ApiError::bad_request("bad_cursor", e))?,
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok((limit, cursor))
+}
 
 /// A refused grant as the player sees it: 403 for the label's decisions (takedown, embargo),
 /// 451 for the licence's (RFC 7725).

@@ -48,7 +48,7 @@ mod search_docs;
 pub use accounts::{ClientKind, NewClient, Refreshed, UserExport};
 pub use keyring::{KeyRing, MasterKey};
 
-pub use catalogue::name_key;
+pub use catalogue::{TrackCursor, name_key};
 
 /// What releasing a failed attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]

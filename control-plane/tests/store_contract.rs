@@ -357,17 +357,41 @@ async fn artists_and_albums_are_entities_shared_by_name() {
             Some(3_000_000_000 * 1000 / 384_000)
         );
 
-        let artist_page = s.artist(&artist, 100, 500).await.unwrap().unwrap();
+        let artist_page = s.artist(&artist, 100, 500, None).await.unwrap().unwrap();
         assert_eq!(artist_page.name, "Artist");
         assert_eq!(artist_page.albums.len(), 1);
         assert_eq!(artist_page.tracks.len(), 3);
+        assert_eq!(artist_page.next_cursor, None);
+        // Pages of one: each track once, in the same order, and no cursor after the last.
+        let mut paged = Vec::new();
+        let mut cursor: Option<cadenza_control_plane::TrackCursor> = None;
+        loop {
+            let page = s
+                .artist(&artist, 100, 1, cursor.as_ref())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(page.tracks.len() <= 1);
+            paged.extend(page.tracks.iter().map(|t| t.track_id.clone()));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next.parse().unwrap()),
+                None => break,
+            }
+            assert!(paged.len() <= 3, "pagination does not end");
+        }
+        let whole: Vec<_> = artist_page
+            .tracks
+            .iter()
+            .map(|t| t.track_id.clone())
+            .collect();
+        assert_eq!(paged, whole);
         // The featured artist is credited on the album tracks only.
         let guest = s
             .artist_by_name("guest")
             .await
             .unwrap()
             .expect("featured artist is an entity");
-        let guest_page = s.artist(&guest, 100, 500).await.unwrap().unwrap();
+        let guest_page = s.artist(&guest, 100, 500, None).await.unwrap().unwrap();
         assert_eq!(guest_page.tracks.len(), 2);
         assert!(guest_page.albums.is_empty());
 
@@ -376,7 +400,7 @@ async fn artists_and_albums_are_entities_shared_by_name() {
         let page = s.album(&album, 300).await.unwrap().unwrap();
         assert_eq!(page.tracks.len(), 1);
         assert_eq!(
-            s.artist(&artist, 300, 500)
+            s.artist(&artist, 300, 500, None)
                 .await
                 .unwrap()
                 .unwrap()

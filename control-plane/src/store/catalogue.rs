@@ -257,6 +257,7 @@ impl Store {
         id: &ArtistId,
         now: u64,
         limit: u32,
+        after: Option<&TrackCursor>,
     ) -> Result<Option<ArtistView>, StoreError> {
         let Some(row) = sqlx::query("SELECT name FROM artists WHERE id = $1")
             .bind(id.as_str())
@@ -272,17 +273,38 @@ impl Store {
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
-        let tracks = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {SUMMARY_COLUMNS} FROM tracks t
+        // Keyset pagination: newest first, ties by id, so a page never repeats or skips a
+        // track however many are added meanwhile.
+        let (before_at, after_id) = match after {
+            Some(c) => (c.created_at, c.track_id.as_str().to_owned()),
+            None => (i64::MAX, String::new()),
+        };
+        let mut tracks = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUMMARY_COLUMNS}, t.created_at FROM tracks t
              JOIN track_artists ta ON ta.track_id = t.id
              WHERE ta.artist_id = $1 AND {LISTED}
+               AND (t.created_at < $4 OR (t.created_at = $4 AND t.id > $5))
              ORDER BY t.created_at DESC, t.id LIMIT $3"
         )))
         .bind(id.as_str())
         .bind(now as i64)
-        .bind(i64::from(limit))
+        .bind(i64::from(limit) + 1)
+        .bind(before_at)
+        .bind(after_id)
         .fetch_all(&self.pool)
         .await?;
+        let more = tracks.len() > limit as usize;
+        tracks.truncate(limit as usize);
+        let next_cursor = match tracks.last() {
+            Some(last) if more => Some(
+                TrackCursor {
+                    created_at: last.try_get("created_at")?,
+                    track_id: parse(&last.try_get::<String, _>("id")?)?,
+                }
+                .to_string(),
+            ),
+            _ => None,
+        };
         Ok(Some(ArtistView {
             artist_id: id.clone(),
             name: row.try_get("name")?,
@@ -297,13 +319,52 @@ impl Store {
                 })
                 .collect::<Result<_, StoreError>>()?,
             tracks: tracks.iter().map(summary).collect::<Result<_, _>>()?,
+            next_cursor,
         }))
+    }
+}
+
+/// Where a page of an artist's tracks ended: `{created_at}.{track_id}` in the API, opaque
+/// to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackCursor {
+    created_at: i64,
+    track_id: TrackId,
+}
+
+impl std::fmt::Display for TrackCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_at, self.track_id)
+    }
+}
+
+impl std::str::FromStr for TrackCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("cursor {s:?} is not one this API gave");
+        let (at, id) = s.split_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            created_at: at.parse().map_err(|_| bad())?,
+            track_id: id.parse().map_err(|_| bad())?,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::name_key;
+
+    #[test]
+    fn cursors_round_trip_and_junk_is_refused() {
+        use super::TrackCursor;
+        let id = cadenza_common::TrackId::random();
+        let c: TrackCursor = format!("1700000000.{id}").parse().unwrap();
+        assert_eq!(c.to_string(), format!("1700000000.{id}"));
+        for junk in ["", ".", "12", "x.y", &format!("x.{id}"), "12.not-an-id"] {
+            assert!(junk.parse::<TrackCursor>().is_err(), "{junk:?}");
+        }
+    }
 
     #[test]
     fn names_compare_without_case_or_spacing() {

@@ -78,8 +78,9 @@ impl DocRights {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchDoc {
     pub hit: Hit,
-    /// `None`: playable everywhere, always.
-    pub rights: Option<DocRights>,
+    /// `None`: playable everywhere, always. Otherwise findable where and when any of these
+    /// allows: a track's own rights, or one per listed track of an album or artist.
+    pub rights: Option<Vec<DocRights>>,
 }
 
 /// A change to the index.
@@ -410,18 +411,32 @@ impl SearchIndex {
 }
 
 fn playable(doc: &SearchDoc, country: Option<&str>, now: u64) -> bool {
-    doc.rights.as_ref().is_none_or(|r| {
-        rights::decide(
-            &TrackRights {
-                release_at: r.release_at,
-                taken_down_at: r.taken_down_at,
-                licences: &r.licences,
-            },
-            country,
-            now,
-        )
-        .is_ok()
+    doc.rights.as_ref().is_none_or(|all| {
+        all.iter().any(|r| {
+            rights::decide(
+                &TrackRights {
+                    release_at: r.release_at,
+                    taken_down_at: r.taken_down_at,
+                    licences: &r.licences,
+                },
+                country,
+                now,
+            )
+            .is_ok()
+        })
     })
+}
+
+/// The rights of an album or artist from those of its listed tracks: `None` (open) when
+/// any track is open, else every track's.
+pub fn grouping_rights<'a>(
+    tracks: impl IntoIterator<Item = &'a Option<Vec<DocRights>>>,
+) -> Option<Vec<DocRights>> {
+    let mut all = Vec::new();
+    for rights in tracks {
+        all.extend(rights.as_ref()?.iter().cloned());
+    }
+    Some(all)
 }
 
 fn search_snapshot(s: &Snapshot, query: &Query, now: u64) -> SearchResults {
@@ -627,19 +642,42 @@ mod tests {
     fn only_what_plays_in_the_listeners_country_is_found() {
         let idx = index();
         let mut gb_only = track("gb", "Wonder Years", "Local", 5_000);
-        gb_only.rights = DocRights {
+        let gb = DocRights {
             release_at: None,
             taken_down_at: None,
             licences: vec![Licence::always("GB".parse().unwrap())],
         }
-        .restricting();
-        assert!(gb_only.rights.is_some());
+        .restricting()
+        .map(|r| vec![r]);
+        assert!(gb.is_some());
+        gb_only.rights = gb.clone();
         idx.upsert(gb_only);
+        // An album with one British and one Swedish track is found in both, not elsewhere.
+        let se = DocRights {
+            release_at: None,
+            taken_down_at: None,
+            licences: vec![Licence::always("SE".parse().unwrap())],
+        }
+        .restricting()
+        .map(|r| vec![r]);
+        let mut album = track("gbse", "Wonder Album", "Local", 4_000);
+        album.hit.kind = Kind::Album;
+        album.rights = grouping_rights([&gb, &se]);
+        assert_eq!(album.rights.as_ref().map(Vec::len), Some(2));
+        assert_eq!(
+            grouping_rights([&gb, &None]),
+            None,
+            "an open track opens its album"
+        );
+        idx.upsert(album);
         let from = |country: &str| Query {
             country: Some(country.into()),
             ..q("wonder")
         };
         assert_eq!(ids(&idx.search(&from("GB"), 0))[0], "gb");
         assert!(!ids(&idx.search(&from("SE"), 0)).contains(&"gb"));
+        assert!(ids(&idx.search(&from("GB"), 0)).contains(&"gbse"));
+        assert!(ids(&idx.search(&from("SE"), 0)).contains(&"gbse"));
+        assert!(!ids(&idx.search(&from("JP"), 0)).contains(&"gbse"));
     }
 }

@@ -485,7 +485,11 @@ async fn search_documents_follow_the_catalogue() {
         let kinds: HashSet<Kind> = docs.iter().map(|d| d.hit.kind).collect();
         assert_eq!(docs.len(), 4, "track, album, artist and guest: {docs:?}");
         assert_eq!(kinds.len(), 3);
-        let track = docs.iter().find(|d| d.hit.kind == Kind::Track).unwrap();
+        let track = docs
+            .iter()
+            .find(|d| d.hit.kind == Kind::Track)
+            .unwrap()
+            .clone();
         assert_eq!(track.hit.album.as_deref(), Some("Album"));
         // DE,FR only and embargoed until 1000: checked at query time.
         assert!(track.rights.is_some());
@@ -513,8 +517,31 @@ async fn search_documents_follow_the_catalogue() {
             find("wonderwal", "GB", 2_000).is_empty(),
             "not licensed in GB"
         );
-        // Albums and artists are not filtered by territory: the artist by name, then its album.
-        assert_eq!(find("oasis", "GB", 2_000), [Kind::Artist, Kind::Album]);
+        // Albums and artists are found where and when one of their tracks plays: the artist
+        // by name, then the track and its album (tied) by their artist.
+        let found = find("oasis", "DE", 2_000);
+        assert_eq!(found.first(), Some(&Kind::Artist));
+        assert_eq!(
+            found[1..].iter().copied().collect::<HashSet<_>>(),
+            HashSet::from([Kind::Track, Kind::Album])
+        );
+        assert!(find("oasis", "GB", 2_000).is_empty(), "no track plays in GB");
+        assert!(find("oasis", "DE", 500).is_empty(), "embargoed");
+        // A change to the track carries the same rights to its album and artists.
+        let changes = s.search_changes_for(&id, 2_000).await.unwrap();
+        let groupings: Vec<_> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(d) if d.hit.kind != Kind::Track => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(groupings.len(), 3, "{}: {changes:?}", t.name());
+        assert!(
+            groupings.iter().all(|d| d.rights == track.rights),
+            "{}: {groupings:?}",
+            t.name()
+        );
 
         s.take_down(&id, &a, "rights", 3_000).await.unwrap();
         let changes = s.search_changes_for(&id, 3_001).await.unwrap();

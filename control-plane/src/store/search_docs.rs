@@ -7,7 +7,7 @@ use cadenza_common::{Licence, TrackId};
 use sqlx::Row;
 
 use super::{Store, StoreError, parse, secs};
-use crate::search::{Change, DocRights, Hit, Kind, SearchDoc};
+use crate::search::{Change, DocRights, Hit, Kind, SearchDoc, grouping_rights};
 
 fn plays(v: Option<i64>) -> u64 {
     v.map_or(0, |p| p.max(0) as u64)
@@ -23,14 +23,37 @@ fn track_doc(row: &sqlx::any::AnyRow, licences: Vec<Licence>) -> Result<SearchDo
             album: row.try_get("album")?,
             popularity: plays(row.try_get("plays")?),
         },
-        rights: DocRights {
-            release_at: secs(row.try_get("release_at")?),
-            taken_down_at: secs(row.try_get("taken_down_at")?),
-            licences,
-        }
-        .restricting(),
+        rights: track_rights(row, licences)?,
     })
 }
+
+/// A track's rights from a row with `release_at` and `taken_down_at`; `None` when open.
+fn track_rights(
+    row: &sqlx::any::AnyRow,
+    licences: Vec<Licence>,
+) -> Result<Option<Vec<DocRights>>, StoreError> {
+    Ok(DocRights {
+        release_at: secs(row.try_get("release_at")?),
+        taken_down_at: secs(row.try_get("taken_down_at")?),
+        licences,
+    }
+    .restricting()
+    .map(|r| vec![r]))
+}
+
+/// Which listed tracks each album (`Kind::Album`) or artist belongs to, keyed by its id.
+const MEMBERS: [(Kind, &str); 2] = [
+    (
+        Kind::Album,
+        "SELECT t.album_id AS owner, t.id FROM tracks t
+         WHERE t.album_id IS NOT NULL AND LISTED",
+    ),
+    (
+        Kind::Artist,
+        "SELECT ta.artist_id AS owner, t.id FROM track_artists ta
+         JOIN tracks t ON t.id = ta.track_id WHERE LISTED",
+    ),
+];
 
 /// An album or artist document from a row of `id`, `title`, `name` (the album's artist) and
 /// `plays` (summed over its listed tracks).
@@ -99,6 +122,31 @@ impl Store {
             let l = licences.remove(&id).unwrap_or_default();
             docs.push(track_doc(&row, l)?);
         }
+        // An album or artist is findable where any of its listed tracks plays.
+        let rights: HashMap<&str, &Option<Vec<DocRights>>> = docs
+            .iter()
+            .map(|d| (d.hit.id.as_str(), &d.rights))
+            .collect();
+        let mut members: HashMap<(Kind, String), Vec<String>> = HashMap::new();
+        for (kind, sql) in MEMBERS {
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql.replace("LISTED", listed)))
+                .bind(now as i64)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                members
+                    .entry((kind, row.try_get("owner")?))
+                    .or_default()
+                    .push(row.try_get("id")?);
+            }
+        }
+        let mut grouped = HashMap::new();
+        for ((kind, owner), tracks) in &members {
+            let of_tracks = tracks
+                .iter()
+                .filter_map(|t| rights.get(t.as_str()).copied());
+            grouped.insert((*kind, owner.clone()), grouping_rights(of_tracks));
+        }
         let albums = format!(
             "SELECT al.id, al.title, ar.name, CAST(SUM(t.plays) AS BIGINT) AS plays
              FROM albums al JOIN artists ar ON ar.id = al.artist_id
@@ -118,10 +166,66 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
             {
-                docs.push(grouping_doc(&row, kind)?);
+                let mut doc = grouping_doc(&row, kind)?;
+                doc.rights = grouped.remove(&(kind, doc.hit.id.clone())).flatten();
+                docs.push(doc);
             }
         }
         Ok(docs)
+    }
+
+    /// The rights of one album or artist from its listed tracks' (see
+    /// [`grouping_rights`]).
+    async fn grouping_rights_of(
+        &self,
+        kind: Kind,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<Vec<DocRights>>, StoreError> {
+        let listed = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $2)";
+        let (tracks_of, licences_of) = match kind {
+            Kind::Album => (
+                "FROM tracks t WHERE t.album_id = $1",
+                "FROM licences l JOIN tracks t ON t.id = l.track_id WHERE t.album_id = $1",
+            ),
+            _ => (
+                "FROM track_artists ta JOIN tracks t ON t.id = ta.track_id WHERE ta.artist_id = $1",
+                "FROM licences l JOIN tracks t ON t.id = l.track_id
+                 JOIN track_artists ta ON ta.track_id = t.id WHERE ta.artist_id = $1",
+            ),
+        };
+        let mut licences: HashMap<String, Vec<Licence>> = HashMap::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT l.track_id, l.territories, l.starts_at, l.ends_at {licences_of} AND {listed}"
+        )))
+        .bind(id)
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            licences
+                .entry(row.try_get("track_id")?)
+                .or_default()
+                .push(Licence {
+                    territories: parse(&row.try_get::<String, _>("territories")?)?,
+                    starts_at: secs(row.try_get("starts_at")?),
+                    ends_at: secs(row.try_get("ends_at")?),
+                });
+        }
+        let mut tracks = Vec::new();
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT t.id, t.release_at, t.taken_down_at {tracks_of} AND {listed}"
+        )))
+        .bind(id)
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let track: String = row.try_get("id")?;
+            let l = licences.remove(&track).unwrap_or_default();
+            tracks.push(track_rights(&row, l)?);
+        }
+        Ok(grouping_rights(&tracks))
     }
 
     /// The index changes that a change to `track` makes: the track and its album and
@@ -180,7 +284,9 @@ impl Store {
                 out.push(if row.try_get::<i64, _>("listed")? == 0 {
                     Change::Remove(kind, id)
                 } else {
-                    Change::Upsert(grouping_doc(&row, kind)?)
+                    let mut doc = grouping_doc(&row, kind)?;
+                    doc.rights = self.grouping_rights_of(kind, &id, now).await?;
+                    Change::Upsert(doc)
                 });
             }
         }

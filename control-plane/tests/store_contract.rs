@@ -525,7 +525,10 @@ async fn search_documents_follow_the_catalogue() {
             found[1..].iter().copied().collect::<HashSet<_>>(),
             HashSet::from([Kind::Track, Kind::Album])
         );
-        assert!(find("oasis", "GB", 2_000).is_empty(), "no track plays in GB");
+        assert!(
+            find("oasis", "GB", 2_000).is_empty(),
+            "no track plays in GB"
+        );
         assert!(find("oasis", "DE", 500).is_empty(), "embargoed");
         // A change to the track carries the same rights to its album and artists.
         let changes = s.search_changes_for(&id, 2_000).await.unwrap();

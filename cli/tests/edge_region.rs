@@ -310,3 +310,104 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     stack.shutdown().await;
 }
+
+/// Reads a whole response over HTTP/3, after waiting `stall` once the head has come; returns
+/// the bytes read and whether the body ended normally (rather than by a reset).
+async fn h3_read(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    url: &str,
+    token: &str,
+    stall: Duration,
+) -> (usize, bool) {
+    use bytes::Buf;
+    let req = http::Request::get(url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(
+        stream.recv_response().await.unwrap().status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(stall).await;
+    let mut got = 0;
+    loop {
+        match stream.recv_data().await {
+            Ok(Some(chunk)) => got += chunk.remaining(),
+            Ok(None) => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.workers = 0;
+    let stack = Stack::start(config).await.unwrap();
+    let len = 8 << 20;
+    let id = put(&stack, dir.path(), bytes(11, len)).await;
+    let join = join_info(dir.path()).unwrap();
+    let mut edge_config = EdgeNodeConfig::new(
+        join.cert.clone(),
+        join.cert.cert.as_bytes().to_vec(),
+        vec![join.origin.clone()],
+        join.edge_key.clone(),
+        join.admin_token.clone(),
+        join.token_keys.clone(),
+    );
+    // At least 64 KiB/s: a 256 KiB slice may take 1 s + 4 s to be taken.
+    edge_config.h3.min_send_rate = cadenza_common::http::MinRate {
+        bytes_per_sec: 64 * 1024,
+        window: Duration::from_secs(1),
+    };
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = main.local_addr().unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let listeners = EdgeListeners {
+        main,
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: None,
+    };
+    let node = edge_node::start(edge_config, listeners, shutdown)
+        .await
+        .unwrap();
+
+    let mut tls =
+        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let url = format!("https://localhost:{}/a/{id}", addr.port());
+    let t = token(dir.path(), &id);
+    // A client that reads gets every byte.
+    assert_eq!(
+        h3_read(&mut send, &url, &t, Duration::ZERO).await,
+        (len, true)
+    );
+    // One that stops reading for 8 s finds its stream reset, after only what flow control
+    // let through.
+    let (got, complete) = h3_read(&mut send, &url, &t, Duration::from_secs(8)).await;
+    println!("HTTP/3 client that stalled 8 s: {got} bytes, complete: {complete}");
+    assert!(
+        !complete && got < len / 2,
+        "{got} bytes, complete: {complete}"
+    );
+    drive.abort();
+    trigger.trigger();
+    for task in node.tasks {
+        let _ = task.await;
+    }
+    stack.shutdown().await;
+}

@@ -152,6 +152,15 @@ const SUMMARY_COLUMNS: &str =
 /// Listings show what a listener could play: ready, not taken down by `now`.
 const LISTED: &str = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $2)";
 
+/// A licence window from a row of `territories`, `starts_at` and `ends_at`.
+pub(super) fn licence(row: &sqlx::any::AnyRow) -> Result<Licence, StoreError> {
+    Ok(Licence {
+        territories: parse(&row.try_get::<String, _>("territories")?)?,
+        starts_at: secs(row.try_get("starts_at")?),
+        ends_at: secs(row.try_get("ends_at")?),
+    })
+}
+
 impl Store {
     /// A track's licence windows.
     pub async fn licences(&self, track: &TrackId) -> Result<Vec<Licence>, StoreError> {
@@ -162,15 +171,7 @@ impl Store {
         .bind(track.as_str())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Licence {
-                    territories: parse(&row.try_get::<String, _>("territories")?)?,
-                    starts_at: secs(row.try_get("starts_at")?),
-                    ends_at: secs(row.try_get("ends_at")?),
-                })
-            })
-            .collect()
+        rows.iter().map(licence).collect()
     }
 
     /// Gives tracks recorded before artists and albums were entities their entities. Cheap

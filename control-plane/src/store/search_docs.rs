@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use cadenza_common::{Licence, TrackId};
 use sqlx::Row;
 
-use super::{Store, StoreError, parse, secs};
+use super::{Store, StoreError, secs};
 use crate::search::{Change, DocRights, Hit, Kind, SearchDoc, grouping_rights};
 
 fn plays(v: Option<i64>) -> u64 {
@@ -25,6 +25,17 @@ fn track_doc(row: &sqlx::any::AnyRow, licences: Vec<Licence>) -> Result<SearchDo
         },
         rights: track_rights(row, licences)?,
     })
+}
+
+/// Licence rows (with `track_id`) grouped by track.
+fn by_track(rows: Vec<sqlx::any::AnyRow>) -> Result<HashMap<String, Vec<Licence>>, StoreError> {
+    let mut out: HashMap<String, Vec<Licence>> = HashMap::new();
+    for row in &rows {
+        out.entry(row.try_get("track_id")?)
+            .or_default()
+            .push(super::catalogue::licence(row)?);
+    }
+    Ok(out)
 }
 
 /// A track's rights from a row with `release_at` and `taken_down_at`; `None` when open.
@@ -95,20 +106,11 @@ impl Store {
     /// Every searchable document: ready tracks not taken down by `now`, and the albums and
     /// artists they belong to.
     pub async fn search_docs(&self, now: u64) -> Result<Vec<SearchDoc>, StoreError> {
-        let mut licences: HashMap<String, Vec<Licence>> = HashMap::new();
-        for row in sqlx::query("SELECT track_id, territories, starts_at, ends_at FROM licences")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            licences
-                .entry(row.try_get("track_id")?)
-                .or_default()
-                .push(Licence {
-                    territories: parse(&row.try_get::<String, _>("territories")?)?,
-                    starts_at: secs(row.try_get("starts_at")?),
-                    ends_at: secs(row.try_get("ends_at")?),
-                });
-        }
+        let mut licences = by_track(
+            sqlx::query("SELECT track_id, territories, starts_at, ends_at FROM licences")
+                .fetch_all(&self.pool)
+                .await?,
+        )?;
         let listed = "t.status = 'ready' AND (t.taken_down_at IS NULL OR t.taken_down_at > $1)";
         let mut docs = Vec::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -194,24 +196,15 @@ impl Store {
                  JOIN track_artists ta ON ta.track_id = t.id WHERE ta.artist_id = $1",
             ),
         };
-        let mut licences: HashMap<String, Vec<Licence>> = HashMap::new();
-        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT l.track_id, l.territories, l.starts_at, l.ends_at {licences_of} AND {listed}"
-        )))
-        .bind(id)
-        .bind(now as i64)
-        .fetch_all(&self.pool)
-        .await?
-        {
-            licences
-                .entry(row.try_get("track_id")?)
-                .or_default()
-                .push(Licence {
-                    territories: parse(&row.try_get::<String, _>("territories")?)?,
-                    starts_at: secs(row.try_get("starts_at")?),
-                    ends_at: secs(row.try_get("ends_at")?),
-                });
-        }
+        let mut licences = by_track(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT l.track_id, l.territories, l.starts_at, l.ends_at {licences_of} AND {listed}"
+            )))
+            .bind(id)
+            .bind(now as i64)
+            .fetch_all(&self.pool)
+            .await?,
+        )?;
         let mut tracks = Vec::new();
         for row in sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT t.id, t.release_at, t.taken_down_at {tracks_of} AND {listed}"

@@ -94,6 +94,21 @@ impl EdgeNodeConfig {
     }
 }
 
+impl EdgeNodeConfig {
+    /// Defaults for an edge of the `cadenza up` stack `join` describes: its origin, keys and
+    /// certificate, presented and trusted.
+    pub fn joining(join: &crate::stack::JoinInfo) -> Self {
+        Self::new(
+            join.cert.clone(),
+            join.cert.cert.as_bytes().to_vec(),
+            vec![join.origin.clone()],
+            join.edge_key.clone(),
+            join.admin_token.clone(),
+            join.token_keys.clone(),
+        )
+    }
+}
+
 /// The sockets an edge node serves on, bound by the caller (so it knows the ports first).
 #[derive(Debug)]
 pub struct EdgeListeners {

@@ -92,14 +92,7 @@ async fn region(join: &JoinInfo, n: usize) -> Vec<RegionEdge> {
     let urls: Vec<String> = bound.iter().map(|(u, _, _)| u.clone()).collect();
     let mut edges = Vec::new();
     for (url, main, admin) in bound {
-        let mut config = EdgeNodeConfig::new(
-            join.cert.clone(),
-            join.cert.cert.as_bytes().to_vec(),
-            vec![join.origin.clone()],
-            join.edge_key.clone(),
-            join.admin_token.clone(),
-            join.token_keys.clone(),
-        );
+        let mut config = EdgeNodeConfig::joining(join);
         config.slice_bytes = SLICE;
         config.read_ahead = 0;
         config.region = Some((url.clone(), urls.clone()));
@@ -351,14 +344,7 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     let len = 8 << 20;
     let id = put(&stack, dir.path(), bytes(11, len)).await;
     let join = join_info(dir.path()).unwrap();
-    let mut edge_config = EdgeNodeConfig::new(
-        join.cert.clone(),
-        join.cert.cert.as_bytes().to_vec(),
-        vec![join.origin.clone()],
-        join.edge_key.clone(),
-        join.admin_token.clone(),
-        join.token_keys.clone(),
-    );
+    let mut edge_config = EdgeNodeConfig::joining(&join);
     // At least 64 KiB/s: a 256 KiB slice may take 1 s + 4 s to be taken.
     edge_config.h3.min_send_rate = cadenza_common::http::MinRate {
         bytes_per_sec: 64 * 1024,

@@ -58,6 +58,28 @@ async fn ready_track(stack: &Stack, master: &str, title: &str) -> (HttpClient, P
     (client, player, view)
 }
 
+/// Asks `stack` for a grant of `track` for a listener at `xff`, as the trusted proxy in
+/// front of the control plane would: the status and the JSON body.
+async fn grant_at(
+    client: &HttpClient,
+    stack: &Stack,
+    track: &cadenza_common::TrackId,
+    xff: &str,
+) -> (StatusCode, serde_json::Value) {
+    let url = format!("{}/v1/playback", stack.info.control_plane);
+    let body = serde_json::to_vec(&serde_json::json!({ "track_id": track })).unwrap();
+    let mut req =
+        client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    req.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let body = client::read_all(resp.into_body(), &url).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
 /// A Python interpreter that has `niquests` (set `CADENZA_PYTHON`, or `python3` on PATH).
 fn h3_python() -> Option<String> {
     let python = std::env::var("CADENZA_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -629,29 +651,7 @@ async fn licence_windows_decide_grants_per_country() {
     .unwrap();
     assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
     assert_eq!(view.licences.len(), 3);
-    let grant_from = |xff: &'static str| {
-        let url = format!("{}/v1/playback", stack.info.control_plane);
-        let body = serde_json::to_vec(&serde_json::json!({"track_id": view.track_id})).unwrap();
-        let mut req =
-            client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
-        req.headers_mut()
-            .insert("x-forwarded-for", xff.parse().unwrap());
-        req.headers_mut()
-            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        let client = client.clone();
-        async move {
-            let resp = client.request(req).await.unwrap();
-            let status = resp.status();
-            let body = http_body_util::BodyExt::collect(resp.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (
-                status,
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            )
-        }
-    };
+    let grant_from = |xff: &'static str| grant_at(&client, &stack, &view.track_id, xff);
     // Sweden: licensed, and the token is good for Sweden only.
     let (status, grant) = grant_from("89.160.20.112").await;
     assert_eq!(status, StatusCode::OK, "{grant}");
@@ -1081,14 +1081,7 @@ async fn grants_list_the_listeners_healthy_edges_first() {
     let join = cadenza::stack::join_info(dir.path()).unwrap();
     let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
     let se_edge = edge_node::start(
-        EdgeNodeConfig::new(
-            join.cert.clone(),
-            join.cert.cert.as_bytes().to_vec(),
-            vec![join.origin.clone()],
-            join.edge_key.clone(),
-            join.admin_token.clone(),
-            join.token_keys.clone(),
-        ),
+        EdgeNodeConfig::joining(&join),
         EdgeListeners {
             main: se_main,
             admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -1132,25 +1125,12 @@ async fn grants_list_the_listeners_healthy_edges_first() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let grant_from = |xff: &'static str| {
-        let url = format!("{}/v1/playback", stack.info.control_plane);
-        let body = serde_json::to_vec(&serde_json::json!({"track_id": view.track_id})).unwrap();
-        let mut req =
-            client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
-        req.headers_mut()
-            .insert("x-forwarded-for", xff.parse().unwrap());
-        req.headers_mut()
-            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        req
-    };
     let edges_for = |xff: &'static str| {
-        let client = client.clone();
-        let req = grant_from(xff);
+        let grant = grant_at(&client, &stack, &view.track_id, xff);
         async move {
-            let resp = client.request(req).await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK);
-            let body = client::read_all(resp.into_body(), "grant").await.unwrap();
-            serde_json::from_slice::<PlaybackGrant>(&body).unwrap()
+            let (status, grant) = grant.await;
+            assert_eq!(status, StatusCode::OK, "{grant}");
+            serde_json::from_value::<PlaybackGrant>(grant).unwrap()
         }
     };
     let sweden = edges_for("89.160.20.112").await;

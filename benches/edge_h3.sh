@@ -30,16 +30,7 @@ bench_up --edge-memory-mib 16
 edge_port=$(free_port)
 h3_args=(--h3-max-udp-payload "$H3_MAX_UDP_PAYLOAD")
 h3_args+=(--h3-ack-every "${H3_ACK_EVERY:-10}")
-taskset -c 0 "$bin" edge --join "$work/data" --data "$work/edge" --listen "127.0.0.1:$edge_port" \
-  --admin-listen "127.0.0.1:$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
-  --disk-gib 0 "${h3_args[@]}" >"$work/edge.log" 2>&1 &
-edge_pid=$!
-pids+=("$edge_pid")
-for _ in $(seq 1 300); do
-  [ -f "$work/edge/edge.json" ] && break
-  sleep 0.1
-done
-edge_admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_admin"])' "$work/edge/edge.json")
+bench_edge 0 "$edge_port" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${h3_args[@]}"
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB"
 bench_tokens "$work/tokens"

@@ -27,16 +27,7 @@ rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 edge_port=$(free_port)
 clear_port=$(free_port)
-"$bin" edge --join "$work/data" --data "$work/edge" --listen "127.0.0.1:$edge_port" \
-  --admin-listen "127.0.0.1:$(free_port)" --cleartext-listen "127.0.0.1:$clear_port" \
-  --memory-mib "$MEMORY_MIB" --disk-gib 0 >"$work/edge.log" 2>&1 &
-edge_pid=$!
-pids+=("$edge_pid")
-for _ in $(seq 1 300); do
-  [ -f "$work/edge/edge.json" ] && break
-  sleep 0.1
-done
-edge_admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_admin"])' "$work/edge/edge.json")
+bench_edge 0-1 "$edge_port" --cleartext-listen "127.0.0.1:$clear_port" --memory-mib "$MEMORY_MIB"
 rss_start=$(rss "$edge_pid")
 
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"

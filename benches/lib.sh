@@ -8,6 +8,9 @@
 #   bench_store N MIB [DIR]         N random renditions of MIB MiB stored through the origin;
 #                                   their ids in $ids, copies kept in DIR when given
 #   bench_tokens FILE               "id token" lines for every id in $ids
+#   bench_edge CPUS PORT [ARGS…]    a standalone `cadenza edge --join` of that stack on
+#                                   127.0.0.1:PORT, pinned to CPUS (e.g. 0, or 0-1), no
+#                                   disk tier, extra ARGS; sets $edge_pid $edge_admin
 #   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   free_port                       a free TCP port on 127.0.0.1
@@ -63,6 +66,21 @@ bench_store() {
 
 bench_tokens() {
   "$bin" token --data "$work/data" --ttl-secs 7200 "${ids[@]}" >"$1"
+}
+
+bench_edge() {
+  local cpus=$1 port=$2; shift 2
+  taskset -c "$cpus" "$bin" edge --join "$work/data" --data "$work/edge" \
+    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib 0 "$@" \
+    >"$work/edge.log" 2>&1 &
+  edge_pid=$!
+  pids+=("$edge_pid")
+  for _ in $(seq 1 300); do
+    [ -f "$work/edge/edge.json" ] && break
+    sleep 0.1
+  done
+  edge_admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_admin"])' \
+    "$work/edge/edge.json")
 }
 
 bench_prewarm() {

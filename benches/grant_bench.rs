@@ -17,7 +17,7 @@ use cadenza_common::{
     RenditionRecord, SeekIndex, SigningKey, Territories, TrackId, TrackRegistration, UploadId,
 };
 use cadenza_control_plane::{
-    ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store,
+    ClientKind, ControlPlane, ControlPlaneConfig, GrantPolicy, KeyRing, MasterKey, Store,
 };
 use http::{Method, StatusCode};
 
@@ -92,13 +92,45 @@ async fn seed(store: &Store, tracks: usize) -> Result<Vec<TrackId>, Error> {
     Ok(ids)
 }
 
-async fn grant(client: &HttpClient, url: &str, track: &TrackId) -> Result<(), Error> {
+/// A listener's access token from the control plane at `base`, by the password grant (the
+/// account and the app are made in the store directly).
+async fn listener_token(store: &Store, client: &HttpClient, base: &str) -> Result<String, Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let app = store
+        .create_client("Bench player", ClientKind::FirstParty, now)
+        .await?;
+    store
+        .create_user("bench@example.com", "bench password", now)
+        .await?;
+    let answer: serde_json::Value = client::call_json(
+        client,
+        Method::POST,
+        &format!("{base}/oauth/token"),
+        None,
+        Some(&serde_json::json!({
+            "grant_type": "password",
+            "client_id": app.client_id,
+            "username": "bench@example.com",
+            "password": "bench password",
+        })),
+        Duration::from_secs(10),
+    )
+    .await?;
+    Ok(answer["access_token"]
+        .as_str()
+        .ok_or("the token endpoint gave no access token")?
+        .to_owned())
+}
+
+async fn grant(client: &HttpClient, url: &str, token: &str, track: &TrackId) -> Result<(), Error> {
     let body = serde_json::to_vec(&serde_json::json!({"track_id": track, "quality": "high"}))?;
     let resp = client
         .request(client::request(
             Method::POST,
             url,
-            None,
+            Some(token),
             cadenza_common::http::full(body),
         )?)
         .await?;
@@ -151,7 +183,7 @@ async fn run(
             trusted_proxies: Vec::new(),
             auth: Default::default(),
         },
-        store,
+        store.clone(),
         signing,
     ));
     let pem = tls::self_signed(&["localhost", "127.0.0.1"])?;
@@ -164,16 +196,18 @@ async fn run(
         cp.clone(),
         shutdown,
     )?;
-    let url = format!("https://localhost:{}/v1/playback", served.addr.port());
+    let base = format!("https://localhost:{}", served.addr.port());
+    let url = format!("{base}/v1/playback");
     let client = https_client(tls::client_config(pem.cert.as_bytes())?);
+    let token: Arc<str> = listener_token(&store, &client, &base).await?.into();
     // Warm the connection and the store's caches.
     for t in ids.iter().take(200) {
-        grant(&client, &url, t).await?;
+        grant(&client, &url, &token, t).await?;
     }
     let mut latencies = Vec::with_capacity(requests);
     for i in 0..requests {
         let started = Instant::now();
-        grant(&client, &url, &ids[(i * 7919) % ids.len()]).await?;
+        grant(&client, &url, &token, &ids[(i * 7919) % ids.len()]).await?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     latencies.sort_by(f64::total_cmp);
@@ -181,15 +215,22 @@ async fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (client, url, ids) = (
+        let (client, url, ids, token) = (
             https_client(tls::client_config(pem.cert.as_bytes())?),
             url.clone(),
             ids.clone(),
+            token.clone(),
         );
         let share = requests / clients;
         tasks.push(tokio::spawn(async move {
             for i in 0..share {
-                grant(&client, &url, &ids[(c * share + i) * 104_729 % ids.len()]).await?;
+                grant(
+                    &client,
+                    &url,
+                    &token,
+                    &ids[(c * share + i) * 104_729 % ids.len()],
+                )
+                .await?;
             }
             Ok::<usize, Error>(share)
         }));

@@ -312,6 +312,10 @@ pub enum Command {
         /// Write the decoded audio to this WAV file (default: discard).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Sign in as this listener (password from `CADENZA_PASSWORD`) instead of the
+        /// stack's own listener account.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// Run a transcode worker for a running stack (leases jobs from its control plane).
     Worker {

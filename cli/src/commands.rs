@@ -195,9 +195,27 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             track,
             quality,
             out,
+            email,
         } => {
             let info = ClusterInfo::load(&endpoint.data)?;
-            let player = Player::new(info.client()?, info.control_plane.clone());
+            let player = match email {
+                None => info.player().await?,
+                Some(email) => {
+                    let password = std::env::var("CADENZA_PASSWORD")
+                        .context("--email needs the password in CADENZA_PASSWORD")?;
+                    let client_id = info
+                        .listener
+                        .as_ref()
+                        .map(|l| l.client_id.clone())
+                        .context("cluster.json names no first-party app")?;
+                    let login = cadenza_player::Login {
+                        client_id,
+                        email,
+                        password,
+                    };
+                    Player::sign_in(info.client()?, info.control_plane.clone(), &login).await?
+                }
+            };
             let mut options = PlayOptions::new(track, quality);
             options.wav_out = out;
             let report = player.play(&options).await?;
@@ -497,7 +515,7 @@ async fn run_demo(stack: &Stack, data: &Path, dir: Option<PathBuf>) -> anyhow::R
     let Some(track) = ready.first() else {
         bail!("no master became playable");
     };
-    let player = Player::new(client, stack.info.control_plane.clone());
+    let player = stack.info.player().await?;
     let mut options = PlayOptions::new(track.track_id.clone(), Quality::High);
     options.wav_out = Some(data.join("demo-play.wav"));
     let report = tokio::time::timeout(Duration::from_secs(120), player.play(&options))

@@ -5,7 +5,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `cluster.json` | URLs, label key and CA path, for `cadenza ingest` / `play` |
+//! | `cluster.json` | URLs, label key, CA path and the local listener's login, for `cadenza ingest` / `play` (mode 0600) |
 //! | `secrets.json` | service, label and edge credentials, master keys (mode 0600) |
 //! | `tls/cert.pem`, `tls/key.pem` | the self-signed certificate every service presents |
 //! | `keys/edge-token-k1.pk8` | the Ed25519 key that signs edge tokens (mode 0600) |
@@ -25,11 +25,12 @@ use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, ShutdownTrigger, serve_on};
 use cadenza_common::{SigningKey, VerifyingKeys, hex_encode, random_bytes};
 use cadenza_control_plane::{
-    ControlPlane, ControlPlaneConfig, EdgeSite, GrantPolicy, KeyRing, MasterKey, Store,
+    ClientKind, ControlPlane, ControlPlaneConfig, EdgeSite, GrantPolicy, KeyRing, MasterKey, Store,
     auth::AuthConfig,
 };
 use cadenza_edge::Edge;
 use cadenza_origin::{LocalDirStore, ObjectStore, Origin, OriginConfig, S3Config, S3Store};
+use cadenza_player::{Login, Player};
 use cadenza_transcoder::worker::{self, WorkerConfig};
 
 use crate::edge_node::{self, EdgeListeners, EdgeNodeConfig};
@@ -142,6 +143,10 @@ pub struct ClusterInfo {
     /// standalone `cadenza edge` is given with `--token-key`).
     #[serde(default)]
     pub token_keys: std::collections::BTreeMap<String, String>,
+    /// The embedded stack's listener account and first-party app, which `cadenza play` and
+    /// the demo sign in with.
+    #[serde(default)]
+    pub listener: Option<Login>,
     /// The data directory this was loaded from (clients keep their resume state there).
     #[serde(skip)]
     pub data_dir: Option<PathBuf>,
@@ -170,6 +175,15 @@ impl ClusterInfo {
             std::fs::read(&self.ca).with_context(|| format!("reading {}", self.ca.display()))?;
         Ok(https_client(tls::client_config(&pem)?))
     }
+
+    /// A player signed in as the stack's listener.
+    pub async fn player(&self) -> anyhow::Result<Player> {
+        let login = self
+            .listener
+            .as_ref()
+            .context("cluster.json names no listener account; restart `cadenza up` to make one")?;
+        Ok(Player::sign_in(self.client()?, self.control_plane.clone(), login).await?)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +202,9 @@ struct Secrets {
     /// Signs listeners' access tokens (made on load when missing).
     #[serde(default = "secret")]
     access_token_key: String,
+    /// The local listener account and its app (made on load when missing or refused).
+    #[serde(default)]
+    listener: Option<Login>,
 }
 
 /// A running stack.
@@ -360,6 +377,39 @@ pub fn parse_token_keys(specs: impl IntoIterator<Item = String>) -> anyhow::Resu
     Ok(keys)
 }
 
+/// Whether `login` names a first-party app and an account whose password still matches.
+async fn listener_signs_in(store: &Store, login: Option<&Login>) -> anyhow::Result<bool> {
+    let Some(login) = login else {
+        return Ok(false);
+    };
+    Ok(
+        store.verify_client(&login.client_id, None).await? == Some(ClientKind::FirstParty)
+            && store
+                .sign_in(&login.email, &login.password)
+                .await?
+                .is_some(),
+    )
+}
+
+/// A first-party app and a listener account for the embedded stack.
+async fn make_listener(store: &Store) -> anyhow::Result<Login> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let app = store
+        .create_client("Cadenza player", ClientKind::FirstParty, now)
+        .await?;
+    // A fresh address each time, so an account left from older secrets never collides.
+    let email = format!("listener-{}@cadenza.localhost", &secret()[..12]);
+    let password = secret();
+    store.create_user(&email, &password, now).await?;
+    Ok(Login {
+        client_id: app.client_id,
+        email,
+        password,
+    })
+}
+
 pub(crate) fn secret() -> String {
     hex_encode(&random_bytes::<24>())
 }
@@ -378,6 +428,7 @@ fn load_or_create_secrets(data: &Path) -> anyhow::Result<Secrets> {
         admin_token: secret(),
         master_keys: vec![MasterKey::generate().to_text()],
         access_token_key: secret(),
+        listener: None,
     };
     write_private(&path, &serde_json::to_vec_pretty(&secrets)?)?;
     Ok(secrets)
@@ -460,6 +511,7 @@ impl Stack {
                 None => None,
             },
             token_keys: [(signing.kid().to_owned(), hex_encode(&signing.public_key()))].into(),
+            listener: None,
             data_dir: Some(data.clone()),
         };
         let (trigger, shutdown) = Shutdown::new();
@@ -518,6 +570,14 @@ impl Stack {
             )?;
         }
         info.label_key = secrets.label_key.clone();
+        if !listener_signs_in(&store, secrets.listener.as_ref()).await? {
+            secrets.listener = Some(make_listener(&store).await?);
+            write_private(
+                &data.join("secrets.json"),
+                &serde_json::to_vec_pretty(&secrets)?,
+            )?;
+        }
+        info.listener = secrets.listener.clone();
         let geo = match &config.geoip {
             Some(path) => {
                 let geo = Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
@@ -665,7 +725,10 @@ impl Stack {
             )));
         }
 
-        std::fs::write(data.join("cluster.json"), serde_json::to_vec_pretty(&info)?)?;
+        write_private(
+            &data.join("cluster.json"),
+            &serde_json::to_vec_pretty(&info)?,
+        )?;
         Ok(Self {
             info,
             edge,

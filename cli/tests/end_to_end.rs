@@ -54,7 +54,7 @@ async fn ready_track(stack: &Stack, master: &str, title: &str) -> (HttpClient, P
         .await
         .unwrap();
     assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     (client, player, view)
 }
 
@@ -67,9 +67,22 @@ async fn grant_at(
     xff: &str,
 ) -> (StatusCode, serde_json::Value) {
     let url = format!("{}/v1/playback", stack.info.control_plane);
+    let token = stack
+        .info
+        .player()
+        .await
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap();
     let body = serde_json::to_vec(&serde_json::json!({ "track_id": track })).unwrap();
-    let mut req =
-        client::request(Method::POST, &url, None, cadenza_common::http::full(body)).unwrap();
+    let mut req = client::request(
+        Method::POST,
+        &url,
+        Some(&token),
+        cadenza_common::http::full(body),
+    )
+    .unwrap();
     req.headers_mut()
         .insert("x-forwarded-for", xff.parse().unwrap());
     req.headers_mut()
@@ -157,7 +170,7 @@ async fn a_master_plays_through_the_edge_at_every_quality() {
     let (frames, rate) = flac_streaminfo(&master);
     let master_secs = frames as f64 / f64::from(rate);
 
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     for quality in Quality::ALL {
         let mut options = PlayOptions::new(view.track_id.clone(), quality);
         options.wav_out = Some(dir.path().join(format!("{}.wav", quality.as_str())));
@@ -240,7 +253,7 @@ async fn edge_ranges_equal_the_stored_bytes_and_tokens_are_enforced() {
     .unwrap();
     assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
 
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     let grant: PlaybackGrant = player.grant(&view.track_id, Quality::High).await.unwrap();
     let stored = std::fs::read(
         dir.path()
@@ -529,7 +542,7 @@ async fn a_damaged_master_is_refused_with_a_reason_and_never_playable() {
     let reason = view.failure.unwrap_or_default();
     assert!(reason.contains("master refused"), "{reason}");
     assert!(view.renditions.is_empty());
-    let player = Player::new(client, stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     let err = player
         .grant(&view.track_id, Quality::Normal)
         .await
@@ -557,7 +570,7 @@ async fn the_synthesised_demo_master_ingests_and_plays() {
         .unwrap();
     assert_eq!(view.status, TrackStatus::Ready, "{:?}", view.failure);
     assert_eq!(view.duration_ms, Some(3000));
-    let player = Player::new(client, stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     let report = player
         .play(&PlayOptions::new(view.track_id, Quality::Low))
         .await
@@ -1003,6 +1016,24 @@ async fn accounts_sign_up_get_tokens_export_and_delete() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Grants are for signed-in listeners: without a token, with a service's or a forged one
+    // the request is refused before the catalogue is read; a listener's token gets as far
+    // as the catalogue (which has no such track).
+    let nowhere = json(serde_json::json!({ "track_id": cadenza_common::TrackId::random() }));
+    for token in [
+        None,
+        svc_token["access_token"].as_str().map(str::to_owned),
+        Some("at1.forged.x".to_owned()),
+    ] {
+        let (status, refused, _) = call(Method::POST, "/v1/playback", token, nowhere.clone()).await;
+        assert_eq!(
+            (status, refused["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        );
+    }
+    let (status, missing, _) =
+        call(Method::POST, "/v1/playback", Some(access.clone()), nowhere).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
     let (status, _, _) = call(
         Method::POST,
         "/oauth/token",

@@ -54,9 +54,10 @@ async fn status_of(c: &HttpClient, url: &str, method: Method, key: &str) -> Stat
 /// "ok", or the error code the control plane refused a grant with.
 async fn grant(c: &HttpClient, info: &ClusterInfo, track: &cadenza_common::TrackId) -> String {
     let url = format!("{}/v1/playback", info.control_plane);
+    let token = info.player().await.unwrap().access_token().await.unwrap();
     let body = serde_json::to_vec(&serde_json::json!({ "track_id": track })).unwrap();
     let resp = c
-        .request(client::request(Method::POST, &url, None, full(body)).unwrap())
+        .request(client::request(Method::POST, &url, Some(&token), full(body)).unwrap())
         .await
         .unwrap();
     if resp.status().is_success() {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use cadenza::ingest::{TrackMeta, ingest_file};
 use cadenza::stack::{Stack, StackConfig};
 use cadenza_common::{Quality, Territories, TrackStatus};
-use cadenza_player::{PlayOptions, Player};
+use cadenza_player::PlayOptions;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -90,8 +90,7 @@ async fn the_stack_runs_on_postgres_and_survives_a_restart() {
             .unwrap()
             .starts_with(&format!("{}:", now_under[0]))
     );
-    let client = stack.client().unwrap();
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     let report = player
         .play(&PlayOptions::new(view.track_id.clone(), Quality::Normal))
         .await

@@ -18,7 +18,7 @@ use cadenza_common::http::client;
 use cadenza_common::http::full;
 use cadenza_common::{Quality, Territories, TrackStatus, UploadReceipt, UploadStatus};
 use cadenza_origin::{MIN_PART_BYTES, ObjectKey, ObjectStore, S3Config, S3Store};
-use cadenza_player::{PlayOptions, Player};
+use cadenza_player::PlayOptions;
 use http::{Method, StatusCode};
 use seaweed::Seaweed;
 
@@ -81,7 +81,7 @@ async fn the_stack_on_s3_survives_an_s3_outage_at_upload_time() {
         assert_eq!(size, r.size);
     }
     assert!(!dir.path().join("data/objects/renditions").exists());
-    let player = Player::new(client.clone(), stack.info.control_plane.clone());
+    let player = stack.info.player().await.unwrap();
     let report = player
         .play(&PlayOptions::new(view.track_id.clone(), Quality::High))
         .await

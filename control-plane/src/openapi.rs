@@ -130,9 +130,10 @@ fn paths_catalogue() -> Value {
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI description.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
         "/v1/playback": {"post": {
             "summary": "A grant to play a track",
-            "description": "Rights are decided from the primary store at the moment of the request: takedown, release embargo, and the licence windows for the listener's country (from the client address). The token names only the territories licensed now and expires no later than the right.",
+            "description": "For a signed-in listener (a user's access token from the password or refresh-token grant). Rights are decided from the primary store at the moment of the request: takedown, release embargo, and the licence windows for the listener's country (from the client address). The token names only the territories licensed now and expires no later than the right.",
+            "security": [{"bearer": []}],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PlaybackRequest"}}}},
-            "responses": merge(json!({"200": ok("The grant.", "PlaybackGrant")}), error_responses(&["400", "403", "404", "409", "451"]))
+            "responses": merge(json!({"200": ok("The grant.", "PlaybackGrant")}), error_responses(&["400", "401", "403", "404", "409", "451"]))
         }},
         "/v1/search": {"get": {
             "summary": "Tracks, albums and artists, typo-tolerant, best first",

@@ -2,7 +2,7 @@
 //!
 //! | route | who | what |
 //! |---|---|---|
-//! | `POST /v1/playback` | player | a grant for a track |
+//! | `POST /v1/playback` | a user | a grant for a track |
 //! | `GET /v1/tracks/{id}` | anyone | a track's status, licences and renditions (no keys) |
 //! | `GET /v1/search?q=…` | anyone | tracks, albums and artists playable where the listener is |
 //! | `GET /v1/albums/{id}` | anyone | an album and its playable tracks in order |
@@ -605,6 +605,9 @@ impl ControlPlane {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> Result<Response<Body>, ApiError> {
+        // Only a signed-in listener is granted anything: a user's access token, checked
+        // without the store. Service tokens (labels, backends) are refused.
+        self.user_of(&req)?;
         let country = self.country(&req, &conn);
         let want: PlaybackRequest = read_json(req.into_body(), JSON_LIMIT).await?;
         let (track, renditions) = self

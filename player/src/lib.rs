@@ -10,7 +10,10 @@ mod decode;
 mod fetch;
 mod wav;
 
+mod session;
+
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cadenza_common::http::client::{self, ClientError, HttpClient};
@@ -18,7 +21,10 @@ use cadenza_common::{PlaybackGrant, PlaybackRequest, Quality, TrackId};
 use http::Method;
 
 pub use decode::DecodeReport;
+pub use session::Login;
 pub use wav::WavWriter;
+
+use session::Session;
 
 /// Why playback failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +32,9 @@ pub enum PlayError {
     /// The control plane refused or could not be reached.
     #[error("grant refused: {0}")]
     Grant(#[source] ClientError),
+    /// Signing in failed, or the player has not signed in.
+    #[error("sign-in failed: {0}")]
+    SignIn(String),
     /// Every edge failed for a range.
     #[error("no edge could serve bytes {offset}-: {last_error}")]
     Edges { offset: u64, last_error: String },
@@ -88,25 +97,43 @@ pub struct PlayReport {
     pub start_frame: u64,
 }
 
-/// A player talking to one control plane.
+/// A player talking to one control plane, signed in as one listener.
 #[derive(Debug, Clone)]
 pub struct Player {
     client: HttpClient,
     control_plane: String,
+    session: Arc<Session>,
 }
 
 const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Player {
-    /// A player using `client` (which must trust the services' certificates).
-    pub fn new(client: HttpClient, control_plane: impl Into<String>) -> Self {
-        Self {
+    /// Signs in to the control plane at `control_plane` through `client` (which must trust
+    /// the services' certificates), with OAuth 2.0's password grant. The player keeps the
+    /// access token fresh with the refresh token it was given.
+    pub async fn sign_in(
+        client: HttpClient,
+        control_plane: impl Into<String>,
+        login: &Login,
+    ) -> Result<Self, PlayError> {
+        let control_plane = control_plane.into();
+        let session = Session::sign_in(&client, &control_plane, login).await?;
+        Ok(Self {
             client,
-            control_plane: control_plane.into(),
-        }
+            control_plane,
+            session: Arc::new(session),
+        })
     }
 
-    /// Asks the control plane for a grant.
+    /// An access token for the control plane's listener endpoints, fresh for a while yet.
+    pub async fn access_token(&self) -> Result<String, PlayError> {
+        self.session
+            .access_token(&self.client, &self.control_plane)
+            .await
+    }
+
+    /// Asks the control plane for a grant. A token the control plane no longer accepts
+    /// (it rotated its key, say) is renewed once and the request made again.
     pub async fn grant(
         &self,
         track: &TrackId,
@@ -117,16 +144,28 @@ impl Player {
             track_id: track.clone(),
             quality: Some(quality),
         };
-        client::call_json(
-            &self.client,
-            Method::POST,
-            &url,
-            None,
-            Some(&req),
-            GRANT_TIMEOUT,
-        )
-        .await
-        .map_err(PlayError::Grant)
+        let mut renewed = false;
+        loop {
+            let token = self.access_token().await?;
+            match client::call_json(
+                &self.client,
+                Method::POST,
+                &url,
+                Some(&token),
+                Some(&req),
+                GRANT_TIMEOUT,
+            )
+            .await
+            {
+                Err(ClientError::Status { status, .. })
+                    if status == http::StatusCode::UNAUTHORIZED && !renewed =>
+                {
+                    self.session.forget(&token).await;
+                    renewed = true;
+                }
+                answer => return answer.map_err(PlayError::Grant),
+            }
+        }
     }
 
     /// Plays a track to the end.

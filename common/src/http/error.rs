@@ -113,6 +113,13 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: a 401 names the scheme the credentials go in.
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cadenza\""),
+            );
+        }
         resp
     }
 }
@@ -130,3 +137,23 @@ impl std::fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_401_names_the_bearer_scheme_and_others_do_not() {
+        let resp = ApiError::unauthorized().into_response();
+        assert_eq!(
+            resp.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Bearer realm=\"cadenza\""
+        );
+        assert_eq!(
+            resp.headers().get(header::CACHE_CONTROL).unwrap(),
+            "no-store"
+        );
+        let resp = ApiError::forbidden("no", "no").into_response();
+        assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+}

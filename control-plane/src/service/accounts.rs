@@ -189,7 +189,7 @@ impl ControlPlane {
     }
 
     /// The user an access token speaks for (checked without the store).
-    fn user_of(&self, req: &Request<Incoming>) -> Result<String, ApiError> {
+    pub(super) fn user_of(&self, req: &Request<Incoming>) -> Result<String, ApiError> {
         bearer_token(req.headers())
             .and_then(|t| self.tokens.verify(t, now_secs()))
             .filter(|c| c.kind == Subject::User)

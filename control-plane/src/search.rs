@@ -562,6 +562,42 @@ mod tests {
     }
 
     #[test]
+    fn rare_title_matches_behind_thousands_of_artist_matches_still_rank_first() {
+        // 3,000 popular tracks by "Stone Roses" and two obscure ones with "stone" in the
+        // title: the bucket walk gives up before it reaches them, and the bitmap way must
+        // still put them first.
+        let mut docs: Vec<SearchDoc> = (0..3000)
+            .map(|i| {
+                track(
+                    &format!("roses-{i}"),
+                    &format!("Song {i}"),
+                    "Stone Roses",
+                    10_000 - i,
+                )
+            })
+            .collect();
+        docs.push(track("cold", "Stone Cold", "Nobody", 2));
+        docs.push(track("age", "Stoned Age", "Someone", 1));
+        let idx = Arc::new(SearchIndex::new(docs));
+        for text in ["stone", "ston", "stoen"] {
+            let found = idx.search(&q(text), 0);
+            let found = ids(&found);
+            // The last word is a prefix: "stoen" is one typo from "stone", a prefix of
+            // "stoned" too.
+            let expect_titled = ["cold", "age"];
+            assert_eq!(&found[..expect_titled.len()], expect_titled, "{text}");
+            assert_eq!(found[expect_titled.len()], "roses-0", "{text}");
+        }
+        // Walked and settled early: the first documents are titled.
+        let idx = Arc::new(SearchIndex::new(
+            (0..3000)
+                .map(|i| track(&format!("t{i}"), &format!("Stone {i}"), "X", 10_000 - i))
+                .collect(),
+        ));
+        assert_eq!(ids(&idx.search(&q("stone"), 0))[..3], ["t0", "t1", "t2"]);
+    }
+
+    #[test]
     fn the_delta_reflects_changes_at_once_and_hides_stale_base_copies() {
         let idx = index();
         idx.upsert(track("new", "Wonderland", "Newcomer", 10_000));

@@ -78,11 +78,29 @@ impl WordMatch {
     }
 }
 
+/// The terms one query word stands for, by term number: the dictionary's order, so the
+/// terms a prefix begins are one run of numbers.
+#[derive(Default)]
+struct TermSet {
+    /// Terms `run.0..run.1`: those an exact prefix begins.
+    run: Option<(u32, u32)>,
+    /// Other terms (the word itself, typo'd terms), sorted.
+    each: Vec<u32>,
+}
+
+impl TermSet {
+    fn contains(&self, t: u32) -> bool {
+        self.run.is_some_and(|(lo, hi)| (lo..hi).contains(&t))
+            || self.each.binary_search(&t).is_ok()
+    }
+}
+
 /// The posting lists one query word stands for, not yet unioned.
 struct WordTerms<'a> {
     budget: u8,
     lists: [Vec<&'a RoaringBitmap>; 3],
     titles: Vec<&'a RoaringBitmap>,
+    set: TermSet,
 }
 
 impl WordTerms<'_> {
@@ -140,6 +158,10 @@ pub struct Segment {
     postings: Vec<RoaringBitmap>,
     title_postings: Vec<RoaringBitmap>,
     prefixes: HashMap<String, (RoaringBitmap, RoaringBitmap)>,
+    /// The forward index of titles: document `n`'s title terms are
+    /// `title_terms[title_starts[n]..title_starts[n + 1]]`, by term number.
+    title_starts: Vec<u32>,
+    title_terms: Vec<u32>,
     /// Documents whose rights must be checked (not playable everywhere, always).
     restricted: RoaringBitmap,
     by_key: HashMap<(Kind, String), u32>,
@@ -208,15 +230,59 @@ impl Segment {
             .collect();
         // Keys come sorted and distinct out of the BTreeMap, which is all `from_iter` needs.
         let terms = Map::from_iter(keys).unwrap_or_default();
+        let (title_starts, title_terms) = forward_index(docs.len(), &title_postings);
         Segment {
             docs,
             terms,
             postings,
             title_postings,
             prefixes,
+            title_starts,
+            title_terms,
             restricted,
             by_key,
         }
+    }
+
+    /// Whether every query word matched in document `n`'s title, read from the forward
+    /// index: a few term numbers per document, where the bitmap way unions each word's
+    /// title lists.
+    fn all_in_title(&self, n: u32, words: &[WordTerms<'_>]) -> bool {
+        let n = n as usize;
+        let (from, to) = (
+            self.title_starts[n] as usize,
+            self.title_starts[n + 1] as usize,
+        );
+        let title = &self.title_terms[from..to];
+        words
+            .iter()
+            .all(|w| title.iter().any(|&t| w.set.contains(t)))
+    }
+
+    /// The run of term numbers `prefix` begins.
+    fn prefix_run(&self, prefix: &str) -> (u32, u32) {
+        let first_at_least = |key: &[u8]| {
+            self.terms
+                .range()
+                .ge(key)
+                .into_stream()
+                .next()
+                .map_or(self.postings.len() as u32, |(_, t)| t as u32)
+        };
+        // The first key past every key `prefix` begins: drop trailing 0xFF bytes and
+        // increment the last (none: the run goes to the end).
+        let mut past = prefix.as_bytes().to_vec();
+        while past.last() == Some(&0xFF) {
+            past.pop();
+        }
+        let hi = match past.last_mut() {
+            Some(b) => {
+                *b += 1;
+                first_at_least(&past)
+            }
+            None => self.postings.len() as u32,
+        };
+        (first_at_least(prefix.as_bytes()), hi)
     }
 
     pub fn docs(&self) -> &[SearchDoc] {
@@ -244,7 +310,8 @@ impl Segment {
             .chain(self.prefixes.values().flat_map(|(a, b)| [a, b]))
             .map(|b| b.serialized_size())
             .sum::<usize>();
-        lists + self.terms.as_fst().as_bytes().len()
+        let forward = 4 * (self.title_starts.len() + self.title_terms.len());
+        lists + forward + self.terms.as_fst().as_bytes().len()
     }
 
     /// The posting lists a query word stands for, by typos, with their title lists.
@@ -254,6 +321,7 @@ impl Segment {
             budget,
             lists: Default::default(),
             titles: Vec::new(),
+            set: TermSet::default(),
         };
         let add_term = |terms: &mut WordTerms<'a>, typos: u8, t: u64| {
             terms.lists[usize::from(typos.min(2))].push(&self.postings[t as usize]);
@@ -263,20 +331,26 @@ impl Segment {
         if !prefix {
             if let Some(t) = self.terms.get(word) {
                 add_term(&mut terms, 0, t);
+                terms.set.each.push(t as u32);
             }
         } else if word.chars().count() <= SHORT_PREFIX {
             if let Some((all, title)) = self.prefixes.get(word) {
                 terms.lists[0].push(all);
                 terms.titles.push(title);
+                terms.set.run = Some(self.prefix_run(word));
             }
         } else {
             let mut stream = self
                 .terms
                 .search(fst::automaton::Str::new(word).starts_with())
                 .into_stream();
+            let mut run: Option<(u32, u32)> = None;
             while let Some((_, t)) = stream.next() {
                 add_term(&mut terms, 0, t);
+                let t = t as u32;
+                run = Some(run.map_or((t, t + 1), |(lo, _)| (lo, t + 1)));
             }
+            terms.set.run = run;
         }
         if budget > 0 {
             let b = builder(budget);
@@ -305,7 +379,9 @@ impl Segment {
             }
             for (d, t) in typoed {
                 add_term(&mut terms, d, t);
+                terms.set.each.push(t as u32);
             }
+            terms.set.each.sort_unstable();
         }
         terms
     }
@@ -374,27 +450,42 @@ impl Segment {
             if bucket.is_empty() {
                 continue;
             }
-            // Rule 2, attribute: every word found in the title first (worked out only for
-            // the buckets walked, rarest word first).
-            let title_first = order.iter().fold(bucket.clone(), |acc, &i| {
-                if acc.is_empty() {
-                    acc
-                } else {
-                    terms[i].in_title(&acc)
-                }
-            });
-            let rest = &bucket - &title_first;
-            for (sub, docs) in [(0u8, title_first), (1, rest)] {
-                // Rule 3, popularity: document numbers are popularity ranks.
-                for doc in docs.iter() {
-                    if keep(doc) {
-                        out.push(Ranked {
-                            class: typos as u8 * 2 + sub,
-                            doc,
+            // Rule 2, attribute: every word found in the title first. Rule 3, popularity:
+            // document numbers are popularity ranks, so walking the bucket in order and
+            // checking titles in the forward index finds the first titled documents at
+            // once; only when titled documents are rare is the bucket split with bitmaps.
+            let class = typos as u8 * 2;
+            let (titled, rest) =
+                match self.walk_bucket(&bucket, &terms, want - out.len(), &mut keep) {
+                    Some(split) => split,
+                    None => {
+                        let title_first = order.iter().fold(bucket.clone(), |acc, &i| {
+                            if acc.is_empty() {
+                                acc
+                            } else {
+                                terms[i].in_title(&acc)
+                            }
                         });
-                        if out.len() == want {
-                            return (out, total);
-                        }
+                        let rest = &bucket - &title_first;
+                        let room = want - out.len();
+                        let titled: Vec<u32> =
+                            title_first.iter().filter(|&d| keep(d)).take(room).collect();
+                        let rest = rest
+                            .iter()
+                            .filter(|&d| keep(d))
+                            .take(room - titled.len())
+                            .collect();
+                        (titled, rest)
+                    }
+                };
+            for (sub, docs) in [(0u8, titled), (1, rest)] {
+                for doc in docs {
+                    out.push(Ranked {
+                        class: class + sub,
+                        doc,
+                    });
+                    if out.len() == want {
+                        return (out, total);
                     }
                 }
             }
@@ -404,6 +495,68 @@ impl Segment {
         }
         (out, total)
     }
+}
+
+impl Segment {
+    /// The first `room` documents of `bucket` that `keep` accepts with every word in the
+    /// title, and the first of the others to fill `room`, in order; `None` when
+    /// [`WALK_LIMIT`] documents did not settle it (few titled ones), for the bitmap way.
+    fn walk_bucket(
+        &self,
+        bucket: &RoaringBitmap,
+        terms: &[WordTerms<'_>],
+        room: usize,
+        keep: &mut impl FnMut(u32) -> bool,
+    ) -> Option<(Vec<u32>, Vec<u32>)> {
+        let (mut titled, mut rest) = (Vec::new(), Vec::new());
+        for (walked, doc) in bucket.iter().enumerate() {
+            if walked == WALK_LIMIT {
+                return None;
+            }
+            if !keep(doc) {
+                continue;
+            }
+            if self.all_in_title(doc, terms) {
+                titled.push(doc);
+                if titled.len() == room {
+                    rest.clear();
+                    break;
+                }
+            } else if rest.len() < room {
+                rest.push(doc);
+            }
+        }
+        rest.truncate(room - titled.len());
+        Some((titled, rest))
+    }
+}
+
+/// Documents of a bucket checked one by one before its titled documents are worked out
+/// with bitmaps instead.
+const WALK_LIMIT: usize = 2048;
+
+/// Document `n`'s title terms, from the title posting lists: the start of each document's
+/// run and the runs one after another.
+fn forward_index(docs: usize, title_postings: &[RoaringBitmap]) -> (Vec<u32>, Vec<u32>) {
+    let mut starts = vec![0u32; docs + 1];
+    for list in title_postings {
+        for n in list {
+            starts[n as usize + 1] += 1;
+        }
+    }
+    for n in 0..docs {
+        starts[n + 1] += starts[n];
+    }
+    let mut filled = starts.clone();
+    let mut terms = vec![0u32; starts[docs] as usize];
+    for (t, list) in title_postings.iter().enumerate() {
+        for n in list {
+            let at = &mut filled[n as usize];
+            terms[*at as usize] = t as u32;
+            *at += 1;
+        }
+    }
+    (starts, terms)
 }
 
 fn intersect(mut sets: impl Iterator<Item = RoaringBitmap>) -> RoaringBitmap {

@@ -159,6 +159,9 @@ fn main() {
         latencies[latencies.len() - 1],
         100.0 * found as f64 / queries as f64
     );
+    if peer_n == 0 {
+        return;
+    }
     println!(
         "exhaustive scan (first {peer_n} queries): p50 {:.1} ms, p99 {:.1} ms; recall@10 {:.1} % (cadenza on the same queries: {:.1} %)",
         percentile(&peer_lat, 0.5),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use cadenza_common::http::{
     Body, ConnInfo, Handler, MinRate, ServerLimits, Shutdown, full, serve_on,
 };
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,38 +18,61 @@ use tokio::net::{TcpListener, TcpStream};
 
 const BIG: usize = 64 * 1024 * 1024;
 
-struct Big;
+/// Served through hyper, or with `LEAN` through Cadenza's own HTTP/1.1 loop: both must hold
+/// the same limits.
+struct Big<const LEAN: bool>;
 
-impl Handler for Big {
+fn answer(path: &str) -> Response<Body> {
+    let len = if path == "/small" { 10 } else { BIG };
+    Response::new(full(vec![7u8; len]))
+}
+
+impl<const LEAN: bool> Handler for Big<LEAN> {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
-        let len = if req.uri().path() == "/small" {
-            10
-        } else {
-            BIG
-        };
-        Response::new(full(vec![7u8; len]))
+        answer(req.uri().path())
     }
+
+    const BODYLESS: bool = LEAN;
+
+    async fn handle_parts(self: Arc<Self>, req: Parts, _conn: ConnInfo) -> Response<Body> {
+        answer(req.uri.path())
+    }
+}
+
+fn start(
+    listener: TcpListener,
+    limits: ServerLimits,
+    lean: bool,
+    shutdown: Shutdown,
+) -> std::net::SocketAddr {
+    let listening = if lean {
+        serve_on(listener, None, limits, Arc::new(Big::<true>), shutdown)
+    } else {
+        serve_on(listener, None, limits, Arc::new(Big::<false>), shutdown)
+    };
+    listening.unwrap().addr
 }
 
 async fn server(
     send: Duration,
     idle: Duration,
+    lean: bool,
 ) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
-    serve(ServerLimits {
+    let limits = ServerLimits {
         send_timeout: send,
         idle_timeout: idle,
         ..ServerLimits::default()
-    })
-    .await
+    };
+    serve(limits, lean).await
 }
 
 async fn serve(
     limits: ServerLimits,
+    lean: bool,
 ) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (trigger, shutdown) = Shutdown::new();
-    let listening = serve_on(listener, None, limits, Arc::new(Big), shutdown).unwrap();
-    (listening.addr, trigger)
+    (start(listener, limits, lean, shutdown), trigger)
 }
 
 /// Reads until EOF or an error, bounded in time; returns the bytes read.
@@ -68,7 +92,13 @@ async fn drain(stream: &mut TcpStream, within: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_one_that_reads_is_not() {
-    let (addr, trigger) = server(Duration::from_millis(500), Duration::from_secs(30)).await;
+    for lean in [false, true] {
+        stops_reading(lean).await;
+    }
+}
+
+async fn stops_reading(lean: bool) {
+    let (addr, trigger) = server(Duration::from_millis(500), Duration::from_secs(30), lean).await;
     let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     // Reads everything promptly: the whole body arrives.
@@ -122,15 +152,24 @@ async fn small_window(addr: std::net::SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_reader_is_cut_off_below_the_minimum_rate_and_kept_above_it() {
+    for lean in [false, true] {
+        trickling(lean).await;
+    }
+}
+
+async fn trickling(lean: bool) {
     // Minimum 64 KiB/s over 1 s; the send timeout (30 s) never fires for either reader,
     // because both take bytes every 50 ms.
-    let (addr, trigger) = serve(ServerLimits {
-        min_send_rate: MinRate {
-            bytes_per_sec: 64 * 1024,
-            window: Duration::from_secs(1),
+    let (addr, trigger) = serve(
+        ServerLimits {
+            min_send_rate: MinRate {
+                bytes_per_sec: 64 * 1024,
+                window: Duration::from_secs(1),
+            },
+            ..ServerLimits::default()
         },
-        ..ServerLimits::default()
-    })
+        lean,
+    )
     .await;
     let request = b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
@@ -152,7 +191,13 @@ async fn a_trickling_reader_is_cut_off_below_the_minimum_rate_and_kept_above_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed() {
-    let (addr, trigger) = server(Duration::from_secs(30), Duration::from_millis(700)).await;
+    for lean in [false, true] {
+        idle(lean).await;
+    }
+}
+
+async fn idle(lean: bool) {
+    let (addr, trigger) = server(Duration::from_secs(30), Duration::from_millis(700), lean).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -172,15 +217,19 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_at_accept() {
+    for lean in [false, true] {
+        past_the_limit(lean).await;
+    }
+}
+
+async fn past_the_limit(lean: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (trigger, shutdown) = Shutdown::new();
     let limits = ServerLimits {
         max_connections: 2,
         ..ServerLimits::default()
     };
-    let addr = serve_on(listener, None, limits, Arc::new(Big), shutdown)
-        .unwrap()
-        .addr;
+    let addr = start(listener, limits, lean, shutdown);
     let ask = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
     // An answered request on a kept-alive connection, or None when the server hung up.
     async fn answered(stream: &mut TcpStream, ask: &[u8]) -> Option<usize> {

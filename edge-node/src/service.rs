@@ -341,6 +341,17 @@ impl Handler for Edge {
         let (parts, _body) = req.into_parts();
         self.respond(&parts, conn, protocol).await
     }
+
+    // The edge's endpoints are GET and HEAD: HTTP/1.1 takes the lean loop.
+    const BODYLESS: bool = true;
+
+    async fn handle_parts(self: Arc<Self>, req: Parts, conn: ConnInfo) -> Response<Body> {
+        let protocol = match req.version {
+            http::Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
+        self.respond(&req, conn, protocol).await
+    }
 }
 
 #[cfg(test)]

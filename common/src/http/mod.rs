@@ -11,6 +11,7 @@ mod body;
 pub mod client;
 mod deadline;
 mod error;
+pub mod h1;
 mod ranges;
 mod server;
 mod shutdown;

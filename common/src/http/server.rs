@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::deadline::{Deadlines, MinRate};
+use super::h1::{self, H1Limits};
 use super::{Body, Shutdown};
 
 /// What a handler learns about the connection a request came on.
@@ -38,6 +39,26 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Whether the handler never reads a request body. HTTP/1.1 is then served by
+    /// [`super::h1`], which holds no buffer while a kept-alive connection waits and writes
+    /// bodies straight from their bytes, and requests reach [`Handler::handle_parts`].
+    const BODYLESS: bool = false;
+
+    /// Answers a request whose body is not read (HTTP/1.1 when [`Handler::BODYLESS`]).
+    fn handle_parts(
+        self: Arc<Self>,
+        req: http::request::Parts,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        let _ = (req, conn);
+        async {
+            super::ApiError::internal(
+                "this service reads request bodies; HTTP/1.1 went the wrong way",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// Limits applied to every connection.
@@ -133,8 +154,16 @@ async fn accept_loop<H: Handler>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256));
-    let builder = Arc::new(builder);
-    let acceptor = tls.map(TlsAcceptor::from);
+    let serving = Arc::new(Serving {
+        acceptor: tls.map(TlsAcceptor::from),
+        handshake_timeout: limits.handshake_timeout,
+        builder,
+        h1: H1Limits {
+            max_head_bytes: limits.max_header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+        },
+        handler,
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
 
@@ -161,13 +190,11 @@ async fn accept_loop<H: Handler>(
         }
         let conn = ConnInfo {
             peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            tls: acceptor.is_some(),
+            tls: serving.acceptor.is_some(),
         };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let handler = handler.clone();
+        let serving = serving.clone();
         let watcher = graceful.watcher();
-        let handshake_timeout = limits.handshake_timeout;
+        let conn_shutdown = shutdown.clone();
         // Under TLS, so a peer that stops reading is noticed whatever the protocol.
         let stream = Deadlines::new(
             stream,
@@ -177,16 +204,7 @@ async fn accept_loop<H: Handler>(
         );
         tokio::spawn(async move {
             let _permit = permit;
-            serve_one(
-                stream,
-                conn,
-                acceptor,
-                handshake_timeout,
-                &builder,
-                handler,
-                watcher,
-            )
-            .await;
+            serve_one(stream, conn, &serving, watcher, conn_shutdown).await;
         });
     }
     drop(listener);
@@ -208,24 +226,36 @@ fn set_notsent_lowat(stream: &TcpStream, lowat: u32) {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn set_notsent_lowat(_stream: &TcpStream, _lowat: u32) {}
 
+/// What every connection of one listener is served with.
+struct Serving<H> {
+    acceptor: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    builder: auto::Builder<TokioExecutor>,
+    h1: H1Limits,
+    handler: Arc<H>,
+}
+
 async fn serve_one<H: Handler>(
     stream: Deadlines<TcpStream>,
     conn: ConnInfo,
-    acceptor: Option<TlsAcceptor>,
-    handshake_timeout: Duration,
-    builder: &auto::Builder<TokioExecutor>,
-    handler: Arc<H>,
+    serving: &Serving<H>,
     watcher: Watcher,
+    shutdown: Shutdown,
 ) {
+    let (builder, h1) = (&serving.builder, serving.h1);
+    let handler = serving.handler.clone();
+    let lean = handler.clone();
     let service = service_fn(move |req| {
         // Boxed, so a kept-alive connection holds a pointer between requests rather than
         // room for the handler's whole state machine.
         let answer = Box::pin(handler.clone().handle(req, conn));
         async move { Ok::<_, Infallible>(answer.await) }
     });
-    let result = match acceptor {
+    let result = match &serving.acceptor {
         Some(acceptor) => {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(serving.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
@@ -236,10 +266,32 @@ async fn serve_one<H: Handler>(
                     return;
                 }
             };
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            if H::BODYLESS && !http2 {
+                // Held, not watched: the drain waits for it, and `shutdown` tells it to stop.
+                let _watcher = watcher;
+                if let Err(e) = h1::serve(tls, conn, lean, h1, shutdown, false).await {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
             let io = TokioIo::new(tls);
             watcher
                 .watch(builder.serve_connection(io, service).into_owned())
                 .await
+        }
+        None if H::BODYLESS => {
+            let mut stream = stream;
+            match h1::serve(&mut stream, conn, lean, h1, shutdown, true).await {
+                Ok(h1::Served::Done) => Ok(()),
+                Ok(h1::Served::Http2(read)) => {
+                    let io = TokioIo::new(Rewind::new(read, stream));
+                    watcher
+                        .watch(builder.serve_connection(io, service).into_owned())
+                        .await
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         None => {
             let io = TokioIo::new(stream);
@@ -250,5 +302,69 @@ async fn serve_one<H: Handler>(
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A stream that yields `read` before the rest of `inner`: the bytes [`h1::serve`] read
+/// before it saw an HTTP/2 preface.
+struct Rewind<S> {
+    read: bytes::BytesMut,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    fn new(read: bytes::BytesMut, inner: S) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

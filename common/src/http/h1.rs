@@ -1,0 +1,564 @@
+//! Cadenza's own HTTP/1.1 connection loop, for handlers that never read a request body (the
+//! edge's GET and HEAD).
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header buffer for every connection for as
+//! long as it lives. An edge holds tens of thousands of kept-alive players that are idle
+//! most of the time, so this loop holds no buffer between requests: it waits for the next
+//! request's first bytes with a per-thread scratch buffer and copies out only what arrived.
+//! Response bodies are written straight from their `Bytes`, the head in the same `writev`
+//! as the first chunk.
+//!
+//! What it accepts: `GET`, `HEAD` and any other method without a body; `HTTP/1.0` and
+//! `HTTP/1.1`; pipelined requests. A request with a body (`Content-Length` above zero or any
+//! `Transfer-Encoding`) is answered 413 and the connection closed, since its body is not read.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::server::{ConnInfo, Handler};
+use super::{ApiError, Body, Shutdown};
+
+/// Most header fields in a request head.
+pub const MAX_HEADERS: usize = 64;
+
+/// The HTTP/2 connection preface a cleartext client with prior knowledge opens with.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A request head, parsed.
+#[derive(Debug)]
+pub struct Head {
+    pub parts: Parts,
+    /// Bytes of the buffer the head took, its blank line included.
+    pub len: usize,
+    /// Whether the client lets the connection be kept after the response.
+    pub keep_alive: bool,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    #[error("malformed request head: {0}")]
+    Malformed(&'static str),
+    #[error("more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
+    #[error("the request has a body, which this endpoint does not take")]
+    HasBody,
+}
+
+impl HeadError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+            HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::HasBody => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            HeadError::Malformed(_) => "bad_request",
+            HeadError::TooManyHeaders => "headers_too_large",
+            HeadError::HasBody => "body_not_accepted",
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is incomplete. Pure and
+/// bounded (at most [`MAX_HEADERS`] fields; the caller bounds the buffer), so it can be fuzzed
+/// on its own.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(malformed(e))),
+    };
+    let method = req.method.ok_or(HeadError::Malformed("no method"))?;
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("bad method"))?;
+    let target = req.path.ok_or(HeadError::Malformed("no target"))?;
+    // Origin form only: an edge is not a forward proxy.
+    if !target.starts_with('/') {
+        return Err(HeadError::Malformed("the target must be a path"));
+    }
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| HeadError::Malformed("bad target"))?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Malformed("unsupported version")),
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for field in req.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("bad header name"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| HeadError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(HeadError::HasBody);
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        let parse = |v: &HeaderValue| {
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let n = parse(first).ok_or(HeadError::Malformed("bad content-length"))?;
+        if lengths.any(|v| parse(v) != Some(n)) {
+            return Err(HeadError::Malformed("conflicting content-lengths"));
+        }
+        if n > 0 {
+            return Err(HeadError::HasBody);
+        }
+    }
+    if version == Version::HTTP_11 && !headers.contains_key(http::header::HOST) {
+        return Err(HeadError::Malformed("HTTP/1.1 needs a Host header"));
+    }
+    let connection = |token: &str| {
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    Ok(Some(Head {
+        parts,
+        len,
+        keep_alive,
+    }))
+}
+
+fn malformed(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "bad header name",
+        httparse::Error::HeaderValue => "bad header value",
+        httparse::Error::NewLine => "bad line ending",
+        httparse::Error::Status => "bad status",
+        httparse::Error::Token => "bad token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "bad version",
+    }
+}
+
+/// Limits of the loop.
+#[derive(Debug, Clone, Copy)]
+pub struct H1Limits {
+    /// Largest request head, bytes.
+    pub max_head_bytes: usize,
+    /// Time from a request's first byte to its blank line.
+    pub header_read_timeout: Duration,
+}
+
+/// How a connection's first bytes turned out.
+pub enum Served {
+    /// The connection was served to its end.
+    Done,
+    /// The client opened with the HTTP/2 preface (cleartext, prior knowledge): these bytes
+    /// were read, and the connection is the caller's to serve as HTTP/2.
+    Http2(BytesMut),
+}
+
+thread_local! {
+    /// Where idle connections read their next request's first bytes. Borrowed only within
+    /// one poll, so one per thread serves every connection.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+/// Waits for bytes without holding a buffer while it waits, and returns what arrived (empty
+/// at end of stream).
+async fn first_bytes<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<BytesMut> {
+    poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(BytesMut::from(buf.filled()))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 on `io` until the client closes, asks to close, errs, or `shutdown` fires
+/// (a request in progress is answered first). With `detect_h2`, a connection opening with
+/// the HTTP/2 preface is handed back instead.
+pub async fn serve<IO, H>(
+    mut io: IO,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    limits: H1Limits,
+    mut shutdown: Shutdown,
+    detect_h2: bool,
+) -> io::Result<Served>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        if buf.is_empty() {
+            buf = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Ok(Served::Done),
+                bytes = first_bytes(&mut io) => bytes?,
+            };
+            if buf.is_empty() {
+                return Ok(Served::Done);
+            }
+        }
+        if first && detect_h2 {
+            // Enough of the preface to tell (a request line cannot start with "PRI * ").
+            while buf.len() < 6 && H2_PREFACE.starts_with(&buf) {
+                if read_more(&mut io, &mut buf, limits).await? == 0 {
+                    return Ok(Served::Done);
+                }
+            }
+            if H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+                return Ok(Served::Http2(buf));
+            }
+        }
+        first = false;
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let head = loop {
+            let parsed = parse_head(&buf);
+            let too_long = match &parsed {
+                Ok(Some(head)) => head.len > limits.max_head_bytes,
+                Ok(None) => buf.len() >= limits.max_head_bytes,
+                Err(_) => false,
+            };
+            match parsed {
+                _ if too_long => {
+                    let too_large = ApiError::new(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "headers_too_large",
+                        format!("the request head is over {} bytes", limits.max_head_bytes),
+                    );
+                    return refuse(&mut io, too_large).await;
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(e) => {
+                    let refused = ApiError::new(e.status(), e.code(), e.to_string());
+                    return refuse(&mut io, refused).await;
+                }
+            }
+            match tokio::time::timeout_at(deadline, read_more(&mut io, &mut buf, limits)).await {
+                Ok(Ok(0)) => return Ok(Served::Done),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let slow = ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "header_timeout",
+                        "the request head did not arrive in time",
+                    );
+                    return refuse(&mut io, slow).await;
+                }
+            }
+        };
+        buf.advance(head.len);
+        let Head {
+            parts, keep_alive, ..
+        } = head;
+        let method = parts.method.clone();
+        let version = parts.version;
+        // Boxed, so the connection's task stays small while it idles.
+        let resp = Box::pin(handler.clone().handle_parts(parts, conn)).await;
+        let keep_alive = keep_alive && !shutdown.is_triggered();
+        let kept = write_response(&mut io, resp, &method, version, keep_alive).await?;
+        if !kept {
+            io.shutdown().await.ok();
+            return Ok(Served::Done);
+        }
+        if buf.is_empty() {
+            // Give the allocation back; the next request starts in the scratch buffer.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads more of a head into `buf`, at most up to the head limit.
+async fn read_more<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    limits: H1Limits,
+) -> io::Result<usize> {
+    let room = limits.max_head_bytes.saturating_sub(buf.len()).max(1);
+    buf.reserve(room.min(4096));
+    let mut limited = (&mut *io).take(room as u64);
+    limited.read_buf(buf).await
+}
+
+/// Answers a request that could not be read with `error`, and closes.
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    error: ApiError,
+) -> io::Result<Served> {
+    let resp = error.into_response();
+    write_response(io, resp, &Method::GET, Version::HTTP_11, false).await?;
+    io.shutdown().await.ok();
+    linger(io).await;
+    Ok(Served::Done)
+}
+
+/// Reads and drops what the client is still sending, for a moment, before the socket is
+/// closed: closing with unread bytes makes the kernel reset the connection, and a reset can
+/// destroy the answer before the client reads it (nginx's `lingering_close`).
+async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const MOST: u64 = 256 * 1024;
+    let mut sink = tokio::io::sink();
+    let mut rest = (&mut *io).take(MOST);
+    let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rest, &mut sink)).await;
+}
+
+/// Writes `resp`; says whether the connection may carry another request.
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    resp: Response<Body>,
+    method: &Method,
+    version: Version,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let no_body = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // How the body is delimited: by a length, by chunks, or by closing.
+    let framing = if no_body {
+        Framing::None
+    } else if let Some(n) = declared.or_else(|| body.size_hint().exact()) {
+        Framing::Length(n)
+    } else if version == Version::HTTP_11 {
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == http::header::CONNECTION || name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == http::header::CONTENT_LENGTH && !matches!(framing, Framing::Length(_)) {
+            // HEAD and 304 keep the length the GET would have had.
+            if !no_body {
+                continue;
+            }
+        }
+        field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(http::header::DATE) {
+        field(&mut head, b"date", &http_date());
+    }
+    let head_length = (*method == Method::HEAD && declared.is_none())
+        .then(|| body.size_hint().exact())
+        .flatten();
+    if let Some(n) = head_length {
+        field(&mut head, b"content-length", n.to_string().as_bytes());
+    }
+    match framing {
+        Framing::Length(n) if declared.is_none() => {
+            field(&mut head, b"content-length", n.to_string().as_bytes());
+        }
+        Framing::Chunked => field(&mut head, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !keep_alive {
+        field(&mut head, b"connection", b"close");
+    } else if version == Version::HTTP_10 {
+        field(&mut head, b"connection", b"keep-alive");
+    }
+    head.extend_from_slice(b"\r\n");
+
+    let mut pending_head = Some(head);
+    let mut sent = 0u64;
+    if !matches!(framing, Framing::None) {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers are not sent over HTTP/1.1 here
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if let Framing::Length(n) = framing
+                && sent > n
+            {
+                return Err(io::Error::other("the body is longer than its length"));
+            }
+            let head = pending_head.take().unwrap_or_default();
+            match framing {
+                Framing::Chunked => {
+                    let mut prefix = head;
+                    prefix.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    write_parts(io, &[&prefix, &data, b"\r\n"]).await?;
+                }
+                _ => write_parts(io, &[&head, &data]).await?,
+            }
+        }
+    }
+    if let Framing::Length(n) = framing
+        && sent != n
+    {
+        return Err(io::Error::other("the body is shorter than its length"));
+    }
+    let head = pending_head.take().unwrap_or_default();
+    let tail: &[u8] = if matches!(framing, Framing::Chunked) {
+        b"0\r\n\r\n"
+    } else {
+        b""
+    };
+    write_parts(io, &[&head, tail]).await?;
+    io.flush().await?;
+    Ok(keep_alive && !matches!(framing, Framing::Close))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+fn field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` header value, formatted once a second per thread.
+fn http_date() -> Vec<u8> {
+    thread_local! {
+        static CACHED: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            *at = secs;
+            *value = httpdate::fmt_http_date(now).into_bytes();
+        }
+        value.clone()
+    })
+}
+
+/// A handful of byte slices being written out, front to back.
+struct PartsCursor<'a> {
+    parts: &'a [&'a [u8]],
+    /// Index of the first part not wholly written, and bytes of it written.
+    at: usize,
+    offset: usize,
+}
+
+impl<'a> PartsCursor<'a> {
+    fn new(parts: &'a [&'a [u8]]) -> Self {
+        let mut c = PartsCursor {
+            parts,
+            at: 0,
+            offset: 0,
+        };
+        c.skip_empty();
+        c
+    }
+
+    fn skip_empty(&mut self) {
+        while self.at < self.parts.len() && self.offset == self.parts[self.at].len() {
+            self.at += 1;
+            self.offset = 0;
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.at == self.parts.len()
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.at < self.parts.len() {
+            let left = self.parts[self.at].len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.at += 1;
+            self.offset = 0;
+        }
+        self.skip_empty();
+    }
+}
+
+/// Writes every part, in one `writev` where the stream takes it whole.
+async fn write_parts<IO: AsyncWrite + Unpin>(io: &mut IO, parts: &[&[u8]]) -> io::Result<()> {
+    let mut cursor = PartsCursor::new(parts);
+    while !cursor.done() {
+        let n = poll_fn(|cx: &mut Context<'_>| {
+            let mut slices = [IoSlice::new(&[]); 4];
+            let mut count = 0;
+            for (i, part) in cursor.parts[cursor.at..].iter().enumerate().take(4) {
+                let from = if i == 0 { cursor.offset } else { 0 };
+                slices[count] = IoSlice::new(&part[from..]);
+                count += 1;
+            }
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        cursor.advance(n);
+    }
+    Ok(())
+}

@@ -250,43 +250,10 @@ where
             }
         }
         first = false;
-        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let head = loop {
-            let parsed = parse_head(&buf);
-            let too_long = match &parsed {
-                Ok(Some(head)) => head.len > limits.max_head_bytes,
-                Ok(None) => buf.len() >= limits.max_head_bytes,
-                Err(_) => false,
-            };
-            match parsed {
-                _ if too_long => {
-                    let too_large = ApiError::new(
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "headers_too_large",
-                        format!("the request head is over {} bytes", limits.max_head_bytes),
-                    );
-                    return refuse(&mut io, too_large).await;
-                }
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(e) => {
-                    let refused = ApiError::new(e.status(), e.code(), e.to_string());
-                    return refuse(&mut io, refused).await;
-                }
-            }
-            match tokio::time::timeout_at(deadline, read_more(&mut io, &mut buf, limits)).await {
-                Ok(Ok(0)) => return Ok(Served::Done),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    let slow = ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "header_timeout",
-                        "the request head did not arrive in time",
-                    );
-                    return refuse(&mut io, slow).await;
-                }
-            }
+        // Boxed, like the handler and the write: only what waits between requests is
+        // held inline, so an idle connection's task stays small.
+        let Some(head) = Box::pin(read_head(&mut io, &mut buf, limits)).await? else {
+            return Ok(Served::Done);
         };
         buf.advance(head.len);
         let Head {
@@ -297,7 +264,7 @@ where
         // Boxed, so the connection's task stays small while it idles.
         let resp = Box::pin(handler.clone().handle_parts(parts, conn)).await;
         let keep_alive = keep_alive && !shutdown.is_triggered();
-        let kept = write_response(&mut io, resp, &method, version, keep_alive).await?;
+        let kept = Box::pin(write_response(&mut io, resp, &method, version, keep_alive)).await?;
         if !kept {
             io.shutdown().await.ok();
             return Ok(Served::Done);
@@ -305,6 +272,56 @@ where
         if buf.is_empty() {
             // Give the allocation back; the next request starts in the scratch buffer.
             buf = BytesMut::new();
+        }
+    }
+}
+
+/// Reads the rest of a request head into `buf`: `None` when the client went away, or its
+/// head was refused (and answered).
+async fn read_head<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    limits: H1Limits,
+) -> io::Result<Option<Head>> {
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    loop {
+        let parsed = parse_head(buf);
+        let too_long = match &parsed {
+            Ok(Some(head)) => head.len > limits.max_head_bytes,
+            Ok(None) => buf.len() >= limits.max_head_bytes,
+            Err(_) => false,
+        };
+        match parsed {
+            _ if too_long => {
+                let too_large = ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("the request head is over {} bytes", limits.max_head_bytes),
+                );
+                refuse(io, too_large).await?;
+                return Ok(None);
+            }
+            Ok(Some(head)) => return Ok(Some(head)),
+            Ok(None) => {}
+            Err(e) => {
+                let refused = ApiError::new(e.status(), e.code(), e.to_string());
+                refuse(io, refused).await?;
+                return Ok(None);
+            }
+        }
+        match tokio::time::timeout_at(deadline, read_more(io, buf, limits)).await {
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let slow = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "header_timeout",
+                    "the request head did not arrive in time",
+                );
+                refuse(io, slow).await?;
+                return Ok(None);
+            }
         }
     }
 }
@@ -325,12 +342,12 @@ async fn read_more<IO: AsyncRead + Unpin>(
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     error: ApiError,
-) -> io::Result<Served> {
+) -> io::Result<()> {
     let resp = error.into_response();
     write_response(io, resp, &Method::GET, Version::HTTP_11, false).await?;
     io.shutdown().await.ok();
     linger(io).await;
-    Ok(Served::Done)
+    Ok(())
 }
 
 /// Reads and drops what the client is still sending, for a moment, before the socket is

@@ -202,10 +202,18 @@ async fn accept_loop<H: Handler>(
             limits.idle_timeout,
             limits.min_send_rate,
         );
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_one(stream, conn, &serving, watcher, conn_shutdown).await;
-        });
+        // One task type per path, so a cleartext connection's task is not sized for TLS.
+        if serving.acceptor.is_some() {
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _permit = permit;
+                serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
+            });
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
@@ -235,74 +243,101 @@ struct Serving<H> {
     handler: Arc<H>,
 }
 
-async fn serve_one<H: Handler>(
+/// hyper's service for a connection: every request to the handler, boxed so a kept-alive
+/// connection holds a pointer between requests rather than room for the handler's state.
+fn hyper_service<H: Handler>(
+    handler: Arc<H>,
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |req| {
+        let answer = Box::pin(handler.clone().handle(req, conn));
+        async move { Ok::<_, Infallible>(answer.await) }
+    })
+}
+
+fn log_end(conn: ConnInfo, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+async fn serve_tls<H: Handler>(
     stream: Deadlines<TcpStream>,
     conn: ConnInfo,
     serving: &Serving<H>,
     watcher: Watcher,
     shutdown: Shutdown,
 ) {
-    let (builder, h1) = (&serving.builder, serving.h1);
-    let handler = serving.handler.clone();
-    let lean = handler.clone();
-    let service = service_fn(move |req| {
-        // Boxed, so a kept-alive connection holds a pointer between requests rather than
-        // room for the handler's whole state machine.
-        let answer = Box::pin(handler.clone().handle(req, conn));
-        async move { Ok::<_, Infallible>(answer.await) }
-    });
-    let result = match &serving.acceptor {
-        Some(acceptor) => {
-            let tls = match tokio::time::timeout(serving.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            if H::BODYLESS && !http2 {
-                // Held, not watched: the drain waits for it, and `shutdown` tells it to stop.
-                let _watcher = watcher;
-                if let Err(e) = h1::serve(tls, conn, lean, h1, shutdown, false).await {
-                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            let io = TokioIo::new(tls);
-            watcher
-                .watch(builder.serve_connection(io, service).into_owned())
-                .await
+    let Some(acceptor) = &serving.acceptor else {
+        return;
+    };
+    let handshake = Box::pin(acceptor.accept(stream));
+    let tls = match tokio::time::timeout(serving.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            return;
         }
-        None if H::BODYLESS => {
-            let mut stream = stream;
-            match h1::serve(&mut stream, conn, lean, h1, shutdown, true).await {
-                Ok(h1::Served::Done) => Ok(()),
-                Ok(h1::Served::Http2(read)) => {
-                    let io = TokioIo::new(Rewind::new(read, stream));
-                    watcher
-                        .watch(builder.serve_connection(io, service).into_owned())
-                        .await
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        None => {
-            let io = TokioIo::new(stream);
-            watcher
-                .watch(builder.serve_connection(io, service).into_owned())
-                .await
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return;
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    let handler = serving.handler.clone();
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let result = if H::BODYLESS && !http2 {
+        // Held, not watched: the drain waits for it, and `shutdown` tells it to stop.
+        let _watcher = watcher;
+        Box::pin(h1::serve(tls, conn, handler, serving.h1, shutdown, false))
+            .await
+            .map(|_| ())
+            .map_err(Into::into)
+    } else {
+        let io = TokioIo::new(tls);
+        let connection = serving
+            .builder
+            .serve_connection(io, hyper_service(handler, conn))
+            .into_owned();
+        Box::pin(watcher.watch(connection)).await
+    };
+    log_end(conn, result);
+}
+
+async fn serve_clear<H: Handler>(
+    mut stream: Deadlines<TcpStream>,
+    conn: ConnInfo,
+    serving: &Serving<H>,
+    watcher: Watcher,
+    shutdown: Shutdown,
+) {
+    let handler = serving.handler.clone();
+    let mut read = bytes::BytesMut::new();
+    if H::BODYLESS {
+        let lean = h1::serve(
+            &mut stream,
+            conn,
+            handler.clone(),
+            serving.h1,
+            shutdown,
+            true,
+        );
+        match Box::pin(lean).await {
+            Ok(h1::Served::Done) => return,
+            Ok(h1::Served::Http2(preface)) => read = preface,
+            Err(e) => return log_end(conn, Err(e.into())),
+        }
     }
+    let io = TokioIo::new(Rewind::new(read, stream));
+    let connection = serving
+        .builder
+        .serve_connection(io, hyper_service(handler, conn))
+        .into_owned();
+    log_end(conn, Box::pin(watcher.watch(connection)).await);
 }
 
 /// A stream that yields `read` before the rest of `inner`: the bytes [`h1::serve`] read

@@ -257,9 +257,18 @@ fn heads_parse_or_are_refused_with_a_reason() {
         HeadError::Malformed("bad content-length")
     );
     assert_eq!(
-        refused(b"GET http://elsewhere/ HTTP/1.1\r\nHost: x\r\n\r\n"),
-        HeadError::Malformed("the target must be a path")
+        refused(b"CONNECT elsewhere:443 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        HeadError::Malformed("the target must be a path or an absolute URI")
     );
+    assert_eq!(
+        refused(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"),
+        HeadError::Malformed("the target must be a path or an absolute URI")
+    );
+    let absolute = parse_head(b"GET http://edge.example/a/b?t=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(absolute.parts.uri.path(), "/a/b");
+    assert_eq!(absolute.parts.uri.query(), Some("t=1"));
     let many: String = (0..70).map(|i| format!("X-{i}: y\r\n")).collect();
     assert_eq!(
         refused(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()),

@@ -91,13 +91,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let method =
         Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("bad method"))?;
     let target = req.path.ok_or(HeadError::Malformed("no target"))?;
-    // Origin form only: an edge is not a forward proxy.
-    if !target.starts_with('/') {
-        return Err(HeadError::Malformed("the target must be a path"));
-    }
     let uri: http::Uri = target
         .parse()
         .map_err(|_| HeadError::Malformed("bad target"))?;
+    // A path, or the absolute form a server must also take (RFC 9112 §3.2.2); not the
+    // authority form of CONNECT, nor `*`.
+    if !target.starts_with('/') && uri.scheme().is_none() {
+        return Err(HeadError::Malformed(
+            "the target must be a path or an absolute URI",
+        ));
+    }
     let version = match req.version {
         Some(0) => Version::HTTP_10,
         Some(1) => Version::HTTP_11,

@@ -14,10 +14,10 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -378,58 +378,45 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let declared = parts
+    // The length the handler declared, else the body's own; HEAD (and a declared 304) keep
+    // the length the GET would have had.
+    let length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .or_else(|| (!no_body || *method == Method::HEAD).then(|| body.size_hint().exact())?);
     // How the body is delimited: by a length, by chunks, or by closing.
-    let framing = if no_body {
-        Framing::None
-    } else if let Some(n) = declared.or_else(|| body.size_hint().exact()) {
-        Framing::Length(n)
-    } else if version == Version::HTTP_11 {
-        Framing::Chunked
-    } else {
-        keep_alive = false;
-        Framing::Close
+    let framing = match length {
+        _ if no_body => Framing::None,
+        Some(n) => Framing::Length(n),
+        None if version == Version::HTTP_11 => Framing::Chunked,
+        None => {
+            keep_alive = false;
+            Framing::Close
+        }
     };
     let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(if version == Version::HTTP_10 {
-        b"HTTP/1.0 "
+    let line = if version == Version::HTTP_10 {
+        "HTTP/1.0"
     } else {
-        b"HTTP/1.1 "
-    });
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
+        "HTTP/1.1"
+    };
+    let reason = status.canonical_reason().unwrap_or("");
+    write!(head, "{line} {} {reason}\r\n", status.as_str())?;
     for (name, value) in &parts.headers {
-        if name == http::header::CONNECTION || name == http::header::TRANSFER_ENCODING {
-            continue;
+        use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+        if name != CONNECTION && name != TRANSFER_ENCODING && name != CONTENT_LENGTH {
+            field(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
-        if name == http::header::CONTENT_LENGTH && !matches!(framing, Framing::Length(_)) {
-            // HEAD and 304 keep the length the GET would have had.
-            if !no_body {
-                continue;
-            }
-        }
-        field(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     if !parts.headers.contains_key(http::header::DATE) {
-        field(&mut head, b"date", &http_date());
+        put_date(&mut head);
     }
-    let head_length = (*method == Method::HEAD && declared.is_none())
-        .then(|| body.size_hint().exact())
-        .flatten();
-    if let Some(n) = head_length {
-        field(&mut head, b"content-length", n.to_string().as_bytes());
+    if let Some(n) = length {
+        write!(head, "content-length: {n}\r\n")?;
     }
-    match framing {
-        Framing::Length(n) if declared.is_none() => {
-            field(&mut head, b"content-length", n.to_string().as_bytes());
-        }
-        Framing::Chunked => field(&mut head, b"transfer-encoding", b"chunked"),
-        _ => {}
+    if matches!(framing, Framing::Chunked) {
+        field(&mut head, b"transfer-encoding", b"chunked");
     }
     if !keep_alive {
         field(&mut head, b"connection", b"close");
@@ -438,7 +425,8 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     }
     head.extend_from_slice(b"\r\n");
 
-    let mut pending_head = Some(head);
+    // The head goes out with the first chunk, in one `writev` (tokio's `write_all_buf`
+    // writes a chain of buffers vectored when the stream can).
     let mut sent = 0u64;
     if !matches!(framing, Framing::None) {
         while let Some(frame) = body.frame().await {
@@ -455,15 +443,15 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             {
                 return Err(io::Error::other("the body is longer than its length"));
             }
-            let head = pending_head.take().unwrap_or_default();
-            match framing {
-                Framing::Chunked => {
-                    let mut prefix = head;
-                    prefix.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                    write_parts(io, &[&prefix, &data, b"\r\n"]).await?;
-                }
-                _ => write_parts(io, &[&head, &data]).await?,
+            if matches!(framing, Framing::Chunked) {
+                write!(head, "{:x}\r\n", data.len())?;
+                let mut out = Buf::chain(Buf::chain(head.as_slice(), data), &b"\r\n"[..]);
+                io.write_all_buf(&mut out).await?;
+            } else {
+                io.write_all_buf(&mut Buf::chain(head.as_slice(), data))
+                    .await?;
             }
+            head.clear();
         }
     }
     if let Framing::Length(n) = framing
@@ -471,13 +459,10 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     {
         return Err(io::Error::other("the body is shorter than its length"));
     }
-    let head = pending_head.take().unwrap_or_default();
-    let tail: &[u8] = if matches!(framing, Framing::Chunked) {
-        b"0\r\n\r\n"
-    } else {
-        b""
-    };
-    write_parts(io, &[&head, tail]).await?;
+    if matches!(framing, Framing::Chunked) {
+        head.extend_from_slice(b"0\r\n\r\n");
+    }
+    io.write_all(&head).await?;
     io.flush().await?;
     Ok(keep_alive && !matches!(framing, Framing::Close))
 }
@@ -497,8 +482,8 @@ fn field(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     head.extend_from_slice(b"\r\n");
 }
 
-/// The `Date` header value, formatted once a second per thread.
-fn http_date() -> Vec<u8> {
+/// Adds the `Date` header, formatted once a second per thread.
+fn put_date(head: &mut Vec<u8>) {
     thread_local! {
         static CACHED: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
     }
@@ -511,74 +496,6 @@ fn http_date() -> Vec<u8> {
             *at = secs;
             *value = httpdate::fmt_http_date(now).into_bytes();
         }
-        value.clone()
-    })
-}
-
-/// A handful of byte slices being written out, front to back.
-struct PartsCursor<'a> {
-    parts: &'a [&'a [u8]],
-    /// Index of the first part not wholly written, and bytes of it written.
-    at: usize,
-    offset: usize,
-}
-
-impl<'a> PartsCursor<'a> {
-    fn new(parts: &'a [&'a [u8]]) -> Self {
-        let mut c = PartsCursor {
-            parts,
-            at: 0,
-            offset: 0,
-        };
-        c.skip_empty();
-        c
-    }
-
-    fn skip_empty(&mut self) {
-        while self.at < self.parts.len() && self.offset == self.parts[self.at].len() {
-            self.at += 1;
-            self.offset = 0;
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.at == self.parts.len()
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.at < self.parts.len() {
-            let left = self.parts[self.at].len() - self.offset;
-            if n < left {
-                self.offset += n;
-                return;
-            }
-            n -= left;
-            self.at += 1;
-            self.offset = 0;
-        }
-        self.skip_empty();
-    }
-}
-
-/// Writes every part, in one `writev` where the stream takes it whole.
-async fn write_parts<IO: AsyncWrite + Unpin>(io: &mut IO, parts: &[&[u8]]) -> io::Result<()> {
-    let mut cursor = PartsCursor::new(parts);
-    while !cursor.done() {
-        let n = poll_fn(|cx: &mut Context<'_>| {
-            let mut slices = [IoSlice::new(&[]); 4];
-            let mut count = 0;
-            for (i, part) in cursor.parts[cursor.at..].iter().enumerate().take(4) {
-                let from = if i == 0 { cursor.offset } else { 0 };
-                slices[count] = IoSlice::new(&part[from..]);
-                count += 1;
-            }
-            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        cursor.advance(n);
-    }
-    Ok(())
+        field(head, b"date", value);
+    });
 }

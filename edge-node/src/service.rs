@@ -333,13 +333,8 @@ impl Edge {
 
 impl Handler for Edge {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        let protocol = match req.version() {
-            http::Version::HTTP_2 => "h2",
-            http::Version::HTTP_10 => "http/1.0",
-            _ => "http/1.1",
-        };
         let (parts, _body) = req.into_parts();
-        self.respond(&parts, conn, protocol).await
+        self.handle_parts(parts, conn).await
     }
 
     // The edge's endpoints are GET and HEAD: HTTP/1.1 takes the lean loop.
@@ -347,6 +342,7 @@ impl Handler for Edge {
 
     async fn handle_parts(self: Arc<Self>, req: Parts, conn: ConnInfo) -> Response<Body> {
         let protocol = match req.version {
+            http::Version::HTTP_2 => "h2",
             http::Version::HTTP_10 => "http/1.0",
             _ => "http/1.1",
         };

@@ -27,7 +27,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::server::{ConnInfo, Handler};
+use super::server::{ConnInfo, Handler, ServerLimits};
 use super::{ApiError, Body, Shutdown};
 
 /// Most header fields in a request head.
@@ -173,15 +173,6 @@ fn malformed(e: httparse::Error) -> &'static str {
     }
 }
 
-/// Limits of the loop.
-#[derive(Debug, Clone, Copy)]
-pub struct H1Limits {
-    /// Largest request head, bytes.
-    pub max_head_bytes: usize,
-    /// Time from a request's first byte to its blank line.
-    pub header_read_timeout: Duration,
-}
-
 /// How a connection's first bytes turned out.
 pub enum Served {
     /// The connection was served to its end.
@@ -220,7 +211,7 @@ pub async fn serve<IO, H>(
     mut io: IO,
     conn: ConnInfo,
     handler: Arc<H>,
-    limits: H1Limits,
+    limits: &ServerLimits,
     mut shutdown: Shutdown,
     detect_h2: bool,
 ) -> io::Result<Served>
@@ -284,14 +275,14 @@ where
 async fn read_head<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
-    limits: H1Limits,
+    limits: &ServerLimits,
 ) -> io::Result<Option<Head>> {
     let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
     loop {
         let parsed = parse_head(buf);
         let too_long = match &parsed {
-            Ok(Some(head)) => head.len > limits.max_head_bytes,
-            Ok(None) => buf.len() >= limits.max_head_bytes,
+            Ok(Some(head)) => head.len > limits.max_header_bytes,
+            Ok(None) => buf.len() >= limits.max_header_bytes,
             Err(_) => false,
         };
         match parsed {
@@ -299,7 +290,7 @@ async fn read_head<IO: AsyncRead + AsyncWrite + Unpin>(
                 let too_large = ApiError::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "headers_too_large",
-                    format!("the request head is over {} bytes", limits.max_head_bytes),
+                    format!("the request head is over {} bytes", limits.max_header_bytes),
                 );
                 refuse(io, too_large).await?;
                 return Ok(None);
@@ -333,9 +324,9 @@ async fn read_head<IO: AsyncRead + AsyncWrite + Unpin>(
 async fn read_more<IO: AsyncRead + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
-    limits: H1Limits,
+    limits: &ServerLimits,
 ) -> io::Result<usize> {
-    let room = limits.max_head_bytes.saturating_sub(buf.len()).max(1);
+    let room = limits.max_header_bytes.saturating_sub(buf.len()).max(1);
     buf.reserve(room.min(4096));
     let mut limited = (&mut *io).take(room as u64);
     limited.read_buf(buf).await

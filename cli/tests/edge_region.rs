@@ -171,14 +171,19 @@ async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owne
         2 * slices,
         "each non-owner asks the owner once per slice"
     );
-    // Owners are spread: every edge owns some of the twelve.
-    for e in &edges {
-        let owned = objects
-            .iter()
-            .filter(|(id, _)| e.node.edge.cache().owns(id))
-            .count();
-        assert!(owned > 0, "{} owns none of 12 files", e.url);
+    // The three edges agree on one owner per file, and ownership is spread. Twelve files are
+    // too few to demand that each edge owns one (3 × (2/3)^12 ≈ 2 % of runs would fail, as
+    // one CI run did), so the spread is checked over ids that need no upload.
+    let mut owned = [0usize; 3];
+    let ids = objects.iter().map(|(id, _)| id.clone());
+    for id in ids.chain((0..3000).map(|_| FileId::random())) {
+        let owners: Vec<usize> = (0..3)
+            .filter(|&i| edges[i].node.edge.cache().owns(&id))
+            .collect();
+        assert_eq!(owners.len(), 1, "{id} has owners {owners:?}");
+        owned[owners[0]] += 1;
     }
+    assert!(owned.iter().all(|&n| n > 700), "uneven owners: {owned:?}");
 
     // The owner of a new file goes down: another edge serves it from the origin.
     let mut edges = edges;

@@ -113,6 +113,28 @@ fn main() {
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
         found += usize::from(r.hits.iter().any(|h| &h.id == target));
     }
+    // For a profiler: the query loop again, N more times, timed apart from the figures.
+    let repeat: usize = std::env::var("SEARCH_BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if repeat > 0 {
+        eprintln!("profile window: queries start");
+        let t = Instant::now();
+        for _ in 0..repeat {
+            for (_, text) in &cases {
+                let q = Query {
+                    text: text.clone(),
+                    country: None,
+                    offset: 0,
+                    limit: 10,
+                };
+                std::hint::black_box(index.search_uncached(&q, 0));
+            }
+        }
+        let per = t.elapsed().as_secs_f64() * 1000.0 / (repeat * cases.len()) as f64;
+        eprintln!("profile window: {repeat} more passes, mean {per:.3} ms per query");
+    }
     if std::env::var_os("SEARCH_BENCH_SLOWEST").is_some() {
         let mut slow: Vec<(f64, &str)> = latencies
             .iter()

@@ -20,7 +20,7 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 pub use segment::MAX_QUERY_WORDS;
-use segment::{Ranked, Segment};
+use segment::{QueryWords, Ranked, Segment};
 pub use text::{typo_budget, words};
 
 use crate::rights::{self, TrackRights};
@@ -440,7 +440,7 @@ pub fn grouping_rights<'a>(
 }
 
 fn search_snapshot(s: &Snapshot, query: &Query, now: u64) -> SearchResults {
-    let terms = words(&query.text);
+    let terms = QueryWords::new(&words(&query.text));
     let want = query.offset.saturating_add(query.limit);
     let country = query.country.as_deref();
     let (base_hits, base_total) = s.base.search(&terms, want, |n| {

@@ -530,6 +530,11 @@ impl Segment {
             all = Some(narrowed);
         }
         let all = all.unwrap_or_default();
+        // Every word has narrowed the candidates; when few are left, classifying each is
+        // cheaper than working out the first word's typo levels and the buckets.
+        if all.len() <= forward {
+            return self.rank_forward(&all, &terms, want, &mut keep);
+        }
         if let Some(&first) = order.first()
             && matches[first].is_none()
         {

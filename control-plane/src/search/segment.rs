@@ -531,8 +531,9 @@ impl Segment {
         }
         let all = all.unwrap_or_default();
         // Every word has narrowed the candidates; when few are left, classifying each is
-        // cheaper than working out the first word's typo levels and the buckets.
-        if all.len() <= forward {
+        // cheaper than working out the first word's typo levels and the buckets. (A single
+        // word has its levels already, and the buckets stop at the first `want`.)
+        if n > 1 && all.len() <= forward {
             return self.rank_forward(&all, &terms, want, &mut keep);
         }
         if let Some(&first) = order.first()

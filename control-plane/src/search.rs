@@ -11,6 +11,7 @@
 
 mod segment;
 mod text;
+mod typos;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -4,13 +4,12 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
 
 use fst::{Automaton, IntoStreamer, Map, Streamer};
-use levenshtein_automata::{DFA, Distance, LevenshteinAutomatonBuilder, SINK_STATE};
 use roaring::{MultiOps, RoaringBitmap};
 
 use super::text::{typo_budget, words};
+use super::typos::Typos;
 use super::{Kind, SearchDoc};
 
 /// Prefixes up to this many characters have their posting lists precomputed: a one-letter
@@ -26,39 +25,7 @@ const MAX_TYPO_SCAN: usize = 500;
 /// Query words beyond this many are ignored.
 pub const MAX_QUERY_WORDS: usize = 8;
 
-/// A Levenshtein DFA walked over the term dictionary.
-struct Lev<'a>(&'a DFA);
-
-impl Automaton for Lev<'_> {
-    type State = u32;
-    fn start(&self) -> u32 {
-        self.0.initial_state()
-    }
-    fn is_match(&self, state: &u32) -> bool {
-        matches!(self.0.distance(*state), Distance::Exact(_))
-    }
-    fn can_match(&self, state: &u32) -> bool {
-        *state != SINK_STATE
-    }
-    fn accept(&self, state: &u32, byte: u8) -> u32 {
-        self.0.transition(*state, byte)
-    }
-}
-
-/// Builders are costly to make (all the automaton's states), cheap to use: one per budget,
-/// made once. A transposition counts as one typo.
-fn builder(budget: u8) -> &'static LevenshteinAutomatonBuilder {
-    static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
-    static TWO: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
-    if budget <= 1 {
-        ONE.get_or_init(|| LevenshteinAutomatonBuilder::new(1, true))
-    } else {
-        TWO.get_or_init(|| LevenshteinAutomatonBuilder::new(2, true))
-    }
-}
-
-/// A query's words, each with its Levenshtein automaton built once for every segment it
-/// is looked up in (building one costs about as much as walking the dictionary with it).
+/// A query's words, each with its typo automaton, made once for every segment searched.
 pub struct QueryWords {
     words: Vec<QueryWord>,
 }
@@ -68,8 +35,8 @@ struct QueryWord {
     /// The last word: it matches every term it begins, as typed so far.
     prefix: bool,
     budget: u8,
-    /// `None` when the word is too short for a typo.
-    dfa: Option<DFA>,
+    /// `None` when the word is too short for a typo (or absurdly long).
+    typos: Option<Typos>,
 }
 
 impl QueryWords {
@@ -82,19 +49,14 @@ impl QueryWords {
             .map(|(i, text)| {
                 let prefix = i + 1 == n;
                 let budget = typo_budget(text);
-                let dfa = (budget > 0).then(|| {
-                    let b = builder(budget);
-                    if prefix {
-                        b.build_prefix_dfa(text)
-                    } else {
-                        b.build_dfa(text)
-                    }
-                });
+                let typos = (budget > 0)
+                    .then(|| Typos::new(text, budget, prefix))
+                    .flatten();
                 QueryWord {
                     text: text.clone(),
                     prefix,
                     budget,
-                    dfa,
+                    typos,
                 }
             })
             .collect();
@@ -435,14 +397,14 @@ impl Segment {
             }
             terms.set.run = run;
         }
-        if let Some(dfa) = &query.dfa {
+        if let Some(automaton) = &query.typos {
             // A short word with a typo can be near thousands of terms (a typo'd prefix
             // matches every completion): look at the first few hundred in dictionary order,
             // and keep the closest, and among equally close the most frequent.
-            let mut stream = self.terms.search_with_state(Lev(dfa)).into_stream();
+            let mut stream = self.terms.search_with_state(automaton).into_stream();
             let mut typoed = Vec::new();
             while let Some((_, t, state)) = stream.next() {
-                if let Distance::Exact(d @ 1..) = dfa.distance(state) {
+                if let Some(d @ 1..) = automaton.distance(&state) {
                     typoed.push((d, t));
                     if typoed.len() == MAX_TYPO_SCAN {
                         break;

@@ -1,9 +1,11 @@
 //! Byte hit ratio of the edge's memory-tier policy against a plain LRU of the same size, on
 //! the same Zipf-distributed trace of plays.
 //!
-//! The edge caches 256 KiB slices in moka, weighted by bytes, with moka's default policy
-//! (TinyLFU admission, LRU eviction). This program builds the same cache (same builder, same
-//! weigher) and replays a trace of plays through it and through a textbook LRU: a play picks
+//! The edge caches 256 KiB slices in moka bounded by slice count (capacity / slice size, as
+//! `slice_capacity` in `edge-node/src/cache.rs`), with moka's default policy (TinyLFU
+//! admission, LRU eviction). This program builds the same cache, the edge's earlier one (a
+//! byte weigher instead of a count), and a textbook LRU, and replays a trace of plays
+//! through each: a play picks
 //! a track by Zipf popularity and reads its slices front to back, stopping early when the
 //! listener skips. Both caches see every slice request; a miss inserts the slice. The first
 //! fifth of the trace warms the caches and is not counted.
@@ -135,41 +137,53 @@ async fn main() {
         warm
     );
     println!(
-        "{:>10} {:>14} {:>14} {:>10}",
-        "cache", "moka (edge)", "plain LRU", "points"
+        "{:>10} {:>14} {:>16} {:>14} {:>10}",
+        "cache", "moka (edge)", "moka, weigher", "plain LRU", "points"
     );
     for percent in [1u64, 2, 5, 10] {
         let capacity = catalogue * percent / 100;
-        // The edge's builder: byte capacity and a byte weigher (`edge-node/src/cache.rs`).
-        let moka: moka::future::Cache<u64, u32> = moka::future::Cache::builder()
+        // The edge's builder: as many slices as fit (`edge-node/src/cache.rs`).
+        let edge: moka::future::Cache<u64, u32> = moka::future::Cache::builder()
+            .max_capacity((capacity / SLICE).max(1))
+            .build();
+        // Before: byte capacity and a byte weigher.
+        let weighed: moka::future::Cache<u64, u32> = moka::future::Cache::builder()
             .max_capacity(capacity)
             .weigher(|_, v: &u32| *v)
             .build();
         let mut lru = Lru::new(capacity);
-        let (mut total, mut moka_hit, mut lru_hit) = (0u64, 0u64, 0u64);
+        let mut total = 0u64;
+        let mut hits = [0u64; 3];
         for (i, &(track, slice, bytes)) in requests.iter().enumerate() {
             let k = key(track, slice);
-            let counted = i >= warm;
-            let hit = moka.get(&k).await.is_some();
-            if !hit {
-                moka.insert(k, bytes).await;
+            let mut was = [false; 3];
+            for (cache, was) in [&edge, &weighed].into_iter().zip(&mut was) {
+                *was = cache.get(&k).await.is_some();
+                if !*was {
+                    cache.insert(k, bytes).await;
+                }
+                // moka applies admission and eviction in batches; settle them at a fixed
+                // pace so the run is repeatable.
+                if i % 512 == 0 {
+                    cache.run_pending_tasks().await;
+                }
             }
-            // moka applies admission and eviction in batches; settle them at a fixed pace so
-            // the run is repeatable.
-            if i % 512 == 0 {
-                moka.run_pending_tasks().await;
-            }
-            let lru_was = lru.access(k, bytes);
-            if counted {
+            was[2] = lru.access(k, bytes);
+            if i >= warm {
                 total += u64::from(bytes);
-                moka_hit += u64::from(bytes) * u64::from(hit);
-                lru_hit += u64::from(bytes) * u64::from(lru_was);
+                for (hit, was) in hits.iter_mut().zip(was) {
+                    *hit += u64::from(bytes) * u64::from(was);
+                }
             }
         }
-        let (m, l) = (
-            100.0 * moka_hit as f64 / total as f64,
-            100.0 * lru_hit as f64 / total as f64,
+        let [e, w, l] = hits.map(|h| 100.0 * h as f64 / total as f64);
+        println!(
+            "{:>9}% {:>13.1}% {:>15.1}% {:>13.1}% {:>+10.1}",
+            percent,
+            e,
+            w,
+            l,
+            e - l
         );
-        println!("{:>9}% {:>13.1}% {:>13.1}% {:>+10.1}", percent, m, l, m - l);
     }
 }

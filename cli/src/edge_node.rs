@@ -138,7 +138,9 @@ pub async fn start(
     let server_tls = tls::server_config(&config.cert)?;
     let client = https_client(tls::client_config(&config.upstream_ca)?);
     let disk = match &config.disk {
-        Some((dir, bytes)) => Some(Arc::new(DiskTier::open(dir, *bytes).await?)),
+        Some((dir, bytes)) => Some(Arc::new(
+            DiskTier::open(dir, *bytes, config.slice_bytes).await?,
+        )),
         None => None,
     };
     let breaker_threshold = 3;

@@ -44,11 +44,23 @@ pub enum FetchError {
     Upstream(String),
 }
 
+/// How many slices a tier of `capacity_bytes` holds. The tiers bound slices by count, not
+/// by a byte weigher: every slice but a file's last is full size, so the bound in bytes
+/// holds, and moka sizes its frequency sketch from the count. With a weigher it guesses the
+/// count when the cache is half full, a quarter of the true one, and its admission decides
+/// worse: `benches/zipf_hit_ratio.rs` measured +5.8 to +6.4 points of byte hit ratio over
+/// LRU with the weigher and +8.1 to +11.4 by count.
+pub fn slice_capacity(capacity_bytes: u64, slice_size: u64) -> u64 {
+    (capacity_bytes / slice_size.max(1)).max(1)
+}
+
 /// Fixed-size slices of files in memory, filled from the origin on demand.
 pub struct SliceCache {
     math: SliceMath,
     metrics: Arc<EdgeMetrics>,
     slices: Cache<(FileId, u64), Bytes>,
+    /// Bytes in `slices`: added when a fetched slice goes in, taken off when any leaves.
+    bytes: Arc<AtomicU64>,
     sizes: Cache<FileId, u64>,
     upstream: UpstreamConfig,
     origins: Upstreams,
@@ -62,7 +74,7 @@ impl std::fmt::Debug for SliceCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SliceCache")
             .field("math", &self.math)
-            .field("bytes", &self.slices.weighted_size())
+            .field("bytes", &self.bytes.load(Ordering::Relaxed))
             .finish()
     }
 }
@@ -77,15 +89,20 @@ impl SliceCache {
         metrics: Arc<EdgeMetrics>,
         disk: Option<Arc<DiskTier>>,
     ) -> Self {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let gone = bytes.clone();
         let slices = Cache::builder()
-            .max_capacity(capacity_bytes)
-            .weigher(|_, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+            .max_capacity(slice_capacity(capacity_bytes, math.slice_size()))
             .support_invalidation_closures()
+            .eviction_listener(move |_, v: Bytes, _| {
+                gone.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            })
             .build();
         Self {
             math,
             metrics,
             slices,
+            bytes,
             sizes: Cache::builder().max_capacity(1_000_000).build(),
             origins: Upstreams::new(
                 upstream.origins.clone(),
@@ -189,7 +206,7 @@ impl SliceCache {
     /// Bytes and entries in the memory tier.
     pub async fn usage(&self) -> (u64, u64) {
         self.slices.run_pending_tasks().await;
-        let bytes = self.slices.weighted_size();
+        let bytes = self.bytes.load(Ordering::Relaxed);
         self.metrics
             .cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -263,10 +280,12 @@ impl SliceCache {
             .slices
             .try_get_with(key, async move {
                 leader.store(true, Ordering::Relaxed);
-                this.load(id, index).await
+                let data = this.load(id, index).await?;
+                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                Ok(data)
             })
             .await
-            .map_err(|e| (*e).clone());
+            .map_err(|e: Arc<FetchError>| (*e).clone());
         if led.load(Ordering::Relaxed) {
             self.metrics.misses.inc();
         } else {

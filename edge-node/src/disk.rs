@@ -33,6 +33,8 @@ pub enum DiskMiss {
 pub struct DiskTier {
     root: PathBuf,
     index: Cache<(FileId, u64), u32>,
+    /// Bytes of the files in `index`: added as one goes in, taken off as one leaves.
+    bytes: Arc<AtomicU64>,
     /// Bumped by every purge; a write begun before a purge must not land after it.
     purges: AtomicU64,
 }
@@ -48,17 +50,27 @@ fn slice_path(root: &Path, id: &FileId, index: u64) -> PathBuf {
 }
 
 impl DiskTier {
-    /// Opens (creating) the tier at `root`, bounded to `capacity_bytes`, and indexes the
-    /// slices already there.
-    pub async fn open(root: impl Into<PathBuf>, capacity_bytes: u64) -> std::io::Result<Self> {
+    /// Opens (creating) the tier at `root`, bounded to `capacity_bytes` of slices of
+    /// `slice_size` (bounded by count, as [`crate::cache::slice_capacity`] says why), and
+    /// indexes the slices already there.
+    pub async fn open(
+        root: impl Into<PathBuf>,
+        capacity_bytes: u64,
+        slice_size: u64,
+    ) -> std::io::Result<Self> {
         let root = root.into();
         tokio::fs::create_dir_all(&root).await?;
         let listener_root = root.clone();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let gone = bytes.clone();
         let index = Cache::builder()
-            .max_capacity(capacity_bytes)
-            .weigher(|_, len: &u32| *len)
+            .max_capacity(crate::cache::slice_capacity(
+                capacity_bytes,
+                slice_size + HEADER as u64,
+            ))
             .support_invalidation_closures()
-            .eviction_listener(move |key: Arc<(FileId, u64)>, _len, cause| {
+            .eviction_listener(move |key: Arc<(FileId, u64)>, len: u32, cause| {
+                gone.fetch_sub(u64::from(len), Ordering::Relaxed);
                 // A replaced entry was rewritten in place; anything else leaves for good.
                 if cause != RemovalCause::Replaced {
                     let _ = std::fs::remove_file(slice_path(&listener_root, &key.0, key.1));
@@ -68,6 +80,7 @@ impl DiskTier {
         let tier = Self {
             root,
             index,
+            bytes,
             purges: AtomicU64::new(0),
         };
         tier.scan().await?;
@@ -92,9 +105,7 @@ impl DiskTier {
                 match name.parse::<u64>() {
                     Ok(index) => {
                         let len = file.metadata().await?.len();
-                        self.index
-                            .insert((id.clone(), index), u32::try_from(len).unwrap_or(u32::MAX))
-                            .await;
+                        self.insert((id.clone(), index), len).await;
                     }
                     Err(_) => {
                         let _ = tokio::fs::remove_file(file.path()).await;
@@ -127,6 +138,13 @@ impl DiskTier {
         }
     }
 
+    /// Indexes a slice file of `len` bytes.
+    async fn insert(&self, key: (FileId, u64), len: u64) {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        self.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
+        self.index.insert(key, len).await;
+    }
+
     /// The purge epoch: take it before fetching what [`Self::put`] will store.
     pub fn epoch(&self) -> u64 {
         self.purges.load(Ordering::SeqCst)
@@ -154,8 +172,8 @@ impl DiskTier {
                 let _ = tokio::fs::remove_file(&path).await;
             }
             Ok(()) => {
-                let len = u32::try_from(HEADER + data.len()).unwrap_or(u32::MAX);
-                self.index.insert((id.clone(), index), len).await;
+                self.insert((id.clone(), index), (HEADER + data.len()) as u64)
+                    .await;
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
@@ -180,7 +198,7 @@ impl DiskTier {
     /// Bytes and slices on disk.
     pub async fn usage(&self) -> (u64, u64) {
         self.index.run_pending_tasks().await;
-        (self.index.weighted_size(), self.index.entry_count())
+        (self.bytes.load(Ordering::Relaxed), self.index.entry_count())
     }
 }
 
@@ -242,7 +260,7 @@ mod tier_tests {
     #[tokio::test]
     async fn purge_removes_and_stale_writes_do_not_land() {
         let dir = std::env::temp_dir().join(format!("cadenza-disk-{}", std::process::id()));
-        let tier = DiskTier::open(&dir, 1 << 20).await.unwrap();
+        let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         let id = FileId::random();
         let data = Bytes::from(vec![1u8; 100]);
         tier.put(&id, 0, 100, &data, tier.epoch()).await;
@@ -259,8 +277,29 @@ mod tier_tests {
         // A restart finds what is there.
         tier.put(&id, 1, 100, &data, tier.epoch()).await;
         drop(tier);
-        let again = DiskTier::open(&dir, 1 << 20).await.unwrap();
+        let again = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         assert_eq!(again.get(&id, 1).await, Ok((100, data)));
+        assert_eq!(again.usage().await, ((HEADER + 100) as u64, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_tier_holds_as_many_slices_as_fit_and_counts_their_bytes() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-full-{}", std::process::id()));
+        let slice = 1024;
+        let tier = DiskTier::open(&dir, 4 * (slice + HEADER as u64), slice)
+            .await
+            .unwrap();
+        let id = FileId::random();
+        let data = Bytes::from(vec![7u8; slice as usize]);
+        for index in 0..10 {
+            tier.put(&id, index, 10 * slice, &data, tier.epoch()).await;
+        }
+        let (bytes, slices) = tier.usage().await;
+        assert!((1..=4).contains(&slices), "{slices} slices held");
+        assert_eq!(bytes, slices * (slice + HEADER as u64));
+        let files = std::fs::read_dir(dir.join(id.as_str())).unwrap().count() as u64;
+        assert_eq!(files, slices, "evicted slices must leave the disk");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -22,6 +22,7 @@ CROWD=${CROWD:-100}
 RANGE=131072
 
 source benches/lib.sh
+bench_needs curl python3
 bench_init
 READ_AHEAD=${READ_AHEAD:-2}
 SLICE_KIB=${SLICE_KIB:-256}

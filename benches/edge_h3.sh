@@ -22,6 +22,7 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-15}
 
 source benches/lib.sh
+bench_needs curl python3 taskset
 bench_init
 cargo build --release -q -p cadenza-benches --bin proto_load
 load=target/release/proto_load

@@ -21,6 +21,7 @@ CONNS=${CONNS:-10000}
 ulimit -n "$(ulimit -Hn)"
 
 source benches/lib.sh
+bench_needs nginx curl python3
 bench_init
 bench_up --edge-memory-mib 16
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }

@@ -27,6 +27,7 @@ RANGE=131072
 RANGE_AT=${RANGE_AT:-1000000}
 
 source benches/lib.sh
+bench_needs nginx wrk h2load curl python3 taskset
 bench_init
 # Both servers on core 0; the edge's memory tier holds every object.
 bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256))

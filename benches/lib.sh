@@ -1,5 +1,7 @@
 # Shared by the benchmark scripts that run a whole stack; source it after `cd` to the repo.
 #
+#   bench_needs TOOL…               stops at once, naming the Debian packages, when a tool
+#                                   the bench runs is missing (before anything is built)
 #   bench_init                      a work directory in $work, cleaned up (with every pid in
 #                                   $pids) on exit; the release binary in $bin
 #   bench_up [ARGS…]                `cadenza up` on free ports with extra ARGS, waits for it,
@@ -14,6 +16,24 @@
 #   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   free_port                       a free TCP port on 127.0.0.1
+
+bench_needs() {
+  local missing=() packages=() tool
+  for tool in "$@"; do
+    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
+      missing+=("$tool")
+      case $tool in
+        h2load) packages+=(nghttp2-client) ;;
+        taskset) packages+=(util-linux) ;;
+        *) packages+=("$tool") ;;
+      esac
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "this bench needs ${missing[*]}: apt-get install ${packages[*]}" >&2
+    exit 1
+  fi
+}
 
 bench_init() {
   work=$(mktemp -d)

@@ -23,6 +23,7 @@ ACCESS=bench-key
 SECRET=bench-secret
 
 source benches/lib.sh
+bench_needs curl python3
 bench_init
 
 mkdir -p "$work/weed"

@@ -13,6 +13,18 @@ mod segment;
 mod text;
 mod typos;
 
+/// Seeded pseudo-random numbers below `n` (xorshift), for the search tests' generated
+/// catalogues and words.
+#[cfg(test)]
+fn test_numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+    move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    }
+}
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 

@@ -765,13 +765,7 @@ mod tests {
             "moonlight",
             "soon",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::search::test_numbers(0x9e37_79b9_7f4a_7c15);
         let phrase = |words: usize, next: &mut dyn FnMut(usize) -> usize| {
             (0..words)
                 .map(|_| vocab[next(vocab.len())])

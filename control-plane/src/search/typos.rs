@@ -275,13 +275,7 @@ mod tests {
     /// near pairs are common.
     fn pairs(n: usize) -> impl Iterator<Item = (String, String, u8, bool)> {
         let alphabet = ['a', 'b', 'c', 'é', 'ж', '音'];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::search::test_numbers(0x2545_f491_4f6c_dd1d);
         (0..n).map(move |_| {
             let (w_len, t_len) = (1 + next(7), next(9));
             let w: String = (0..w_len).map(|_| alphabet[next(6)]).collect();

@@ -402,3 +402,73 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     }
     stack.shutdown().await;
 }
+
+async fn get_range(client: &HttpClient, url: &str, token: &str, range: &str) -> Vec<u8> {
+    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
+    req.headers_mut()
+        .insert(http::header::RANGE, range.parse().unwrap());
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+    client::read_all(resp.into_body(), url)
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// Random seeks into a cold file fetch their own bytes (widened to 32 KiB), not whole
+/// 256 KiB slices; a crowd seeking to the same place makes one fetch per slice; a later
+/// read front to back gets every byte right, and a repeated seek is a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.workers = 0;
+    let stack = Stack::start(config).await.unwrap();
+    let client = stack.client().unwrap();
+    let data = bytes(77, 1024 * 1024 + 1000);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let t = token(dir.path(), &id);
+    let url = format!("{}/a/{id}", stack.info.edge);
+    let cache = stack.edge.cache();
+    let upstream = || cache.metrics().upstream_bytes.get();
+
+    let body = get_range(&client, &url, &t, "bytes=300000-431071").await;
+    assert!(body == data[300_000..=431_071], "a seek served other bytes");
+    let fetched = upstream();
+    assert!(
+        fetched <= 2 * body.len() as u64 && fetched >= body.len() as u64,
+        "a 128 KiB seek fetched {fetched} bytes"
+    );
+    println!("a cold 128 KiB seek fetched {fetched} origin bytes");
+
+    let before = cache.origin_fetches();
+    let crowd = (0..20).map(|_| get_range(&client, &url, &t, "bytes=700000-850000"));
+    for body in futures_util::future::join_all(crowd).await {
+        assert!(
+            body == data[700_000..=850_000],
+            "a crowd member got other bytes"
+        );
+    }
+    assert_eq!(
+        cache.origin_fetches() - before,
+        2,
+        "the crowd's range spans two slices"
+    );
+
+    let (status, whole) = get(&client, &url, &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        whole == data,
+        "a front-to-back read after seeks served other bytes"
+    );
+    let before = cache.origin_fetches();
+    let again = get_range(&client, &url, &t, "bytes=300000-431071").await;
+    assert!(again == data[300_000..=431_071]);
+    assert_eq!(
+        cache.origin_fetches(),
+        before,
+        "a repeated seek went to the origin"
+    );
+    stack.shutdown().await;
+}

@@ -18,7 +18,7 @@ pub use crypto::{ContentKey, CryptoError, random_bytes};
 pub use ids::{
     AlbumId, ArtistId, FileId, IdError, JobId, TrackId, UploadId, hex_decode, hex_encode,
 };
-pub use range::{ByteRange, RangeRequest, first_byte, parse_range};
+pub use range::{ByteRange, RangeRequest, explicit_span, first_byte, parse_range};
 pub use territories::{Territories, TerritoryError};
 pub use token::{
     EdgeToken, SigningKey, TokenClaims, TokenError, VerifyingKeys, check_claims,

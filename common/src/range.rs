@@ -73,8 +73,19 @@ pub fn parse_range(header: Option<&[u8]>, len: u64) -> RangeRequest {
 /// [`parse_range`] would not answer with one part. A hint only: the answer is still
 /// decided by [`parse_range`] once the length is known.
 pub fn first_byte(header: Option<&[u8]>) -> Option<u64> {
-    let (first, _) = single_spec(header).ok()??.split_once('-')?;
-    digits(first)
+    explicit_span(header).map(|(first, _)| first)
+}
+
+/// The first byte and, when given, the last of a single `bytes=a-b` or `bytes=a-` range (not
+/// a suffix range): what a cache may fetch before it knows the object's length.
+pub fn explicit_span(header: Option<&[u8]>) -> Option<(u64, Option<u64>)> {
+    let (first, last) = single_spec(header).ok()??.split_once('-')?;
+    let first = digits(first)?;
+    let last = match last.trim() {
+        "" => None,
+        last => Some(digits(last).filter(|&l| l >= first)?),
+    };
+    Some((first, last))
 }
 
 /// The one byte-range spec of a header: `Ok(None)` when it is to be ignored (absent, an
@@ -154,6 +165,12 @@ mod tests {
             assert_eq!(first(other), None, "{other}");
         }
         assert_eq!(first_byte(None), None);
+        let span = |h: &str| explicit_span(Some(h.as_bytes()));
+        assert_eq!(span("bytes=1000-1999"), Some((1000, Some(1999))));
+        assert_eq!(span("bytes=7-"), Some((7, None)));
+        for other in ["bytes=9-3", "bytes=-5", "bytes=1-x"] {
+            assert_eq!(span(other), None, "{other}");
+        }
     }
 
     fn check(header: &str, len: u64, expected: RangeRequest) {

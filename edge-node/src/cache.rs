@@ -54,11 +54,46 @@ pub fn slice_capacity(capacity_bytes: u64, slice_size: u64) -> u64 {
     (capacity_bytes / slice_size.max(1)).max(1)
 }
 
+/// A random seek's cold slice is fetched as the part it needs, widened to these
+/// boundaries, not whole: random 128 KiB ranges over 256 KiB slices would otherwise cost
+/// three origin bytes per byte served.
+pub const PART_BLOCK: u64 = 32 * 1024;
+
+/// A slice in the memory tier: whole, or the part of it a random seek needed.
+#[derive(Clone)]
+struct Held {
+    /// Where `data` starts in the slice.
+    skip: u64,
+    data: Bytes,
+    whole: bool,
+}
+
+impl Held {
+    /// Bytes `skip..skip + take` of the slice, when held.
+    fn cut(&self, skip: u64, take: u64) -> Option<Bytes> {
+        let from = skip.checked_sub(self.skip)?;
+        let to = from + take;
+        (to <= self.data.len() as u64).then(|| self.data.slice(from as usize..to as usize))
+    }
+}
+
+/// Bytes `skip..skip + take` of a whole slice.
+fn cut(slice: &Bytes, skip: u64, take: u64) -> Result<Bytes, FetchError> {
+    let to = skip + take;
+    if to > slice.len() as u64 {
+        return Err(FetchError::Upstream(format!(
+            "slice of {} bytes lacks bytes {skip}..{to}",
+            slice.len()
+        )));
+    }
+    Ok(slice.slice(skip as usize..to as usize))
+}
+
 /// Fixed-size slices of files in memory, filled from the origin on demand.
 pub struct SliceCache {
     math: SliceMath,
     metrics: Arc<EdgeMetrics>,
-    slices: Cache<(FileId, u64), Bytes>,
+    slices: Cache<(FileId, u64), Held>,
     /// Bytes in `slices`: added when a fetched slice goes in, taken off when any leaves.
     bytes: Arc<AtomicU64>,
     sizes: Cache<FileId, u64>,
@@ -94,8 +129,8 @@ impl SliceCache {
         let slices = Cache::builder()
             .max_capacity(slice_capacity(capacity_bytes, math.slice_size()))
             .support_invalidation_closures()
-            .eviction_listener(move |_, v: Bytes, _| {
-                gone.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            .eviction_listener(move |_, v: Held, _| {
+                gone.fetch_sub(v.data.len() as u64, Ordering::Relaxed);
             })
             .build();
         Self {
@@ -243,16 +278,26 @@ impl SliceCache {
             .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))
     }
 
-    /// The object's size, learning it (when unknown) by fetching slice `index`, the one the
-    /// request needs first, rather than slice 0: a cold range far into a file then costs
-    /// only the slices it covers. Falls back to slice 0 if that slice cannot be had (it may
-    /// lie past the end).
-    pub async fn size_via(self: &Arc<Self>, id: &FileId, index: u64) -> Result<u64, FetchError> {
+    /// The object's size, learning it (when unknown) from the first bytes the request
+    /// needs (`first`, and `last` when the range names it) rather than slice 0: a cold
+    /// range far into a file then costs only its own bytes, as [`SliceCache::part`] fetches
+    /// them. Falls back to slice 0 if that part cannot be had (it may lie past the end).
+    pub async fn size_via(
+        self: &Arc<Self>,
+        id: &FileId,
+        first: u64,
+        last: Option<u64>,
+    ) -> Result<u64, FetchError> {
         if let Some(size) = self.sizes.get(id).await {
             return Ok(size);
         }
-        if index > 0
-            && self.slice(id, index).await.is_ok()
+        let slice_size = self.math.slice_size();
+        let (index, skip) = (first / slice_size, first % slice_size);
+        let take = last.map_or(slice_size - skip, |last| {
+            (last.saturating_sub(first) + 1).min(slice_size - skip)
+        });
+        if first > 0
+            && self.part(id, index, skip, take).await.is_ok()
             && let Some(size) = self.sizes.get(id).await
         {
             return Ok(size);
@@ -260,29 +305,93 @@ impl SliceCache {
         self.size(id).await
     }
 
-    /// Whether slice `index` of `id` is in the memory tier.
-    pub fn holds(&self, id: &FileId, index: u64) -> bool {
-        self.slices.contains_key(&(id.clone(), index))
+    /// Whether the memory tier holds slice `index` of `id` through its end (whole, or a
+    /// seek's part that ran to the end): a request starting at the next slice continues a
+    /// read rather than seeking.
+    pub async fn holds_to_end(&self, id: &FileId, index: u64) -> bool {
+        let slice_size = self.math.slice_size();
+        self.slices
+            .get(&(id.clone(), index))
+            .await
+            .is_some_and(|h| h.whole || h.skip + h.data.len() as u64 >= slice_size)
     }
 
-    /// Slice `index` of file `id`; concurrent callers for one missing slice share a single
-    /// origin request.
+    /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
+    /// single origin request. A part held for a random seek is replaced by the whole.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
         let key = (id.clone(), index);
-        if let Some(hit) = self.slices.get(&key).await {
-            self.metrics.hits.inc();
-            return Ok(hit);
+        // Twice at most: a seek's part may land between the invalidation and the fill.
+        for _ in 0..2 {
+            match self.slices.get(&key).await {
+                Some(held) if held.whole => {
+                    self.metrics.hits.inc();
+                    return Ok(held.data);
+                }
+                Some(_) => self.slices.invalidate(&key).await,
+                None => {}
+            }
+            let held = self.fill(&key, None).await?;
+            if held.whole {
+                return Ok(held.data);
+            }
         }
+        Ok(self.load(id, index, None).await?.data)
+    }
+
+    /// Bytes `skip..skip + take` of slice `index` of `id` for a random seek: from the
+    /// memory tier when it holds them (the whole slice or a part), else, unless the disk
+    /// tier has the slice, only the part asked for, widened to [`PART_BLOCK`], is fetched
+    /// and held. Concurrent seeks to one cold slice share that fetch.
+    pub async fn part(
+        self: &Arc<Self>,
+        id: &FileId,
+        index: u64,
+        skip: u64,
+        take: u64,
+    ) -> Result<Bytes, FetchError> {
+        let key = (id.clone(), index);
+        let slice_size = self.math.slice_size();
+        let from = skip / PART_BLOCK * PART_BLOCK;
+        let to = (skip + take).div_ceil(PART_BLOCK) * PART_BLOCK;
+        let cold = match self.slices.get(&key).await {
+            Some(held) => match held.cut(skip, take) {
+                Some(bytes) => {
+                    self.metrics.hits.inc();
+                    return Ok(bytes);
+                }
+                None => false,
+            },
+            None => true,
+        };
+        let on_disk = self.disk.as_ref().is_some_and(|d| d.holds(id, index));
+        if cold && !on_disk && (from > 0 || to < slice_size) {
+            let held = self.fill(&key, Some((from, to.min(slice_size)))).await?;
+            if let Some(bytes) = held.cut(skip, take) {
+                return Ok(bytes);
+            }
+        }
+        cut(&self.slice(id, index).await?, skip, take)
+    }
+
+    /// The memory tier's entry for `key` once loaded (`span`: only those bytes of the
+    /// slice), one load for all concurrent callers.
+    async fn fill(
+        self: &Arc<Self>,
+        key: &(FileId, u64),
+        span: Option<(u64, u64)>,
+    ) -> Result<Held, FetchError> {
         let this = self.clone();
         let led = Arc::new(AtomicBool::new(false));
         let leader = led.clone();
+        let (id, index) = key.clone();
         let result = self
             .slices
-            .try_get_with(key, async move {
+            .try_get_with(key.clone(), async move {
                 leader.store(true, Ordering::Relaxed);
-                let data = this.load(id, index).await?;
-                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(data)
+                let held = this.load(&id, index, span).await?;
+                this.bytes
+                    .fetch_add(held.data.len() as u64, Ordering::Relaxed);
+                Ok(held)
             })
             .await
             .map_err(|e: Arc<FetchError>| (*e).clone());
@@ -295,39 +404,54 @@ impl SliceCache {
     }
 
     /// A slice the memory tier lacks: from disk when it is there and intact, else from an
-    /// origin (and then written to disk in the background).
-    async fn load(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+    /// origin (and then written to disk in the background, when whole). With `span`, only
+    /// those bytes of it are fetched, unless the disk has it all.
+    async fn load(
+        &self,
+        id: &FileId,
+        index: u64,
+        span: Option<(u64, u64)>,
+    ) -> Result<Held, FetchError> {
         if let Some(disk) = &self.disk {
             match disk.get(id, index).await {
                 Ok((total, data)) => {
                     self.metrics.disk_hits.inc();
                     self.sizes.insert(id.clone(), total).await;
-                    return Ok(data);
+                    return Ok(Held {
+                        skip: 0,
+                        data,
+                        whole: true,
+                    });
                 }
                 Err(DiskMiss::Corrupt) => self.metrics.disk_corrupt.inc(),
                 Err(DiskMiss::Absent) => {}
             }
         }
         let epoch = self.disk.as_ref().map(|d| d.epoch());
-        let data = self.fetch(id, index).await?;
-        if let (Some(disk), Some(epoch), Some(total)) =
-            (&self.disk, epoch, self.sizes.get(id).await)
+        let held = self.fetch(id, index, span).await?;
+        if let (true, Some(disk), Some(epoch), Some(total)) =
+            (held.whole, &self.disk, epoch, self.sizes.get(id).await)
         {
-            let (disk, id, data) = (disk.clone(), id.clone(), data.clone());
+            let (disk, id, data) = (disk.clone(), id.clone(), held.data.clone());
             tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
         }
-        Ok(data)
+        Ok(held)
     }
 
     /// Fetches slice `index` from the file's owner in the region when that is another edge
     /// and it answers, else from the first origin that answers, at most one attempt per
     /// origin. A 404 is final (every origin serves the same content-addressed store, and an
     /// owner answers 404 only when the origins did).
-    async fn fetch(&self, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+    async fn fetch(
+        &self,
+        id: &FileId,
+        index: u64,
+        span: Option<(u64, u64)>,
+    ) -> Result<Held, FetchError> {
         if let Some(shield) = &self.shield
             && let Some((i, owner)) = shield.fetch_from(id, std::time::Instant::now())
         {
-            let outcome = self.fetch_from(owner, id, index, Source::Owner).await;
+            let outcome = self.fetch_from(owner, id, index, span, Source::Owner).await;
             shield.record(
                 i,
                 !matches!(outcome, Err(FetchError::Upstream(_))),
@@ -350,7 +474,10 @@ impl SliceCache {
         }
         let mut last = FetchError::Upstream("no origin configured".into());
         for (i, origin) in self.origins.order(std::time::Instant::now()) {
-            match self.fetch_from(origin, id, index, Source::Origin).await {
+            match self
+                .fetch_from(origin, id, index, span, Source::Origin)
+                .await
+            {
                 Ok(bytes) => {
                     self.origins.record(i, true, std::time::Instant::now());
                     return Ok(bytes);
@@ -374,19 +501,22 @@ impl SliceCache {
         self.origins.is_open(i, std::time::Instant::now())
     }
 
+    /// Slice `index` (`span`: those bytes of it) from `origin`, checked against the
+    /// object's length.
     async fn fetch_from(
         &self,
         origin: &str,
         id: &FileId,
         index: u64,
+        span: Option<(u64, u64)>,
         source: Source,
-    ) -> Result<Bytes, FetchError> {
-        let size = self.math.slice_size();
-        let start = index * size;
+    ) -> Result<Held, FetchError> {
+        let (from, to) = span.unwrap_or((0, self.math.slice_size()));
+        let start = index * self.math.slice_size();
         let url = format!("{origin}/v1/objects/{id}");
         let mut req = client::request(Method::GET, &url, Some(&self.upstream.edge_key), empty())
             .map_err(|e| FetchError::Upstream(e.to_string()))?;
-        let range = format!("bytes={}-{}", start, start + size - 1);
+        let range = format!("bytes={}-{}", start + from, start + to - 1);
         req.headers_mut().insert(
             header::RANGE,
             header::HeaderValue::from_str(&range)
@@ -407,16 +537,21 @@ impl SliceCache {
             Source::Origin => self.metrics.upstream_bytes.inc_by(body.len() as u64),
             Source::Owner => self.metrics.shield_bytes.inc_by(body.len() as u64),
         }
-        let (_, expected) = self.math.bounds(index, total);
-        if body.len() as u64 != expected {
+        let (_, slice_len) = self.math.bounds(index, total);
+        let expected = to.min(slice_len).saturating_sub(from);
+        if body.len() as u64 != expected || expected == 0 {
             // Never cache a short or long slice: it would be served as if whole.
             return Err(FetchError::Upstream(format!(
-                "origin sent {} bytes for slice {index}, expected {expected}",
+                "origin sent {} bytes for slice {index} from {from}, expected {expected}",
                 body.len()
             )));
         }
         self.sizes.insert(id.clone(), total).await;
-        Ok(body)
+        Ok(Held {
+            skip: from,
+            whole: from == 0 && expected == slice_len,
+            data: body,
+        })
     }
 
     /// One ranged GET to the origin: the object's total length and the body.

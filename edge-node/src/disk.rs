@@ -138,6 +138,11 @@ impl DiskTier {
         }
     }
 
+    /// Whether slice `index` of `id` is on disk (as far as the index knows).
+    pub fn holds(&self, id: &FileId, index: u64) -> bool {
+        self.index.contains_key(&(id.clone(), index))
+    }
+
     /// Indexes a slice file of `len` bytes.
     async fn insert(&self, key: (FileId, u64), len: u64) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);

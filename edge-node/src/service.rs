@@ -15,7 +15,7 @@ use cadenza_common::http::{
     ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
     ranged_response,
 };
-use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims, first_byte};
+use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims, explicit_span};
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -187,8 +187,8 @@ impl Edge {
     ) -> Result<Response<Body>, ApiError> {
         let slice_size = self.cache.math().slice_size();
         let range = req.headers.get(http::header::RANGE).map(|v| v.as_bytes());
-        let first_hint = first_byte(range).map_or(0, |b| b / slice_size);
-        let size = self.cache.size_via(&id, first_hint).await?;
+        let (first_hint, last_hint) = explicit_span(range).unwrap_or((0, None));
+        let size = self.cache.size_via(&id, first_hint, last_hint).await?;
         let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
         if req.method == Method::GET
@@ -199,11 +199,13 @@ impl Edge {
             // for slices nobody may ask for.
             let first = offset / slice_size;
             let last = (offset + len - 1) / slice_size;
-            if read_ahead && (offset == 0 || (first > 0 && self.cache.holds(&id, first - 1))) {
+            let sequential =
+                offset == 0 || (first > 0 && self.cache.holds_to_end(&id, first - 1).await);
+            if read_ahead && sequential {
                 self.cache
                     .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
             }
-            body = Some(self.stream(id.clone(), offset, len).await?);
+            body = Some(self.stream(id.clone(), offset, len, sequential).await?);
         }
         Ok(ranged_response(
             &req.method,
@@ -216,23 +218,31 @@ impl Edge {
 
     /// A body for `len` bytes from `offset`. The first slice is in hand before the response
     /// starts, so an origin failure is a 502 rather than a cut-off body; later slices are
-    /// fetched as the client reads.
-    async fn stream(&self, id: FileId, offset: u64, len: u64) -> Result<Body, ApiError> {
+    /// fetched as the client reads. A `sequential` reader gets whole slices (it will want
+    /// the rest); a random seek fetches only what it asked for when that is cold.
+    async fn stream(
+        &self,
+        id: FileId,
+        offset: u64,
+        len: u64,
+        sequential: bool,
+    ) -> Result<Body, ApiError> {
         let mut parts = self.cache.math().parts(offset, len);
         let Some(first) = parts.next() else {
             return Ok(cadenza_common::http::empty());
         };
-        let first_bytes = cut(&self.cache.slice(&id, first.index).await?, first)?;
+        let first_bytes = piece(&self.cache, &id, first, sequential).await?;
         let cache = self.cache.clone();
-        let rest =
-            futures_util::stream::unfold((parts, cache, id), |(mut parts, cache, id)| async move {
+        let rest = futures_util::stream::unfold(
+            (parts, cache, id),
+            move |(mut parts, cache, id)| async move {
                 let part = parts.next()?;
-                let item = match cache.slice(&id, part.index).await {
-                    Ok(slice) => cut(&slice, part).map_err(|e| Box::new(e) as BoxError),
-                    Err(e) => Err(Box::new(e) as BoxError),
-                };
+                let item = piece(&cache, &id, part, sequential)
+                    .await
+                    .map_err(|e| Box::new(e) as BoxError);
                 Some((item.map(Frame::data), (parts, cache, id)))
-            });
+            },
+        );
         let head = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(first_bytes))]);
         Ok(StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync())
     }
@@ -260,6 +270,22 @@ fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Res
             "listener country unknown".into(),
         )),
     }
+}
+
+/// The bytes of one slice a request wants: from the whole slice for a sequential reader,
+/// else as a seek's part.
+async fn piece(
+    cache: &Arc<SliceCache>,
+    id: &FileId,
+    part: SlicePart,
+    sequential: bool,
+) -> Result<Bytes, ApiError> {
+    if sequential {
+        return cut(&cache.slice(id, part.index).await?, part);
+    }
+    Ok(cache
+        .part(id, part.index, part.skip as u64, part.take as u64)
+        .await?)
 }
 
 /// The part of a slice a request wants.

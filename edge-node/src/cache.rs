@@ -14,7 +14,7 @@ use moka::future::Cache;
 use crate::disk::{DiskMiss, DiskTier};
 use crate::metrics::EdgeMetrics;
 use crate::shield::Shield;
-use crate::slices::SliceMath;
+use crate::slices::{SliceMath, SlicePart};
 use crate::upstream::Upstreams;
 
 /// Where the edge fetches what it does not hold.
@@ -49,7 +49,7 @@ pub enum FetchError {
 /// holds, and moka sizes its frequency sketch from the count. With a weigher it guesses the
 /// count when the cache is half full, a quarter of the true one, and its admission decides
 /// worse: `benches/zipf_hit_ratio.rs` measured +5.8 to +6.4 points of byte hit ratio over
-/// LRU with the weigher and +8.1 to +11.4 by count.
+/// LRU with the weigher and +8.2 to +11.3 by count.
 pub fn slice_capacity(capacity_bytes: u64, slice_size: u64) -> u64 {
     (capacity_bytes / slice_size.max(1)).max(1)
 }
@@ -59,13 +59,16 @@ pub fn slice_capacity(capacity_bytes: u64, slice_size: u64) -> u64 {
 /// three origin bytes per byte served.
 pub const PART_BLOCK: u64 = 32 * 1024;
 
-/// A slice in the memory tier: whole, or the part of it a random seek needed.
+/// A seek's part of slice `i` is held under index `i | PART`, beside the whole slice's `i`:
+/// a whole slice is looked up, and its presence checked, as if parts did not exist.
+const PART: u64 = 1 << 63;
+
+/// A slice in the memory tier, or (under a [`PART`] index) the part of it a seek needed.
 #[derive(Clone)]
 struct Held {
-    /// Where `data` starts in the slice.
+    /// Where `data` starts in the slice (0 for a whole slice).
     skip: u64,
     data: Bytes,
-    whole: bool,
 }
 
 impl Held {
@@ -75,18 +78,6 @@ impl Held {
         let to = from + take;
         (to <= self.data.len() as u64).then(|| self.data.slice(from as usize..to as usize))
     }
-}
-
-/// Bytes `skip..skip + take` of a whole slice.
-fn cut(slice: &Bytes, skip: u64, take: u64) -> Result<Bytes, FetchError> {
-    let to = skip + take;
-    if to > slice.len() as u64 {
-        return Err(FetchError::Upstream(format!(
-            "slice of {} bytes lacks bytes {skip}..{to}",
-            slice.len()
-        )));
-    }
-    Ok(slice.slice(skip as usize..to as usize))
 }
 
 /// Fixed-size slices of files in memory, filled from the origin on demand.
@@ -296,8 +287,13 @@ impl SliceCache {
         let take = last.map_or(slice_size - skip, |last| {
             (last.saturating_sub(first) + 1).min(slice_size - skip)
         });
+        let part = SlicePart {
+            index,
+            skip: skip as usize,
+            take: take as usize,
+        };
         if first > 0
-            && self.part(id, index, skip, take).await.is_ok()
+            && self.part(id, part, false).await.is_ok()
             && let Some(size) = self.sizes.get(id).await
         {
             return Ok(size);
@@ -305,90 +301,101 @@ impl SliceCache {
         self.size(id).await
     }
 
-    /// Whether the memory tier holds slice `index` of `id` through its end (whole, or a
-    /// seek's part that ran to the end): a request starting at the next slice continues a
-    /// read rather than seeking.
-    pub async fn holds_to_end(&self, id: &FileId, index: u64) -> bool {
-        let slice_size = self.math.slice_size();
-        self.slices
-            .get(&(id.clone(), index))
-            .await
-            .is_some_and(|h| h.whole || h.skip + h.data.len() as u64 >= slice_size)
+    /// Whether the memory tier holds slice `index` of `id` whole (a seek's part does not
+    /// count): a request starting at the next slice continues a read rather than seeking.
+    pub fn holds(&self, id: &FileId, index: u64) -> bool {
+        self.slices.contains_key(&(id.clone(), index))
     }
 
     /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
-    /// single origin request. A part held for a random seek is replaced by the whole.
+    /// single origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
-        let key = (id.clone(), index);
-        // Twice at most: a seek's part may land between the invalidation and the fill.
-        for _ in 0..2 {
-            match self.slices.get(&key).await {
-                Some(held) if held.whole => {
-                    self.metrics.hits.inc();
-                    return Ok(held.data);
-                }
-                Some(_) => self.slices.invalidate(&key).await,
-                None => {}
-            }
-            let held = self.fill(&key, None).await?;
-            if held.whole {
-                return Ok(held.data);
-            }
+        if let Some(held) = self.slices.get(&(id.clone(), index)).await {
+            self.metrics.hits.inc();
+            return Ok(held.data);
         }
-        Ok(self.load(id, index, None).await?.data)
+        let held = self.fill(id, index, None).await?;
+        // A part a seek held is covered now.
+        self.slices.invalidate(&(id.clone(), index | PART)).await;
+        Ok(held.data)
     }
 
-    /// Bytes `skip..skip + take` of slice `index` of `id` for a random seek: from the
-    /// memory tier when it holds them (the whole slice or a part), else, unless the disk
-    /// tier has the slice, only the part asked for, widened to [`PART_BLOCK`], is fetched
-    /// and held. Concurrent seeks to one cold slice share that fetch.
+    /// The bytes of `part`. From the whole slice when the memory tier has it, or when the
+    /// reader is `sequential` (it will want the rest). Otherwise the request is a seek: a
+    /// part held for an earlier seek serves it if it covers it; if nothing is held and the
+    /// disk tier lacks the slice, only the bytes asked for, widened to [`PART_BLOCK`], are
+    /// fetched and held (concurrent seeks to one cold slice share that fetch); else the
+    /// whole slice is fetched.
     pub async fn part(
         self: &Arc<Self>,
         id: &FileId,
-        index: u64,
-        skip: u64,
-        take: u64,
+        part: SlicePart,
+        sequential: bool,
     ) -> Result<Bytes, FetchError> {
-        let key = (id.clone(), index);
-        let slice_size = self.math.slice_size();
-        let from = skip / PART_BLOCK * PART_BLOCK;
-        let to = (skip + take).div_ceil(PART_BLOCK) * PART_BLOCK;
-        let cold = match self.slices.get(&key).await {
-            Some(held) => match held.cut(skip, take) {
-                Some(bytes) => {
-                    self.metrics.hits.inc();
-                    return Ok(bytes);
-                }
-                None => false,
-            },
-            None => true,
+        let (index, skip, take) = (part.index, part.skip as u64, part.take as u64);
+        let whole = |held: Held| {
+            held.cut(skip, take).ok_or_else(|| {
+                FetchError::Upstream(format!(
+                    "slice {index} of {} bytes lacks bytes {skip}..{}",
+                    held.data.len(),
+                    skip + take
+                ))
+            })
         };
-        let on_disk = self.disk.as_ref().is_some_and(|d| d.holds(id, index));
-        if cold && !on_disk && (from > 0 || to < slice_size) {
-            let held = self.fill(&key, Some((from, to.min(slice_size)))).await?;
-            if let Some(bytes) = held.cut(skip, take) {
-                return Ok(bytes);
+        if let Some(held) = self.slices.get(&(id.clone(), index)).await {
+            self.metrics.hits.inc();
+            return whole(held);
+        }
+        if !sequential {
+            let slice_size = self.math.slice_size();
+            let from = skip / PART_BLOCK * PART_BLOCK;
+            let to = (skip + take).div_ceil(PART_BLOCK) * PART_BLOCK;
+            match self.slices.get(&(id.clone(), index | PART)).await {
+                Some(held) => {
+                    if let Some(bytes) = held.cut(skip, take) {
+                        self.metrics.hits.inc();
+                        return Ok(bytes);
+                    }
+                }
+                None if (from > 0 || to < slice_size)
+                    && !self.disk.as_ref().is_some_and(|d| d.holds(id, index)) =>
+                {
+                    let span = (from, to.min(slice_size));
+                    if let Some(bytes) = self.fill(id, index, Some(span)).await?.cut(skip, take) {
+                        return Ok(bytes);
+                    }
+                }
+                None => {}
             }
         }
-        cut(&self.slice(id, index).await?, skip, take)
+        let data = self.slice(id, index).await?;
+        whole(Held { skip: 0, data })
     }
 
-    /// The memory tier's entry for `key` once loaded (`span`: only those bytes of the
-    /// slice), one load for all concurrent callers.
+    /// Slice `index` of `id` once in the memory tier (`span`: only those bytes of it, held
+    /// as a part), one load for all concurrent callers.
     async fn fill(
         self: &Arc<Self>,
-        key: &(FileId, u64),
+        id: &FileId,
+        index: u64,
         span: Option<(u64, u64)>,
     ) -> Result<Held, FetchError> {
         let this = self.clone();
         let led = Arc::new(AtomicBool::new(false));
         let leader = led.clone();
-        let (id, index) = key.clone();
+        let key = (
+            id.clone(),
+            if span.is_some() { index | PART } else { index },
+        );
+        let id = id.clone();
         let result = self
             .slices
-            .try_get_with(key.clone(), async move {
+            .try_get_with(key, async move {
                 leader.store(true, Ordering::Relaxed);
-                let held = this.load(&id, index, span).await?;
+                let held = match span {
+                    None => this.load(&id, index).await?,
+                    Some(span) => this.fetch(&id, index, Some(span)).await?,
+                };
                 this.bytes
                     .fetch_add(held.data.len() as u64, Ordering::Relaxed);
                 Ok(held)
@@ -404,33 +411,23 @@ impl SliceCache {
     }
 
     /// A slice the memory tier lacks: from disk when it is there and intact, else from an
-    /// origin (and then written to disk in the background, when whole). With `span`, only
-    /// those bytes of it are fetched, unless the disk has it all.
-    async fn load(
-        &self,
-        id: &FileId,
-        index: u64,
-        span: Option<(u64, u64)>,
-    ) -> Result<Held, FetchError> {
+    /// origin (and then written to disk in the background).
+    async fn load(&self, id: &FileId, index: u64) -> Result<Held, FetchError> {
         if let Some(disk) = &self.disk {
             match disk.get(id, index).await {
                 Ok((total, data)) => {
                     self.metrics.disk_hits.inc();
                     self.sizes.insert(id.clone(), total).await;
-                    return Ok(Held {
-                        skip: 0,
-                        data,
-                        whole: true,
-                    });
+                    return Ok(Held { skip: 0, data });
                 }
                 Err(DiskMiss::Corrupt) => self.metrics.disk_corrupt.inc(),
                 Err(DiskMiss::Absent) => {}
             }
         }
         let epoch = self.disk.as_ref().map(|d| d.epoch());
-        let held = self.fetch(id, index, span).await?;
-        if let (true, Some(disk), Some(epoch), Some(total)) =
-            (held.whole, &self.disk, epoch, self.sizes.get(id).await)
+        let held = self.fetch(id, index, None).await?;
+        if let (Some(disk), Some(epoch), Some(total)) =
+            (&self.disk, epoch, self.sizes.get(id).await)
         {
             let (disk, id, data) = (disk.clone(), id.clone(), held.data.clone());
             tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
@@ -438,8 +435,8 @@ impl SliceCache {
         Ok(held)
     }
 
-    /// Fetches slice `index` from the file's owner in the region when that is another edge
-    /// and it answers, else from the first origin that answers, at most one attempt per
+    /// Fetches slice `index` (`span`: only those bytes of it) from the file's owner in the
+    /// region when that is another edge and it answers, else from the first origin that answers, at most one attempt per
     /// origin. A 404 is final (every origin serves the same content-addressed store, and an
     /// owner answers 404 only when the origins did).
     async fn fetch(
@@ -549,7 +546,6 @@ impl SliceCache {
         self.sizes.insert(id.clone(), total).await;
         Ok(Held {
             skip: from,
-            whole: from == 0 && expected == slice_len,
             data: body,
         })
     }

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use cadenza_common::http::{
     ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
     ranged_response,
@@ -23,7 +22,6 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use crate::cache::{FetchError, SliceCache};
-use crate::slices::SlicePart;
 
 /// What to do with a listener whose country the GeoIP database does not know (private
 /// addresses, new allocations).
@@ -199,8 +197,7 @@ impl Edge {
             // for slices nobody may ask for.
             let first = offset / slice_size;
             let last = (offset + len - 1) / slice_size;
-            let sequential =
-                offset == 0 || (first > 0 && self.cache.holds_to_end(&id, first - 1).await);
+            let sequential = offset == 0 || (first > 0 && self.cache.holds(&id, first - 1));
             if read_ahead && sequential {
                 self.cache
                     .prefetch(&id, last + 1, self.config.read_ahead_slices, size);
@@ -231,13 +228,14 @@ impl Edge {
         let Some(first) = parts.next() else {
             return Ok(cadenza_common::http::empty());
         };
-        let first_bytes = piece(&self.cache, &id, first, sequential).await?;
+        let first_bytes = self.cache.part(&id, first, sequential).await?;
         let cache = self.cache.clone();
         let rest = futures_util::stream::unfold(
             (parts, cache, id),
             move |(mut parts, cache, id)| async move {
                 let part = parts.next()?;
-                let item = piece(&cache, &id, part, sequential)
+                let item = cache
+                    .part(&id, part, sequential)
                     .await
                     .map_err(|e| Box::new(e) as BoxError);
                 Some((item.map(Frame::data), (parts, cache, id)))
@@ -270,36 +268,6 @@ fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Res
             "listener country unknown".into(),
         )),
     }
-}
-
-/// The bytes of one slice a request wants: from the whole slice for a sequential reader,
-/// else as a seek's part.
-async fn piece(
-    cache: &Arc<SliceCache>,
-    id: &FileId,
-    part: SlicePart,
-    sequential: bool,
-) -> Result<Bytes, ApiError> {
-    if sequential {
-        return cut(&cache.slice(id, part.index).await?, part);
-    }
-    Ok(cache
-        .part(id, part.index, part.skip as u64, part.take as u64)
-        .await?)
-}
-
-/// The part of a slice a request wants.
-fn cut(slice: &Bytes, part: SlicePart) -> Result<Bytes, ApiError> {
-    slice
-        .get(part.skip..part.skip + part.take)
-        .map(|_| slice.slice(part.skip..part.skip + part.take))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "short_slice",
-                "cached slice is short",
-            )
-        })
 }
 
 impl Edge {

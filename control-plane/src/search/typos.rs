@@ -1,8 +1,9 @@
 //! A Levenshtein automaton over a term dictionary, simulated bit-parallel instead of built.
 //!
-//! Building a DFA for a query word (`levenshtein_automata`) cost about as much as walking the
-//! dictionary with it: a sixth of a typical query. This automaton needs only a table of
-//! where each character occurs in the word. Its state is one bit vector per typo count:
+//! Building a DFA for a query word (`levenshtein_automata`) cost half as much as walking the
+//! dictionary with it, a sixth of a typical query (`benches/README.md`). This automaton
+//! needs only a table of where each character occurs in the word. Its state is one bit
+//! vector per typo count:
 //! bit `i` of `r[e]` is set when the term read so far matches the word's first `i`
 //! characters with `e` typos. A typo is a substitution, an insertion, a deletion or a
 //! transposition of two neighbours (the restricted Damerau distance, as

@@ -101,13 +101,14 @@ fn main() {
     let build_s = built.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(queries);
     let mut found = 0;
+    let query = |text: &String| Query {
+        text: text.clone(),
+        country: None,
+        offset: 0,
+        limit: 10,
+    };
     for (target, text) in &cases {
-        let q = Query {
-            text: text.clone(),
-            country: None,
-            offset: 0,
-            limit: 10,
-        };
+        let q = query(text);
         let t = Instant::now();
         let r = index.search_uncached(&q, 0);
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -123,13 +124,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..repeat {
             for (_, text) in &cases {
-                let q = Query {
-                    text: text.clone(),
-                    country: None,
-                    offset: 0,
-                    limit: 10,
-                };
-                std::hint::black_box(index.search_uncached(&q, 0));
+                std::hint::black_box(index.search_uncached(&query(text), 0));
             }
         }
         let per = t.elapsed().as_secs_f64() * 1000.0 / (repeat * cases.len()) as f64;
@@ -156,15 +151,7 @@ fn main() {
         let ids = scan(&docs, text);
         peer_lat.push(t.elapsed().as_secs_f64() * 1000.0);
         peer_found += usize::from(ids.contains(target));
-        let r = index.search_uncached(
-            &Query {
-                text: text.clone(),
-                country: None,
-                offset: 0,
-                limit: 10,
-            },
-            0,
-        );
+        let r = index.search_uncached(&query(text), 0);
         ours_on_peer_set += usize::from(r.hits.iter().any(|h| &h.id == target));
     }
     peer_lat.sort_by(f64::total_cmp);

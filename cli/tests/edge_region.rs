@@ -31,6 +31,14 @@ fn bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A stack on free ports with no transcode workers (these tests store objects directly).
+async fn start_stack(dir: &Path) -> Stack {
+    let mut config = StackConfig::new(dir);
+    config.port_base = 0;
+    config.workers = 0;
+    Stack::start(config).await.unwrap()
+}
+
 /// Stores `data` through the origin's service API; its id is the content hash.
 async fn put(stack: &Stack, dir: &Path, data: Vec<u8>) -> FileId {
     let digest = ring::digest::digest(&ring::digest::SHA256, &data);
@@ -59,7 +67,20 @@ fn token(dir: &Path, id: &FileId) -> String {
 }
 
 async fn get(client: &HttpClient, url: &str, token: &str) -> (StatusCode, Vec<u8>) {
-    let req = client::request(Method::GET, url, Some(token), empty()).unwrap();
+    get_with(client, url, token, None).await
+}
+
+async fn get_with(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+    range: Option<&str>,
+) -> (StatusCode, Vec<u8>) {
+    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
+    if let Some(range) = range {
+        req.headers_mut()
+            .insert(http::header::RANGE, range.parse().unwrap());
+    }
     let resp = client.request(req).await.unwrap();
     let status = resp.status();
     (
@@ -128,10 +149,7 @@ fn shield(edge: &RegionEdge, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StackConfig::new(dir.path());
-    config.port_base = 0;
-    config.workers = 0;
-    let stack = Stack::start(config).await.unwrap();
+    let stack = start_stack(dir.path()).await;
     let client = stack.client().unwrap();
     let join = join_info(dir.path()).unwrap();
     let edges = region(&join, 3).await;
@@ -243,10 +261,7 @@ async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owne
 async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let edge_dir = tempfile::tempdir().unwrap();
-    let mut config = StackConfig::new(dir.path());
-    config.port_base = 0;
-    config.workers = 0;
-    let stack = Stack::start(config).await.unwrap();
+    let stack = start_stack(dir.path()).await;
     let data = bytes(7, 300 * 1024);
     let id = put(&stack, dir.path(), data.clone()).await;
 
@@ -342,10 +357,7 @@ async fn h3_read(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StackConfig::new(dir.path());
-    config.port_base = 0;
-    config.workers = 0;
-    let stack = Stack::start(config).await.unwrap();
+    let stack = start_stack(dir.path()).await;
     let len = 8 << 20;
     let id = put(&stack, dir.path(), bytes(11, len)).await;
     let join = join_info(dir.path()).unwrap();
@@ -404,15 +416,9 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
 }
 
 async fn get_range(client: &HttpClient, url: &str, token: &str, range: &str) -> Vec<u8> {
-    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
-    req.headers_mut()
-        .insert(http::header::RANGE, range.parse().unwrap());
-    let resp = client.request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
-    client::read_all(resp.into_body(), url)
-        .await
-        .unwrap()
-        .to_vec()
+    let (status, body) = get_with(client, url, token, Some(range)).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+    body
 }
 
 /// Random seeks into a cold file fetch their own bytes (widened to 32 KiB), not whole
@@ -421,10 +427,7 @@ async fn get_range(client: &HttpClient, url: &str, token: &str, range: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = StackConfig::new(dir.path());
-    config.port_base = 0;
-    config.workers = 0;
-    let stack = Stack::start(config).await.unwrap();
+    let stack = start_stack(dir.path()).await;
     let client = stack.client().unwrap();
     let data = bytes(77, 1024 * 1024 + 1000);
     let id = put(&stack, dir.path(), data.clone()).await;

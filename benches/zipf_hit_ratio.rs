@@ -5,10 +5,9 @@
 //! `slice_capacity` in `edge-node/src/cache.rs`), with moka's default policy (TinyLFU
 //! admission, LRU eviction). This program builds the same cache, the edge's earlier one (a
 //! byte weigher instead of a count), and a textbook LRU, and replays a trace of plays
-//! through each: a play picks
-//! a track by Zipf popularity and reads its slices front to back, stopping early when the
-//! listener skips. Both caches see every slice request; a miss inserts the slice. The first
-//! fifth of the trace warms the caches and is not counted.
+//! through each: a play picks a track by Zipf popularity and reads its slices front to back,
+//! stopping early when the listener skips. Every cache sees every slice request; a miss
+//! inserts the slice. The first fifth of the trace warms the caches and is not counted.
 //!
 //! `cargo run --release -p cadenza-benches --bin zipf_hit_ratio [PLAYS] [ZIPF_S]`
 

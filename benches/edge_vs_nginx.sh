@@ -14,8 +14,12 @@
 # a header per request, so every request asks for the same 128 KiB range (RANGE_AT, which
 # spans two slices) of the next object in turn; the token rides in `?t=`.
 #
+# Over HTTP/1.1 the edge sends cached slices by sendfile from memory files, as nginx sends its
+# files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each slice in a memory
+# file is an open descriptor, so the script raises the descriptor limit first.
+#
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
-# CONNS (64), DURATION (15), RANGE_AT (1000000).
+# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H2 (on; off runs HTTP/1.1 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,17 +29,25 @@ CONNS=${CONNS:-64}
 DURATION=${DURATION:-15}
 RANGE=131072
 RANGE_AT=${RANGE_AT:-1000000}
+SENDFILE=${SENDFILE:-on}
+H2=${H2:-on}
 
 source benches/lib.sh
 bench_needs nginx wrk h2load curl python3 taskset
 bench_init
 # Both servers on core 0; the edge's memory tier holds every object.
-bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256))
+# Room for slices in memory files beside the connections: as many descriptors as allowed.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+sendfile_args=()
+[ "$SENDFILE" = off ] && sendfile_args=(--edge-no-sendfile)
+bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${sendfile_args[@]}"
 taskset -a -cp 0 "$up_pid" >/dev/null
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB" "$work/files"
 bench_tokens "$work/tokens"
 bench_prewarm "$admin" "$admin_token"
+grep -q "sends cached slices by sendfile" "$work/up.log" &&
+  echo "sendfile: $(grep -o 'memory_files[^ ]*[0-9]*' "$work/up.log" | head -1 | tr -cd '0-9') memory files allowed"
 
 # nginx's worker drops to an unprivileged user: let it read the files.
 chmod a+x "$work"
@@ -149,15 +161,6 @@ EOF
 read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
 read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
 
-tls_port=${edge_tls##*:}
-while read -r id token; do
-  echo "https://127.0.0.1:$tls_port/a/$id?t=$token"
-done <"$work/tokens" >"$work/edge_uris"
-for id in "${ids[@]}"; do
-  echo "https://127.0.0.1:$nginx_tls_port/a/$id"
-done >"$work/nginx_uris"
-read -r e2_rps e2_mib e2_cpu e2_err < <(run_h2 "$work/edge_uris" "$up_pid")
-read -r n2_rps n2_mib n2_cpu n2_err < <(run_h2 "$work/nginx_uris" "$nginx_worker")
 
 echo
 echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext, $CONNS connections, ${DURATION}s"
@@ -169,6 +172,17 @@ import sys
 e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
 print(f"edge/nginx: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
 EOF
+
+[ "$H2" = off ] && exit 0
+tls_port=${edge_tls##*:}
+while read -r id token; do
+  echo "https://127.0.0.1:$tls_port/a/$id?t=$token"
+done <"$work/tokens" >"$work/edge_uris"
+for id in "${ids[@]}"; do
+  echo "https://127.0.0.1:$nginx_tls_port/a/$id"
+done >"$work/nginx_uris"
+read -r e2_rps e2_mib e2_cpu e2_err < <(run_h2 "$work/edge_uris" "$up_pid")
+read -r n2_rps n2_mib n2_cpu n2_err < <(run_h2 "$work/nginx_uris" "$nginx_worker")
 
 echo
 echo "128 KiB ranges at byte $RANGE_AT of each object in turn, HTTP/2 over TLS 1.3, $CONNS connections, ${DURATION}s"

@@ -157,6 +157,10 @@ pub struct EdgeArgs {
     /// frequency extension); 2 is QUIC's default of every other packet.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub h3_ack_every: u32,
+    /// Copy cached slices to cleartext HTTP/1.1 sockets instead of handing them over by
+    /// sendfile from memory files (nginx's `sendfile off`).
+    #[arg(long)]
+    pub no_sendfile: bool,
 }
 
 /// What to do with labels.
@@ -223,6 +227,10 @@ pub enum Command {
         /// range, at more cache entries and origin requests).
         #[arg(long, default_value_t = 256)]
         edge_slice_kib: u64,
+        /// Copy cached slices to the edge's cleartext HTTP/1.1 sockets instead of handing
+        /// them over by sendfile (nginx's `sendfile off`).
+        #[arg(long)]
+        edge_no_sendfile: bool,
         #[command(flatten)]
         s3: S3Args,
         /// The control plane's database, instead of `{data}/catalogue.sqlite`:

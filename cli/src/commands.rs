@@ -54,6 +54,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             edge_memory_mib,
             edge_read_ahead,
             edge_slice_kib,
+            edge_no_sendfile,
             s3,
             database_url,
             rotate_master_key,
@@ -70,6 +71,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
             config.edge_cleartext = edge_cleartext;
+            config.edge_sendfile = !edge_no_sendfile;
             config.access_log = access_log;
             config.port_base = port_base;
             config.workers = workers;
@@ -387,6 +389,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.access_log = args.access_log;
     config.h3.max_udp_payload = args.h3_max_udp_payload.clamp(1200, 65527);
     config.h3.ack_every = (args.h3_ack_every > 2).then_some(args.h3_ack_every);
+    config.sendfile = !args.no_sendfile;
     if args.disk_gib > 0 {
         config.disk = Some((
             args.data.join("cache"),

@@ -59,6 +59,10 @@ pub struct EdgeNodeConfig {
     pub limits: ServerLimits,
     /// HTTP/3 limits and QUIC tuning.
     pub h3: H3Limits,
+    /// Keep memory-tier slices in memory files, so the cleartext listener's HTTP/1.1 sends
+    /// them by `sendfile` (nginx's `sendfile on`). Only with a cleartext listener: TLS
+    /// encrypts in user space.
+    pub sendfile: bool,
 }
 
 impl EdgeNodeConfig {
@@ -90,6 +94,7 @@ impl EdgeNodeConfig {
             upstream_timeout: Duration::from_secs(10),
             limits: ServerLimits::default(),
             h3: H3Limits::default(),
+            sendfile: true,
         }
     }
 }
@@ -143,6 +148,14 @@ pub async fn start(
         )),
         None => None,
     };
+    if config.sendfile && listeners.cleartext.is_some() {
+        let files = sendfile_budget(&config);
+        cadenza_common::mapped::set_budget(files);
+        tracing::info!(
+            memory_files = files,
+            "cleartext HTTP/1.1 sends cached slices by sendfile"
+        );
+    }
     let breaker_threshold = 3;
     let breaker_cooldown = Duration::from_secs(10);
     let mut cache = SliceCache::new(
@@ -229,4 +242,32 @@ pub async fn start(
     )?;
     tasks.push(h3.task);
     Ok(EdgeNode { edge, tasks })
+}
+
+/// How many memory-tier slices may sit in memory files, each an open descriptor: what the
+/// descriptor limit leaves after a full listener's connections and a reserve of 1,024 for
+/// upstream connections, disk-tier files and the admin port, and no more than the memory
+/// tier holds. (Players reach an edge on one listener, TLS or, behind a balancer,
+/// cleartext; both full at once would need twice the connections' descriptors anyway.)
+fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
+    let limit = match cadenza_common::mapped::raise_descriptor_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "descriptor limit unknown; slices stay on the heap");
+            return 0;
+        }
+    };
+    let reserve = (config.limits.max_connections as u64).saturating_add(1024);
+    let slices = cadenza_edge::slice_capacity(config.memory_bytes, config.slice_bytes);
+    let files = limit.saturating_sub(reserve).min(slices);
+    if files < slices {
+        tracing::warn!(
+            limit,
+            files,
+            slices,
+            "the descriptor limit leaves room for only some slices in memory files; \
+             the rest are copied to cleartext sockets (raise `ulimit -Hn`)"
+        );
+    }
+    usize::try_from(files).unwrap_or(usize::MAX)
 }

@@ -72,6 +72,8 @@ pub struct StackConfig {
     /// Also serve the edge without TLS (HTTP/1.1 and h2c) on the fifth port, for
     /// deployments behind a TLS-terminating load balancer.
     pub edge_cleartext: bool,
+    /// Send cached slices to the cleartext listener's HTTP/1.1 by `sendfile`.
+    pub edge_sendfile: bool,
     /// Log every edge request (target `access`).
     pub access_log: bool,
     /// Further origins the edge may fetch from after this stack's own (tried in order).
@@ -111,6 +113,7 @@ impl StackConfig {
             geoip: None,
             trusted_proxies: Vec::new(),
             edge_cleartext: false,
+            edge_sendfile: true,
             access_log: false,
             extra_origins: Vec::new(),
             extra_origins_first: false,
@@ -698,6 +701,7 @@ impl Stack {
         edge_config.memory_bytes = config.edge_cache_bytes;
         edge_config.read_ahead = config.edge_read_ahead;
         edge_config.access_log = config.access_log;
+        edge_config.sendfile = config.edge_sendfile;
         edge_config.limits = limits.clone();
         if config.edge_disk_bytes > 0 {
             edge_config.disk = Some((data.join("edge-cache"), config.edge_disk_bytes));

@@ -475,3 +475,74 @@ async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
     );
     stack.shutdown().await;
 }
+
+/// An edge with a cleartext listener keeps its memory tier in memory files and sends
+/// HTTP/1.1 bodies from them by sendfile: whole reads and ranges are byte-exact, on a miss
+/// (the filling request) and on hits, and curl, a client not written here, agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http1_sends_cached_slices_by_sendfile_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let len = 700_001;
+    let data = bytes(12, len);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let join = join_info(dir.path()).unwrap();
+    let mut edge_config = EdgeNodeConfig::joining(&join);
+    // Few enough connections that this machine's descriptor limit leaves room for slices.
+    edge_config.limits.max_connections = 1000;
+    let cleartext = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", cleartext.local_addr().unwrap());
+    let (trigger, shutdown) = Shutdown::new();
+    let listeners = EdgeListeners {
+        main: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: Some(cleartext),
+    };
+    let node = edge_node::start(edge_config, listeners, shutdown)
+        .await
+        .unwrap();
+    let client = stack.client().unwrap();
+    let url = format!("{base}/a/{id}");
+    let t = token(dir.path(), &id);
+    let before = cadenza_common::http::h1::sent_by_file();
+    let mut expected_by_file = 0;
+    for round in ["miss", "hit"] {
+        let (status, body) = get(&client, &url, &t).await;
+        assert_eq!(status, StatusCode::OK, "{round}");
+        assert!(body == data, "{round}: whole file differs");
+        for (range, from, to) in [
+            ("bytes=1000-300000", 1000, 300_001),
+            ("bytes=262144-524287", 262_144, 524_288),
+            ("bytes=-5000", len - 5000, len),
+        ] {
+            let body = get_range(&client, &url, &t, range).await;
+            assert!(body == data[from..to], "{round} {range}: bytes differ");
+        }
+        // Every chunk but the last range's (under 16 KiB, so written) goes by sendfile.
+        expected_by_file += len + 299_001 + 262_144;
+    }
+    let by_file = cadenza_common::http::h1::sent_by_file() - before;
+    assert!(
+        by_file as usize >= expected_by_file,
+        "{by_file} bytes by sendfile, expected at least {expected_by_file}"
+    );
+    assert!(cadenza_common::mapped::live() > 0);
+
+    let out = dir.path().join("curl.out");
+    let status = std::process::Command::new("curl")
+        .args(["-sS", "--http1.1", "-r", "100-600000", "-o"])
+        .arg(&out)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {t}"))
+        .arg(&url)
+        .status()
+        .expect("curl runs");
+    assert!(status.success());
+    assert!(std::fs::read(&out).unwrap() == data[100..600_001]);
+
+    trigger.trigger();
+    for task in node.tasks {
+        let _ = task.await;
+    }
+    stack.shutdown().await;
+}

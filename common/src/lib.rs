@@ -9,6 +9,7 @@
 mod crypto;
 pub mod http;
 mod ids;
+pub mod mapped;
 mod range;
 mod territories;
 mod token;

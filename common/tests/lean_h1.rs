@@ -29,6 +29,16 @@ fn answer(req: &Parts) -> Response<Body> {
                 .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from_static(c.as_bytes()))));
             Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync())
         }
+        // Chunks in memory files (sent by sendfile) around one on the heap (written).
+        "/mapped" => {
+            let (data, body) = mapped_body();
+            let chunks = body.map(|c| Ok::<_, BoxError>(Frame::data(c)));
+            let mut resp =
+                Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync());
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, data.len().into());
+            resp
+        }
         path => {
             let mut resp = Response::new(full(format!("{} {path}", req.method)));
             resp.headers_mut()
@@ -52,6 +62,23 @@ impl Handler for Lean {
     async fn handle_parts(self: Arc<Self>, req: Parts, _conn: ConnInfo) -> Response<Body> {
         answer(&req)
     }
+}
+
+/// The bytes `/mapped` answers with, and its chunks: a slice of one memory file, 100 heap
+/// bytes, and a second memory file.
+fn mapped_body() -> (Vec<u8>, [Bytes; 3]) {
+    cadenza_common::mapped::set_budget(1024);
+    let pattern = |len: usize, seed: u32| -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as u8)
+            .collect()
+    };
+    let first = cadenza_common::mapped::copy(&pattern(300_001, 1)).unwrap();
+    let first = first.slice(1000..);
+    let heap = Bytes::from(pattern(100, 2));
+    let second = cadenza_common::mapped::copy(&pattern(20_000, 3)).unwrap();
+    let data = [&first[..], &heap[..], &second[..]].concat();
+    (data, [first, heap, second])
 }
 
 async fn server(limits: ServerLimits) -> (std::net::SocketAddr, ShutdownTrigger) {
@@ -296,4 +323,45 @@ fn no_corruption_of_a_head_panics() {
             let _ = parse_head(&bad);
         }
     }
+}
+
+#[tokio::test]
+async fn memory_file_chunks_go_out_by_sendfile_byte_exact_to_a_slow_reader() {
+    let (addr, trigger) = server(ServerLimits::default()).await;
+    let before = cadenza_common::http::h1::sent_by_file();
+    // A small receive window, so the server's sends fill the socket and wait for room.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(addr).await.unwrap();
+    c.write_all(b"GET /mapped HTTP/1.1\r\nHost: x\r\n\r\nGET /mapped HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap();
+    let (data, _) = mapped_body();
+    let mut rest = &got[..];
+    for _ in 0..2 {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", data.len())),
+            "{head}"
+        );
+        assert!(rest[end..].len() >= data.len(), "short body");
+        assert!(rest[end..end + data.len()] == data[..], "body bytes differ");
+        rest = &rest[end + data.len()..];
+    }
+    assert!(rest.is_empty(), "{} bytes after the answers", rest.len());
+    // Both memory-file chunks of both answers went by sendfile; the heap chunk did not.
+    let by_file = cadenza_common::http::h1::sent_by_file() - before;
+    assert!(
+        by_file >= 2 * (299_001 + 20_000),
+        "{by_file} bytes by sendfile"
+    );
+    trigger.trigger();
 }

@@ -398,7 +398,10 @@ impl SliceCache {
                 };
                 this.bytes
                     .fetch_add(held.data.len() as u64, Ordering::Relaxed);
-                Ok(held)
+                // In a memory file when the budget allows, so cleartext HTTP/1.1 can
+                // `sendfile` it.
+                let data = cadenza_common::mapped::copy(&held.data).unwrap_or(held.data);
+                Ok(Held { data, ..held })
             })
             .await
             .map_err(|e: Arc<FetchError>| (*e).clone());

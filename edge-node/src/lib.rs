@@ -18,7 +18,7 @@ mod slices;
 mod upstream;
 
 pub use admin::EdgeAdmin;
-pub use cache::{SliceCache, UpstreamConfig};
+pub use cache::{SliceCache, UpstreamConfig, slice_capacity};
 pub use disk::DiskTier;
 pub use h3::{H3Error, H3Limits, H3Listening, serve_h3};
 pub use metrics::EdgeMetrics;

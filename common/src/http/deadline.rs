@@ -232,3 +232,67 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Cleartext TCP sends files straight from their pages; the deadlines see its progress as
+/// they see a write's.
+#[cfg(target_os = "linux")]
+impl super::h1::SendFile for Deadlines<tokio::net::TcpStream> {
+    fn can_send_file(&self) -> bool {
+        true
+    }
+
+    fn poll_write_more(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let attempt = raw_write(&self.inner, cx, |stream| {
+            let flags = rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL;
+            rustix::net::send(stream, data, flags)
+        });
+        self.after_write(cx, attempt)
+    }
+
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let attempt = raw_write(&self.inner, cx, |stream| {
+            let mut at = offset;
+            rustix::fs::sendfile(stream, file, Some(&mut at), len)
+        });
+        self.after_write(cx, attempt)
+    }
+}
+
+/// Runs a non-blocking write system call on `stream` when it is writable: how many bytes
+/// went, or `Pending` (registered for readiness) when the socket is full.
+#[cfg(target_os = "linux")]
+fn raw_write(
+    stream: &tokio::net::TcpStream,
+    cx: &mut Context<'_>,
+    mut call: impl FnMut(&tokio::net::TcpStream) -> rustix::io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        match stream.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        let done = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            call(stream).map_err(io::Error::from)
+        });
+        match done {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            // Readiness was cleared: the next poll registers for it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+impl super::h1::SendFile for Deadlines<tokio::net::TcpStream> {}

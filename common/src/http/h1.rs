@@ -216,7 +216,7 @@ pub async fn serve<IO, H>(
     detect_h2: bool,
 ) -> io::Result<Served>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + SendFile + Unpin,
     H: Handler,
 {
     let mut buf = BytesMut::new();
@@ -272,7 +272,7 @@ where
 
 /// Reads the rest of a request head into `buf`: `None` when the client went away, or its
 /// head was refused (and answered).
-async fn read_head<IO: AsyncRead + AsyncWrite + Unpin>(
+async fn read_head<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
     io: &mut IO,
     buf: &mut BytesMut,
     limits: &ServerLimits,
@@ -333,7 +333,7 @@ async fn read_more<IO: AsyncRead + Unpin>(
 }
 
 /// Answers a request that could not be read with `error`, and closes.
-async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+async fn refuse<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
     io: &mut IO,
     error: ApiError,
 ) -> io::Result<()> {
@@ -356,7 +356,7 @@ async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
 }
 
 /// Writes `resp`; says whether the connection may carry another request.
-async fn write_response<IO: AsyncWrite + Unpin>(
+async fn write_response<IO: AsyncWrite + SendFile + Unpin>(
     io: &mut IO,
     resp: Response<Body>,
     method: &Method,
@@ -434,7 +434,11 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             {
                 return Err(io::Error::other("the body is longer than its length"));
             }
-            if matches!(framing, Framing::Chunked) {
+            if let Framing::Length(_) = framing
+                && let Some((file, offset)) = sendable(io, &data)
+            {
+                send_file(io, &head, &file, offset, data.len()).await?;
+            } else if matches!(framing, Framing::Chunked) {
                 write!(head, "{:x}\r\n", data.len())?;
                 let mut out = Buf::chain(Buf::chain(head.as_slice(), data), &b"\r\n"[..]);
                 io.write_all_buf(&mut out).await?;
@@ -457,6 +461,116 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     io.flush().await?;
     Ok(keep_alive && !matches!(framing, Framing::Close))
 }
+
+/// Chunks smaller than this are written: a `sendfile` call costs more than copying them.
+const SEND_FILE_MIN: usize = 16 * 1024;
+
+/// Body bytes this process has sent by `sendfile`.
+static SENT_BY_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Body bytes this process's HTTP/1.1 connections have sent by `sendfile`, since start.
+pub fn sent_by_file() -> u64 {
+    SENT_BY_FILE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The memory file `data` lies in and its offset there, when `io` can send from files and
+/// `data` is worth it.
+fn sendable<IO: SendFile>(io: &IO, data: &[u8]) -> Option<(Arc<std::fs::File>, u64)> {
+    if data.len() < SEND_FILE_MIN || !io.can_send_file() {
+        return None;
+    }
+    crate::mapped::file_of(data)
+}
+
+/// Writes `head` (telling the kernel the body follows at once), then `len` bytes of `file`
+/// from `offset` by `sendfile`.
+async fn send_file<IO: SendFile + Unpin>(
+    io: &mut IO,
+    head: &[u8],
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> io::Result<()> {
+    let mut written = 0;
+    while written < head.len() {
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_write_more(cx, &head[written..])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    let mut sent = 0;
+    while sent < len {
+        let at = offset + sent as u64;
+        let n = poll_fn(|cx| Pin::new(&mut *io).poll_send_file(cx, file, at, len - sent)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        sent += n;
+        SENT_BY_FILE.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// A connection that can send a file's bytes without copying them through user space: a
+/// cleartext TCP socket, not TLS. Responses whose chunks live in memory files
+/// ([`crate::mapped`]) go out by `sendfile` where [`SendFile::can_send_file`] says so.
+pub trait SendFile {
+    /// Whether the other methods work on this connection.
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    /// Writes some of `data`, telling the kernel more follows at once (`MSG_MORE`), so a
+    /// head and its body leave in the same segments.
+    fn poll_write_more(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, data);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset`; how many went.
+    fn poll_send_file(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let _ = (cx, file, offset, len);
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+impl<T: SendFile + Unpin + ?Sized> SendFile for &mut T {
+    fn can_send_file(&self) -> bool {
+        (**self).can_send_file()
+    }
+
+    fn poll_write_more(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self).poll_write_more(cx, data)
+    }
+
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
+    }
+}
+
+/// TLS encrypts in user space: its bytes are always written.
+impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}
 
 #[derive(Debug, Clone, Copy)]
 enum Framing {

@@ -79,6 +79,17 @@ macro_rules! hex_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The raw bytes (a compact key: no allocation, cheap to hash and compare).
+            pub fn to_bytes(&self) -> [u8; $bytes] {
+                let mut out = [0u8; $bytes];
+                // Every id holds exactly LEN lowercase hex digits (checked when made).
+                let digit = |c: u8| if c >= b'a' { c - b'a' + 10 } else { c.wrapping_sub(b'0') };
+                for (byte, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
+                    *byte = digit(pair[0]) << 4 | digit(pair[1]);
+                }
+                out
+            }
         }
 
         impl FromStr for $name {
@@ -158,6 +169,17 @@ mod tests {
         assert_eq!(hex_decode("00017F80ff"), Some(bytes.to_vec()));
         assert_eq!(hex_decode("0"), None);
         assert_eq!(hex_decode("zz"), None);
+    }
+
+    #[test]
+    fn ids_give_back_their_bytes() {
+        for _ in 0..100 {
+            let raw = crate::random_bytes::<20>();
+            let id = FileId::from_bytes(&raw);
+            assert_eq!(id.to_bytes(), raw);
+            let parsed: FileId = id.as_str().parse().unwrap();
+            assert_eq!(parsed.to_bytes(), raw);
+        }
     }
 
     #[test]

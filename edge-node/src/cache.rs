@@ -63,6 +63,14 @@ pub const PART_BLOCK: u64 = 32 * 1024;
 /// a whole slice is looked up, and its presence checked, as if parts did not exist.
 const PART: u64 = 1 << 63;
 
+/// A slice's key: its file's id as raw bytes (no allocation per lookup) and its index.
+type SliceKey = ([u8; 20], u64);
+
+/// The caches' hasher: keys are file ids and indexes, which are only inserted once
+/// fetched (or, for tokens, verified), so speed matters more than resistance to chosen
+/// keys; the seed is still random per process.
+pub(crate) type Hasher = foldhash::fast::RandomState;
+
 /// A slice in the memory tier, or (under a [`PART`] index) the part of it a seek needed.
 #[derive(Clone)]
 struct Held {
@@ -84,10 +92,10 @@ impl Held {
 pub struct SliceCache {
     math: SliceMath,
     metrics: Arc<EdgeMetrics>,
-    slices: Cache<(FileId, u64), Held>,
+    slices: Cache<SliceKey, Held, Hasher>,
     /// Bytes in `slices`: added when a fetched slice goes in, taken off when any leaves.
     bytes: Arc<AtomicU64>,
-    sizes: Cache<FileId, u64>,
+    sizes: Cache<FileId, u64, Hasher>,
     upstream: UpstreamConfig,
     origins: Upstreams,
     disk: Option<Arc<DiskTier>>,
@@ -123,13 +131,15 @@ impl SliceCache {
             .eviction_listener(move |_, v: Held, _| {
                 gone.fetch_sub(v.data.len() as u64, Ordering::Relaxed);
             })
-            .build();
+            .build_with_hasher(Hasher::default());
         Self {
             math,
             metrics,
             slices,
             bytes,
-            sizes: Cache::builder().max_capacity(1_000_000).build(),
+            sizes: Cache::builder()
+                .max_capacity(1_000_000)
+                .build_with_hasher(Hasher::default()),
             origins: Upstreams::new(
                 upstream.origins.clone(),
                 upstream.breaker_threshold,
@@ -167,7 +177,7 @@ impl SliceCache {
     pub fn prefetch(self: &Arc<Self>, id: &FileId, first: u64, count: u64, size: u64) {
         let slices = size.div_ceil(self.math.slice_size());
         for index in first..(first + count).min(slices) {
-            if self.slices.contains_key(&(id.clone(), index)) {
+            if self.slices.contains_key(&(id.to_bytes(), index)) {
                 continue;
             }
             self.metrics.prefetches.inc();
@@ -192,7 +202,8 @@ impl SliceCache {
         for id in &doomed {
             self.sizes.invalidate(id).await;
         }
-        let set = doomed.clone();
+        let set: std::collections::HashSet<[u8; 20]> =
+            doomed.iter().map(FileId::to_bytes).collect();
         // Only fails when closures are not enabled, which the builder does.
         let _ = self
             .slices
@@ -304,19 +315,19 @@ impl SliceCache {
     /// Whether the memory tier holds slice `index` of `id` whole (a seek's part does not
     /// count): a request starting at the next slice continues a read rather than seeking.
     pub fn holds(&self, id: &FileId, index: u64) -> bool {
-        self.slices.contains_key(&(id.clone(), index))
+        self.slices.contains_key(&(id.to_bytes(), index))
     }
 
     /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
     /// single origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
-        if let Some(held) = self.slices.get(&(id.clone(), index)).await {
+        if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
             return Ok(held.data);
         }
         let held = self.fill(id, index, None).await?;
         // A part a seek held is covered now.
-        self.slices.invalidate(&(id.clone(), index | PART)).await;
+        self.slices.invalidate(&(id.to_bytes(), index | PART)).await;
         Ok(held.data)
     }
 
@@ -342,7 +353,7 @@ impl SliceCache {
                 ))
             })
         };
-        if let Some(held) = self.slices.get(&(id.clone(), index)).await {
+        if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
             return whole(held);
         }
@@ -350,7 +361,7 @@ impl SliceCache {
             let slice_size = self.math.slice_size();
             let from = skip / PART_BLOCK * PART_BLOCK;
             let to = (skip + take).div_ceil(PART_BLOCK) * PART_BLOCK;
-            match self.slices.get(&(id.clone(), index | PART)).await {
+            match self.slices.get(&(id.to_bytes(), index | PART)).await {
                 Some(held) => {
                     if let Some(bytes) = held.cut(skip, take) {
                         self.metrics.hits.inc();
@@ -384,7 +395,7 @@ impl SliceCache {
         let led = Arc::new(AtomicBool::new(false));
         let leader = led.clone();
         let key = (
-            id.clone(),
+            id.to_bytes(),
             if span.is_some() { index | PART } else { index },
         );
         let id = id.clone();

@@ -67,7 +67,7 @@ pub struct Edge {
     /// Tokens whose signature was checked, by their text. Entries live at most
     /// [`VERIFIED_TTL`], which bounds how long a token signed with a key since withdrawn
     /// keeps working here; expiry and file are checked on every use regardless.
-    verified: moka::future::Cache<String, TokenClaims>,
+    verified: moka::future::Cache<String, TokenClaims, crate::cache::Hasher>,
 }
 
 /// Tokens remembered as verified.
@@ -104,7 +104,7 @@ impl Edge {
             verified: moka::future::Cache::builder()
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(VERIFIED_TTL)
-                .build(),
+                .build_with_hasher(crate::cache::Hasher::default()),
         }
     }
 

@@ -34,16 +34,18 @@ pub fn hex_encode(bytes: &[u8]) -> String {
     out
 }
 
+/// One hexadecimal digit's value, either case.
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Decodes lowercase or uppercase hexadecimal; `None` on odd length or a non-hex digit.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
     let bytes = s.as_bytes();
     if !bytes.len().is_multiple_of(2) {
         return None;
@@ -83,8 +85,9 @@ macro_rules! hex_id {
             /// The raw bytes (a compact key: no allocation, cheap to hash and compare).
             pub fn to_bytes(&self) -> [u8; $bytes] {
                 let mut out = [0u8; $bytes];
-                // Every id holds exactly LEN lowercase hex digits (checked when made).
-                let digit = |c: u8| if c >= b'a' { c - b'a' + 10 } else { c.wrapping_sub(b'0') };
+                // Every id holds exactly LEN lowercase hex digits (checked when made), so
+                // no digit is refused.
+                let digit = |c: u8| crate::ids::nibble(c).unwrap_or(0);
                 for (byte, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
                     *byte = digit(pair[0]) << 4 | digit(pair[1]);
                 }

@@ -46,8 +46,11 @@ echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB" "$work/files"
 bench_tokens "$work/tokens"
 bench_prewarm "$admin" "$admin_token"
-grep -q "sends cached slices by sendfile" "$work/up.log" &&
-  echo "sendfile: $(grep -o 'memory_files[^ ]*[0-9]*' "$work/up.log" | head -1 | tr -cd '0-9') memory files allowed"
+edge_stat() { # field → its value in the edge's admin stats
+  curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" "$admin/admin/v1/stats" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+echo "sendfile $SENDFILE: $(edge_stat memory_files) slices in memory files"
 
 # nginx's worker drops to an unprivileged user: let it read the files.
 chmod a+x "$work"
@@ -160,6 +163,7 @@ EOF
 
 read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
 read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
+by_file=$(edge_stat sendfile_bytes)
 
 
 echo
@@ -172,6 +176,7 @@ import sys
 e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
 print(f"edge/nginx: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
 EOF
+echo "edge body bytes sent by sendfile: $((by_file / 1048576)) MiB"
 
 [ "$H2" = off ] && exit 0
 tls_port=${edge_tls##*:}

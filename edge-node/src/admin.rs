@@ -102,6 +102,10 @@ impl EdgeAdmin {
                         "prefetches": m.prefetches.get(),
                         "origin_fetches": self.cache.origin_fetches(),
                         "bytes_served": m.bytes_served.get(),
+                        // Process-wide: slices held in memory files, and HTTP/1.1 body
+                        // bytes sent from them by sendfile.
+                        "memory_files": cadenza_common::mapped::live(),
+                        "sendfile_bytes": cadenza_common::http::h1::sent_by_file(),
                     }),
                 ))
             }

@@ -3,7 +3,9 @@
 #   bench_needs TOOL…               stops at once, naming the Debian packages, when a tool
 #                                   the bench runs is missing (before anything is built)
 #   bench_init                      a work directory in $work, cleaned up (with every pid in
-#                                   $pids) on exit; the release binary in $bin
+#                                   $pids) on exit; the release binary in $bin (CADENZA_BIN
+#                                   names another build, e.g. a copy of an earlier commit's,
+#                                   and skips the build)
 #   bench_up [ARGS…]                `cadenza up` on free ports with extra ARGS, waits for it,
 #                                   and sets $origin $edge (cleartext, when enabled) $edge_tls
 #                                   $admin $ca $service $admin_token
@@ -39,8 +41,12 @@ bench_init() {
   work=$(mktemp -d)
   pids=()
   trap bench_cleanup EXIT
-  cargo build --release -q -p cadenza
-  bin=target/release/cadenza
+  if [ -n "${CADENZA_BIN:-}" ]; then
+    bin=$CADENZA_BIN
+  else
+    cargo build --release -q -p cadenza
+    bin=target/release/cadenza
+  fi
 }
 
 bench_cleanup() {

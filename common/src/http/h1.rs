@@ -569,8 +569,32 @@ impl<T: SendFile + Unpin + ?Sized> SendFile for &mut T {
     }
 }
 
+impl<T: SendFile + Unpin + ?Sized> SendFile for Box<T> {
+    fn can_send_file(&self) -> bool {
+        (**self).can_send_file()
+    }
+
+    fn poll_write_more(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self).poll_write_more(cx, data)
+    }
+
+    fn poll_send_file(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
+    }
+}
+
 /// TLS encrypts in user space: its bytes are always written.
-impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}
+impl<S> SendFile for super::lean_tls::LeanTls<S> {}
 
 #[derive(Debug, Clone, Copy)]
 enum Framing {

@@ -12,6 +12,7 @@ pub mod client;
 mod deadline;
 mod error;
 pub mod h1;
+pub mod lean_tls;
 mod ranges;
 mod server;
 mod shutdown;

@@ -1,0 +1,206 @@
+//! TLS served by `http::lean_tls` (rustls's unbuffered API), spoken to by curl, a client not
+//! written here: TLS 1.2 and 1.3, HTTP/1.1 (Cadenza's own loop for a body-less handler,
+//! hyper for one that reads bodies) and HTTP/2, large bodies both ways, and several requests
+//! on one kept-alive connection.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::process::Command;
+use std::sync::Arc;
+
+use cadenza_common::http::{
+    Body, ConnInfo, Handler, ServerLimits, Shutdown, ShutdownTrigger, full, read_body, serve_on,
+    tls,
+};
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+
+/// `len` bytes that differ from position to position, so a misplaced record shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// `/bytes/N` answers N pattern bytes; a POST is answered with its body's length and sum.
+fn answer(path: &str) -> Response<Body> {
+    let len = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Response::new(full(pattern(len)))
+}
+
+struct Lean;
+
+impl Handler for Lean {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        answer(req.uri().path())
+    }
+
+    const BODYLESS: bool = true;
+
+    async fn handle_parts(self: Arc<Self>, req: Parts, _conn: ConnInfo) -> Response<Body> {
+        answer(req.uri.path())
+    }
+}
+
+/// Reads request bodies, so HTTP/1.1 goes through hyper.
+struct Reading;
+
+impl Handler for Reading {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        if req.method() == http::Method::POST {
+            let body = read_body(req.into_body(), 64 << 20).await.unwrap();
+            let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
+            return Response::new(full(format!("{} {sum}", body.len())));
+        }
+        answer(req.uri().path())
+    }
+}
+
+struct Server {
+    port: u16,
+    ca: tempfile::NamedTempFile,
+    _stop: ShutdownTrigger,
+}
+
+async fn start<H: Handler>(handler: H) -> Server {
+    let pem = tls::self_signed(&["localhost"]).unwrap();
+    let config = tls::server_config(&pem).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let listening = serve_on(
+        listener,
+        Some(config),
+        ServerLimits::default(),
+        Arc::new(handler),
+        shutdown,
+    )
+    .unwrap();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pem.cert).unwrap();
+    Server {
+        port: listening.addr.port(),
+        ca,
+        _stop: stop,
+    }
+}
+
+/// Whether curl is here; without it the test is skipped, unless CADENZA_REQUIRE_PEERS says
+/// a missing peer is a failure.
+fn have_curl() -> bool {
+    let found = Command::new("curl").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CADENZA_REQUIRE_PEERS").is_none(),
+            "curl is required (CADENZA_REQUIRE_PEERS is set) but not installed"
+        );
+        eprintln!("curl is not installed; skipping");
+    }
+    found
+}
+
+/// Runs curl with `args` against the server, off the runtime's threads.
+async fn curl(server: &Server, args: Vec<String>) -> std::process::Output {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--fail", "--max-time", "30", "--cacert"])
+        .arg(server.ca.path())
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", server.port)])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn url(server: &Server, path: &str) -> String {
+    format!("https://localhost:{}{path}", server.port)
+}
+
+/// curl's lowest and highest TLS version, each pair pinning one.
+const VERSIONS: [[&str; 3]; 2] = [
+    ["--tlsv1.2", "--tls-max", "1.2"],
+    ["--tlsv1.3", "--tls-max", "1.3"],
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_reads_large_bodies_over_every_tls_version_and_protocol() {
+    if !have_curl() {
+        return;
+    }
+    let lean = start(Lean).await;
+    let reading = start(Reading).await;
+    for server in [&lean, &reading] {
+        for version in VERSIONS {
+            let min = version[0];
+            for proto in ["--http1.1", "--http2"] {
+                // Three requests on one connection: 5 MB, a few bytes, 1 MB.
+                let sizes = [5_000_000, 3, 1_000_000];
+                let mut args: Vec<String> = version
+                    .into_iter()
+                    .chain([proto, "-w", "%{num_connects} %{http_version}\\n"])
+                    .map(String::from)
+                    .collect();
+                let dir = tempfile::tempdir().unwrap();
+                for (i, size) in sizes.iter().enumerate() {
+                    args.push(url(server, &format!("/bytes/{size}")));
+                    args.push("-o".into());
+                    args.push(dir.path().join(i.to_string()).display().to_string());
+                }
+                let out = curl(server, args).await;
+                let report = String::from_utf8_lossy(&out.stdout);
+                let lines: Vec<&str> = report.lines().collect();
+                let expected_version = if proto == "--http2" { "2" } else { "1.1" };
+                assert_eq!(
+                    lines,
+                    [
+                        format!("1 {expected_version}"),
+                        format!("0 {expected_version}"),
+                        format!("0 {expected_version}"),
+                    ],
+                    "{min} {proto}: one connection for all three"
+                );
+                for (i, size) in sizes.iter().enumerate() {
+                    let got = std::fs::read(dir.path().join(i.to_string())).unwrap();
+                    assert!(got == pattern(*size), "{min} {proto}: body {i} differs");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_uploads_large_bodies_over_tls() {
+    if !have_curl() {
+        return;
+    }
+    let server = start(Reading).await;
+    let dir = tempfile::tempdir().unwrap();
+    let upload = dir.path().join("upload");
+    let data = pattern(7_000_001);
+    std::fs::write(&upload, &data).unwrap();
+    let sum: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    for version in VERSIONS {
+        let min = version[0];
+        for proto in ["--http1.1", "--http2"] {
+            let args = version
+                .into_iter()
+                .chain([proto, "--data-binary"])
+                .map(String::from)
+                .chain([format!("@{}", upload.display()), url(&server, "/upload")])
+                .collect();
+            let out = curl(&server, args).await;
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                format!("{} {sum}", data.len()),
+                "{min} {proto}"
+            );
+        }
+    }
+}

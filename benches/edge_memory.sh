@@ -8,8 +8,8 @@
 # all through the edge, then reads VmRSS. Then benches/idle_conns.py opens CONNS connections
 # to the edge's cleartext port and as many over TLS, one small request each, and holds them
 # idle; the same against nginx (one worker; cleartext and TLS). The TLS connections go to a
-# second edge process, pre-warmed the same way, so they cannot reuse memory the cleartext
-# ones freed. Prints resident sizes in MiB.
+# second edge process, pre-warmed the same way, and to a second nginx, so they cannot reuse
+# memory the cleartext ones freed. Prints resident sizes in MiB.
 #
 # Needs: nginx, curl, python3. Knobs: MEMORY_MIB (256), OBJECTS (80), OBJECT_MIB (5),
 # CONNS (10000).
@@ -97,16 +97,22 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work" &
-nginx_master=$!
-pids+=("$nginx_master")
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
-  sleep 0.05
-done
-nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+start_nginx() { # a fresh nginx; sets $nginx_master $nginx_worker
+  nginx -c "$work/nginx.conf" -p "$work" &
+  nginx_master=$!
+  pids+=("$nginx_master")
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
+    sleep 0.05
+  done
+  nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+}
+start_nginx
 read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_port" /)
-sleep 2
+# TLS on a fresh nginx too, for the same reason as the edge.
+kill "$nginx_master"
+wait "$nginx_master" 2>/dev/null || true
+start_nginx
 read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" /)
 
 python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \

@@ -19,7 +19,8 @@
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
-# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H2 (on; off runs HTTP/1.1 only).
+# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H2 (on; off runs HTTP/1.1 only),
+# H1 (on; off runs HTTP/2 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,7 @@ RANGE=131072
 RANGE_AT=${RANGE_AT:-1000000}
 SENDFILE=${SENDFILE:-on}
 H2=${H2:-on}
+H1=${H1:-on}
 
 source benches/lib.sh
 bench_needs nginx wrk h2load curl python3 taskset
@@ -161,22 +163,23 @@ print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} {failed + err
 EOF
 }
 
-read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
-read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
-by_file=$(edge_stat sendfile_bytes)
+if [ "$H1" != off ]; then
+  read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
+  read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
+  by_file=$(edge_stat sendfile_bytes)
 
-
-echo
-echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext, $CONNS connections, ${DURATION}s"
-printf '%-22s %10s %10s %14s %10s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "p99 ms" "errors"
-printf '%-22s %10s %10s %14s %10s %8s\n' "cadenza edge (token)" "$e_rps" "$e_mib" "$e_cpu" "$e_p99" "$e_err"
-printf '%-22s %10s %10s %14s %10s %8s\n' "nginx (sendfile)" "$n_rps" "$n_mib" "$n_cpu" "$n_p99" "$n_err"
-python3 - "$e_rps" "$n_rps" "$e_cpu" "$n_cpu" <<'EOF'
+  echo
+  echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext, $CONNS connections, ${DURATION}s"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "p99 ms" "errors"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "cadenza edge (token)" "$e_rps" "$e_mib" "$e_cpu" "$e_p99" "$e_err"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "nginx (sendfile)" "$n_rps" "$n_mib" "$n_cpu" "$n_p99" "$n_err"
+  python3 - "$e_rps" "$n_rps" "$e_cpu" "$n_cpu" <<'EOF'
 import sys
 e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
 print(f"edge/nginx: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
 EOF
-echo "edge body bytes sent by sendfile: $((by_file / 1048576)) MiB"
+  echo "edge body bytes sent by sendfile: $((by_file / 1048576)) MiB"
+fi
 
 [ "$H2" = off ] && exit 0
 tls_port=${edge_tls##*:}

@@ -596,6 +596,9 @@ impl<T: SendFile + Unpin + ?Sized> SendFile for Box<T> {
 /// TLS encrypts in user space: its bytes are always written.
 impl<S> SendFile for super::lean_tls::LeanTls<S> {}
 
+/// TLS encrypts in user space: its bytes are always written.
+impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}
+
 #[derive(Debug, Clone, Copy)]
 enum Framing {
     None,

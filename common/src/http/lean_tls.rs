@@ -43,8 +43,11 @@ const OUTGOING_HIGH: usize = 64 * 1024;
 /// The outgoing buffer's size: room for a write's records on top of a full queue.
 const OUTGOING: usize = OUTGOING_HIGH + MAX_PLAIN_PER_WRITE + 4 * 1024;
 
-/// Buffers a thread keeps for its connections' next bursts, and the largest it keeps.
-const SPARE_PER_THREAD: usize = 8;
+/// Buffers a thread keeps for its connections' next bursts, and the largest it keeps. A
+/// busy HTTP/2 connection gives its buffer back each time it waits to read, between flushes
+/// of one response, so the pool must hold as many as a thread has connections in flight, or
+/// each comes back as a fresh allocation zeroed again.
+const SPARE_PER_THREAD: usize = 64;
 const SPARE_MAX_BYTES: usize = 2 * OUTGOING;
 
 thread_local! {
@@ -106,13 +109,31 @@ pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<LeanTls<S
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    accept_after(io, config, &[]).await
+}
+
+/// Completes a server handshake on `io`, whose first bytes, `seen`, were read already (to
+/// look at the ClientHello).
+pub async fn accept_after<S>(
+    io: S,
+    config: Arc<ServerConfig>,
+    seen: &[u8],
+) -> io::Result<LeanTls<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+    let mut incoming = Vec::new();
+    if !seen.is_empty() {
+        incoming = take_buffer(INCOMING.max(seen.len() + MAX_RECORD));
+        incoming[..seen.len()].copy_from_slice(seen);
+    }
     let mut tls = LeanTls {
         conn,
         io,
-        incoming: Vec::new(),
+        incoming,
         in_start: 0,
-        in_end: 0,
+        in_end: seen.len(),
         out: Outgoing::default(),
         plain: Plain::default(),
         read_done: false,

@@ -109,7 +109,7 @@ pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<LeanTls<S
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_after(io, config, &[]).await
+    accept_after(io, config, &mut []).await
 }
 
 /// Completes a server handshake on `io`, whose first bytes, `seen`, were read already (to
@@ -117,30 +117,110 @@ where
 pub async fn accept_after<S>(
     io: S,
     config: Arc<ServerConfig>,
-    seen: &[u8],
+    seen: &mut [u8],
 ) -> io::Result<LeanTls<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
-    let mut incoming = Vec::new();
-    if !seen.is_empty() {
-        incoming = take_buffer(INCOMING.max(seen.len() + MAX_RECORD));
-        incoming[..seen.len()].copy_from_slice(seen);
-    }
     let mut tls = LeanTls {
         conn,
         io,
-        incoming,
+        incoming: Vec::new(),
         in_start: 0,
-        in_end: seen.len(),
+        in_end: 0,
         out: Outgoing::default(),
         plain: Plain::default(),
         read_done: false,
         write_done: false,
     };
+    if !seen.is_empty() {
+        tls.absorb(seen, None)?;
+    }
     poll_fn(|cx| tls.poll_handshake(cx)).await?;
     Ok(tls)
+}
+
+/// Whether the ClientHello at the start of `hello` (TLS records as read) offers `protocol` by
+/// ALPN: `None` while its first record is incomplete, `Some(false)` for anything that does not
+/// parse as one (the handshake itself will say what is wrong). Only the first record is read:
+/// a ClientHello split across records counts as not offering, which costs speed, never
+/// correctness.
+pub fn offers_alpn(hello: &[u8], protocol: &[u8]) -> Option<bool> {
+    let mut record = Reader(hello);
+    let (Some(content_type), Some(_version), Some(len)) = (record.u8(), record.u16(), record.u16())
+    else {
+        return None;
+    };
+    if content_type != 22 || usize::from(len) > MAX_RECORD {
+        return Some(false);
+    }
+    let body = record.take(usize::from(len))?;
+    Some(alpn_in_client_hello(body, protocol).unwrap_or(false))
+}
+
+/// `Some(offered)` when `message` starts with a whole ClientHello; `None` when it does not.
+fn alpn_in_client_hello(message: &[u8], protocol: &[u8]) -> Option<bool> {
+    let mut m = Reader(message);
+    if m.u8()? != 1 {
+        return None;
+    }
+    let len = (usize::from(m.u8()?) << 16) | usize::from(m.u16()?);
+    let mut hello = Reader(m.take(len)?);
+    hello.take(2 + 32)?; // version, random
+    hello.vec8()?; // session id
+    hello.vec16()?; // cipher suites
+    hello.vec8()?; // compression methods
+    if hello.0.is_empty() {
+        return Some(false); // no extensions
+    }
+    let mut extensions = Reader(hello.vec16()?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec16()?;
+        if kind == 16 {
+            let mut names = Reader(Reader(data).vec16()?);
+            while !names.0.is_empty() {
+                if names.vec8()? == protocol {
+                    return Some(true);
+                }
+            }
+            return Some(false);
+        }
+    }
+    Some(false)
+}
+
+/// A cursor over bytes whose reads fail, rather than panic, past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
 }
 
 /// Where [`LeanTls::process`] left the connection.
@@ -258,6 +338,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {
         invalid(error)
     }
 
+    /// Processes `input`, TLS bytes read while nothing was carried over, and keeps on the
+    /// heap only what rustls could not use yet (a record cut off by the read).
+    fn absorb(&mut self, input: &mut [u8], dest: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
+        let (used, _) = self.process(input, dest, Encrypt::Nothing)?;
+        let rest = &input[used..];
+        if !rest.is_empty() {
+            let room = INCOMING.max(rest.len() + MAX_RECORD);
+            if self.incoming.len() < room {
+                self.incoming = take_buffer(room);
+            }
+            self.incoming[..rest.len()].copy_from_slice(rest);
+            self.in_start = 0;
+            self.in_end = rest.len();
+        }
+        Ok(())
+    }
+
     /// Processes the heap buffer's bytes.
     fn process_buffered(
         &mut self,
@@ -327,17 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {
             if n == 0 {
                 return Poll::Ready(Ok(0));
             }
-            let input = raw.filled_mut();
-            let (used, _) = self.process(input, dest.as_deref_mut(), Encrypt::Nothing)?;
-            let rest = &input[used..];
-            if !rest.is_empty() {
-                if self.incoming.len() < INCOMING {
-                    self.incoming = take_buffer(INCOMING);
-                }
-                self.incoming[..rest.len()].copy_from_slice(rest);
-                self.in_start = 0;
-                self.in_end = rest.len();
-            }
+            self.absorb(raw.filled_mut(), dest.as_deref_mut())?;
             return Poll::Ready(Ok(n));
         }
         if self.incoming.len() < INCOMING {
@@ -871,5 +958,68 @@ mod tests {
             .unwrap();
         let err = accept(s, config).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    /// A ClientHello as rustls's client sends it, offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let pem = tls::self_signed(&["localhost"]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.cert.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    #[test]
+    fn the_alpn_offer_is_read_from_a_client_hello() {
+        let both = client_hello(&[b"h2", b"http/1.1"]);
+        assert_eq!(offers_alpn(&both, b"h2"), Some(true));
+        assert_eq!(offers_alpn(&both, b"http/1.1"), Some(true));
+        assert_eq!(offers_alpn(&both, b"h3"), Some(false));
+        let one = client_hello(&[b"http/1.1"]);
+        assert_eq!(offers_alpn(&one, b"h2"), Some(false));
+        assert_eq!(offers_alpn(&client_hello(&[]), b"h2"), Some(false));
+        // Until its record is whole, the answer waits; then it no longer depends on what
+        // follows.
+        for cut in 0..both.len() {
+            assert_eq!(offers_alpn(&both[..cut], b"h2"), None, "cut at {cut}");
+        }
+        let mut more = both.clone();
+        more.extend_from_slice(b"anything after");
+        assert_eq!(offers_alpn(&more, b"h2"), Some(true));
+        // Not TLS, or not a handshake.
+        assert_eq!(offers_alpn(b"GET / HTTP/1.1\r\n\r\n", b"h2"), Some(false));
+        assert_eq!(offers_alpn(&[21, 3, 3, 0, 2, 2, 40], b"h2"), Some(false));
+    }
+
+    #[test]
+    fn damaged_client_hellos_are_answered_without_panicking() {
+        let hello = client_hello(&[b"h2", b"http/1.1"]);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut damaged = hello.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % damaged.len();
+                damaged[at] = next() as u8;
+            }
+            let cut = (next() as usize) % (damaged.len() + 1);
+            let _ = offers_alpn(&damaged[..cut], b"h2");
+            let noise: Vec<u8> = (0..next() % 600).map(|_| next() as u8).collect();
+            let _ = offers_alpn(&noise, b"h2");
+        }
     }
 }

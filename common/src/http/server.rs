@@ -279,26 +279,13 @@ async fn handshake(
     mut stream: Deadlines<TcpStream>,
     config: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<Tls> {
-    let mut hello = rustls::server::Acceptor::default();
-    let mut seen = Vec::new();
+    let mut seen = Vec::with_capacity(2048);
     let offers_h2 = loop {
-        let mut chunk = [0; 4096];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if let Some(offers) = lean_tls::offers_alpn(&seen, b"h2") {
+            break offers;
+        }
+        if stream.read_buf(&mut seen).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        seen.extend_from_slice(&chunk[..n]);
-        let mut fed = &chunk[..n];
-        while !fed.is_empty() {
-            hello.read_tls(&mut fed)?;
-        }
-        match hello.accept() {
-            Ok(Some(accepted)) => {
-                let alpn = accepted.client_hello().alpn();
-                break alpn.is_some_and(|mut offered| offered.any(|p| p == b"h2"));
-            }
-            Ok(None) => {}
-            Err((e, _)) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         }
     };
     if offers_h2 && config.alpn_protocols.iter().any(|p| p == b"h2") {
@@ -308,7 +295,7 @@ async fn handshake(
             .await?;
         Ok(Tls::Buffered(Box::new(tls)))
     } else {
-        let tls = lean_tls::accept_after(stream, config, &seen).await?;
+        let tls = lean_tls::accept_after(stream, config, &mut seen).await?;
         Ok(Tls::Lean(Box::new(tls)))
     }
 }

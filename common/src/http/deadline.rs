@@ -88,6 +88,11 @@ impl<S> Deadlines<S> {
         }
     }
 
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Called where the connection waits: registers for the timer, and says which deadline
     /// has passed, if one has.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {

@@ -109,19 +109,6 @@ pub async fn accept<S>(io: S, config: Arc<ServerConfig>) -> io::Result<LeanTls<S
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_after(io, config, &mut []).await
-}
-
-/// Completes a server handshake on `io`, whose first bytes, `seen`, were read already (to
-/// look at the ClientHello).
-pub async fn accept_after<S>(
-    io: S,
-    config: Arc<ServerConfig>,
-    seen: &mut [u8],
-) -> io::Result<LeanTls<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     let mut tls = LeanTls {
         conn,
@@ -134,12 +121,12 @@ where
         read_done: false,
         write_done: false,
     };
-    if !seen.is_empty() {
-        tls.absorb(seen, None)?;
-    }
     poll_fn(|cx| tls.poll_handshake(cx)).await?;
     Ok(tls)
 }
+
+/// Bytes that hold any first TLS record whole: enough to see a ClientHello's ALPN offer.
+pub const FIRST_RECORD: usize = 5 + MAX_RECORD;
 
 /// Whether the ClientHello at the start of `hello` (TLS records as read) offers `protocol` by
 /// ALPN: `None` while its first record is incomplete, `Some(false)` for anything that does not
@@ -713,7 +700,7 @@ fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
     use std::time::Duration;
@@ -961,7 +948,7 @@ mod tests {
     }
 
     /// A ClientHello as rustls's client sends it, offering `alpn`.
-    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+    pub(crate) fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
         let pem = tls::self_signed(&["localhost"]).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(pem.cert.as_bytes()) {

@@ -12,7 +12,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -269,34 +268,53 @@ fn log_end(conn: ConnInfo, result: Result<(), Box<dyn std::error::Error + Send +
 /// while it waits. Boxed: the task keeps a binding's room across its awaits, so inline the
 /// connection state would be held twice.
 enum Tls {
-    Buffered(Box<tokio_rustls::server::TlsStream<Rewind<Deadlines<TcpStream>>>>),
+    Buffered(Box<tokio_rustls::server::TlsStream<Deadlines<TcpStream>>>),
     Lean(Box<lean_tls::LeanTls<Deadlines<TcpStream>>>),
 }
 
-/// Reads the ClientHello, then completes the handshake on the connection type suited to the
-/// protocol the client offers.
+/// Looks at the ClientHello, then completes the handshake on the connection type suited to
+/// the protocol the client offers.
 async fn handshake(
-    mut stream: Deadlines<TcpStream>,
+    stream: Deadlines<TcpStream>,
     config: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<Tls> {
-    let mut seen = Vec::with_capacity(2048);
-    let offers_h2 = loop {
-        if let Some(offers) = lean_tls::offers_alpn(&seen, b"h2") {
-            break offers;
-        }
-        if stream.read_buf(&mut seen).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    };
-    if offers_h2 && config.alpn_protocols.iter().any(|p| p == b"h2") {
-        let replay = Rewind::new(bytes::BytesMut::from(&seen[..]), stream);
+    let h2 = offers_h2(stream.get_ref()).await? && config.alpn_protocols.iter().any(|p| p == b"h2");
+    if h2 {
         let tls = tokio_rustls::TlsAcceptor::from(config)
-            .accept(replay)
+            .accept(stream)
             .await?;
         Ok(Tls::Buffered(Box::new(tls)))
     } else {
-        let tls = lean_tls::accept_after(stream, config, &mut seen).await?;
+        let tls = lean_tls::accept(stream, config).await?;
         Ok(Tls::Lean(Box::new(tls)))
+    }
+}
+
+/// Whether the client's ClientHello offers h2, read with `MSG_PEEK` into the stack, so the
+/// handshake reads the same bytes again and nothing is held on the heap meanwhile.
+async fn offers_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let offered = std::future::poll_fn(|cx| {
+            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); lean_tls::FIRST_RECORD];
+            let mut peeked = tokio::io::ReadBuf::uninit(&mut room);
+            if std::task::ready!(stream.poll_peek(cx, &mut peeked))? == 0 {
+                let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+                return std::task::Poll::Ready(Err(eof));
+            }
+            std::task::Poll::Ready(Ok::<_, std::io::Error>(lean_tls::offers_alpn(
+                peeked.filled(),
+                b"h2",
+            )))
+        })
+        .await?;
+        if let Some(offered) = offered {
+            return Ok(offered);
+        }
+        // The first record is not all here, and a peek would see the same bytes at once:
+        // wait a little (the handshake's timeout bounds this).
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(64));
     }
 }
 
@@ -552,5 +570,45 @@ mod tests {
         let task_bytes = std::mem::size_of_val(&task);
         eprintln!("idle TLS connection: task {task_bytes} B");
         assert!(task_bytes <= 1024, "the task is {task_bytes} B");
+    }
+
+    /// The offer is read by peeking, so it waits for a ClientHello that arrives in pieces and
+    /// leaves every byte for the handshake.
+    #[tokio::test]
+    async fn the_h2_offer_is_peeked_from_a_client_hello_in_pieces() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let hello = crate::http::lean_tls::tests::client_hello(&[b"h2", b"http/1.1"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(&hello[..20]).await.unwrap();
+        let rest = hello[20..].to_vec();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            client.write_all(&rest).await.unwrap();
+            client
+        });
+        assert!(offers_h2(&server).await.unwrap());
+        let _client = late.await.unwrap();
+        let mut all = vec![0; hello.len()];
+        server.read_exact(&mut all).await.unwrap();
+        assert_eq!(all, hello, "the handshake still reads every byte");
+
+        let one = crate::http::lean_tls::tests::client_hello(&[b"http/1.1"]);
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(&one).await.unwrap();
+        assert!(!offers_h2(&server).await.unwrap());
+        // A client that leaves before its ClientHello.
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        drop(client);
+        assert!(offers_h2(&server).await.is_err());
     }
 }

@@ -40,14 +40,13 @@ const MAX_PLAIN_PER_WRITE: usize = 64 * 1024;
 /// Encrypted bytes queued before a write waits for the socket.
 const OUTGOING_HIGH: usize = 64 * 1024;
 
-/// The outgoing buffer's size: room for a write's records on top of a full queue.
+/// The most the outgoing buffer grows to: a write's records on top of a full queue.
 const OUTGOING: usize = OUTGOING_HIGH + MAX_PLAIN_PER_WRITE + 4 * 1024;
 
-/// Buffers a thread keeps for its connections' next bursts, and the largest it keeps. A
-/// busy HTTP/2 connection gives its buffer back each time it waits to read, between flushes
-/// of one response, so the pool must hold as many as a thread has connections in flight, or
-/// each comes back as a fresh allocation zeroed again.
-const SPARE_PER_THREAD: usize = 64;
+/// Buffers a thread keeps for its connections' next bursts, and the largest it keeps. An
+/// HTTP/1.1 connection gives its buffers back once per response, when it waits for the next
+/// request; each pooled buffer is resident, so the pool stays small.
+const SPARE_PER_THREAD: usize = 8;
 const SPARE_MAX_BYTES: usize = 2 * OUTGOING;
 
 thread_local! {
@@ -582,7 +581,9 @@ impl Outgoing {
     /// Makes room for `more` bytes after the queued ones.
     fn reserve(&mut self, more: usize) {
         if self.buf.is_empty() {
-            self.buf = take_buffer(OUTGOING.max(more));
+            // Sized to the first write, not the most a connection may queue: an answer of a
+            // few hundred bytes should not make a pool buffer of 132 KiB resident.
+            self.buf = take_buffer(more.max(MAX_RECORD));
             return;
         }
         if self.start > 0 {

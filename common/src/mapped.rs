@@ -114,6 +114,11 @@ mod imp {
         file.write_all_at(data, 0)?;
         let seals = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
         rustix::fs::fcntl_add_seals(&file, seals)?;
+        // Every sendfile from the file would otherwise update its access time (touch_atime,
+        // 0.85 % of the edge's samples serving HTTP/1.1 hits).
+        if let Err(e) = rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::NOATIME) {
+            tracing::debug!(error = %e, "O_NOATIME refused on a memory file");
+        }
         #[allow(unsafe_code)]
         // SAFETY: mapping a file is unsafe because the file could change under the mapping.
         // This one cannot: it is sealed against writes, shrinking and growing, and the seals
@@ -198,6 +203,9 @@ mod tests {
         assert_eq!(back, &data[4096..70_000]);
         // Sealed: the file takes no write.
         assert!(file.write_at(b"x", 0).is_err());
+        // Reads (sendfile's among them) leave its access time alone.
+        let flags = rustix::fs::fcntl_getfl(&*file).unwrap();
+        assert!(flags.contains(rustix::fs::OFlags::NOATIME), "{flags:?}");
         // Heap bytes are not found.
         assert!(file_of(&data[10..20]).is_none());
         // Nothing else in this crate's tests makes memory files.

@@ -97,22 +97,12 @@ http {
   }
 }
 NGINX
-start_nginx() { # a fresh nginx; sets $nginx_master $nginx_worker
-  nginx -c "$work/nginx.conf" -p "$work" &
-  nginx_master=$!
-  pids+=("$nginx_master")
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
-    sleep 0.05
-  done
-  nginx_worker=$(pgrep -P "$nginx_master" | head -1)
-}
-start_nginx
+bench_nginx "$nginx_port"
 read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_port" /)
 # TLS on a fresh nginx too, for the same reason as the edge.
 kill "$nginx_master"
 wait "$nginx_master" 2>/dev/null || true
-start_nginx
+bench_nginx "$nginx_port"
 read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" /)
 
 python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \

@@ -86,14 +86,7 @@ http {
   }
 }
 EOF
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" &
-nginx_master=$!
-pids+=("$nginx_master")
-for _ in $(seq 1 100); do
-  curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
-  sleep 0.05
-done
-nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+bench_nginx "$nginx_port" taskset -c 0
 
 # One request: a random object, a random 128 KiB range, that object's token.
 cat >"$work/ranges.lua" <<EOF

@@ -16,6 +16,9 @@
 #                                   127.0.0.1:PORT, pinned to CPUS (e.g. 0, or 0-1), no
 #                                   disk tier, extra ARGS; sets $edge_pid $edge_admin
 #   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
+#   bench_nginx PORT [PREFIX…]      nginx with $work/nginx.conf (run behind PREFIX, e.g.
+#                                   taskset -c 0), waited for on cleartext PORT; sets
+#                                   $nginx_master $nginx_worker
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   free_port                       a free TCP port on 127.0.0.1
 
@@ -122,4 +125,17 @@ bench_cpu() {
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+bench_nginx() {
+  local port=$1
+  shift
+  "$@" nginx -c "$work/nginx.conf" -p "$work" &
+  nginx_master=$!
+  pids+=("$nginx_master")
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.05
+  done
+  nginx_worker=$(pgrep -P "$nginx_master" | head -1)
 }

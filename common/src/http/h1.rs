@@ -545,58 +545,42 @@ pub trait SendFile {
     }
 }
 
-impl<T: SendFile + Unpin + ?Sized> SendFile for &mut T {
-    fn can_send_file(&self) -> bool {
-        (**self).can_send_file()
-    }
+/// `SendFile` through a pointer to a connection (`&mut` in the loop's helpers, `Box` where a
+/// task holds it).
+macro_rules! send_file_through {
+    ($($pointer:ty),*) => {$(
+        impl<T: SendFile + Unpin + ?Sized> SendFile for $pointer {
+            fn can_send_file(&self) -> bool {
+                (**self).can_send_file()
+            }
 
-    fn poll_write_more(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut **self).poll_write_more(cx, data)
-    }
+            fn poll_write_more(
+                mut self: Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut **self).poll_write_more(cx, data)
+            }
 
-    fn poll_send_file(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
-    }
+            fn poll_send_file(
+                mut self: Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                file: &std::fs::File,
+                offset: u64,
+                len: usize,
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
+            }
+        }
+    )*};
 }
 
-impl<T: SendFile + Unpin + ?Sized> SendFile for Box<T> {
-    fn can_send_file(&self) -> bool {
-        (**self).can_send_file()
-    }
-
-    fn poll_write_more(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut **self).poll_write_more(cx, data)
-    }
-
-    fn poll_send_file(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut **self).poll_send_file(cx, file, offset, len)
-    }
-}
+send_file_through!(&mut T, Box<T>);
 
 /// TLS encrypts in user space: its bytes are always written.
 impl<S> SendFile for super::lean_tls::LeanTls<S> {}
 
-/// TLS encrypts in user space: its bytes are always written.
+/// The same for rustls's buffered stream (clients that offer HTTP/2).
 impl<S> SendFile for tokio_rustls::server::TlsStream<S> {}
 
 #[derive(Debug, Clone, Copy)]

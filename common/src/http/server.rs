@@ -496,29 +496,40 @@ mod tests {
         const BODYLESS: bool = true;
     }
 
-    /// What an idle kept-alive cleartext connection holds: its task, and the boxed HTTP/1.1
-    /// loop waiting in it. hyper's connection inline made the task 6.7 KB; 10,000 idle
-    /// connections cost 20 KiB each then (`benches/edge_memory.sh`).
-    #[tokio::test]
-    async fn an_idle_cleartext_connection_holds_little() {
+    /// A connection as the accept loop hands it on, and its client.
+    async fn accepted() -> (TcpStream, Deadlines<TcpStream>, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let limits = ServerLimits::default();
-        let mut stream = Deadlines::new(
+        let stream = Deadlines::new(
             stream,
             limits.send_timeout,
             limits.idle_timeout,
             limits.min_send_rate,
         );
-        let serving = Serving {
-            tls: None,
+        (client, stream, peer)
+    }
+
+    fn serving(tls: Option<Arc<rustls::ServerConfig>>) -> Serving<Lean> {
+        Serving {
+            tls,
             builder: auto::Builder::new(TokioExecutor::new()),
-            limits: limits.clone(),
+            limits: ServerLimits::default(),
             handler: Arc::new(Lean),
-        };
+        }
+    }
+
+    /// What an idle kept-alive cleartext connection holds: its task, and the boxed HTTP/1.1
+    /// loop waiting in it. hyper's connection inline made the task 6.7 KB; 10,000 idle
+    /// connections cost 20 KiB each then (`benches/edge_memory.sh`).
+    #[tokio::test]
+    async fn an_idle_cleartext_connection_holds_little() {
+        let (_client, mut stream, peer) = accepted().await;
+        let serving = serving(None);
+        let limits = serving.limits.clone();
         let conn = ConnInfo { peer, tls: false };
         let (_trigger, shutdown) = Shutdown::new();
         let lean = h1::serve(
@@ -544,25 +555,9 @@ mod tests {
     /// await beside the copy the loop holds: 1,824 B then).
     #[tokio::test]
     async fn an_idle_tls_connection_task_holds_little() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (stream, peer) = listener.accept().await.unwrap();
-        let limits = ServerLimits::default();
-        let stream = Deadlines::new(
-            stream,
-            limits.send_timeout,
-            limits.idle_timeout,
-            limits.min_send_rate,
-        );
+        let (_client, stream, peer) = accepted().await;
         let pem = crate::http::tls::self_signed(&["localhost"]).unwrap();
-        let serving = Serving {
-            tls: Some(crate::http::tls::server_config(&pem).unwrap()),
-            builder: auto::Builder::new(TokioExecutor::new()),
-            limits: limits.clone(),
-            handler: Arc::new(Lean),
-        };
+        let serving = serving(Some(crate::http::tls::server_config(&pem).unwrap()));
         let conn = ConnInfo { peer, tls: true };
         let (_trigger, shutdown) = Shutdown::new();
         let graceful = GracefulShutdown::new();

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/peers.rs"]
+mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use cadenza_common::http::empty;
 use cadenza_common::{PlaybackGrant, Quality, Territories, TrackStatus, TrackView};
 use cadenza_player::{PlayOptions, Player};
 use http::{Method, StatusCode, header};
+use peers::skip_or_fail;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,16 +39,6 @@ fn flac_streaminfo(path: &Path) -> (u64, u32) {
         | (u64::from(info[16]) << 8)
         | u64::from(info[17]);
     (frames, rate)
-}
-
-/// A missing external peer skips its check, unless `CADENZA_REQUIRE_PEERS` is set (as CI
-/// sets it), where it fails the test.
-fn skip_or_fail(tool: &str) {
-    assert!(
-        std::env::var_os("CADENZA_REQUIRE_PEERS").is_none(),
-        "{tool} is required (CADENZA_REQUIRE_PEERS is set) but not installed"
-    );
-    eprintln!("SKIPPED: {tool} is not installed");
 }
 
 /// A client and a player for `stack`, and `master` ingested there and ready.

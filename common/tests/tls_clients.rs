@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/peers.rs"]
+mod peers;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-/// `/bytes/N` answers N pattern bytes; a POST is answered with its body's length and sum.
+/// `/bytes/N` answers N pattern bytes.
 fn answer(path: &str) -> Response<Body> {
     let len = path
         .strip_prefix("/bytes/")
@@ -45,7 +48,8 @@ impl Handler for Lean {
     }
 }
 
-/// Reads request bodies, so HTTP/1.1 goes through hyper.
+/// Reads request bodies, so HTTP/1.1 goes through hyper; a POST is answered with its body's
+/// length and byte sum.
 struct Reading;
 
 impl Handler for Reading {
@@ -87,16 +91,11 @@ async fn start<H: Handler>(handler: H) -> Server {
     }
 }
 
-/// Whether curl is here; without it the test is skipped, unless CADENZA_REQUIRE_PEERS says
-/// a missing peer is a failure.
+/// Whether curl is here (`peers::skip_or_fail` says so when it is not).
 fn have_curl() -> bool {
     let found = Command::new("curl").arg("--version").output().is_ok();
     if !found {
-        assert!(
-            std::env::var_os("CADENZA_REQUIRE_PEERS").is_none(),
-            "curl is required (CADENZA_REQUIRE_PEERS is set) but not installed"
-        );
-        eprintln!("curl is not installed; skipping");
+        peers::skip_or_fail("curl");
     }
     found
 }

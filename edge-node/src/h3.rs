@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::service::Edge;
 
+mod transport;
+
 /// Limits for HTTP/3 connections.
 #[derive(Debug, Clone)]
 pub struct H3Limits {
@@ -152,8 +154,8 @@ async fn connection(
         ),
         tls: true,
     };
-    let mut h3: h3::server::Connection<h3_quinn::Connection, Bytes> = h3::server::builder()
-        .build(h3_quinn::Connection::new(conn))
+    let mut h3: h3::server::Connection<transport::Connection, Bytes> = h3::server::builder()
+        .build(transport::Connection::new(conn))
         .await?;
     loop {
         match h3.accept().await {
@@ -172,7 +174,7 @@ async fn connection(
 }
 
 async fn request(
-    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: h3::server::RequestResolver<transport::Connection, Bytes>,
     edge: Arc<Edge>,
     info: ConnInfo,
     min_rate: MinRate,
@@ -185,10 +187,10 @@ async fn request(
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             let Some(budget) = chunk_budget(min_rate, data.len()) else {
-                stream.send_data(data).await?;
+                transport::send_body(&mut stream, data).await?;
                 continue;
             };
-            match tokio::time::timeout(budget, stream.send_data(data)).await {
+            match tokio::time::timeout(budget, transport::send_body(&mut stream, data)).await {
                 Ok(sent) => sent?,
                 Err(_) => {
                     stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);

@@ -49,7 +49,8 @@ pub struct EdgeConfig {
     pub unknown_country: UnknownCountry,
     /// Slices past the end of a request to fetch ahead of the player.
     pub read_ahead_slices: u64,
-    /// `Alt-Svc` value advertising HTTP/3, when the edge serves it.
+    /// `Alt-Svc` value advertising HTTP/3, when the edge serves it (on TCP responses only:
+    /// a client already on HTTP/3 has no use for it).
     pub alt_svc: Option<http::HeaderValue>,
     /// Log every request (target `access`: method, path, status, bytes, protocol, client,
     /// milliseconds).
@@ -290,7 +291,7 @@ impl Edge {
             _ => Err(ApiError::not_found("no such endpoint")),
         };
         let mut resp = result.unwrap_or_else(ApiError::into_response);
-        if let Some(alt_svc) = &self.config.alt_svc {
+        if let Some(alt_svc) = self.config.alt_svc.as_ref().filter(|_| protocol != "h3") {
             resp.headers_mut()
                 .insert(http::header::ALT_SVC, alt_svc.clone());
         }

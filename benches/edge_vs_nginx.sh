@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Edge cache hits against nginx serving the same bytes, HTTP/1.1 cleartext and HTTP/2 over
-# TLS, in one run.
+# Edge cache hits against nginx serving the same bytes, HTTP/1.1 cleartext, HTTP/1.1 over TLS
+# and HTTP/2 over TLS, in one run.
 #
 # Starts `cadenza up --edge-cleartext` (release build) with a memory cache that holds every
 # object, stores OBJECTS random renditions of OBJECT_MIB MiB through the origin, pre-warms the
@@ -14,13 +14,17 @@
 # a header per request, so every request asks for the same 128 KiB range (RANGE_AT, which
 # spans two slices) of the next object in turn; the token rides in `?t=`.
 #
+# HTTP/1.1 over TLS is the cleartext run again through wrk's TLS (OpenSSL's default TLS 1.3
+# suite for both servers; wrk offers no ALPN, so the edge serves it through its own
+# unbuffered rustls stream and nginx through OpenSSL, both encrypting in user space).
+#
 # Over HTTP/1.1 the edge sends cached slices by sendfile from memory files, as nginx sends its
 # files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each slice in a memory
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
-# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H2 (on; off runs HTTP/1.1 only),
-# H1 (on; off runs HTTP/2 only).
+# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
+# cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +37,7 @@ RANGE_AT=${RANGE_AT:-1000000}
 SENDFILE=${SENDFILE:-on}
 H2=${H2:-on}
 H1=${H1:-on}
+H1TLS=${H1TLS:-on}
 
 source benches/lib.sh
 bench_needs nginx wrk h2load curl python3 taskset
@@ -174,8 +179,24 @@ EOF
   echo "edge body bytes sent by sendfile: $((by_file / 1048576)) MiB"
 fi
 
-[ "$H2" = off ] && exit 0
 tls_port=${edge_tls##*:}
+if [ "$H1TLS" != off ]; then
+  read -r t_rps t_mib t_cpu t_p99 t_err < <(run edge "https://127.0.0.1:$tls_port" "$up_pid")
+  read -r nt_rps nt_mib nt_cpu nt_p99 nt_err < <(run nginx "https://127.0.0.1:$nginx_tls_port" "$nginx_worker")
+
+  echo
+  echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections, ${DURATION}s"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "p99 ms" "errors"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "cadenza edge (token)" "$t_rps" "$t_mib" "$t_cpu" "$t_p99" "$t_err"
+  printf '%-22s %10s %10s %14s %10s %8s\n' "nginx" "$nt_rps" "$nt_mib" "$nt_cpu" "$nt_p99" "$nt_err"
+  python3 - "$t_rps" "$nt_rps" "$t_cpu" "$nt_cpu" <<'EOF'
+import sys
+e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
+print(f"edge/nginx over HTTP/1.1 + TLS: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
+EOF
+fi
+
+[ "$H2" = off ] && exit 0
 while read -r id token; do
   echo "https://127.0.0.1:$tls_port/a/$id?t=$token"
 done <"$work/tokens" >"$work/edge_uris"

@@ -394,11 +394,20 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     });
     let url = format!("https://localhost:{}/a/{id}", addr.port());
     let t = token(dir.path(), &id);
-    // A client that reads gets every byte.
+    // A client that reads gets every byte, and the edge hands every body byte to quinn
+    // without copying it.
+    let (lent, copied) = cadenza_edge::h3_body_bytes();
     assert_eq!(
         h3_read(&mut send, &url, &t, Duration::ZERO).await,
         (len, true)
     );
+    let (lent_after, copied_after) = cadenza_edge::h3_body_bytes();
+    assert!(
+        lent_after - lent >= len as u64,
+        "{} bytes lent",
+        lent_after - lent
+    );
+    assert_eq!(copied_after, copied, "HTTP/3 body bytes were copied");
     // One that stops reading for 8 s finds its stream reset, after only what flow control
     // let through.
     let (got, complete) = h3_read(&mut send, &url, &t, Duration::from_secs(8)).await;

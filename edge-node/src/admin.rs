@@ -106,6 +106,9 @@ impl EdgeAdmin {
                         // bytes sent from them by sendfile.
                         "memory_files": cadenza_common::mapped::live(),
                         "sendfile_bytes": cadenza_common::http::h1::sent_by_file(),
+                        // HTTP/3 body bytes handed to quinn by reference, and copied.
+                        "h3_body_bytes_lent": crate::h3_body_bytes().0,
+                        "h3_body_bytes_copied": crate::h3_body_bytes().1,
                     }),
                 ))
             }

@@ -17,6 +17,8 @@ use crate::service::Edge;
 
 mod transport;
 
+pub use transport::body_bytes;
+
 /// Limits for HTTP/3 connections.
 #[derive(Debug, Clone)]
 pub struct H3Limits {

@@ -21,6 +21,7 @@ use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -31,6 +32,21 @@ use quinn::VarInt;
 thread_local! {
     /// The body chunk [`send_body`] lends to the `send_data` call it is polling.
     static LENT: Cell<Option<Bytes>> = const { Cell::new(None) };
+}
+
+/// Response body bytes handed to quinn by reference, since start.
+static BODY_LENT: AtomicU64 = AtomicU64::new(0);
+/// Response body bytes that had to be copied because h3 framed them where the lent chunk
+/// could not be recognised (a change in h3's `send_data` would show here first).
+static BODY_COPIED: AtomicU64 = AtomicU64::new(0);
+
+/// Body bytes this process's HTTP/3 responses handed to quinn without a copy, and those it
+/// copied, since start.
+pub fn body_bytes() -> (u64, u64) {
+    (
+        BODY_LENT.load(Ordering::Relaxed),
+        BODY_COPIED.load(Ordering::Relaxed),
+    )
 }
 
 /// Sends `chunk` as one DATA frame, its bytes handed to quinn without a copy.
@@ -297,9 +313,11 @@ fn frame_parts(mut buf: impl Buf, lent: Option<Bytes>) -> [Bytes; 2] {
         let head = buf.copy_to_bytes(total - body.len());
         let rest = buf.chunk();
         if rest.as_ptr() == body.as_ptr() && rest.len() == body.len() {
+            BODY_LENT.fetch_add(body.len() as u64, Ordering::Relaxed);
             return [head, body];
         }
         let rest = buf.copy_to_bytes(buf.remaining());
+        BODY_COPIED.fetch_add(body.len() as u64, Ordering::Relaxed);
         return [head, rest];
     }
     [buf.copy_to_bytes(total), Bytes::new()]

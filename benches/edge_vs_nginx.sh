@@ -6,8 +6,13 @@
 # object, stores OBJECTS random renditions of OBJECT_MIB MiB through the origin, pre-warms the
 # edge, and writes the same files for nginx (sendfile, one worker, no access log). Then wrk,
 # pinned to core 1 with the servers pinned to core 0, fetches random 128 KiB ranges over CONNS
-# keep-alive connections from each for DURATION seconds. The edge checks a signed token on
-# every request; nginx checks nothing. Prints requests/s, MiB/s and server CPU-seconds per GB.
+# keep-alive connections from each. The edge checks a signed token on every request; nginx
+# checks nothing. Prints requests/s, MiB/s and server CPU-seconds per GB.
+#
+# Each comparison is ROUNDS rounds of DURATION seconds on each server, taking turns at going
+# first, and the figures are over all rounds. One round each is not enough on this machine:
+# the kernel's share of a server's CPU (three quarters of it over cleartext) moves by up to
+# 40 % from one run to the next, with the TCP segment sizes and pacing timers of the moment.
 #
 # HTTP/2 over TLS is driven by h2load (one thread, CONNS connections, one stream each, TLS 1.3
 # with AES-128-GCM for both servers, which present the same certificate). h2load cannot vary
@@ -23,7 +28,7 @@
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
-# CONNS (64), DURATION (15), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
+# CONNS (64), DURATION (10, per round), ROUNDS (4), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
 # cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +36,8 @@ cd "$(dirname "$0")/.."
 OBJECTS=${OBJECTS:-200}
 OBJECT_MIB=${OBJECT_MIB:-5}
 CONNS=${CONNS:-64}
-DURATION=${DURATION:-15}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-4}
 RANGE=131072
 RANGE_AT=${RANGE_AT:-1000000}
 SENDFILE=${SENDFILE:-on}
@@ -118,12 +124,11 @@ end
 EOF
 
 
-run() { # name url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors"
-  taskset -c 1 wrk -t1 -c"$CONNS" -d3s -s "$work/ranges.lua" "$2" >/dev/null
+run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors"
   local c0 c1 out
-  c0=$(bench_cpu "$3")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$2" | grep RESULT)
-  c1=$(bench_cpu "$3")
+  c0=$(bench_cpu "$2")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$1" | grep RESULT)
+  c1=$(bench_cpu "$2")
   python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" <<'EOF'
 import sys
 _, reqs, body, errors, p99 = sys.argv[1].split()
@@ -135,11 +140,10 @@ print(f"{reqs/dur:.0f} {body/dur/1048576:.1f} {cpu/gb:.3f} {float(p99):.2f} {err
 EOF
 }
 
-# h2load over TLS: URI list file, server pid → "req/s MiB/s cpu_s_per_GB errors"
+# h2load over TLS: URI list file, server pid → "req/s MiB/s cpu_s_per_GB - errors"
 run_h2() {
   local h2="h2load -t1 -c$CONNS -m1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 -i $1"
   local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
-  taskset -c 1 $h2 -H "$hdr" -D 3 >/dev/null
   local c0 c1 out
   c0=$(bench_cpu "$2")
   out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
@@ -157,43 +161,66 @@ ok = int(codes.group(1))
 refused = sum(int(codes.group(i)) for i in (2, 3, 4))
 body = ok * rng
 cpu = (c1 - c0) / tck
-print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} {failed + errored + refused}")
+print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} - {failed + errored + refused}")
+EOF
+}
+
+# compare TITLE RUNNER EDGE_TARGET NGINX_TARGET: a 3-second warm-up of each server, then
+# ROUNDS rounds of DURATION seconds on each, taking turns at going first, so that a drift
+# in this machine's speed falls on both. Prints each round and the sums.
+compare() {
+  local title=$1 runner=$2 edge_target=$3 nginx_target=$4 r e n
+  local rounds="$work/rounds"
+  : >"$rounds"
+  DURATION=3 "$runner" "$edge_target" "$up_pid" >/dev/null
+  DURATION=3 "$runner" "$nginx_target" "$nginx_worker" >/dev/null
+  for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then
+      e=$("$runner" "$edge_target" "$up_pid")
+      n=$("$runner" "$nginx_target" "$nginx_worker")
+    else
+      n=$("$runner" "$nginx_target" "$nginx_worker")
+      e=$("$runner" "$edge_target" "$up_pid")
+    fi
+    echo "$e $n" >>"$rounds"
+  done
+  echo
+  echo "$title"
+  python3 - "$rounds" "$DURATION" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+dur = float(sys.argv[2])
+def whole(cols):
+    """req/s, MiB/s, CPU-s per GB over all rounds; the median p99; errors summed."""
+    rps = sum(float(c[0]) for c in cols) / len(cols)
+    mib = sum(float(c[1]) for c in cols) / len(cols)
+    gbs = [float(c[1]) * dur * 1048576 / 1e9 for c in cols]
+    cpu = sum(float(c[2]) * gb for c, gb in zip(cols, gbs)) / sum(gbs)
+    p99s = [float(c[3]) for c in cols if c[3] != "-"]
+    p99 = f"{statistics.median(p99s):.2f}" if p99s else "-"
+    return rps, mib, cpu, p99, sum(int(c[4]) for c in cols)
+edge = whole([r[:5] for r in rows])
+nginx = whole([r[5:] for r in rows])
+fmt = "{:<22} {:>10} {:>10} {:>14} {:>10} {:>8}"
+print(fmt.format("", "req/s", "MiB/s", "CPU-s per GB", "p99 ms", "errors"))
+for name, (rps, mib, cpu, p99, err) in (("cadenza edge (token)", edge), ("nginx", nginx)):
+    print(fmt.format(name, f"{rps:.0f}", f"{mib:.1f}", f"{cpu:.3f}", p99, err))
+per_round = " ".join(f"{float(r[2]) / float(r[7]):.2f}" for r in rows)
+print(f"edge/nginx: throughput {edge[0] / nginx[0]:.2f}×, CPU per GB {edge[2] / nginx[2]:.2f}× "
+      f"(lower is better; {len(rows)} rounds of {dur:.0f} s each, CPU per GB by round: {per_round})")
 EOF
 }
 
 if [ "$H1" != off ]; then
-  read -r e_rps e_mib e_cpu e_p99 e_err < <(run edge "$edge" "$up_pid")
-  read -r n_rps n_mib n_cpu n_p99 n_err < <(run nginx "http://127.0.0.1:$nginx_port" "$nginx_worker")
-  by_file=$(edge_stat sendfile_bytes)
-
-  echo
-  echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext, $CONNS connections, ${DURATION}s"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "p99 ms" "errors"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "cadenza edge (token)" "$e_rps" "$e_mib" "$e_cpu" "$e_p99" "$e_err"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "nginx (sendfile)" "$n_rps" "$n_mib" "$n_cpu" "$n_p99" "$n_err"
-  python3 - "$e_rps" "$n_rps" "$e_cpu" "$n_cpu" <<'EOF'
-import sys
-e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
-print(f"edge/nginx: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
-EOF
-  echo "edge body bytes sent by sendfile: $((by_file / 1048576)) MiB"
+  compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext (nginx: sendfile), $CONNS connections" \
+    run "$edge" "http://127.0.0.1:$nginx_port"
+  echo "edge body bytes sent by sendfile: $(($(edge_stat sendfile_bytes) / 1048576)) MiB"
 fi
 
 tls_port=${edge_tls##*:}
 if [ "$H1TLS" != off ]; then
-  read -r t_rps t_mib t_cpu t_p99 t_err < <(run edge "https://127.0.0.1:$tls_port" "$up_pid")
-  read -r nt_rps nt_mib nt_cpu nt_p99 nt_err < <(run nginx "https://127.0.0.1:$nginx_tls_port" "$nginx_worker")
-
-  echo
-  echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections, ${DURATION}s"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "p99 ms" "errors"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "cadenza edge (token)" "$t_rps" "$t_mib" "$t_cpu" "$t_p99" "$t_err"
-  printf '%-22s %10s %10s %14s %10s %8s\n' "nginx" "$nt_rps" "$nt_mib" "$nt_cpu" "$nt_p99" "$nt_err"
-  python3 - "$t_rps" "$nt_rps" "$t_cpu" "$nt_cpu" <<'EOF'
-import sys
-e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
-print(f"edge/nginx over HTTP/1.1 + TLS: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
-EOF
+  compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections" \
+    run "https://127.0.0.1:$tls_port" "https://127.0.0.1:$nginx_tls_port"
 fi
 
 [ "$H2" = off ] && exit 0
@@ -203,16 +230,5 @@ done <"$work/tokens" >"$work/edge_uris"
 for id in "${ids[@]}"; do
   echo "https://127.0.0.1:$nginx_tls_port/a/$id"
 done >"$work/nginx_uris"
-read -r e2_rps e2_mib e2_cpu e2_err < <(run_h2 "$work/edge_uris" "$up_pid")
-read -r n2_rps n2_mib n2_cpu n2_err < <(run_h2 "$work/nginx_uris" "$nginx_worker")
-
-echo
-echo "128 KiB ranges at byte $RANGE_AT of each object in turn, HTTP/2 over TLS 1.3, $CONNS connections, ${DURATION}s"
-printf '%-22s %10s %10s %14s %8s\n' "" "req/s" "MiB/s" "CPU-s per GB" "errors"
-printf '%-22s %10s %10s %14s %8s\n' "cadenza edge (token)" "$e2_rps" "$e2_mib" "$e2_cpu" "$e2_err"
-printf '%-22s %10s %10s %14s %8s\n' "nginx" "$n2_rps" "$n2_mib" "$n2_cpu" "$n2_err"
-python3 - "$e2_rps" "$n2_rps" "$e2_cpu" "$n2_cpu" <<'EOF'
-import sys
-e_rps, n_rps, e_cpu, n_cpu = map(float, sys.argv[1:])
-print(f"edge/nginx over HTTP/2 + TLS: throughput {e_rps/n_rps:.2f}×, CPU per GB {e_cpu/n_cpu:.2f}× (lower is better)")
-EOF
+compare "128 KiB ranges at byte $RANGE_AT of each object in turn, HTTP/2 over TLS 1.3, $CONNS connections" \
+  run_h2 "$work/edge_uris" "$work/nginx_uris"

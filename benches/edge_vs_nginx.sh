@@ -24,7 +24,7 @@
 # unbuffered rustls stream and nginx through OpenSSL, both encrypting in user space).
 #
 # Over HTTP/1.1 the edge sends cached slices by sendfile from memory files, as nginx sends its
-# files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each slice in a memory
+# files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each rendition's memory
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
@@ -63,7 +63,7 @@ edge_stat() { # field → its value in the edge's admin stats
   curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" "$admin/admin/v1/stats" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
 }
-echo "sendfile $SENDFILE: $(edge_stat memory_files) slices in memory files"
+echo "sendfile $SENDFILE: $(edge_stat memory_files) memory files"
 
 # nginx's worker drops to an unprivileged user: let it read the files.
 chmod a+x "$work"

@@ -244,10 +244,10 @@ pub async fn start(
     Ok(EdgeNode { edge, tasks })
 }
 
-/// How many memory-tier slices may sit in memory files, each an open descriptor: what the
-/// descriptor limit leaves after a full listener's connections and a reserve of 1,024 for
-/// upstream connections, disk-tier files and the admin port, and no more than the memory
-/// tier holds. (Players reach an edge on one listener, TLS or, behind a balancer,
+/// How many memory files (one per rendition with slices in the memory tier, each an open
+/// descriptor) may exist: what the descriptor limit leaves after a full listener's
+/// connections and a reserve of 1,024 for upstream connections, disk-tier files and the
+/// admin port, and no more than the memory tier holds slices (each file holds one at least). (Players reach an edge on one listener, TLS or, behind a balancer,
 /// cleartext; both full at once would need twice the connections' descriptors anyway.)
 fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
     let limit = match cadenza_common::mapped::raise_descriptor_limit() {
@@ -265,7 +265,7 @@ fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
             limit,
             files,
             slices,
-            "the descriptor limit leaves room for only some slices in memory files; \
+            "the descriptor limit leaves room for only some renditions in memory files; \
              the rest are copied to cleartext sockets (raise `ulimit -Hn`)"
         );
     }

@@ -65,8 +65,9 @@ impl Handler for Lean {
 }
 
 /// The bytes `/mapped` answers with, and its chunks: a slice of one memory file, 100 heap
-/// bytes, and a second memory file.
-fn mapped_body() -> (Vec<u8>, [Bytes; 3]) {
+/// bytes, the end of one piece of an object's memory file and the start of the next piece
+/// (5,000 bytes: too few for a `sendfile` of their own), and a second memory file.
+fn mapped_body() -> (Vec<u8>, [Bytes; 5]) {
     cadenza_common::mapped::set_budget(1024);
     let pattern = |len: usize, seed: u32| -> Vec<u8> {
         (0..len as u32)
@@ -76,9 +77,17 @@ fn mapped_body() -> (Vec<u8>, [Bytes; 3]) {
     let first = cadenza_common::mapped::copy(&pattern(300_001, 1)).unwrap();
     let first = first.slice(1000..);
     let heap = Bytes::from(pattern(100, 2));
+    let object = pattern(3 * 65_536, 4);
+    let shelves = cadenza_common::mapped::Shelves::default();
+    let len = object.len() as u64;
+    let piece = shelves.put(&1, len, 0, &object[..65_536]).unwrap();
+    let next = shelves
+        .put(&1, len, 65_536, &object[65_536..131_072])
+        .unwrap();
+    let (piece, next) = (piece.slice(1000..), next.slice(..5000));
     let second = cadenza_common::mapped::copy(&pattern(20_000, 3)).unwrap();
-    let data = [&first[..], &heap[..], &second[..]].concat();
-    (data, [first, heap, second])
+    let data = [&first[..], &heap[..], &piece[..], &next[..], &second[..]].concat();
+    (data, [first, heap, piece, next, second])
 }
 
 async fn server(limits: ServerLimits) -> (std::net::SocketAddr, ShutdownTrigger) {
@@ -357,10 +366,11 @@ async fn memory_file_chunks_go_out_by_sendfile_byte_exact_to_a_slow_reader() {
         rest = &rest[end + data.len()..];
     }
     assert!(rest.is_empty(), "{} bytes after the answers", rest.len());
-    // Both memory-file chunks of both answers went by sendfile; the heap chunk did not.
+    // Every memory-file chunk of both answers went by sendfile, the 5,000 bytes too, with
+    // the piece before them in its file; the heap chunk did not.
     let by_file = cadenza_common::http::h1::sent_by_file() - before;
     assert!(
-        by_file >= 2 * (299_001 + 20_000),
+        by_file >= 2 * (299_001 + 64_536 + 5000 + 20_000),
         "{by_file} bytes by sendfile"
     );
     trigger.trigger();

@@ -77,15 +77,22 @@ struct Held {
     /// Where `data` starts in the slice (0 for a whole slice).
     skip: u64,
     data: Bytes,
+    /// The object's size.
+    total: u64,
 }
 
 impl Held {
     /// Bytes `skip..skip + take` of the slice, when held.
     fn cut(&self, skip: u64, take: u64) -> Option<Bytes> {
-        let from = skip.checked_sub(self.skip)?;
-        let to = from + take;
-        (to <= self.data.len() as u64).then(|| self.data.slice(from as usize..to as usize))
+        cut(self.skip, &self.data, skip, take)
     }
+}
+
+/// Bytes `skip..skip + take` of a slice from `data`, which holds the slice from `held_skip`.
+fn cut(held_skip: u64, data: &Bytes, skip: u64, take: u64) -> Option<Bytes> {
+    let from = skip.checked_sub(held_skip)?;
+    let to = from + take;
+    (to <= data.len() as u64).then(|| data.slice(from as usize..to as usize))
 }
 
 /// Fixed-size slices of files in memory, filled from the origin on demand.
@@ -95,13 +102,17 @@ pub struct SliceCache {
     slices: Cache<SliceKey, Held, Hasher>,
     /// Bytes in `slices`: added when a fetched slice goes in, taken off when any leaves.
     bytes: Arc<AtomicU64>,
-    sizes: Cache<FileId, u64, Hasher>,
+    /// Object sizes, learned with their first slice fetched (every slice held also knows
+    /// its object's size, should this forget it).
+    sizes: crate::memo::Memo<FileId, u64>,
     upstream: UpstreamConfig,
     origins: Upstreams,
     disk: Option<Arc<DiskTier>>,
     shield: Option<Shield>,
     client: HttpClient,
     origin_fetches: AtomicU64,
+    /// Whole slices in memory files, one per rendition, for `sendfile`.
+    shelves: cadenza_common::mapped::Shelves<[u8; 20]>,
 }
 
 impl std::fmt::Debug for SliceCache {
@@ -137,9 +148,7 @@ impl SliceCache {
             metrics,
             slices,
             bytes,
-            sizes: Cache::builder()
-                .max_capacity(1_000_000)
-                .build_with_hasher(Hasher::default()),
+            sizes: crate::memo::Memo::new(1_000_000, None),
             origins: Upstreams::new(
                 upstream.origins.clone(),
                 upstream.breaker_threshold,
@@ -150,6 +159,7 @@ impl SliceCache {
             shield: None,
             client,
             origin_fetches: AtomicU64::new(0),
+            shelves: Default::default(),
         }
     }
 
@@ -200,7 +210,7 @@ impl SliceCache {
     pub async fn purge(&self, ids: &[FileId]) -> usize {
         let doomed: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
         for id in &doomed {
-            self.sizes.invalidate(id).await;
+            self.sizes.remove(id);
         }
         let set: std::collections::HashSet<[u8; 20]> =
             doomed.iter().map(FileId::to_bytes).collect();
@@ -270,14 +280,22 @@ impl SliceCache {
 
     /// The size of a file, fetching its first slice to learn it when unknown.
     pub async fn size(self: &Arc<Self>, id: &FileId) -> Result<u64, FetchError> {
-        if let Some(size) = self.sizes.get(id).await {
+        if let Some(size) = self.sizes.get(id) {
             return Ok(size);
         }
         self.slice(id, 0).await?;
-        self.sizes
-            .get(id)
+        if let Some(size) = self.sizes.get(id) {
+            return Ok(size);
+        }
+        // Forgotten while the first slice stayed in memory: the slice knows.
+        let total = self
+            .slices
+            .get(&(id.to_bytes(), 0))
             .await
-            .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))
+            .map(|held| held.total)
+            .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))?;
+        self.sizes.insert(id.clone(), total);
+        Ok(total)
     }
 
     /// The object's size, learning it (when unknown) from the first bytes the request
@@ -290,7 +308,7 @@ impl SliceCache {
         first: u64,
         last: Option<u64>,
     ) -> Result<u64, FetchError> {
-        if let Some(size) = self.sizes.get(id).await {
+        if let Some(size) = self.sizes.get(id) {
             return Ok(size);
         }
         let slice_size = self.math.slice_size();
@@ -305,7 +323,7 @@ impl SliceCache {
         };
         if first > 0
             && self.part(id, part, false).await.is_ok()
-            && let Some(size) = self.sizes.get(id).await
+            && let Some(size) = self.sizes.get(id)
         {
             return Ok(size);
         }
@@ -344,18 +362,18 @@ impl SliceCache {
         sequential: bool,
     ) -> Result<Bytes, FetchError> {
         let (index, skip, take) = (part.index, part.skip as u64, part.take as u64);
-        let whole = |held: Held| {
-            held.cut(skip, take).ok_or_else(|| {
+        let whole = |data: Bytes| {
+            cut(0, &data, skip, take).ok_or_else(|| {
                 FetchError::Upstream(format!(
                     "slice {index} of {} bytes lacks bytes {skip}..{}",
-                    held.data.len(),
+                    data.len(),
                     skip + take
                 ))
             })
         };
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return whole(held);
+            return whole(held.data);
         }
         if !sequential {
             let slice_size = self.math.slice_size();
@@ -380,7 +398,7 @@ impl SliceCache {
             }
         }
         let data = self.slice(id, index).await?;
-        whole(Held { skip: 0, data })
+        whole(data)
     }
 
     /// Slice `index` of `id` once in the memory tier (`span`: only those bytes of it, held
@@ -410,8 +428,17 @@ impl SliceCache {
                 this.bytes
                     .fetch_add(held.data.len() as u64, Ordering::Relaxed);
                 // In a memory file when the budget allows, so cleartext HTTP/1.1 can
-                // `sendfile` it.
-                let data = cadenza_common::mapped::copy(&held.data).unwrap_or(held.data);
+                // `sendfile` it: a whole slice in its rendition's file, beside its
+                // neighbours (a range across them is one `sendfile`), a seek's part in one
+                // of its own.
+                let mapped = match (span, this.sizes.get(&id)) {
+                    (None, Some(total)) => {
+                        let offset = index * this.math.slice_size();
+                        this.shelves.put(&id.to_bytes(), total, offset, &held.data)
+                    }
+                    _ => cadenza_common::mapped::copy(&held.data),
+                };
+                let data = mapped.unwrap_or(held.data);
                 Ok(Held { data, ..held })
             })
             .await
@@ -431,8 +458,12 @@ impl SliceCache {
             match disk.get(id, index).await {
                 Ok((total, data)) => {
                     self.metrics.disk_hits.inc();
-                    self.sizes.insert(id.clone(), total).await;
-                    return Ok(Held { skip: 0, data });
+                    self.sizes.insert(id.clone(), total);
+                    return Ok(Held {
+                        skip: 0,
+                        data,
+                        total,
+                    });
                 }
                 Err(DiskMiss::Corrupt) => self.metrics.disk_corrupt.inc(),
                 Err(DiskMiss::Absent) => {}
@@ -440,9 +471,7 @@ impl SliceCache {
         }
         let epoch = self.disk.as_ref().map(|d| d.epoch());
         let held = self.fetch(id, index, None).await?;
-        if let (Some(disk), Some(epoch), Some(total)) =
-            (&self.disk, epoch, self.sizes.get(id).await)
-        {
+        if let (Some(disk), Some(epoch), Some(total)) = (&self.disk, epoch, self.sizes.get(id)) {
             let (disk, id, data) = (disk.clone(), id.clone(), held.data.clone());
             tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
         }
@@ -557,10 +586,11 @@ impl SliceCache {
                 body.len()
             )));
         }
-        self.sizes.insert(id.clone(), total).await;
+        self.sizes.insert(id.clone(), total);
         Ok(Held {
             skip: from,
             data: body,
+            total,
         })
     }
 

@@ -11,6 +11,7 @@ mod admin;
 mod cache;
 mod disk;
 mod h3;
+mod memo;
 mod metrics;
 mod service;
 mod shield;

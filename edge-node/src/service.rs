@@ -68,11 +68,11 @@ pub struct Edge {
     /// Tokens whose signature was checked, by their text. Entries live at most
     /// [`VERIFIED_TTL`], which bounds how long a token signed with a key since withdrawn
     /// keeps working here; expiry and file are checked on every use regardless.
-    verified: moka::future::Cache<String, TokenClaims, crate::cache::Hasher>,
+    verified: crate::memo::Memo<String, TokenClaims>,
 }
 
 /// Tokens remembered as verified.
-const VERIFIED_TOKENS: u64 = 50_000;
+const VERIFIED_TOKENS: usize = 50_000;
 /// How long a verified token is remembered.
 pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -102,10 +102,7 @@ impl Edge {
         Self {
             config,
             cache,
-            verified: moka::future::Cache::builder()
-                .max_capacity(VERIFIED_TOKENS)
-                .time_to_live(VERIFIED_TTL)
-                .build_with_hasher(crate::cache::Hasher::default()),
+            verified: crate::memo::Memo::new(VERIFIED_TOKENS, Some(VERIFIED_TTL)),
         }
     }
 
@@ -125,7 +122,7 @@ impl Edge {
             .unwrap_or("");
         // A player sends the same token with every range of a track: its signature is checked
         // once and remembered; expiry and file are checked on every request.
-        let claims = match self.verified.get(token).await {
+        let claims = match self.verified.get(token) {
             Some(claims) => claims,
             None => {
                 let claims = self
@@ -133,7 +130,7 @@ impl Edge {
                     .keys
                     .verify_signature(token)
                     .map_err(|e| token_refused(&e))?;
-                self.verified.insert(token.to_owned(), claims.clone()).await;
+                self.verified.insert(token.to_owned(), claims.clone());
                 claims
             }
         };

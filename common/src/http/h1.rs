@@ -24,7 +24,6 @@ use bytes::{Buf, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::server::{ConnInfo, Handler, ServerLimits};
@@ -420,24 +419,46 @@ async fn write_response<IO: AsyncWrite + SendFile + Unpin>(
     // writes a chain of buffers vectored when the stream can).
     let mut sent = 0u64;
     if !matches!(framing, Framing::None) {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(io::Error::other)?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not sent over HTTP/1.1 here
-            };
-            if data.is_empty() {
-                continue;
+        let mut frames = Frames {
+            body: &mut body,
+            ended: false,
+            next: None,
+        };
+        let grew = |sent: &mut u64, len: usize| {
+            *sent += len as u64;
+            match framing {
+                Framing::Length(n) if *sent > n => {
+                    Err(io::Error::other("the body is longer than its length"))
+                }
+                _ => Ok(()),
             }
-            sent += data.len() as u64;
-            if let Framing::Length(n) = framing
-                && sent > n
-            {
-                return Err(io::Error::other("the body is longer than its length"));
-            }
+        };
+        while let Some(data) = frames.next().await? {
+            grew(&mut sent, data.len())?;
             if let Framing::Length(_) = framing
                 && let Some((file, offset)) = sendable(io, &data)
             {
-                send_file(io, &head, &file, offset, data.len()).await?;
+                // Chunks ready now that continue the same file join this `sendfile` (a
+                // range across two slices of one memory file), held until it is done.
+                let mut len = data.len();
+                let mut joined = Vec::new();
+                while let Some(more) = frames.ready()? {
+                    match crate::mapped::file_of(&more) {
+                        Some((next_file, at))
+                            if Arc::ptr_eq(&next_file, &file) && at == offset + len as u64 =>
+                        {
+                            grew(&mut sent, more.len())?;
+                            len += more.len();
+                            joined.push(more);
+                        }
+                        _ => {
+                            frames.next = Some(more);
+                            break;
+                        }
+                    }
+                }
+                send_file(io, &head, &file, offset, len).await?;
+                drop(joined);
             } else if matches!(framing, Framing::Chunked) {
                 write!(head, "{:x}\r\n", data.len())?;
                 let mut out = Buf::chain(Buf::chain(head.as_slice(), data), &b"\r\n"[..]);
@@ -460,6 +481,63 @@ async fn write_response<IO: AsyncWrite + SendFile + Unpin>(
     io.write_all(&head).await?;
     io.flush().await?;
     Ok(keep_alive && !matches!(framing, Framing::Close))
+}
+
+/// A response body's data chunks (trailers and empty chunks skipped), with a look at the
+/// next chunk when it is ready without waiting.
+struct Frames<'a> {
+    body: &'a mut Body,
+    /// The body said it has no more frames (it must not be polled again).
+    ended: bool,
+    /// A chunk taken by [`Frames::ready`] and not used, to come next.
+    next: Option<bytes::Bytes>,
+}
+
+impl Frames<'_> {
+    /// The next chunk, waiting for it; `None` at the end.
+    async fn next(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        if let Some(data) = self.next.take() {
+            return Ok(Some(data));
+        }
+        poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// The next chunk if the body has it ready now.
+    fn ready(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        if let Some(data) = self.next.take() {
+            return Ok(Some(data));
+        }
+        let waker = std::task::Waker::noop();
+        match self.poll_chunk(&mut std::task::Context::from_waker(waker)) {
+            Poll::Ready(chunk) => chunk,
+            Poll::Pending => Ok(None),
+        }
+    }
+
+    fn poll_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<Option<bytes::Bytes>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(Ok(None));
+            }
+            let frame = match Pin::new(&mut *self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Poll::Ready(Ok(None));
+                }
+                Poll::Ready(Some(frame)) => frame.map_err(io::Error::other)?,
+            };
+            // Trailers are not sent over HTTP/1.1 here.
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                return Poll::Ready(Ok(Some(data)));
+            }
+        }
+    }
 }
 
 /// Chunks smaller than this are written: a `sendfile` call costs more than copying them.

@@ -247,8 +247,9 @@ pub async fn start(
 /// How many memory files (one per rendition with slices in the memory tier, each an open
 /// descriptor) may exist: what the descriptor limit leaves after a full listener's
 /// connections and a reserve of 1,024 for upstream connections, disk-tier files and the
-/// admin port, and no more than the memory tier holds slices (each file holds one at least). (Players reach an edge on one listener, TLS or, behind a balancer,
-/// cleartext; both full at once would need twice the connections' descriptors anyway.)
+/// admin port, and no more than the memory tier holds slices (a file holds one at least).
+/// (Players reach an edge on one listener, TLS or, behind a balancer, cleartext; both full
+/// at once would need twice the connections' descriptors anyway.)
 fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
     let limit = match cadenza_common::mapped::raise_descriptor_limit() {
         Ok(limit) => limit,

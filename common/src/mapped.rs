@@ -53,13 +53,24 @@ pub fn file_of(chunk: &[u8]) -> Option<(std::sync::Arc<std::fs::File>, u64)> {
 
 /// Memory files by object, one per `K` (a file id): see the module's documentation.
 pub struct Shelves<K> {
-    shelves: std::sync::Mutex<std::collections::HashMap<K, std::sync::Weak<imp::Shelf>>>,
+    shelves: std::sync::Mutex<Registry<K>>,
+}
+
+/// Each object's shelf while any piece of it lives, and when to forget dead entries next.
+struct Registry<K> {
+    by_key: std::collections::HashMap<K, std::sync::Weak<imp::Shelf>>,
+    /// Entries at which dead ones are swept out: twice those left by the last sweep, so
+    /// sweeping costs a constant per shelf made.
+    sweep_at: usize,
 }
 
 impl<K> Default for Shelves<K> {
     fn default() -> Self {
         Self {
-            shelves: std::sync::Mutex::new(std::collections::HashMap::new()),
+            shelves: std::sync::Mutex::new(Registry {
+                by_key: std::collections::HashMap::new(),
+                sweep_at: 64,
+            }),
         }
     }
 }
@@ -72,36 +83,23 @@ impl<K: std::hash::Hash + Eq + Clone> Shelves<K> {
     /// system refuses: the caller keeps its ordinary bytes.
     pub fn put(&self, key: &K, object_len: u64, offset: u64, data: &[u8]) -> Option<Bytes> {
         let shelf = {
-            let mut shelves = self.shelves.lock().ok()?;
-            match shelves.get(key).and_then(std::sync::Weak::upgrade) {
+            let mut registry = self.shelves.lock().ok()?;
+            match registry.by_key.get(key).and_then(std::sync::Weak::upgrade) {
                 Some(shelf) => shelf,
                 None => {
                     let shelf = imp::Shelf::new(object_len)?;
-                    // Forget objects whose pieces are all gone, whenever the map has doubled.
-                    if shelves.len() >= 64 && shelves.len().is_power_of_two() {
-                        shelves.retain(|_, weak| weak.strong_count() > 0);
+                    if registry.by_key.len() >= registry.sweep_at {
+                        registry.by_key.retain(|_, weak| weak.strong_count() > 0);
+                        registry.sweep_at = (2 * registry.by_key.len()).max(64);
                     }
-                    shelves.insert(key.clone(), std::sync::Arc::downgrade(&shelf));
+                    registry
+                        .by_key
+                        .insert(key.clone(), std::sync::Arc::downgrade(&shelf));
                     shelf
                 }
             }
         };
         imp::Shelf::put(&shelf, offset, data)
-    }
-
-    /// Objects with a memory file alive (some may have just lost their last piece).
-    pub fn len(&self) -> usize {
-        self.shelves.lock().map_or(0, |shelves| {
-            shelves
-                .values()
-                .filter(|weak| weak.strong_count() > 0)
-                .count()
-        })
-    }
-
-    /// Whether no object has a memory file alive.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -493,7 +491,6 @@ mod tests {
             .put(&7u8, len, 3 * PIECE as u64, piece(3))
             .expect("the tail");
         assert_eq!(live(), before + 1, "one file for the object");
-        assert_eq!(shelves.len(), 1);
         assert_eq!((&a[..], &b[..], &last[..]), (piece(0), piece(1), piece(3)));
         // Neighbours lie side by side in one file.
         let (file_a, at_a) = file_of(&a[100..]).expect("a's file");
@@ -535,6 +532,26 @@ mod tests {
         // The file closes with the object's last piece.
         drop((a, b, last, file_a, file_b));
         assert_eq!(live(), before);
-        assert!(shelves.is_empty());
+    }
+
+    #[test]
+    fn shelves_forget_objects_whose_pieces_are_gone() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        set_budget(usize::MAX);
+        let shelves = Shelves::default();
+        let kept: Vec<Bytes> = (0..10u32)
+            .map(|key| shelves.put(&key, 4096, 0, &[1u8; 4096]).expect("a piece"))
+            .collect();
+        for key in 10..10_000u32 {
+            drop(shelves.put(&key, 4096, 0, &[2u8; 4096]).expect("a piece"));
+        }
+        let registry = shelves.shelves.lock().unwrap();
+        assert!(
+            registry.by_key.len() <= 128,
+            "{} entries",
+            registry.by_key.len()
+        );
+        assert!((0..10u32).all(|key| registry.by_key[&key].strong_count() == 1));
+        drop((registry, kept));
     }
 }

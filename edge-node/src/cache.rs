@@ -66,9 +66,9 @@ const PART: u64 = 1 << 63;
 /// A slice's key: its file's id as raw bytes (no allocation per lookup) and its index.
 type SliceKey = ([u8; 20], u64);
 
-/// The caches' hasher: keys are file ids and indexes, which are only inserted once
-/// fetched (or, for tokens, verified), so speed matters more than resistance to chosen
-/// keys; the seed is still random per process.
+/// The edge's hasher for its maps (slices here, tokens and sizes in `memo`): keys are file
+/// ids, indexes and tokens, which are only inserted once fetched or verified, so speed matters
+/// more than resistance to chosen keys; the seed is still random per process.
 pub(crate) type Hasher = foldhash::fast::RandomState;
 
 /// A slice in the memory tier, or (under a [`PART`] index) the part of it a seek needed.
@@ -431,12 +431,13 @@ impl SliceCache {
                 // `sendfile` it: a whole slice in its rendition's file, beside its
                 // neighbours (a range across them is one `sendfile`), a seek's part in one
                 // of its own.
-                let mapped = match (span, this.sizes.get(&id)) {
-                    (None, Some(total)) => {
+                let mapped = match span {
+                    None => {
                         let offset = index * this.math.slice_size();
-                        this.shelves.put(&id.to_bytes(), total, offset, &held.data)
+                        this.shelves
+                            .put(&id.to_bytes(), held.total, offset, &held.data)
                     }
-                    _ => cadenza_common::mapped::copy(&held.data),
+                    Some(_) => cadenza_common::mapped::copy(&held.data),
                 };
                 let data = mapped.unwrap_or(held.data);
                 Ok(Held { data, ..held })
@@ -471,8 +472,8 @@ impl SliceCache {
         }
         let epoch = self.disk.as_ref().map(|d| d.epoch());
         let held = self.fetch(id, index, None).await?;
-        if let (Some(disk), Some(epoch), Some(total)) = (&self.disk, epoch, self.sizes.get(id)) {
-            let (disk, id, data) = (disk.clone(), id.clone(), held.data.clone());
+        if let (Some(disk), Some(epoch)) = (&self.disk, epoch) {
+            let (disk, id, data, total) = (disk.clone(), id.clone(), held.data.clone(), held.total);
             tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
         }
         Ok(held)

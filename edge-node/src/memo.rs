@@ -3,7 +3,8 @@
 //!
 //! The slice cache needs moka's admission and recency policy; these do not. A moka lookup
 //! also records the read for that policy, and the edge made about five per request: moka
-//! was half of the edge's user-space samples serving cache hits over cleartext HTTP/1.1.
+//! was about a third of the edge's user-space samples serving cache hits over cleartext
+//! HTTP/1.1 (8.4 % of its core, against 24 % for its binary and libc together).
 //! A memo is a few locked hash-map shards. A shard that fills drops its expired entries,
 //! and if none had expired, all of them: a dropped fact is learned again (a signature
 //! checked again, a size read from a cached slice), never wrong.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Shards: enough that the runtime's workers seldom meet on one lock.
 const SHARDS: usize = 16;
 
-type Hasher = foldhash::fast::RandomState;
+use crate::cache::Hasher;
 
 type Shard<K, V> = Mutex<HashMap<K, Entry<V>, Hasher>>;
 

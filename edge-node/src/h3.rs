@@ -1,4 +1,5 @@
-//! HTTP/3 (RFC 9114) over QUIC with quinn and h3, on the UDP side of the edge's port.
+//! HTTP/3 (RFC 9114) over QUIC with h3 and the edge's own QUIC endpoint on `quinn-proto`
+//! ([`quic`]), on the UDP side of the edge's port.
 //!
 //! Every request is answered by [`Edge::respond`], the same function the TCP listener uses,
 //! so tokens, territories, ranges and caching behave identically on every protocol.
@@ -15,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::service::Edge;
 
+mod quic;
 mod transport;
 
 pub use transport::body_bytes;
@@ -88,51 +90,44 @@ pub fn serve_h3(
     edge: Arc<Edge>,
     mut shutdown: Shutdown,
 ) -> Result<H3Listening, H3Error> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+    let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| H3Error::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
+    let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn_proto::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams.into());
     transport.max_concurrent_uni_streams(8u32.into());
     transport.max_idle_timeout(limits.idle_timeout.try_into().ok());
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    let mut mtu = quinn_proto::MtuDiscoveryConfig::default();
     mtu.upper_bound(limits.max_udp_payload);
     transport.mtu_discovery_config(Some(mtu));
     if let Some(every) = limits.ack_every {
-        let mut acks = quinn::AckFrequencyConfig::default();
+        let mut acks = quinn_proto::AckFrequencyConfig::default();
         acks.ack_eliciting_threshold(every.saturating_sub(1).into());
         transport.ack_frequency_config(Some(acks));
     }
     config.transport_config(Arc::new(transport));
-    let mut endpoint_config = quinn::EndpointConfig::default();
+    let mut endpoint_config = quinn_proto::EndpointConfig::default();
     endpoint_config
         .max_udp_payload_size(limits.max_udp_payload.clamp(1200, 65527))
         .map_err(|e| H3Error::Tls(e.to_string()))?;
     let socket =
         std::net::UdpSocket::bind(addr).map_err(|source| H3Error::Bind { addr, source })?;
-    let endpoint = quinn::Endpoint::new(
-        endpoint_config,
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| H3Error::Bind { addr, source })?;
-    let addr = endpoint
-        .local_addr()
+    let mut endpoint = quic::Endpoint::new(socket, endpoint_config, Arc::new(config))
         .map_err(|source| H3Error::Bind { addr, source })?;
+    let addr = endpoint.local_addr();
     let task = tokio::spawn(async move {
         loop {
-            let incoming = tokio::select! {
+            let conn = tokio::select! {
                 _ = shutdown.wait() => break,
-                incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => incoming,
+                conn = endpoint.accept() => match conn {
+                    Some(conn) => conn,
                     None => break,
                 },
             };
             let edge = edge.clone();
             let min_rate = limits.min_send_rate;
             tokio::spawn(async move {
-                if let Err(e) = connection(incoming, edge, min_rate).await {
+                if let Err(e) = connection(conn, edge, min_rate).await {
                     tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
                 }
             });
@@ -144,11 +139,11 @@ pub fn serve_h3(
 }
 
 async fn connection(
-    incoming: quinn::Incoming,
+    conn: quic::Connection,
     edge: Arc<Edge>,
     min_rate: MinRate,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let conn = incoming.await?;
+    conn.handshake().await?;
     let info = ConnInfo {
         peer: SocketAddr::new(
             conn.remote_address().ip().to_canonical(),

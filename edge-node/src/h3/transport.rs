@@ -1,10 +1,11 @@
-//! h3's QUIC traits over quinn, written for a server that sends cached bytes.
+//! h3's QUIC traits over the edge's own QUIC endpoint ([`super::quic`]), written for a
+//! server that sends cached bytes.
 //!
 //! `h3-quinn` hands every frame to quinn as a slice, so quinn copies each response body into
 //! a fresh allocation before it copies it again into packets: 6 % of the edge's samples
-//! under HTTP/3 load went to that first copy alone. Here a body chunk reaches quinn as the
-//! [`Bytes`] the cache holds, by reference count ([`send_body`]), and quinn's only copy is
-//! the one into the packet it encrypts.
+//! under HTTP/3 load went to that first copy alone. Here a body chunk reaches the QUIC
+//! stream as the [`Bytes`] the cache holds, by reference count ([`send_body`]), and the only
+//! copy is the one into the packet being encrypted.
 //!
 //! h3 wraps a body chunk in its own `WriteBuf`, which does not give the chunk back, so
 //! [`send_body`] lends the chunk to [`SendStream::send_data`] through a thread-local for the
@@ -12,22 +13,20 @@
 //! `send_data` future. The stream takes the lent chunk only when it is, byte for byte, the
 //! same memory as the frame's payload; anything else (headers, h3's own frames, a chunk
 //! that was not lent) is copied once, as `h3-quinn` would.
-//!
-//! Reads and writes poll quinn's cancel-safe futures afresh on each call, so a stream holds
-//! no boxed future; only accepting and opening streams, which may not be restarted, keeps
-//! one between polls.
 
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h3::error::Code;
-use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
-use quinn::VarInt;
+use h3::quic::{self as h3q, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+use quinn_proto::{ConnectionError, Dir, StreamId as QuicStreamId, VarInt};
+
+use super::quic;
 
 thread_local! {
     /// The body chunk [`send_body`] lends to the `send_data` call it is polling.
@@ -65,45 +64,18 @@ pub async fn send_body(
     .await
 }
 
-type Accepting<T> = Pin<Box<dyn Future<Output = Result<T, quinn::ConnectionError>> + Send + Sync>>;
-
-/// A quinn connection as h3 sees it.
+/// A connection as h3 sees it.
 pub struct Connection {
-    conn: quinn::Connection,
-    accepting_bidi: Option<Accepting<(quinn::SendStream, quinn::RecvStream)>>,
-    accepting_uni: Option<Accepting<quinn::RecvStream>>,
-    opener: Opener,
+    conn: quic::Connection,
 }
 
 impl Connection {
-    pub fn new(conn: quinn::Connection) -> Self {
-        Self {
-            opener: Opener::new(conn.clone()),
-            conn,
-            accepting_bidi: None,
-            accepting_uni: None,
-        }
+    pub fn new(conn: quic::Connection) -> Self {
+        Self { conn }
     }
 }
 
-/// Polls the future kept in `slot`, started on `conn` by `start` if there is none, and
-/// clears the slot once it resolves.
-fn poll_kept<T, F>(
-    slot: &mut Option<Accepting<T>>,
-    cx: &mut Context<'_>,
-    conn: &quinn::Connection,
-    start: impl FnOnce(quinn::Connection) -> F,
-) -> Poll<Result<T, quinn::ConnectionError>>
-where
-    F: Future<Output = Result<T, quinn::ConnectionError>> + Send + Sync + 'static,
-{
-    let fut = slot.get_or_insert_with(|| Box::pin(start(conn.clone())));
-    let out = ready!(fut.as_mut().poll(cx));
-    *slot = None;
-    Poll::Ready(out)
-}
-
-impl quic::Connection<Bytes> for Connection {
+impl h3q::Connection<Bytes> for Connection {
     type RecvStream = RecvStream;
     type OpenStreams = Opener;
 
@@ -111,82 +83,26 @@ impl quic::Connection<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
-        let recv = ready!(poll_kept(
-            &mut self.accepting_uni,
-            cx,
-            &self.conn,
-            |c| async move { c.accept_uni().await }
-        ))
-        .map_err(connection_error)?;
-        Poll::Ready(Ok(RecvStream::new(recv)))
+        let id = ready!(self.conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
+        Poll::Ready(Ok(RecvStream::new(self.conn.clone(), id)))
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, ConnectionErrorIncoming>> {
-        let (send, recv) = ready!(poll_kept(
-            &mut self.accepting_bidi,
-            cx,
-            &self.conn,
-            |c| async move { c.accept_bi().await }
-        ))
-        .map_err(connection_error)?;
-        Poll::Ready(Ok(BidiStream::new(send, recv)))
+        let id = ready!(self.conn.poll_accept(cx, Dir::Bi)).map_err(connection_error)?;
+        Poll::Ready(Ok(BidiStream::new(&self.conn, id)))
     }
 
     fn opener(&self) -> Opener {
-        Opener::new(self.conn.clone())
-    }
-}
-
-impl quic::OpenStreams<Bytes> for Connection {
-    type BidiStream = BidiStream;
-    type SendStream = SendStream;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        self.opener.poll_open_bidi(cx)
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<SendStream, StreamErrorIncoming>> {
-        self.opener.poll_open_send(cx)
-    }
-
-    fn close(&mut self, code: Code, reason: &[u8]) {
-        self.opener.close(code, reason)
-    }
-}
-
-/// Opens streams on a connection (h3 opens its control and QPACK streams with one).
-pub struct Opener {
-    conn: quinn::Connection,
-    opening_bidi: Option<Accepting<(quinn::SendStream, quinn::RecvStream)>>,
-    opening_uni: Option<Accepting<quinn::SendStream>>,
-}
-
-impl Opener {
-    fn new(conn: quinn::Connection) -> Self {
-        Self {
-            conn,
-            opening_bidi: None,
-            opening_uni: None,
+        Opener {
+            conn: self.conn.clone(),
         }
     }
 }
 
-impl Clone for Opener {
-    fn clone(&self) -> Self {
-        Self::new(self.conn.clone())
-    }
-}
-
-impl quic::OpenStreams<Bytes> for Opener {
+impl h3q::OpenStreams<Bytes> for Connection {
     type BidiStream = BidiStream;
     type SendStream = SendStream;
 
@@ -194,28 +110,59 @@ impl quic::OpenStreams<Bytes> for Opener {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        let (send, recv) = ready!(poll_kept(
-            &mut self.opening_bidi,
-            cx,
-            &self.conn,
-            |c| async move { c.open_bi().await }
-        ))
-        .map_err(|e| write_error(quinn::WriteError::ConnectionLost(e)))?;
-        Poll::Ready(Ok(BidiStream::new(send, recv)))
+        open_bidi(&self.conn, cx)
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<SendStream, StreamErrorIncoming>> {
-        let send = ready!(poll_kept(
-            &mut self.opening_uni,
-            cx,
-            &self.conn,
-            |c| async move { c.open_uni().await }
-        ))
-        .map_err(|e| write_error(quinn::WriteError::ConnectionLost(e)))?;
-        Poll::Ready(Ok(SendStream::new(send)))
+        open_send(&self.conn, cx)
+    }
+
+    fn close(&mut self, code: Code, reason: &[u8]) {
+        self.conn.close(varint(code.value()), reason);
+    }
+}
+
+fn open_bidi(
+    conn: &quic::Connection,
+    cx: &mut Context<'_>,
+) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
+    let id = ready!(conn.poll_open(cx, Dir::Bi)).map_err(lost)?;
+    Poll::Ready(Ok(BidiStream::new(conn, id)))
+}
+
+fn open_send(
+    conn: &quic::Connection,
+    cx: &mut Context<'_>,
+) -> Poll<Result<SendStream, StreamErrorIncoming>> {
+    let id = ready!(conn.poll_open(cx, Dir::Uni)).map_err(lost)?;
+    Poll::Ready(Ok(SendStream::new(conn.clone(), id)))
+}
+
+/// Opens streams on a connection (h3 opens its control and QPACK streams with one).
+#[derive(Clone)]
+pub struct Opener {
+    conn: quic::Connection,
+}
+
+impl h3q::OpenStreams<Bytes> for Opener {
+    type BidiStream = BidiStream;
+    type SendStream = SendStream;
+
+    fn poll_open_bidi(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
+        open_bidi(&self.conn, cx)
+    }
+
+    fn poll_open_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<SendStream, StreamErrorIncoming>> {
+        open_send(&self.conn, cx)
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
@@ -230,15 +177,15 @@ pub struct BidiStream {
 }
 
 impl BidiStream {
-    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+    fn new(conn: &quic::Connection, id: QuicStreamId) -> Self {
         Self {
-            send: SendStream::new(send),
-            recv: RecvStream::new(recv),
+            send: SendStream::new(conn.clone(), id),
+            recv: RecvStream::new(conn.clone(), id),
         }
     }
 }
 
-impl quic::BidiStream<Bytes> for BidiStream {
+impl h3q::BidiStream<Bytes> for BidiStream {
     type SendStream = SendStream;
     type RecvStream = RecvStream;
 
@@ -247,7 +194,7 @@ impl quic::BidiStream<Bytes> for BidiStream {
     }
 }
 
-impl quic::SendStream<Bytes> for BidiStream {
+impl h3q::SendStream<Bytes> for BidiStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
         self.send.poll_ready(cx)
     }
@@ -269,7 +216,7 @@ impl quic::SendStream<Bytes> for BidiStream {
     }
 }
 
-impl quic::RecvStream for BidiStream {
+impl h3q::RecvStream for BidiStream {
     type Buf = Bytes;
 
     fn poll_data(
@@ -288,18 +235,34 @@ impl quic::RecvStream for BidiStream {
     }
 }
 
-/// The sending half of a stream, holding at most one frame not yet taken by quinn.
+/// The sending half of a stream, holding at most one frame not yet taken by QUIC.
+///
+/// Dropped before it was finished or reset, it resets the stream with
+/// `H3_REQUEST_CANCELLED`, so a response cut short never looks complete to the client.
 pub struct SendStream {
-    stream: quinn::SendStream,
+    conn: quic::Connection,
+    id: QuicStreamId,
     /// The frame in flight: its header and its payload, each possibly empty.
     frame: [Bytes; 2],
+    closed: bool,
 }
 
 impl SendStream {
-    fn new(stream: quinn::SendStream) -> Self {
+    fn new(conn: quic::Connection, id: QuicStreamId) -> Self {
         Self {
-            stream,
+            conn,
+            id,
             frame: [Bytes::new(), Bytes::new()],
+            closed: false,
+        }
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.conn
+                .reset(self.id, varint(Code::H3_REQUEST_CANCELLED.value()));
         }
     }
 }
@@ -323,15 +286,14 @@ fn frame_parts(mut buf: impl Buf, lent: Option<Bytes>) -> [Bytes; 2] {
     [buf.copy_to_bytes(total), Bytes::new()]
 }
 
-impl quic::SendStream<Bytes> for SendStream {
+impl h3q::SendStream<Bytes> for SendStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
         loop {
             let Some(first) = self.frame.iter().position(|part| !part.is_empty()) else {
                 return Poll::Ready(Ok(()));
             };
-            // quinn's write_chunks is cancel-safe: a fresh future per poll loses nothing.
-            let written = ready!(pin!(self.stream.write_chunks(&mut self.frame[first..])).poll(cx));
-            written.map_err(write_error)?;
+            ready!(self.conn.poll_write(cx, self.id, &mut self.frame[first..]))
+                .map_err(stream_error)?;
         }
     }
 
@@ -349,53 +311,67 @@ impl quic::SendStream<Bytes> for SendStream {
     }
 
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        Poll::Ready(
-            self.stream
-                .finish()
-                .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e))),
-        )
+        self.closed = true;
+        Poll::Ready(self.conn.finish(self.id).map_err(stream_error))
     }
 
     fn reset(&mut self, reset_code: u64) {
-        // Resetting a stream already closed has nothing left to do.
-        let _ = self.stream.reset(varint(reset_code));
+        self.closed = true;
+        self.conn.reset(self.id, varint(reset_code));
     }
 
     fn send_id(&self) -> StreamId {
-        stream_id(self.stream.id())
+        stream_id(self.id)
     }
 }
 
-/// The receiving half of a stream.
+/// The receiving half of a stream. Dropped before its end, it asks the peer to stop sending
+/// with `H3_NO_ERROR` (RFC 9114 §4.1: the response does not need the rest of the request).
 pub struct RecvStream {
-    stream: quinn::RecvStream,
+    conn: quic::Connection,
+    id: QuicStreamId,
+    closed: bool,
 }
 
 impl RecvStream {
-    fn new(stream: quinn::RecvStream) -> Self {
-        Self { stream }
+    fn new(conn: quic::Connection, id: QuicStreamId) -> Self {
+        Self {
+            conn,
+            id,
+            closed: false,
+        }
     }
 }
 
-impl quic::RecvStream for RecvStream {
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.conn.stop(self.id, varint(Code::H3_NO_ERROR.value()));
+        }
+    }
+}
+
+impl h3q::RecvStream for RecvStream {
     type Buf = Bytes;
 
     fn poll_data(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        // read_chunk is cancel-safe, like write_chunks.
-        let chunk = ready!(pin!(self.stream.read_chunk(usize::MAX, true)).poll(cx));
-        Poll::Ready(chunk.map(|c| c.map(|c| c.bytes)).map_err(read_error))
+        let read = ready!(self.conn.poll_read(cx, self.id));
+        if !matches!(read, Ok(Some(_))) {
+            self.closed = true;
+        }
+        Poll::Ready(read.map_err(stream_error))
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        // Stopping a stream already closed has nothing left to do.
-        let _ = self.stream.stop(varint(error_code));
+        self.closed = true;
+        self.conn.stop(self.id, varint(error_code));
     }
 
     fn recv_id(&self) -> StreamId {
-        stream_id(self.stream.id())
+        stream_id(self.id)
     }
 }
 
@@ -404,44 +380,36 @@ fn varint(code: u64) -> VarInt {
     VarInt::from_u64(code).unwrap_or(VarInt::MAX)
 }
 
-fn stream_id(id: quinn::StreamId) -> StreamId {
-    // quinn's ids are QUIC variable-length integers, which h3's ids accept by definition.
+fn stream_id(id: QuicStreamId) -> StreamId {
+    // QUIC's stream ids are variable-length integers, which h3's ids accept by definition.
     StreamId::try_from(u64::from(id)).unwrap_or_else(|_| unreachable!("a QUIC stream id"))
 }
 
-fn connection_error(e: quinn::ConnectionError) -> ConnectionErrorIncoming {
+fn connection_error(e: ConnectionError) -> ConnectionErrorIncoming {
     match e {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            ConnectionErrorIncoming::ApplicationClose {
-                error_code: close.error_code.into_inner(),
-            }
-        }
-        quinn::ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
+        ConnectionError::ApplicationClosed(close) => ConnectionErrorIncoming::ApplicationClose {
+            error_code: close.error_code.into_inner(),
+        },
+        ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
         other => ConnectionErrorIncoming::Undefined(Arc::new(other)),
     }
 }
 
-fn write_error(e: quinn::WriteError) -> StreamErrorIncoming {
-    match e {
-        quinn::WriteError::Stopped(code) => StreamErrorIncoming::StreamTerminated {
-            error_code: code.into_inner(),
-        },
-        quinn::WriteError::ConnectionLost(e) => StreamErrorIncoming::ConnectionErrorIncoming {
-            connection_error: connection_error(e),
-        },
-        other => StreamErrorIncoming::Unknown(Box::new(other)),
+fn lost(e: ConnectionError) -> StreamErrorIncoming {
+    StreamErrorIncoming::ConnectionErrorIncoming {
+        connection_error: connection_error(e),
     }
 }
 
-fn read_error(e: quinn::ReadError) -> StreamErrorIncoming {
+fn stream_error(e: quic::StreamError) -> StreamErrorIncoming {
     match e {
-        quinn::ReadError::Reset(code) => StreamErrorIncoming::StreamTerminated {
-            error_code: code.into_inner(),
-        },
-        quinn::ReadError::ConnectionLost(e) => StreamErrorIncoming::ConnectionErrorIncoming {
-            connection_error: connection_error(e),
-        },
-        other => StreamErrorIncoming::Unknown(Box::new(other)),
+        quic::StreamError::Lost(e) => lost(e),
+        quic::StreamError::Stopped(code) | quic::StreamError::Reset(code) => {
+            StreamErrorIncoming::StreamTerminated {
+                error_code: code.into_inner(),
+            }
+        }
+        closed @ quic::StreamError::Closed => StreamErrorIncoming::Unknown(Box::new(closed)),
     }
 }
 

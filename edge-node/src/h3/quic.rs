@@ -1,0 +1,896 @@
+//! A QUIC server endpoint over `quinn-proto`, driven by one task that owns the socket.
+//!
+//! quinn's own driver sends at most 10 datagrams per `sendmsg` and 20 per turn of a
+//! connection's task (constants in quinn 0.11). The edge's responses are bulk bytes, so that
+//! cap made the `sendmsg` path a fifth of HTTP/3's cost (`benches/README.md`). Here one task
+//! receives every datagram, hands it to its connection, and sends each connection's packets
+//! in GSO batches as large as a UDP send allows (44 × 1,452 bytes).
+//!
+//! The task owns the `quinn_proto::Endpoint`; each connection's state sits behind its own
+//! lock, shared with the [`Connection`] handle the h3 layer uses. A stream operation takes the
+//! lock, does its work on the protocol state, and, when that may have produced something to
+//! send, queues the connection for the driver and wakes it. The driver wakes the tasks
+//! waiting on a stream when the protocol reports it readable or writable.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn_proto::{
+    self as proto, ConnectionError, ConnectionHandle, DatagramEvent, Dir, StreamEvent, StreamId,
+    VarInt,
+};
+use tokio::io::Interest;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// Bytes one GSO `sendmsg` may carry: an IPv4 datagram's 65,535 less its headers, rounded
+/// down.
+const GSO_BYTES: usize = 65_000;
+/// Batches one connection may send per turn before the others get theirs.
+const BATCHES_PER_TURN: usize = 4;
+/// `recvmmsg` calls per turn before the driver hands what arrived to its connections.
+const RECEIVES_PER_TURN: usize = 16;
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone)]
+pub enum StreamError {
+    /// The connection is gone.
+    Lost(ConnectionError),
+    /// The peer asked us to stop sending (STOP_SENDING) with this code.
+    Stopped(VarInt),
+    /// The peer abandoned its side of the stream (RESET_STREAM) with this code.
+    Reset(VarInt),
+    /// The stream was already finished, reset or stopped on this side.
+    Closed,
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lost(e) => write!(f, "connection lost: {e}"),
+            Self::Stopped(code) => write!(f, "stream stopped by the peer with code {code}"),
+            Self::Reset(code) => write!(f, "stream reset by the peer with code {code}"),
+            Self::Closed => f.write_str("stream already closed"),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+/// A QUIC server endpoint on one UDP socket.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    incoming: mpsc::UnboundedReceiver<Connection>,
+    driver: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+/// What the driver shares with connection handles.
+struct Shared {
+    socket: tokio::net::UdpSocket,
+    udp: quinn_udp::UdpSocketState,
+    /// Connections a stream operation touched since the driver last looked.
+    touched: Mutex<Vec<Arc<ConnInner>>>,
+    /// Wakes the driver.
+    wake: Notify,
+    /// Set by [`Endpoint::close`]: the code and reason every connection is closed with.
+    closing: Mutex<Option<(VarInt, Bytes)>>,
+}
+
+impl Endpoint {
+    /// Serves `server` on `socket` (already bound). Must be called within a tokio runtime.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        config: proto::EndpointConfig,
+        server: Arc<proto::ServerConfig>,
+    ) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let addr = socket.local_addr()?;
+        let allow_mtud = !udp.may_fragment();
+        let max_payload = config.get_max_udp_payload_size().min(64 * 1024) as usize;
+        let endpoint = proto::Endpoint::new(Arc::new(config), Some(server), allow_mtud, None);
+        let shared = Arc::new(Shared {
+            socket,
+            udp,
+            touched: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            closing: Mutex::new(None),
+        });
+        let (accepted, incoming) = mpsc::unbounded_channel();
+        let recv_len = max_payload * shared.udp.gro_segments() * quinn_udp::BATCH_SIZE;
+        let driver = Driver {
+            shared: shared.clone(),
+            endpoint,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            accepted,
+            recv_buf: vec![0; recv_len].into_boxed_slice(),
+            send_buf: Vec::new(),
+            blocked: None,
+            due: Vec::new(),
+            closed: false,
+        };
+        let driver = tokio::spawn(driver.run());
+        Ok(Self {
+            shared,
+            incoming,
+            driver,
+            addr,
+        })
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next new connection (its handshake may still be under way), or `None` once the
+    /// endpoint is closed.
+    pub async fn accept(&mut self) -> Option<Connection> {
+        self.incoming.recv().await
+    }
+
+    /// Closes every connection with `code` and `reason`, and refuses new ones.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        *lock(&self.shared.closing) = Some((code, Bytes::copy_from_slice(reason)));
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until every connection has finished closing (after [`Endpoint::close`]).
+    pub async fn wait_idle(self) {
+        let _ = self.driver.await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a connection's lock leaves protocol state that is still
+    // consistent enough to close; carry on rather than poison every later call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One connection's protocol state and the tasks waiting on it.
+struct ConnInner {
+    handle: ConnectionHandle,
+    state: Mutex<ConnState>,
+    shared: Arc<Shared>,
+    /// Queued in `Shared::touched` and not yet driven.
+    touched: AtomicBool,
+    /// Live [`Connection`] handles; the last one dropped closes the connection.
+    handles: AtomicUsize,
+    remote: SocketAddr,
+}
+
+struct ConnState {
+    conn: proto::Connection,
+    connected: bool,
+    lost: Option<ConnectionError>,
+    handshake: Option<Waker>,
+    /// Waiting to accept a stream the peer opened: bidirectional, unidirectional.
+    accepting: [Option<Waker>; 2],
+    /// Waiting for stream credit to open one.
+    opening: [Option<Waker>; 2],
+    readers: HashMap<StreamId, Waker>,
+    writers: HashMap<StreamId, Waker>,
+}
+
+fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
+}
+
+impl ConnState {
+    /// Wakes whoever waits on what `event` reports.
+    fn dispatch(&mut self, event: proto::Event) {
+        match event {
+            proto::Event::Connected => {
+                self.connected = true;
+                wake(&mut self.handshake);
+            }
+            proto::Event::ConnectionLost { reason } => {
+                self.lost.get_or_insert(reason);
+                self.wake_all();
+            }
+            proto::Event::Stream(StreamEvent::Opened { dir }) => {
+                wake(&mut self.accepting[dir_index(dir)]);
+            }
+            proto::Event::Stream(StreamEvent::Available { dir }) => {
+                wake(&mut self.opening[dir_index(dir)]);
+            }
+            proto::Event::Stream(StreamEvent::Readable { id }) => {
+                if let Some(w) = self.readers.remove(&id) {
+                    w.wake();
+                }
+            }
+            proto::Event::Stream(
+                StreamEvent::Writable { id }
+                | StreamEvent::Finished { id }
+                | StreamEvent::Stopped { id, .. },
+            ) => {
+                if let Some(w) = self.writers.remove(&id) {
+                    w.wake();
+                }
+            }
+            proto::Event::HandshakeDataReady
+            | proto::Event::DatagramReceived
+            | proto::Event::DatagramsUnblocked => {}
+        }
+    }
+
+    /// Closes the connection from this side: the protocol sends CONNECTION_CLOSE, and every
+    /// waiting task learns the connection is gone (the protocol reports no loss for a close
+    /// it was asked for).
+    fn close(&mut self, now: Instant, code: VarInt, reason: Bytes) {
+        self.conn.close(now, code, reason);
+        self.lost.get_or_insert(ConnectionError::LocallyClosed);
+        self.wake_all();
+    }
+
+    fn wake_all(&mut self) {
+        wake(&mut self.handshake);
+        for w in self.accepting.iter_mut().chain(self.opening.iter_mut()) {
+            wake(w);
+        }
+        for (_, w) in self.readers.drain().chain(self.writers.drain()) {
+            w.wake();
+        }
+    }
+}
+
+fn wake(slot: &mut Option<Waker>) {
+    if let Some(w) = slot.take() {
+        w.wake();
+    }
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// A handle on one connection; clones share it, and the last one dropped closes it.
+pub struct Connection(Arc<ConnInner>);
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        self.0.handles.fetch_add(1, Ordering::Relaxed);
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close(VarInt::from_u32(0), b"");
+        }
+    }
+}
+
+impl Connection {
+    fn state(&self) -> MutexGuard<'_, ConnState> {
+        lock(&self.0.state)
+    }
+
+    /// Queues this connection for the driver, which sends what the last operation produced.
+    fn touch(&self) {
+        if !self.0.touched.swap(true, Ordering::AcqRel) {
+            lock(&self.0.shared.touched).push(self.0.clone());
+            self.0.shared.wake.notify_one();
+        }
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.remote
+    }
+
+    /// Waits for the handshake to complete.
+    pub async fn handshake(&self) -> Result<(), ConnectionError> {
+        std::future::poll_fn(|cx| {
+            let mut st = self.state();
+            if let Some(e) = &st.lost {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.connected {
+                return Poll::Ready(Ok(()));
+            }
+            register(&mut st.handshake, cx);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next stream the peer opened in `dir`.
+    pub fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<StreamId, ConnectionError>> {
+        let mut st = self.state();
+        if let Some(e) = &st.lost {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(id) = st.conn.streams().accept(dir) {
+            drop(st);
+            // Accepting may raise the peer's stream credit.
+            self.touch();
+            return Poll::Ready(Ok(id));
+        }
+        register(&mut st.accepting[dir_index(dir)], cx);
+        Poll::Pending
+    }
+
+    /// Opens a stream in `dir`, waiting for the peer's credit.
+    pub fn poll_open(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<StreamId, ConnectionError>> {
+        let mut st = self.state();
+        if let Some(e) = &st.lost {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(id) = st.conn.streams().open(dir) {
+            return Poll::Ready(Ok(id));
+        }
+        register(&mut st.opening[dir_index(dir)], cx);
+        Poll::Pending
+    }
+
+    /// Closes the connection with `code` and `reason`.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        let mut st = self.state();
+        if st.lost.is_none() {
+            st.close(Instant::now(), code, Bytes::copy_from_slice(reason));
+            drop(st);
+            self.touch();
+        }
+    }
+
+    /// Queues `chunks` (from the front; the ones taken are emptied) on stream `id`; pending
+    /// while the stream's send buffer is full.
+    pub fn poll_write(
+        &self,
+        cx: &mut Context<'_>,
+        id: StreamId,
+        chunks: &mut [Bytes],
+    ) -> Poll<Result<(), StreamError>> {
+        let mut st = self.state();
+        if let Some(e) = &st.lost {
+            return Poll::Ready(Err(StreamError::Lost(e.clone())));
+        }
+        match st.conn.send_stream(id).write_chunks(chunks) {
+            Ok(_) => {
+                drop(st);
+                self.touch();
+                Poll::Ready(Ok(()))
+            }
+            Err(proto::WriteError::Blocked) => {
+                st.writers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(proto::WriteError::Stopped(code)) => Poll::Ready(Err(StreamError::Stopped(code))),
+            Err(proto::WriteError::ClosedStream) => Poll::Ready(Err(StreamError::Closed)),
+        }
+    }
+
+    /// Ends stream `id` after what was written.
+    pub fn finish(&self, id: StreamId) -> Result<(), StreamError> {
+        let mut st = self.state();
+        if let Some(e) = &st.lost {
+            return Err(StreamError::Lost(e.clone()));
+        }
+        let finished = st.conn.send_stream(id).finish();
+        drop(st);
+        match finished {
+            Ok(()) => {
+                self.touch();
+                Ok(())
+            }
+            Err(proto::FinishError::Stopped(code)) => Err(StreamError::Stopped(code)),
+            Err(proto::FinishError::ClosedStream) => Err(StreamError::Closed),
+        }
+    }
+
+    /// Abandons sending on stream `id` with `code`; nothing to do if it is already closed.
+    pub fn reset(&self, id: StreamId, code: VarInt) {
+        let mut st = self.state();
+        if st.lost.is_none() && st.conn.send_stream(id).reset(code).is_ok() {
+            drop(st);
+            self.touch();
+        }
+    }
+
+    /// The next chunk of stream `id`, `None` at its end.
+    pub fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        id: StreamId,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
+        let mut st = self.state();
+        if let Some(e) = &st.lost {
+            return Poll::Ready(Err(StreamError::Lost(e.clone())));
+        }
+        let mut stream = st.conn.recv_stream(id);
+        let mut chunks = match stream.read(true) {
+            Ok(chunks) => chunks,
+            Err(_) => return Poll::Ready(Err(StreamError::Closed)),
+        };
+        let read = chunks.next(usize::MAX);
+        let transmit = chunks.finalize().should_transmit();
+        let out = match read {
+            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+            Ok(None) => Poll::Ready(Ok(None)),
+            Err(proto::ReadError::Blocked) => {
+                st.readers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Err(proto::ReadError::Reset(code)) => Poll::Ready(Err(StreamError::Reset(code))),
+        };
+        drop(st);
+        if transmit {
+            self.touch();
+        }
+        out
+    }
+
+    /// Asks the peer to stop sending on stream `id`; nothing to do if it is already closed.
+    pub fn stop(&self, id: StreamId, code: VarInt) {
+        let mut st = self.state();
+        if st.lost.is_none() && st.conn.recv_stream(id).stop(code).is_ok() {
+            drop(st);
+            self.touch();
+        }
+    }
+}
+
+/// The driver's record of one connection.
+struct Entry {
+    inner: Arc<ConnInner>,
+    /// The earliest deadline queued in `Driver::timers` for it.
+    queued: Option<Instant>,
+}
+
+/// The task that owns the endpoint and the socket.
+struct Driver {
+    shared: Arc<Shared>,
+    endpoint: proto::Endpoint,
+    conns: HashMap<ConnectionHandle, Entry>,
+    /// Connection deadlines, earliest first; an entry may be stale, and driving a
+    /// connection for a stale one costs one look.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    accepted: mpsc::UnboundedSender<Connection>,
+    recv_buf: Box<[u8]>,
+    send_buf: Vec<u8>,
+    /// A batch the socket refused for want of buffer space, with its connection: sent
+    /// before anything else once the socket is writable.
+    blocked: Option<(proto::Transmit, Vec<u8>)>,
+    /// Connections to drive this turn.
+    due: Vec<ConnectionHandle>,
+    closed: bool,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let more_to_read = match self.receive(now) {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::error!(error = %e, "HTTP/3 socket failed; the endpoint stops");
+                    self.lose_all();
+                    return;
+                }
+            };
+            self.collect(now);
+            self.drive_due(now);
+            if self.closed && self.conns.is_empty() {
+                return;
+            }
+            // Connections left with more to send go again next turn, unless the socket is
+            // full, in which case its becoming writable is the next turn.
+            let more_to_send = !self.due.is_empty() && self.blocked.is_none();
+            if more_to_read || more_to_send {
+                // Let the connections' tasks run before the next turn.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let deadline = self.timers.peek().map(|Reverse((t, _))| *t);
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let blocked = self.blocked.is_some();
+            tokio::select! {
+                biased;
+                _ = self.shared.wake.notified() => {}
+                _ = self.shared.socket.readable() => {}
+                _ = self.shared.socket.writable(), if blocked => {}
+                _ = sleep => {}
+            }
+        }
+    }
+
+    /// Reads what the socket holds, up to a bound; true if it may hold more.
+    fn receive(&mut self, now: Instant) -> io::Result<bool> {
+        let mut metas = [quinn_udp::RecvMeta::default(); quinn_udp::BATCH_SIZE];
+        let chunk = self.recv_buf.len() / quinn_udp::BATCH_SIZE;
+        for _ in 0..RECEIVES_PER_TURN {
+            let mut iovs: Vec<IoSliceMut<'_>> = self
+                .recv_buf
+                .chunks_mut(chunk)
+                .map(IoSliceMut::new)
+                .collect();
+            let shared = &self.shared;
+            let got = shared.socket.try_io(Interest::READABLE, || {
+                shared
+                    .udp
+                    .recv((&shared.socket).into(), &mut iovs, &mut metas)
+            });
+            let msgs = match got {
+                Ok(msgs) => msgs,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                // ICMP errors surface as these; QUIC neither needs nor trusts them.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+                Err(e) => return Err(e),
+            };
+            drop(iovs);
+            for (i, meta) in metas.iter().take(msgs).enumerate() {
+                let start = i * chunk;
+                let mut data = BytesMut::from(&self.recv_buf[start..start + meta.len]);
+                while !data.is_empty() {
+                    let datagram = data.split_to(meta.stride.min(data.len()));
+                    let ecn = meta
+                        .ecn
+                        .and_then(|e| proto::EcnCodepoint::from_bits(e as u8));
+                    self.datagram(now, meta.addr, meta.dst_ip, ecn, datagram);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local_ip: Option<std::net::IpAddr>,
+        ecn: Option<proto::EcnCodepoint>,
+        data: BytesMut,
+    ) {
+        let mut response = Vec::new();
+        match self
+            .endpoint
+            .handle(now, remote, local_ip, ecn, data, &mut response)
+        {
+            Some(DatagramEvent::ConnectionEvent(ch, event)) => {
+                if let Some(entry) = self.conns.get(&ch) {
+                    lock(&entry.inner.state).conn.handle_event(event);
+                    self.due.push(ch);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                if self.closed {
+                    let t = self.endpoint.refuse(incoming, &mut response);
+                    self.respond(&t, &response);
+                    return;
+                }
+                match self.endpoint.accept(incoming, now, &mut response, None) {
+                    Ok((ch, conn)) => self.admit(ch, conn),
+                    Err(e) => {
+                        tracing::debug!(error = %e.cause, "HTTP/3 handshake refused");
+                        if let Some(t) = e.response {
+                            self.respond(&t, &response);
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => self.respond(&t, &response),
+            None => {}
+        }
+    }
+
+    fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection) {
+        let inner = Arc::new(ConnInner {
+            handle: ch,
+            remote: conn.remote_address(),
+            state: Mutex::new(ConnState {
+                conn,
+                connected: false,
+                lost: None,
+                handshake: None,
+                accepting: [None, None],
+                opening: [None, None],
+                readers: HashMap::new(),
+                writers: HashMap::new(),
+            }),
+            shared: self.shared.clone(),
+            touched: AtomicBool::new(false),
+            handles: AtomicUsize::new(1),
+        });
+        self.conns.insert(
+            ch,
+            Entry {
+                inner: inner.clone(),
+                queued: None,
+            },
+        );
+        self.due.push(ch);
+        // Nobody accepting any more: the handle drops here and closes the connection.
+        let _ = self.accepted.send(Connection(inner));
+    }
+
+    /// Sends an endpoint's own reply (version negotiation, stateless reset, refusal); one
+    /// lost to a full socket buffer is a datagram lost like any other.
+    fn respond(&self, t: &proto::Transmit, buf: &[u8]) {
+        let _ = send(&self.shared, t, &buf[..t.size]);
+    }
+
+    /// Gathers the connections due this turn: touched by their handles, or past a deadline.
+    fn collect(&mut self, now: Instant) {
+        let touched = std::mem::take(&mut *lock(&self.shared.touched));
+        for inner in touched {
+            self.due.push(inner.handle);
+        }
+        while let Some(Reverse((t, ch))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let ch = ConnectionHandle(ch);
+            if let Some(entry) = self.conns.get_mut(&ch) {
+                if entry.queued == Some(t) {
+                    entry.queued = None;
+                }
+                self.due.push(ch);
+            }
+        }
+        let closing = lock(&self.shared.closing).clone();
+        if let (Some((code, reason)), false) = (closing, self.closed) {
+            self.closed = true;
+            self.endpoint.set_server_config(None);
+            for (ch, entry) in &self.conns {
+                let mut st = lock(&entry.inner.state);
+                if st.lost.is_none() {
+                    st.close(now, code, reason.clone());
+                }
+                self.due.push(*ch);
+            }
+        }
+    }
+
+    fn drive_due(&mut self, now: Instant) {
+        if let Some((t, buf)) = self.blocked.take() {
+            match send(&self.shared, &t, &buf[..t.size]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = Some((t, buf));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let mut due = std::mem::take(&mut self.due);
+        due.sort_unstable_by_key(|ch| ch.0);
+        due.dedup();
+        let mut again = Vec::new();
+        for ch in due {
+            if self.blocked.is_some() || self.drive(ch, now) {
+                again.push(ch);
+            }
+        }
+        self.due = again;
+    }
+
+    /// Runs one connection's timers, events and sends; true if it has more to send.
+    fn drive(&mut self, ch: ConnectionHandle, now: Instant) -> bool {
+        let Some(entry) = self.conns.get(&ch) else {
+            return false;
+        };
+        let inner = entry.inner.clone();
+        inner.touched.store(false, Ordering::Release);
+        let mut st = lock(&inner.state);
+        if st.conn.poll_timeout().is_some_and(|t| t <= now) {
+            st.conn.handle_timeout(now);
+        }
+        let mut more = false;
+        let max = (GSO_BYTES / usize::from(st.conn.current_mtu()))
+            .clamp(1, self.shared.udp.max_gso_segments());
+        for batch in 0.. {
+            if batch == BATCHES_PER_TURN {
+                more = true;
+                break;
+            }
+            self.send_buf.clear();
+            let Some(t) = st.conn.poll_transmit(now, max, &mut self.send_buf) else {
+                break;
+            };
+            let sent = send(&self.shared, &t, &self.send_buf[..t.size]);
+            if sent.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock) {
+                self.blocked = Some((t, std::mem::take(&mut self.send_buf)));
+                more = true;
+                break;
+            }
+        }
+        let mut drained = false;
+        while let Some(event) = st.conn.poll_endpoint_events() {
+            drained |= event.is_drained();
+            if let Some(event) = self.endpoint.handle_event(ch, event) {
+                st.conn.handle_event(event);
+                more = true;
+            }
+        }
+        while let Some(event) = st.conn.poll() {
+            st.dispatch(event);
+        }
+        if drained || st.conn.is_drained() {
+            st.lost.get_or_insert(ConnectionError::LocallyClosed);
+            st.wake_all();
+            drop(st);
+            self.conns.remove(&ch);
+            return false;
+        }
+        let deadline = st.conn.poll_timeout();
+        drop(st);
+        if let (Some(t), Some(entry)) = (deadline, self.conns.get_mut(&ch))
+            && entry.queued.is_none_or(|q| t < q)
+        {
+            entry.queued = Some(t);
+            self.timers.push(Reverse((t, ch.0)));
+        }
+        more
+    }
+
+    /// The socket failed: every connection is lost.
+    fn lose_all(&mut self) {
+        for (_, entry) in self.conns.drain() {
+            let mut st = lock(&entry.inner.state);
+            st.lost.get_or_insert(ConnectionError::LocallyClosed);
+            st.wake_all();
+        }
+    }
+}
+
+fn send(shared: &Shared, t: &proto::Transmit, contents: &[u8]) -> io::Result<()> {
+    let transmit = quinn_udp::Transmit {
+        destination: t.destination,
+        ecn: t
+            .ecn
+            .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+        contents,
+        segment_size: t.segment_size,
+        src_ip: t.src_ip,
+    };
+    shared.socket.try_io(Interest::WRITABLE, || {
+        shared.udp.send((&shared.socket).into(), &transmit)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use cadenza_common::http::tls;
+
+    use super::*;
+
+    /// `n` bytes of a pattern that differs per stream, so a chunk sent on the wrong stream or
+    /// at the wrong offset shows.
+    fn pattern(seed: u8, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+            .collect()
+    }
+
+    /// Answers each stream's 5-byte request (seed, length) with that pattern.
+    async fn answer(conn: Connection, id: StreamId) -> Result<(), StreamError> {
+        let mut request = Vec::new();
+        while let Some(chunk) = poll_fn(|cx| conn.poll_read(cx, id)).await? {
+            request.extend_from_slice(&chunk);
+        }
+        let len = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
+        for piece in pattern(request[0], len as usize).chunks(64 * 1024) {
+            let mut chunk = [Bytes::copy_from_slice(piece)];
+            while !chunk[0].is_empty() {
+                poll_fn(|cx| conn.poll_write(cx, id, &mut chunk)).await?;
+            }
+        }
+        conn.finish(id)
+    }
+
+    #[tokio::test]
+    async fn a_quinn_client_gets_every_byte_of_concurrent_streams_and_sees_the_close() {
+        let pem = tls::self_signed(&["localhost"]).unwrap();
+        let server_tls = tls::server_config_with_alpn(&pem, &[b"test"]).unwrap();
+        let crypto = proto::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
+        let server = proto::ServerConfig::with_crypto(Arc::new(crypto));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut endpoint =
+            Endpoint::new(socket, proto::EndpointConfig::default(), Arc::new(server)).unwrap();
+        let addr = endpoint.local_addr();
+
+        let mut client_tls = Arc::unwrap_or_clone(tls::client_config(pem.cert.as_bytes()).unwrap());
+        client_tls.alpn_protocols = vec![b"test".to_vec()];
+        let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+        let connecting = client.connect(addr, "localhost").unwrap();
+
+        let conn = endpoint.accept().await.unwrap();
+        let peer = conn.clone();
+        let server = tokio::spawn(async move {
+            peer.handshake().await.unwrap();
+            let mut answers = Vec::new();
+            while let Ok(id) = poll_fn(|cx| peer.poll_accept(cx, Dir::Bi)).await {
+                answers.push(tokio::spawn(answer(peer.clone(), id)));
+            }
+            for a in answers {
+                a.await.unwrap().unwrap();
+            }
+        });
+        let client_conn = connecting.await.unwrap();
+        assert_eq!(conn.remote_address(), client.local_addr().unwrap());
+
+        // Eight streams at once, from one datagram's worth to several GSO batches' worth.
+        let sizes = [
+            1usize,
+            1_400,
+            65_000,
+            300_000,
+            1 << 20,
+            3 << 20,
+            17,
+            2 << 20,
+        ];
+        let mut fetches = Vec::new();
+        for (seed, &len) in sizes.iter().enumerate() {
+            let c = client_conn.clone();
+            fetches.push(tokio::spawn(async move {
+                let (mut send, mut recv) = c.open_bi().await.unwrap();
+                let mut request = vec![seed as u8];
+                request.extend_from_slice(&(len as u32).to_be_bytes());
+                send.write_all(&request).await.unwrap();
+                send.finish().unwrap();
+                recv.read_to_end(8 << 20).await.unwrap()
+            }));
+        }
+        for (fetch, (seed, &len)) in fetches.into_iter().zip(sizes.iter().enumerate()) {
+            let got = fetch.await.unwrap();
+            assert!(
+                got == pattern(seed as u8, len),
+                "stream {seed} ({len} bytes)"
+            );
+        }
+
+        endpoint.close(VarInt::from_u32(7), b"bye");
+        let closed = tokio::time::timeout(Duration::from_secs(5), client_conn.closed())
+            .await
+            .unwrap();
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(7));
+                assert_eq!(&close.reason[..], b"bye");
+            }
+            other => panic!("closed with {other}"),
+        }
+        server.await.unwrap();
+        drop(conn);
+        tokio::time::timeout(Duration::from_secs(10), endpoint.wait_idle())
+            .await
+            .expect("the endpoint drains once its connections have closed");
+    }
+}

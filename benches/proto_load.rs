@@ -21,6 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The HTTP/3 client socket's receive buffer (see where it is set).
+const CLIENT_UDP_RCVBUF: usize = 4 << 20;
+
 struct Plan {
     addr: SocketAddr,
     objects: Vec<(String, String)>,
@@ -221,6 +224,11 @@ fn main() -> Result<(), BoxError> {
                     endpoint_config.max_udp_payload_size(v.parse()?)?;
                 }
                 let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                // One socket carries every connection, where the HTTP/2 side has a TCP
+                // buffer per connection: at the default 208 KiB, bursts from the edge
+                // overflowed it (UdpRcvbufErrors), and the losses, not the server, set the
+                // pace. The kernel caps this at net.core.rmem_max.
+                socket2::SockRef::from(&socket).set_recv_buffer_size(CLIENT_UDP_RCVBUF)?;
                 let mut endpoint = quinn::Endpoint::new(
                     endpoint_config,
                     None,

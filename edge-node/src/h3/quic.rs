@@ -37,6 +37,11 @@ const GSO_BYTES: usize = 65_000;
 const BATCHES_PER_TURN: usize = 4;
 /// `recvmmsg` calls per turn before the driver hands what arrived to its connections.
 const RECEIVES_PER_TURN: usize = 16;
+/// Socket buffer sizes asked for (the kernel caps them at `net.core.rmem_max` and
+/// `wmem_max`). One socket carries every client's ACKs and requests, and every response
+/// batch; at the 208 KiB default a burst of ACKs can overflow it, and each one lost costs a
+/// retransmission.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone)]
@@ -93,6 +98,28 @@ impl Endpoint {
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let granted = |reported: usize| {
+            if cfg!(target_os = "linux") {
+                reported / 2
+            } else {
+                reported
+            }
+        };
+        let enlarged = udp
+            .set_recv_buffer_size((&socket).into(), SOCKET_BUFFER)
+            .and_then(|()| udp.set_send_buffer_size((&socket).into(), SOCKET_BUFFER))
+            .and_then(|()| udp.recv_buffer_size((&socket).into()));
+        match enlarged {
+            // Linux reports twice what it granted (room for its bookkeeping).
+            Ok(got) if granted(got) < SOCKET_BUFFER => tracing::warn!(
+                asked = SOCKET_BUFFER,
+                granted = granted(got),
+                "the HTTP/3 socket's receive buffer is capped by net.core.rmem_max; \
+                 raise it (and wmem_max) on edge hosts (deploy/README.md)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot enlarge the HTTP/3 socket's buffers"),
+        }
         let socket = tokio::net::UdpSocket::from_std(socket)?;
         let addr = socket.local_addr()?;
         let allow_mtud = !udp.may_fragment();

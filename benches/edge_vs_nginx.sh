@@ -7,7 +7,10 @@
 # edge, and writes the same files for nginx (sendfile, one worker, no access log). Then wrk,
 # pinned to core 1 with the servers pinned to core 0, fetches random 128 KiB ranges over CONNS
 # keep-alive connections from each. The edge checks a signed token on every request; nginx
-# checks nothing. Prints requests/s, MiB/s and server CPU-seconds per GB.
+# checks nothing. Prints requests/s, MiB/s and server CPU-seconds per GB, and beside them the
+# busy time per GB of core 0 (the server's core, interrupts included) and of both cores (the
+# client too): on loopback the receiver's TCP work runs on whichever core sends a segment, so a
+# server whose segments go out on the client's ACKs hands part of its cost to the client.
 #
 # Each comparison is ROUNDS rounds of DURATION seconds on each server, taking turns at going
 # first, and the figures are over all rounds. One round each is not enough on this machine:
@@ -124,19 +127,26 @@ end
 EOF
 
 
-run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors"
-  local c0 c1 out
+run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors core_s_per_GB machine_s_per_GB"
+  local c0 c1 k0 k1 out
   c0=$(bench_cpu "$2")
+  k0=$(bench_core_busy 0)
+  m0=$(bench_core_busy)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$1" | grep RESULT)
   c1=$(bench_cpu "$2")
-  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" <<'EOF'
+  k1=$(bench_core_busy 0)
+  m1=$(bench_core_busy)
+  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$k0" "$k1" "$m0" "$m1" <<'EOF'
 import sys
 _, reqs, body, errors, p99 = sys.argv[1].split()
 c0, c1, dur, tck = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+k0, k1, m0, m1 = (int(a) for a in sys.argv[6:10])
 reqs, body, errors = int(reqs), int(body), int(errors)
 cpu = (c1 - c0) / tck
+core = (k1 - k0) / tck
+machine = (m1 - m0) / tck
 gb = body / 1e9
-print(f"{reqs/dur:.0f} {body/dur/1048576:.1f} {cpu/gb:.3f} {float(p99):.2f} {errors}")
+print(f"{reqs/dur:.0f} {body/dur/1048576:.1f} {cpu/gb:.3f} {float(p99):.2f} {errors} {core/gb:.3f} {machine/gb:.3f}")
 EOF
 }
 
@@ -144,14 +154,20 @@ EOF
 run_h2() {
   local h2="h2load -t1 -c$CONNS -m1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 -i $1"
   local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
-  local c0 c1 out
+  local c0 c1 k0 k1 out
   c0=$(bench_cpu "$2")
+  k0=$(bench_core_busy 0)
+  m0=$(bench_core_busy)
   out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
   c1=$(bench_cpu "$2")
-  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" <<'EOF'
+  k1=$(bench_core_busy 0)
+  m1=$(bench_core_busy)
+  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" "$k0" "$k1" "$m0" "$m1" <<'EOF'
 import re, sys
 out = sys.argv[1]
 c0, c1, dur, tck, rng = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+core = (int(sys.argv[8]) - int(sys.argv[7])) / tck
+machine = (int(sys.argv[10]) - int(sys.argv[9])) / tck
 m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
 codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
 if not m or not codes:
@@ -161,7 +177,7 @@ ok = int(codes.group(1))
 refused = sum(int(codes.group(i)) for i in (2, 3, 4))
 body = ok * rng
 cpu = (c1 - c0) / tck
-print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} - {failed + errored + refused}")
+print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} - {failed + errored + refused} {core/(body/1e9):.3f} {machine/(body/1e9):.3f}")
 EOF
 }
 
@@ -191,23 +207,32 @@ import statistics, sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 dur = float(sys.argv[2])
 def whole(cols):
-    """req/s, MiB/s, CPU-s per GB over all rounds; the median p99; errors summed."""
+    """req/s, MiB/s, CPU-s per GB and core-0 busy s per GB over all rounds; the median
+    p99; errors summed."""
     rps = sum(float(c[0]) for c in cols) / len(cols)
     mib = sum(float(c[1]) for c in cols) / len(cols)
     gbs = [float(c[1]) * dur * 1048576 / 1e9 for c in cols]
     cpu = sum(float(c[2]) * gb for c, gb in zip(cols, gbs)) / sum(gbs)
+    core = sum(float(c[5]) * gb for c, gb in zip(cols, gbs)) / sum(gbs)
+    machine = sum(float(c[6]) * gb for c, gb in zip(cols, gbs)) / sum(gbs)
     p99s = [float(c[3]) for c in cols if c[3] != "-"]
     p99 = f"{statistics.median(p99s):.2f}" if p99s else "-"
-    return rps, mib, cpu, p99, sum(int(c[4]) for c in cols)
-edge = whole([r[:5] for r in rows])
-nginx = whole([r[5:] for r in rows])
-fmt = "{:<22} {:>10} {:>10} {:>14} {:>10} {:>8}"
-print(fmt.format("", "req/s", "MiB/s", "CPU-s per GB", "p99 ms", "errors"))
-for name, (rps, mib, cpu, p99, err) in (("cadenza edge (token)", edge), ("nginx", nginx)):
-    print(fmt.format(name, f"{rps:.0f}", f"{mib:.1f}", f"{cpu:.3f}", p99, err))
-per_round = " ".join(f"{float(r[2]) / float(r[7]):.2f}" for r in rows)
-print(f"edge/nginx: throughput {edge[0] / nginx[0]:.2f}×, CPU per GB {edge[2] / nginx[2]:.2f}× "
-      f"(lower is better; {len(rows)} rounds of {dur:.0f} s each, CPU per GB by round: {per_round})")
+    return rps, mib, cpu, p99, sum(int(c[4]) for c in cols), core, machine
+edge = whole([r[:7] for r in rows])
+nginx = whole([r[7:] for r in rows])
+fmt = "{:<22} {:>9} {:>9} {:>13} {:>14} {:>17} {:>9} {:>7}"
+print(fmt.format("", "req/s", "MiB/s", "CPU-s per GB", "core-s per GB", "machine-s per GB", "p99 ms",
+                 "errors"))
+for name, (rps, mib, cpu, p99, err, core, machine) in (("cadenza edge (token)", edge),
+                                                        ("nginx", nginx)):
+    print(fmt.format(name, f"{rps:.0f}", f"{mib:.1f}", f"{cpu:.3f}", f"{core:.3f}",
+                     f"{machine:.3f}", p99, err))
+def by_round(i):
+    return " ".join(f"{float(r[i]) / float(r[7 + i]):.2f}" for r in rows)
+print(f"edge/nginx: throughput {edge[0] / nginx[0]:.2f}×, CPU per GB {edge[2] / nginx[2]:.2f}×, "
+      f"core 0 busy per GB {edge[5] / nginx[5]:.2f}×, both cores per GB {edge[6] / nginx[6]:.2f}×")
+print(f"  (lower is better; {len(rows)} rounds of {dur:.0f} s each; by round: CPU per GB "
+      f"{by_round(2)}; core 0 {by_round(5)}; both cores {by_round(6)})")
 EOF
 }
 

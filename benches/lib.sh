@@ -20,6 +20,9 @@
 #                                   taskset -c 0), waited for on cleartext PORT; sets
 #                                   $nginx_master $nginx_worker
 #   bench_cpu PID                   the process's user + system time, clock ticks
+#   bench_core_busy [CPU]           that core's busy time (user, nice, system, irq, softirq;
+#                                   not idle, iowait or steal), clock ticks; without CPU,
+#                                   every core's
 #   free_port                       a free TCP port on 127.0.0.1
 
 bench_needs() {
@@ -121,6 +124,10 @@ bench_prewarm() {
 
 bench_cpu() {
   awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+bench_core_busy() {
+  awk -v c="cpu${1:-}" '$1 == c {print $2 + $3 + $4 + $7 + $8}' /proc/stat
 }
 
 free_port() {

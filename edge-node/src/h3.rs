@@ -132,7 +132,7 @@ pub fn serve_h3(
                 }
             });
         }
-        endpoint.close(0u32.into(), b"shutting down");
+        endpoint.close(quic::NO_ERROR, b"shutting down");
         let _ = tokio::time::timeout(limits.drain_timeout, endpoint.wait_idle()).await;
     });
     Ok(H3Listening { addr, task })

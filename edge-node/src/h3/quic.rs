@@ -37,6 +37,9 @@ const GSO_BYTES: usize = 65_000;
 const BATCHES_PER_TURN: usize = 4;
 /// `recvmmsg` calls per turn before the driver hands what arrived to its connections.
 const RECEIVES_PER_TURN: usize = 16;
+/// The code a connection is closed with when its last handle, or its endpoint, is dropped
+/// without an explicit close: HTTP/3's H3_NO_ERROR, the only protocol this endpoint carries.
+pub const NO_ERROR: VarInt = VarInt::from_u32(0x100);
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.rmem_max` and
 /// `wmem_max`). One socket carries every client's ACKs and requests, and every response
 /// batch; at the 208 KiB default a burst of ACKs can overflow it, and each one lost costs a
@@ -70,10 +73,14 @@ impl std::fmt::Display for StreamError {
 impl std::error::Error for StreamError {}
 
 /// A QUIC server endpoint on one UDP socket.
+///
+/// Dropping it without [`Endpoint::close`] closes every connection with [`NO_ERROR`], so its
+/// driver ends and the socket is released instead of serving connections nobody accepts.
 pub struct Endpoint {
     shared: Arc<Shared>,
     incoming: mpsc::UnboundedReceiver<Connection>,
-    driver: JoinHandle<()>,
+    /// `None` once [`Endpoint::wait_idle`] took it.
+    driver: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
 
@@ -150,7 +157,7 @@ impl Endpoint {
         Ok(Self {
             shared,
             incoming,
-            driver,
+            driver: Some(driver),
             addr,
         })
     }
@@ -173,8 +180,21 @@ impl Endpoint {
     }
 
     /// Waits until every connection has finished closing (after [`Endpoint::close`]).
-    pub async fn wait_idle(self) {
-        let _ = self.driver.await;
+    pub async fn wait_idle(mut self) {
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.await;
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let mut closing = lock(&self.shared.closing);
+        if closing.is_none() {
+            *closing = Some((NO_ERROR, Bytes::new()));
+            drop(closing);
+            self.shared.wake.notify_one();
+        }
     }
 }
 
@@ -300,7 +320,7 @@ impl Clone for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         if self.0.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.close(VarInt::from_u32(0), b"");
+            self.close(NO_ERROR, b"");
         }
     }
 }
@@ -434,6 +454,9 @@ impl Connection {
     /// Abandons sending on stream `id` with `code`; nothing to do if it is already closed.
     pub fn reset(&self, id: StreamId, code: VarInt) {
         let mut st = self.state();
+        // Whoever waited to write has given up: its waker (which keeps its task's memory)
+        // would otherwise stay until the connection ends, as no event names the stream again.
+        st.writers.remove(&id);
         if st.lost.is_none() && st.conn.send_stream(id).reset(code).is_ok() {
             drop(st);
             self.touch();
@@ -476,6 +499,7 @@ impl Connection {
     /// Asks the peer to stop sending on stream `id`; nothing to do if it is already closed.
     pub fn stop(&self, id: StreamId, code: VarInt) {
         let mut st = self.state();
+        st.readers.remove(&id);
         if st.lost.is_none() && st.conn.recv_stream(id).stop(code).is_ok() {
             drop(st);
             self.touch();
@@ -839,22 +863,81 @@ mod tests {
         conn.finish(id)
     }
 
-    #[tokio::test]
-    async fn a_quinn_client_gets_every_byte_of_concurrent_streams_and_sees_the_close() {
+    /// An endpoint on a fresh local port, and a quinn client endpoint that trusts it.
+    fn pair() -> (Endpoint, quinn::Endpoint) {
         let pem = tls::self_signed(&["localhost"]).unwrap();
         let server_tls = tls::server_config_with_alpn(&pem, &[b"test"]).unwrap();
         let crypto = proto::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
         let server = proto::ServerConfig::with_crypto(Arc::new(crypto));
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut endpoint =
+        let endpoint =
             Endpoint::new(socket, proto::EndpointConfig::default(), Arc::new(server)).unwrap();
-        let addr = endpoint.local_addr();
-
         let mut client_tls = Arc::unwrap_or_clone(tls::client_config(pem.cert.as_bytes()).unwrap());
         client_tls.alpn_protocols = vec![b"test".to_vec()];
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+        (endpoint, client)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_endpoint_closes_its_connections_and_frees_its_port() {
+        let (mut endpoint, client) = pair();
+        let addr = endpoint.local_addr();
+        let connecting = client.connect(addr, "localhost").unwrap();
+        let conn = endpoint.accept().await.unwrap();
+        conn.handshake().await.unwrap();
+        let client_conn = connecting.await.unwrap();
+
+        // A stream the server waits to read from, given up: its waker goes with it.
+        let (mut send, _recv) = client_conn.open_bi().await.unwrap();
+        send.write_all(b"x").await.unwrap();
+        let id = poll_fn(|cx| conn.poll_accept(cx, Dir::Bi)).await.unwrap();
+        let mut reads = 0;
+        let read = poll_fn(|cx| {
+            // The first poll returns the byte sent; the second waits for more.
+            reads += 1;
+            match conn.poll_read(cx, id) {
+                Poll::Ready(Ok(Some(_))) if reads == 1 => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Ready(()),
+                other => panic!("read {other:?}"),
+            }
+        });
+        read.await;
+        assert_eq!(conn.state().readers.len(), 1);
+        conn.stop(id, VarInt::from_u32(0));
+        assert!(conn.state().readers.is_empty());
+
+        // The endpoint goes without a close, while a connection handle is still held.
+        drop(endpoint);
+        let closed = tokio::time::timeout(Duration::from_secs(5), client_conn.closed())
+            .await
+            .expect("the client hears the close");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code.into_inner(), NO_ERROR.into_inner());
+            }
+            other => panic!("closed with {other}"),
+        }
+        drop(conn);
+        // The driver ends once its connections have closed, and with it the socket.
+        let freed = async {
+            while std::net::UdpSocket::bind(addr).is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("the port is free again");
+    }
+
+    #[tokio::test]
+    async fn a_quinn_client_gets_every_byte_of_concurrent_streams_and_sees_the_close() {
+        let (mut endpoint, client) = pair();
+        let addr = endpoint.local_addr();
         let connecting = client.connect(addr, "localhost").unwrap();
 
         let conn = endpoint.accept().await.unwrap();

@@ -157,6 +157,10 @@ pub struct EdgeArgs {
     /// frequency extension); 2 is QUIC's default of every other packet.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub h3_ack_every: u32,
+    /// HTTP/3 driver tasks, each with its own socket on the port and datagrams steered to
+    /// it by connection ID; 0 is one per core the process may run on (at most 64).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub h3_drivers: usize,
     /// Copy cached slices to cleartext HTTP/1.1 sockets instead of handing them over by
     /// sendfile from memory files (nginx's `sendfile off`).
     #[arg(long)]

@@ -389,6 +389,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.access_log = args.access_log;
     config.h3.max_udp_payload = args.h3_max_udp_payload.clamp(1200, 65527);
     config.h3.ack_every = (args.h3_ack_every > 2).then_some(args.h3_ack_every);
+    config.h3.drivers = args.h3_drivers;
     config.sendfile = !args.no_sendfile;
     if args.disk_gib > 0 {
         config.disk = Some((

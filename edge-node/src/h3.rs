@@ -43,6 +43,10 @@ pub struct H3Limits {
     /// within `window + n / rate`, else the stream is reset. QUIC's idle timeout does not
     /// catch a client that acknowledges packets but withholds flow-control credit.
     pub min_send_rate: MinRate,
+    /// QUIC driver tasks, each with its own socket on the port (see [`quic::bind`]): one
+    /// driver encrypts and decrypts every packet of its connections on one core at a time.
+    /// `0` is one per core this process may run on.
+    pub drivers: usize,
 }
 
 impl Default for H3Limits {
@@ -54,6 +58,7 @@ impl Default for H3Limits {
             max_udp_payload: 1452,
             ack_every: Some(10),
             min_send_rate: ServerLimits::default().min_send_rate,
+            drivers: 0,
         }
     }
 }
@@ -88,7 +93,7 @@ pub fn serve_h3(
     tls: Arc<rustls::ServerConfig>,
     limits: H3Limits,
     edge: Arc<Edge>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> Result<H3Listening, H3Error> {
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| H3Error::Tls(e.to_string()))?;
@@ -110,32 +115,60 @@ pub fn serve_h3(
     endpoint_config
         .max_udp_payload_size(limits.max_udp_payload.clamp(1200, 65527))
         .map_err(|e| H3Error::Tls(e.to_string()))?;
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| H3Error::Bind { addr, source })?;
-    let mut endpoint = quic::Endpoint::new(socket, endpoint_config, Arc::new(config))
+    let drivers = match limits.drivers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let endpoints = quic::bind(addr, drivers, endpoint_config, Arc::new(config))
         .map_err(|source| H3Error::Bind { addr, source })?;
-    let addr = endpoint.local_addr();
+    let addr = endpoints
+        .first()
+        .map_or(addr, |endpoint| endpoint.local_addr());
+    let accepting: Vec<JoinHandle<()>> = endpoints
+        .into_iter()
+        .map(|endpoint| {
+            tokio::spawn(accept(
+                endpoint,
+                edge.clone(),
+                limits.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
     let task = tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = shutdown.wait() => break,
-                conn = endpoint.accept() => match conn {
-                    Some(conn) => conn,
-                    None => break,
-                },
-            };
-            let edge = edge.clone();
-            let min_rate = limits.min_send_rate;
-            tokio::spawn(async move {
-                if let Err(e) = connection(conn, edge, min_rate).await {
-                    tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
-                }
-            });
+        for task in accepting {
+            let _ = task.await;
         }
-        endpoint.close(quic::NO_ERROR, b"shutting down");
-        let _ = tokio::time::timeout(limits.drain_timeout, endpoint.wait_idle()).await;
     });
     Ok(H3Listening { addr, task })
+}
+
+/// Serves the connections `endpoint` accepts until `shutdown`, then closes them and waits
+/// (at most the drain timeout) for them to finish.
+async fn accept(
+    mut endpoint: quic::Endpoint,
+    edge: Arc<Edge>,
+    limits: H3Limits,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.wait() => break,
+            conn = endpoint.accept() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        let edge = edge.clone();
+        let min_rate = limits.min_send_rate;
+        tokio::spawn(async move {
+            if let Err(e) = connection(conn, edge, min_rate).await {
+                tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
+            }
+        });
+    }
+    endpoint.close(quic::NO_ERROR, b"shutting down");
+    let _ = tokio::time::timeout(limits.drain_timeout, endpoint.wait_idle()).await;
 }
 
 async fn connection(

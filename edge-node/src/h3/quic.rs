@@ -198,6 +198,148 @@ impl Drop for Endpoint {
     }
 }
 
+/// Most drivers [`bind`] starts on one port.
+pub const MAX_DRIVERS: usize = 64;
+
+/// Serves `server` on `addr` with `drivers` endpoints, each with its own driver task and
+/// socket, so that QUIC's per-packet work (decryption, encryption, loss recovery) spreads
+/// over as many cores. The sockets share the port (`SO_REUSEPORT`); a classic BPF program
+/// attached to the group hands each datagram to the socket whose endpoint issued its
+/// destination connection ID (each endpoint's IDs start with a byte equal to its index
+/// modulo `drivers`; a client's first Initial, whose ID the client chose, lands on the
+/// endpoint its first byte names, which then owns the connection). A client whose address
+/// changes (NAT rebinding, a phone moving between networks) keeps reaching its endpoint,
+/// which the kernel's default 4-tuple hash would not ensure. With one driver, or where the
+/// program cannot be attached, this is a single plain socket.
+pub fn bind(
+    addr: SocketAddr,
+    drivers: usize,
+    config: proto::EndpointConfig,
+    server: Arc<proto::ServerConfig>,
+) -> io::Result<Vec<Endpoint>> {
+    let drivers = drivers.clamp(1, MAX_DRIVERS);
+    if drivers == 1 {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        return Ok(vec![Endpoint::new(socket, config, server)?]);
+    }
+    let mut sockets = Vec::with_capacity(drivers);
+    let mut at = addr;
+    for i in 0..drivers {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&at.into())?;
+        if i == 0 {
+            // Port 0 asked for any port: the others join the one the first was given.
+            at = socket.local_addr()?.as_socket().unwrap_or(at);
+            if let Err(e) = steer_by_connection_id(&socket, drivers) {
+                tracing::warn!(error = %e, "cannot steer HTTP/3 datagrams by connection ID; one driver serves the port");
+                return Ok(vec![Endpoint::new(socket.into(), config, server)?]);
+            }
+        }
+        sockets.push(std::net::UdpSocket::from(socket));
+    }
+    sockets
+        .into_iter()
+        .enumerate()
+        .map(|(index, socket)| {
+            // One reset key for all: a stateless reset is only sent by the endpoint that
+            // issued the ID, which is the one the datagram reaches.
+            let mut config = config.clone();
+            config.cid_generator(move || Box::new(DriverIds { index, drivers }));
+            Endpoint::new(socket, config, server.clone())
+        })
+        .collect()
+}
+
+/// Connection IDs of 8 bytes whose first byte, modulo the number of drivers, is the
+/// issuing driver's index (the rest random).
+struct DriverIds {
+    index: usize,
+    drivers: usize,
+}
+
+impl proto::ConnectionIdGenerator for DriverIds {
+    fn generate_cid(&mut self) -> proto::ConnectionId {
+        let mut bytes = [0u8; 8];
+        // Unpredictable IDs keep connections unlinkable; a failed draw still yields IDs
+        // that route right, only guessable ones.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+        bytes[0] = first_byte(bytes[0], self.index, self.drivers);
+        proto::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// A byte `b` with `b % drivers == index`, drawn from `random`.
+fn first_byte(random: u8, index: usize, drivers: usize) -> u8 {
+    let n = drivers.max(1);
+    let mut b = usize::from(random) / n * n + index % n;
+    if b > usize::from(u8::MAX) {
+        b -= n;
+    }
+    b as u8
+}
+
+/// Attaches to `socket`'s `SO_REUSEPORT` group a classic BPF program that picks the socket
+/// at index `dcid[0] % drivers`: the destination connection ID starts at byte 1 of a short
+/// header and at byte 6 of a long one (flags, version, ID length). A datagram too short to
+/// read returns 0, the first socket.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn steer_by_connection_id(socket: &socket2::Socket, drivers: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const LDB_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const JA: u16 = 0x05; // BPF_JMP | BPF_JA
+    const MOD_K: u16 = 0x94; // BPF_ALU | BPF_MOD | BPF_K
+    const RET_A: u16 = 0x16; // BPF_RET | BPF_A
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let program = [
+        insn(LDB_ABS, 0, 0, 0),   // A = flags byte
+        insn(JSET_K, 2, 0, 0x80), // long header? → 4
+        insn(LDB_ABS, 0, 0, 1),   // short: A = dcid[0]
+        insn(JA, 0, 0, 1),        // → 5
+        insn(LDB_ABS, 0, 0, 6),   // long: A = dcid[0]
+        insn(MOD_K, 0, 0, drivers as u32),
+        insn(RET_A, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, both alive for the call; the kernel copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn steer_by_connection_id(_socket: &socket2::Socket, _drivers: usize) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a connection's lock leaves protocol state that is still
     // consistent enough to close; carry on rather than poison every later call.
@@ -863,21 +1005,130 @@ mod tests {
         conn.finish(id)
     }
 
-    /// An endpoint on a fresh local port, and a quinn client endpoint that trusts it.
-    fn pair() -> (Endpoint, quinn::Endpoint) {
+    /// A server configuration with a fresh certificate, and a client configuration that
+    /// trusts it.
+    fn configs() -> (Arc<proto::ServerConfig>, quinn::ClientConfig) {
         let pem = tls::self_signed(&["localhost"]).unwrap();
         let server_tls = tls::server_config_with_alpn(&pem, &[b"test"]).unwrap();
         let crypto = proto::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap();
         let server = proto::ServerConfig::with_crypto(Arc::new(crypto));
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let endpoint =
-            Endpoint::new(socket, proto::EndpointConfig::default(), Arc::new(server)).unwrap();
         let mut client_tls = Arc::unwrap_or_clone(tls::client_config(pem.cert.as_bytes()).unwrap());
         client_tls.alpn_protocols = vec![b"test".to_vec()];
         let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap();
+        (
+            Arc::new(server),
+            quinn::ClientConfig::new(Arc::new(client_crypto)),
+        )
+    }
+
+    /// An endpoint on a fresh local port, and a quinn client endpoint that trusts it.
+    fn pair() -> (Endpoint, quinn::Endpoint) {
+        let (server, client_config) = configs();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::new(socket, proto::EndpointConfig::default(), server).unwrap();
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+        client.set_default_client_config(client_config);
         (endpoint, client)
+    }
+
+    /// Serves every connection `endpoint` accepts with [`answer`], counting them.
+    async fn serve_all(mut endpoint: Endpoint, accepted: Arc<AtomicUsize>) {
+        while let Some(conn) = endpoint.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if conn.handshake().await.is_err() {
+                    return;
+                }
+                while let Ok(id) = poll_fn(|cx| conn.poll_accept(cx, Dir::Bi)).await {
+                    tokio::spawn(answer(conn.clone(), id));
+                }
+            });
+        }
+    }
+
+    /// Asks `conn` for `len` bytes of pattern `seed`.
+    async fn fetch(conn: &quinn::Connection, seed: u8, len: usize) -> Vec<u8> {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut request = vec![seed];
+        request.extend_from_slice(&(len as u32).to_be_bytes());
+        send.write_all(&request).await.unwrap();
+        send.finish().unwrap();
+        recv.read_to_end(8 << 20).await.unwrap()
+    }
+
+    #[test]
+    fn driver_ids_name_their_driver() {
+        for drivers in 1..=MAX_DRIVERS {
+            for index in 0..drivers {
+                for random in [0u8, 1, 127, 200, 254, 255] {
+                    let b = first_byte(random, index, drivers);
+                    assert_eq!(
+                        usize::from(b) % drivers,
+                        index,
+                        "{drivers} drivers, {index}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn sharded_drivers_keep_each_connection_when_its_client_changes_address() {
+        let (server, client_config) = configs();
+        let drivers = 4;
+        let endpoints = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            drivers,
+            proto::EndpointConfig::default(),
+            server,
+        )
+        .unwrap();
+        assert_eq!(endpoints.len(), drivers, "steering is attached");
+        let addr = endpoints[0].local_addr();
+        assert!(endpoints.iter().all(|e| e.local_addr() == addr));
+        let counts: Vec<Arc<AtomicUsize>> = (0..drivers).map(|_| Arc::default()).collect();
+        for (endpoint, count) in endpoints.into_iter().zip(&counts) {
+            tokio::spawn(serve_all(endpoint, count.clone()));
+        }
+
+        // Each client moves to a new port mid-connection. The kernel's 4-tuple hash would
+        // send most of them to another driver, which does not know the connection (and,
+        // sharing the reset key, would reset it).
+        let clients = 12;
+        let mut runs = Vec::new();
+        for seed in 0..clients {
+            let client_config = client_config.clone();
+            runs.push(tokio::spawn(async move {
+                let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                client.set_default_client_config(client_config);
+                let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+                assert!(fetch(&conn, seed, 100_000).await == pattern(seed, 100_000));
+                let before = client.local_addr().unwrap();
+                client
+                    .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                    .unwrap();
+                assert_ne!(client.local_addr().unwrap(), before);
+                let after = fetch(&conn, seed ^ 0x55, 300_000).await;
+                assert!(
+                    after == pattern(seed ^ 0x55, 300_000),
+                    "client {seed} after moving"
+                );
+                conn.close(0u32.into(), b"");
+                client.wait_idle().await;
+            }));
+        }
+        for run in runs {
+            tokio::time::timeout(Duration::from_secs(20), run)
+                .await
+                .expect("every client finishes")
+                .unwrap();
+        }
+        let per_driver: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(per_driver.iter().sum::<usize>(), clients as usize);
+        assert!(
+            per_driver.iter().filter(|&&n| n > 0).count() >= 2,
+            "connections spread over the drivers: {per_driver:?}"
+        );
     }
 
     #[tokio::test]

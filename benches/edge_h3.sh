@@ -12,7 +12,8 @@
 #
 # Needs: curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5), CONNS (64),
 # DURATION (15), H3_MAX_UDP_PAYLOAD (1452: Ethernet; loopback allows up to 65527),
-# H3_ACK_EVERY (10, the edge's default; 2 is QUIC's every other packet).
+# H3_ACK_EVERY (10, the edge's default; 2 is QUIC's every other packet), EDGE_CPUS (0: the
+# cores the edge is pinned to, e.g. 0-1), H3_DRIVERS (0: one QUIC driver per core it may use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +31,8 @@ H3_MAX_UDP_PAYLOAD=${H3_MAX_UDP_PAYLOAD:-1452}
 bench_up --edge-memory-mib 16
 edge_port=$(free_port)
 h3_args=(--h3-max-udp-payload "$H3_MAX_UDP_PAYLOAD")
-h3_args+=(--h3-ack-every "${H3_ACK_EVERY:-10}")
-bench_edge 0 "$edge_port" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${h3_args[@]}"
+h3_args+=(--h3-ack-every "${H3_ACK_EVERY:-10}" --h3-drivers "${H3_DRIVERS:-0}")
+bench_edge "${EDGE_CPUS:-0}" "$edge_port" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${h3_args[@]}"
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB"
 bench_tokens "$work/tokens"

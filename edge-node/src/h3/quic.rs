@@ -222,6 +222,11 @@ pub fn bind(
         let socket = std::net::UdpSocket::bind(addr)?;
         return Ok(vec![Endpoint::new(socket, config, server)?]);
     }
+    if addr.port() != 0 {
+        // A port some other process's group holds would take these sockets in (same user)
+        // rather than refuse them: a plain bind refuses, so try one first.
+        drop(std::net::UdpSocket::bind(addr)?);
+    }
     let mut sockets = Vec::with_capacity(drivers);
     let mut at = addr;
     for i in 0..drivers {
@@ -1123,6 +1128,12 @@ mod tests {
                 .expect("every client finishes")
                 .unwrap();
         }
+        // A second group on the same port is refused, as a plain socket would be.
+        let again = bind(addr, drivers, proto::EndpointConfig::default(), configs().0);
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
         let per_driver: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
         assert_eq!(per_driver.iter().sum::<usize>(), clients as usize);
         assert!(

@@ -30,9 +30,17 @@
 # files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each rendition's memory
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
+# NETNS=on runs only the HTTP/1.1 cleartext comparison, with wrk in a network namespace of
+# its own joined to the servers by a veth pair, and RPS sending each side's received packets
+# to its own core: the servers' segments are then received on the client's core and the
+# client's on the servers', as on a real network. Over loopback a segment's receive work runs
+# on the core that sent it, so a server pays for part of its client's work, and how much
+# depends on which segments it sends itself and which leave on the client's ACKs. Needs root
+# and `ip` (iproute2). The edge then runs standalone (`cadenza edge --join`) on core 0.
+#
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
 # CONNS (64), DURATION (10, per round), ROUNDS (4), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
-# cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2).
+# cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2), NETNS (off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,17 +55,52 @@ SENDFILE=${SENDFILE:-on}
 H2=${H2:-on}
 H1=${H1:-on}
 H1TLS=${H1TLS:-on}
+NETNS=${NETNS:-off}
 
 source benches/lib.sh
 bench_needs nginx wrk h2load curl python3 taskset
+[ "$NETNS" = on ] && bench_needs ip
 bench_init
+client=() # what runs the load generator: in the client's namespace with NETNS=on
+host=127.0.0.1
+if [ "$NETNS" = on ]; then
+  H1TLS=off H2=off
+  ns=cadenza-bench-$$
+  host=10.213.0.1
+  trap 'ip netns del "$ns" 2>/dev/null; bench_cleanup' EXIT
+  ip netns add "$ns"
+  ip link add "cb$$s" type veth peer name "cb$$c"
+  ip link set "cb$$c" netns "$ns"
+  ip addr add "$host/24" dev "cb$$s"
+  ip link set "cb$$s" up
+  ip netns exec "$ns" ip addr add 10.213.0.2/24 dev "cb$$c"
+  ip netns exec "$ns" ip link set "cb$$c" up
+  ip netns exec "$ns" ip link set lo up
+  # Received packets are handled by core 0 on the servers' side, core 1 on the client's.
+  echo 1 >"/sys/class/net/cb$$s/queues/rx-0/rps_cpus"
+  ip netns exec "$ns" sh -c "echo 2 >/sys/class/net/cb$$c/queues/rx-0/rps_cpus"
+  client=(ip netns exec "$ns")
+fi
 # Both servers on core 0; the edge's memory tier holds every object.
 # Room for slices in memory files beside the connections: as many descriptors as allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 sendfile_args=()
 [ "$SENDFILE" = off ] && sendfile_args=(--edge-no-sendfile)
-bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${sendfile_args[@]}"
-taskset -a -cp 0 "$up_pid" >/dev/null
+if [ "$NETNS" = on ]; then
+  # The stack's own edge idles on core 1; a standalone edge on core 0 serves the veth.
+  bench_up --edge-memory-mib 16
+  taskset -a -cp 1 "$up_pid" >/dev/null
+  veth_port=$(free_port)
+  bench_edge 0 "$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
+    --cleartext-listen "$host:$veth_port" "${sendfile_args[@]}"
+  edge=http://$host:$veth_port
+  admin=$edge_admin
+  server_pid=$edge_pid
+else
+  bench_up --edge-cleartext --edge-memory-mib $((OBJECTS * OBJECT_MIB + 256)) "${sendfile_args[@]}"
+  taskset -a -cp 0 "$up_pid" >/dev/null
+  server_pid=$up_pid
+fi
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB" "$work/files"
 bench_tokens "$work/tokens"
@@ -73,6 +116,8 @@ chmod a+x "$work"
 chmod -R a+rX "$work/files"
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
+nginx_veth=
+[ "$NETNS" = on ] && nginx_veth="listen $host:$nginx_port;"
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -88,6 +133,7 @@ http {
   default_type application/octet-stream;
   server {
     listen 127.0.0.1:$nginx_port;
+    $nginx_veth
     location /a/ { alias $work/files/; }
   }
   server {
@@ -132,7 +178,7 @@ run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors core_s_per_GB mach
   c0=$(bench_cpu "$2")
   k0=$(bench_core_busy 0)
   m0=$(bench_core_busy)
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$1" | grep RESULT)
+  out=$("${client[@]}" taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$1" | grep RESULT)
   c1=$(bench_cpu "$2")
   k1=$(bench_core_busy 0)
   m1=$(bench_core_busy)
@@ -188,15 +234,15 @@ compare() {
   local title=$1 runner=$2 edge_target=$3 nginx_target=$4 r e n
   local rounds="$work/rounds"
   : >"$rounds"
-  DURATION=3 "$runner" "$edge_target" "$up_pid" >/dev/null
+  DURATION=3 "$runner" "$edge_target" "$server_pid" >/dev/null
   DURATION=3 "$runner" "$nginx_target" "$nginx_worker" >/dev/null
   for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then
-      e=$("$runner" "$edge_target" "$up_pid")
+      e=$("$runner" "$edge_target" "$server_pid")
       n=$("$runner" "$nginx_target" "$nginx_worker")
     else
       n=$("$runner" "$nginx_target" "$nginx_worker")
-      e=$("$runner" "$edge_target" "$up_pid")
+      e=$("$runner" "$edge_target" "$server_pid")
     fi
     echo "$e $n" >>"$rounds"
   done
@@ -238,7 +284,7 @@ EOF
 
 if [ "$H1" != off ]; then
   compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext (nginx: sendfile), $CONNS connections" \
-    run "$edge" "http://127.0.0.1:$nginx_port"
+    run "$edge" "http://$host:$nginx_port"
   echo "edge body bytes sent by sendfile: $(($(edge_stat sendfile_bytes) / 1048576)) MiB"
 fi
 

@@ -189,11 +189,9 @@ impl Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        let mut closing = lock(&self.shared.closing);
-        if closing.is_none() {
-            *closing = Some((NO_ERROR, Bytes::new()));
-            drop(closing);
-            self.shared.wake.notify_one();
+        // Only this handle closes: nothing can set a close between the look and the close.
+        if lock(&self.shared.closing).is_none() {
+            self.close(NO_ERROR, b"");
         }
     }
 }
@@ -1231,17 +1229,12 @@ mod tests {
         let mut fetches = Vec::new();
         for (seed, &len) in sizes.iter().enumerate() {
             let c = client_conn.clone();
-            fetches.push(tokio::spawn(async move {
-                let (mut send, mut recv) = c.open_bi().await.unwrap();
-                let mut request = vec![seed as u8];
-                request.extend_from_slice(&(len as u32).to_be_bytes());
-                send.write_all(&request).await.unwrap();
-                send.finish().unwrap();
-                recv.read_to_end(8 << 20).await.unwrap()
-            }));
+            fetches.push(tokio::spawn(
+                async move { fetch(&c, seed as u8, len).await },
+            ));
         }
-        for (fetch, (seed, &len)) in fetches.into_iter().zip(sizes.iter().enumerate()) {
-            let got = fetch.await.unwrap();
+        for (fetched, (seed, &len)) in fetches.into_iter().zip(sizes.iter().enumerate()) {
+            let got = fetched.await.unwrap();
             assert!(
                 got == pattern(seed as u8, len),
                 "stream {seed} ({len} bytes)"

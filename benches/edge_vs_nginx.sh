@@ -173,24 +173,24 @@ end
 EOF
 
 
+# PID → "process core0 machine": the server's CPU time, core 0's busy time and both cores',
+# in clock ticks; the runners take one before and one after a run.
+counters() {
+  echo "$(bench_cpu "$1") $(bench_core_busy 0) $(bench_core_busy)"
+}
+
 run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors core_s_per_GB machine_s_per_GB"
-  local c0 c1 k0 k1 out
-  c0=$(bench_cpu "$2")
-  k0=$(bench_core_busy 0)
-  m0=$(bench_core_busy)
+  local before after out
+  before=$(counters "$2")
   out=$("${client[@]}" taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$work/ranges.lua" "$1" | grep RESULT)
-  c1=$(bench_cpu "$2")
-  k1=$(bench_core_busy 0)
-  m1=$(bench_core_busy)
-  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$k0" "$k1" "$m0" "$m1" <<'EOF'
+  after=$(counters "$2")
+  python3 - "$out" "$before" "$after" "$DURATION" "$(getconf CLK_TCK)" <<'EOF'
 import sys
 _, reqs, body, errors, p99 = sys.argv[1].split()
-c0, c1, dur, tck = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-k0, k1, m0, m1 = (int(a) for a in sys.argv[6:10])
+dur, tck = float(sys.argv[4]), int(sys.argv[5])
+cpu, core, machine = (
+    (int(a) - int(b)) / tck for b, a in zip(sys.argv[2].split(), sys.argv[3].split()))
 reqs, body, errors = int(reqs), int(body), int(errors)
-cpu = (c1 - c0) / tck
-core = (k1 - k0) / tck
-machine = (m1 - m0) / tck
 gb = body / 1e9
 print(f"{reqs/dur:.0f} {body/dur/1048576:.1f} {cpu/gb:.3f} {float(p99):.2f} {errors} {core/gb:.3f} {machine/gb:.3f}")
 EOF
@@ -200,20 +200,16 @@ EOF
 run_h2() {
   local h2="h2load -t1 -c$CONNS -m1 --tls13-ciphers=TLS_AES_128_GCM_SHA256 -i $1"
   local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
-  local c0 c1 k0 k1 out
-  c0=$(bench_cpu "$2")
-  k0=$(bench_core_busy 0)
-  m0=$(bench_core_busy)
+  local before after out
+  before=$(counters "$2")
   out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
-  c1=$(bench_cpu "$2")
-  k1=$(bench_core_busy 0)
-  m1=$(bench_core_busy)
-  python3 - "$out" "$c0" "$c1" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" "$k0" "$k1" "$m0" "$m1" <<'EOF'
+  after=$(counters "$2")
+  python3 - "$out" "$before" "$after" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" <<'EOF'
 import re, sys
 out = sys.argv[1]
-c0, c1, dur, tck, rng = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
-core = (int(sys.argv[8]) - int(sys.argv[7])) / tck
-machine = (int(sys.argv[10]) - int(sys.argv[9])) / tck
+dur, tck, rng = float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+cpu, core, machine = (
+    (int(a) - int(b)) / tck for b, a in zip(sys.argv[2].split(), sys.argv[3].split()))
 m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
 codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
 if not m or not codes:
@@ -222,7 +218,6 @@ done, failed, errored = int(m.group(3)), int(m.group(5)), int(m.group(6))
 ok = int(codes.group(1))
 refused = sum(int(codes.group(i)) for i in (2, 3, 4))
 body = ok * rng
-cpu = (c1 - c0) / tck
 print(f"{done/dur:.0f} {body/dur/1048576:.1f} {cpu/(body/1e9):.3f} - {failed + errored + refused} {core/(body/1e9):.3f} {machine/(body/1e9):.3f}")
 EOF
 }
@@ -253,8 +248,8 @@ import statistics, sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 dur = float(sys.argv[2])
 def whole(cols):
-    """req/s, MiB/s, CPU-s per GB and core-0 busy s per GB over all rounds; the median
-    p99; errors summed."""
+    """req/s, MiB/s, and CPU-s, core-0 busy s and both cores' busy s per GB over all
+    rounds; the median p99; errors summed."""
     rps = sum(float(c[0]) for c in cols) / len(cols)
     mib = sum(float(c[1]) for c in cols) / len(cols)
     gbs = [float(c[1]) * dur * 1048576 / 1e9 for c in cols]

@@ -30,13 +30,13 @@
 # files; SENDFILE=off makes it copy them instead (`--edge-no-sendfile`). Each rendition's memory
 # file is an open descriptor, so the script raises the descriptor limit first.
 #
-# NETNS=on runs only the HTTP/1.1 cleartext comparison, with wrk in a network namespace of
-# its own joined to the servers by a veth pair, and RPS sending each side's received packets
-# to its own core: the servers' segments are then received on the client's core and the
-# client's on the servers', as on a real network. Over loopback a segment's receive work runs
-# on the core that sent it, so a server pays for part of its client's work, and how much
-# depends on which segments it sends itself and which leave on the client's ACKs. Needs root
-# and `ip` (iproute2). The edge then runs standalone (`cadenza edge --join`) on core 0.
+# NETNS=on runs the comparisons with wrk and h2load in a network namespace of their own joined
+# to the servers by a veth pair, and RPS sending each side's received packets to its own core:
+# the servers' segments are then received on the client's core and the client's on the
+# servers', as on a real network. Over loopback a segment's receive work runs on the core that
+# sent it, so a server pays for part of its client's work, and how much depends on which
+# segments it sends itself and which leave on the client's ACKs. Needs root and `ip`
+# (iproute2). The edge then runs standalone (`cadenza edge --join`) on core 0.
 #
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
 # CONNS (64), DURATION (10, per round), ROUNDS (4), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
@@ -64,7 +64,6 @@ bench_init
 client=() # what runs the load generator: in the client's namespace with NETNS=on
 host=127.0.0.1
 if [ "$NETNS" = on ]; then
-  H1TLS=off H2=off
   ns=cadenza-bench-$$
   host=10.213.0.1
   trap 'ip netns del "$ns" 2>/dev/null; bench_cleanup' EXIT
@@ -91,9 +90,11 @@ if [ "$NETNS" = on ]; then
   bench_up --edge-memory-mib 16
   taskset -a -cp 1 "$up_pid" >/dev/null
   veth_port=$(free_port)
-  bench_edge 0 "$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
+  EDGE_HOST=$host bench_edge 0 "$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
     --cleartext-listen "$host:$veth_port" "${sendfile_args[@]}"
   edge=http://$host:$veth_port
+  edge_tls=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge"])' \
+    "$work/edge/edge.json")
   admin=$edge_admin
   server_pid=$edge_pid
 else
@@ -116,8 +117,11 @@ chmod a+x "$work"
 chmod -R a+rX "$work/files"
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
-nginx_veth=
-[ "$NETNS" = on ] && nginx_veth="listen $host:$nginx_port;"
+nginx_veth= nginx_tls_veth=
+if [ "$NETNS" = on ]; then
+  nginx_veth="listen $host:$nginx_port;"
+  nginx_tls_veth="listen $host:$nginx_tls_port ssl;"
+fi
 cat >"$work/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -138,6 +142,7 @@ http {
   }
   server {
     listen 127.0.0.1:$nginx_tls_port ssl http2;
+    $nginx_tls_veth
     ssl_certificate $work/data/tls/cert.pem;
     ssl_certificate_key $work/data/tls/key.pem;
     ssl_protocols TLSv1.3;
@@ -202,7 +207,7 @@ run_h2() {
   local hdr="range: bytes=$RANGE_AT-$((RANGE_AT + RANGE - 1))"
   local before after out
   before=$(counters "$2")
-  out=$(taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
+  out=$("${client[@]}" taskset -c 1 $h2 -H "$hdr" -D "$DURATION")
   after=$(counters "$2")
   python3 - "$out" "$before" "$after" "$DURATION" "$(getconf CLK_TCK)" "$RANGE" <<'EOF'
 import re, sys
@@ -286,15 +291,15 @@ fi
 tls_port=${edge_tls##*:}
 if [ "$H1TLS" != off ]; then
   compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections" \
-    run "https://127.0.0.1:$tls_port" "https://127.0.0.1:$nginx_tls_port"
+    run "https://$host:$tls_port" "https://$host:$nginx_tls_port"
 fi
 
 [ "$H2" = off ] && exit 0
 while read -r id token; do
-  echo "https://127.0.0.1:$tls_port/a/$id?t=$token"
+  echo "https://$host:$tls_port/a/$id?t=$token"
 done <"$work/tokens" >"$work/edge_uris"
 for id in "${ids[@]}"; do
-  echo "https://127.0.0.1:$nginx_tls_port/a/$id"
+  echo "https://$host:$nginx_tls_port/a/$id"
 done >"$work/nginx_uris"
 compare "128 KiB ranges at byte $RANGE_AT of each object in turn, HTTP/2 over TLS 1.3, $CONNS connections" \
   run_h2 "$work/edge_uris" "$work/nginx_uris"

@@ -103,7 +103,7 @@ bench_tokens() {
 bench_edge() {
   local cpus=$1 port=$2; shift 2
   taskset -c "$cpus" "$bin" edge --join "$work/data" --data "$work/edge" \
-    --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib 0 "$@" \
+    --listen "${EDGE_HOST:-127.0.0.1}:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib 0 "$@" \
     >"$work/edge.log" 2>&1 &
   edge_pid=$!
   pids+=("$edge_pid")

@@ -555,3 +555,82 @@ async fn cleartext_http1_sends_cached_slices_by_sendfile_byte_exact() {
     }
     stack.shutdown().await;
 }
+
+/// Waits (at most 10 s) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_to_back_read_is_read_ahead_and_a_seek_or_a_purged_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let client = stack.client().unwrap();
+    let join = join_info(dir.path()).unwrap();
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", main.local_addr().unwrap());
+    let listeners = EdgeListeners {
+        main,
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: None,
+    };
+    let mut config = EdgeNodeConfig::joining(&join);
+    config.slice_bytes = SLICE;
+    config.read_ahead = 2;
+    let (trigger, shutdown) = Shutdown::new();
+    let node = edge_node::start(config, listeners, shutdown).await.unwrap();
+    let cache = node.edge.cache().clone();
+
+    let data = bytes(42, 10 * SLICE as usize);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let (url, t) = (format!("{url}/a/{id}"), token(dir.path(), &id));
+    let slice = |i: u64, j: u64| format!("bytes={}-{}", i * SLICE, (j + 1) * SLICE - 1);
+    let read = |range: String| {
+        let (client, url, t) = (client.clone(), url.clone(), t.clone());
+        async move {
+            let (status, body) = get_with(&client, &url, &t, Some(&range)).await;
+            assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
+            body
+        }
+    };
+    let fetched = || cache.origin_fetches();
+
+    // The first slice starts the file: slices 1 and 2 are fetched behind it.
+    assert!(read(slice(0, 0)).await == data[..SLICE as usize]);
+    let held = |i| cache.holds(&id, i);
+    eventually("slices 1 and 2 read ahead", || (0..3).all(held)).await;
+    assert_eq!((cache.prefetches(), fetched()), (2, 3));
+    assert!(!held(3));
+
+    // Slice 1 continues the read: only slice 3 is new to read ahead (2 is held).
+    let body = read(slice(1, 1)).await;
+    assert!(body == data[SLICE as usize..2 * SLICE as usize]);
+    eventually("slice 3 read ahead", || held(3)).await;
+    assert_eq!(fetched(), 4);
+    assert_eq!(cache.prefetches(), 3, "a held slice was read ahead again");
+
+    // A seek into slice 7 (6 is not held) reads nothing ahead.
+    let body = read(slice(7, 7)).await;
+    assert!(body == data[7 * SLICE as usize..8 * SLICE as usize]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!((cache.prefetches(), fetched()), (3, 5));
+
+    // Once the file is purged, slice 1 no longer continues a read.
+    cache.purge(std::slice::from_ref(&id)).await;
+    assert!(!held(0));
+    let body = read(slice(1, 1)).await;
+    assert!(body == data[SLICE as usize..2 * SLICE as usize]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cache.prefetches(), 3, "a purged file counted as held");
+    assert!(held(1), "the slice fetched again is held");
+
+    trigger.trigger();
+    for task in node.tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    stack.shutdown().await;
+}

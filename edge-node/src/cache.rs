@@ -113,6 +113,8 @@ pub struct SliceCache {
     origin_fetches: AtomicU64,
     /// Whole slices in memory files, one per rendition, for `sendfile`.
     shelves: cadenza_common::mapped::Shelves<[u8; 20]>,
+    /// Which whole slices `slices` holds, for the questions read-ahead asks.
+    resident: Arc<crate::resident::Resident>,
 }
 
 impl std::fmt::Debug for SliceCache {
@@ -136,11 +138,17 @@ impl SliceCache {
     ) -> Self {
         let bytes = Arc::new(AtomicU64::new(0));
         let gone = bytes.clone();
+        let resident = Arc::new(crate::resident::Resident::default());
+        let evicted = resident.clone();
         let slices = Cache::builder()
             .max_capacity(slice_capacity(capacity_bytes, math.slice_size()))
             .support_invalidation_closures()
-            .eviction_listener(move |_, v: Held, _| {
+            .eviction_listener(move |key: Arc<SliceKey>, v: Held, cause| {
                 gone.fetch_sub(v.data.len() as u64, Ordering::Relaxed);
+                // A replaced slice is still held (a purged slice fetched again).
+                if key.1 & PART == 0 && cause != moka::notification::RemovalCause::Replaced {
+                    evicted.remove(&key.0, key.1);
+                }
             })
             .build_with_hasher(Hasher::default());
         Self {
@@ -160,6 +168,7 @@ impl SliceCache {
             client,
             origin_fetches: AtomicU64::new(0),
             shelves: Default::default(),
+            resident,
         }
     }
 
@@ -186,10 +195,8 @@ impl SliceCache {
     /// nothing more.
     pub fn prefetch(self: &Arc<Self>, id: &FileId, first: u64, count: u64, size: u64) {
         let slices = size.div_ceil(self.math.slice_size());
-        for index in first..(first + count).min(slices) {
-            if self.slices.contains_key(&(id.to_bytes(), index)) {
-                continue;
-            }
+        let wanted = first..(first + count).min(slices);
+        for index in self.resident.absent(&id.to_bytes(), wanted) {
             self.metrics.prefetches.inc();
             let this = self.clone();
             let id = id.clone();
@@ -214,6 +221,10 @@ impl SliceCache {
         }
         let set: std::collections::HashSet<[u8; 20]> =
             doomed.iter().map(FileId::to_bytes).collect();
+        // moka drops the slices as it next tidies up; read-ahead forgets them now.
+        for file in &set {
+            self.resident.forget(file);
+        }
         // Only fails when closures are not enabled, which the builder does.
         let _ = self
             .slices
@@ -333,7 +344,7 @@ impl SliceCache {
     /// Whether the memory tier holds slice `index` of `id` whole (a seek's part does not
     /// count): a request starting at the next slice continues a read rather than seeking.
     pub fn holds(&self, id: &FileId, index: u64) -> bool {
-        self.slices.contains_key(&(id.to_bytes(), index))
+        self.resident.has(&id.to_bytes(), index)
     }
 
     /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
@@ -440,6 +451,10 @@ impl SliceCache {
                     Some(_) => cadenza_common::mapped::copy(&held.data),
                 };
                 let data = mapped.unwrap_or(held.data);
+                // Before moka admits it, so the eviction listener's clear comes after.
+                if span.is_none() {
+                    this.resident.add(&key.0, index);
+                }
                 Ok(Held { data, ..held })
             })
             .await

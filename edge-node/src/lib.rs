@@ -13,6 +13,7 @@ mod disk;
 mod h3;
 mod memo;
 mod metrics;
+mod resident;
 mod service;
 mod shield;
 mod slices;

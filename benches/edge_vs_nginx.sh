@@ -103,8 +103,7 @@ if [ "$NETNS" = on ]; then
   EDGE_HOST=$host bench_edge 0 "$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
     --cleartext-listen "$host:$veth_port" "${sendfile_args[@]}"
   edge=http://$host:$veth_port
-  edge_tls=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge"])' \
-    "$work/edge/edge.json")
+  edge_tls=$edge_main
   admin=$edge_admin
   server_pid=$edge_pid
 else

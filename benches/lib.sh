@@ -13,8 +13,8 @@
 #                                   their ids in $ids, copies kept in DIR when given
 #   bench_tokens FILE               "id token" lines for every id in $ids
 #   bench_edge CPUS PORT [ARGS…]    a standalone `cadenza edge --join` of that stack on
-#                                   127.0.0.1:PORT, pinned to CPUS (e.g. 0, or 0-1), no
-#                                   disk tier, extra ARGS; sets $edge_pid $edge_admin
+#                                   $EDGE_HOST (127.0.0.1):PORT, pinned to CPUS (e.g. 0, or 0-1), no
+#                                   disk tier, extra ARGS; sets $edge_pid $edge_admin $edge_main
 #   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
 #   bench_nginx PORT [PREFIX…]      nginx with $work/nginx.conf (run behind PREFIX, e.g.
 #                                   taskset -c 0), waited for on cleartext PORT; sets
@@ -111,7 +111,8 @@ bench_edge() {
     [ -f "$work/edge/edge.json" ] && break
     sleep 0.1
   done
-  edge_admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["edge_admin"])' \
+  read -r edge_admin edge_main < <(python3 -c \
+    'import json,sys; j = json.load(open(sys.argv[1])); print(j["edge_admin"], j["edge"])' \
     "$work/edge/edge.json")
 }
 

@@ -98,33 +98,51 @@ struct RegionEdge {
     trigger: ShutdownTrigger,
 }
 
+/// A listener for an edge's players and its URL.
+async fn bind_main() -> (TcpListener, String) {
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", main.local_addr().unwrap());
+    (main, url)
+}
+
+/// An edge on `main` (reached at `url`) with `SLICE`-byte slices, set up further by
+/// `configure`.
+async fn start_edge(
+    join: &JoinInfo,
+    (main, url): (TcpListener, String),
+    configure: impl FnOnce(&mut EdgeNodeConfig),
+) -> RegionEdge {
+    let mut config = EdgeNodeConfig::joining(join);
+    config.slice_bytes = SLICE;
+    configure(&mut config);
+    let (trigger, shutdown) = Shutdown::new();
+    let listeners = EdgeListeners {
+        main,
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: None,
+    };
+    let node = edge_node::start(config, listeners, shutdown).await.unwrap();
+    RegionEdge { url, node, trigger }
+}
+
 /// `n` edges of one region, each knowing the others, all fetching from the stack's origin.
 async fn region(join: &JoinInfo, n: usize) -> Vec<RegionEdge> {
     let mut bound = Vec::new();
     for _ in 0..n {
-        let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        bound.push((
-            format!("https://{}", main.local_addr().unwrap()),
-            main,
-            admin,
-        ));
+        bound.push(bind_main().await);
     }
-    let urls: Vec<String> = bound.iter().map(|(u, _, _)| u.clone()).collect();
+    let urls: Vec<String> = bound.iter().map(|(_, u)| u.clone()).collect();
     let mut edges = Vec::new();
-    for (url, main, admin) in bound {
-        let mut config = EdgeNodeConfig::joining(join);
-        config.slice_bytes = SLICE;
-        config.read_ahead = 0;
-        config.region = Some((url.clone(), urls.clone()));
-        let (trigger, shutdown) = Shutdown::new();
-        let listeners = EdgeListeners {
-            main,
-            admin,
-            cleartext: None,
-        };
-        let node = edge_node::start(config, listeners, shutdown).await.unwrap();
-        edges.push(RegionEdge { url, node, trigger });
+    for (main, url) in bound {
+        let me = url.clone();
+        let peers = urls.clone();
+        edges.push(
+            start_edge(join, (main, url), |config| {
+                config.read_ahead = 0;
+                config.region = Some((me, peers));
+            })
+            .await,
+        );
     }
     edges
 }
@@ -571,23 +589,12 @@ async fn a_front_to_back_read_is_read_ahead_and_a_seek_or_a_purged_file_is_not()
     let stack = start_stack(dir.path()).await;
     let client = stack.client().unwrap();
     let join = join_info(dir.path()).unwrap();
-    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", main.local_addr().unwrap());
-    let listeners = EdgeListeners {
-        main,
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        cleartext: None,
-    };
-    let mut config = EdgeNodeConfig::joining(&join);
-    config.slice_bytes = SLICE;
-    config.read_ahead = 2;
-    let (trigger, shutdown) = Shutdown::new();
-    let node = edge_node::start(config, listeners, shutdown).await.unwrap();
-    let cache = node.edge.cache().clone();
+    let edge = start_edge(&join, bind_main().await, |config| config.read_ahead = 2).await;
+    let cache = edge.node.edge.cache().clone();
 
     let data = bytes(42, 10 * SLICE as usize);
     let id = put(&stack, dir.path(), data.clone()).await;
-    let (url, t) = (format!("{url}/a/{id}"), token(dir.path(), &id));
+    let (url, t) = (format!("{}/a/{id}", edge.url), token(dir.path(), &id));
     let slice = |i: u64, j: u64| format!("bytes={}-{}", i * SLICE, (j + 1) * SLICE - 1);
     let read = |range: String| {
         let (client, url, t) = (client.clone(), url.clone(), t.clone());
@@ -628,8 +635,8 @@ async fn a_front_to_back_read_is_read_ahead_and_a_seek_or_a_purged_file_is_not()
     assert_eq!(cache.prefetches(), 3, "a purged file counted as held");
     assert!(held(1), "the slice fetched again is held");
 
-    trigger.trigger();
-    for task in node.tasks {
+    edge.trigger.trigger();
+    for task in edge.node.tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
     stack.shutdown().await;

@@ -12,7 +12,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Shards: enough that the runtime's workers seldom meet on one lock.
@@ -20,15 +20,48 @@ const SHARDS: usize = 16;
 
 use crate::cache::Hasher;
 
-type Shard<K, V> = Mutex<HashMap<K, Entry<V>, Hasher>>;
+/// Hash maps behind locks, a key's shard picked by its hash: the edge's maps looked up on
+/// every request ([`Memo`], [`crate::resident::Resident`]).
+pub(crate) struct Shards<K, V> {
+    shards: [Mutex<HashMap<K, V, Hasher>>; SHARDS],
+    hasher: Hasher,
+}
+
+impl<K, V> Default for Shards<K, V> {
+    fn default() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(Hasher::default()))),
+            hasher: Hasher::default(),
+        }
+    }
+}
+
+impl<K, V> Shards<K, V> {
+    /// The locked shard `key` belongs in. A map has no invariant of ours that a panic
+    /// elsewhere could have broken, so a poisoned lock is taken as it is.
+    pub(crate) fn lock<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, HashMap<K, V, Hasher>> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Entries in all shards.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
 
 pub(crate) struct Memo<K, V> {
-    shards: Box<[Shard<K, V>]>,
+    shards: Shards<K, Entry<V>>,
     /// Entries a shard holds at most.
     per_shard: usize,
     /// How long an entry is believed; `None`: until dropped.
     ttl: Option<Duration>,
-    hasher: Hasher,
 }
 
 struct Entry<V> {
@@ -50,18 +83,10 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
     /// A memo of at most about `capacity` entries, each believed for `ttl` when given.
     pub(crate) fn new(capacity: usize, ttl: Option<Duration>) -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_hasher(Hasher::default())))
-                .collect(),
+            shards: Shards::default(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
             ttl,
-            hasher: Hasher::default(),
         }
-    }
-
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<K, V> {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
-        &self.shards[i]
     }
 
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
@@ -69,7 +94,7 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard(key).lock().ok()?;
+        let shard = self.shards.lock(key);
         let entry = shard.get(key)?;
         match entry.until {
             Some(until) if Instant::now() >= until => None,
@@ -78,9 +103,7 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
     }
 
     pub(crate) fn insert(&self, key: K, value: V) {
-        let Ok(mut shard) = self.shard(&key).lock() else {
-            return;
-        };
+        let mut shard = self.shards.lock(&key);
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             let now = Instant::now();
             shard.retain(|_, e| e.until.is_none_or(|until| until > now));
@@ -97,18 +120,13 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        if let Ok(mut shard) = self.shard(key).lock() {
-            shard.remove(key);
-        }
+        self.shards.lock(key).remove(key);
     }
 
     /// Entries held, expired ones included until a full shard drops them.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |s| s.len()))
-            .sum()
+        self.shards.len()
     }
 }
 

@@ -11,22 +11,14 @@
 //! it is held; a purge clears a file's bits at once, before moka has dropped its slices.
 //! These answers only steer read-ahead, never what is served.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use crate::cache::Hasher;
-
-/// Shards: enough that the runtime's workers seldom meet on one lock.
-const SHARDS: usize = 16;
+use crate::memo::Shards;
 
 /// A file's held slices: bit `i % 64` of word `i / 64` for slice `i`.
 type Bits = Vec<u64>;
 
 #[derive(Default)]
 pub(crate) struct Resident {
-    shards: [Mutex<HashMap<[u8; 20], Bits, Hasher>>; SHARDS],
-    hasher: Hasher,
+    files: Shards<[u8; 20], Bits>,
 }
 
 impl std::fmt::Debug for Resident {
@@ -40,18 +32,10 @@ fn word_and_bit(index: u64) -> (usize, u64) {
 }
 
 impl Resident {
-    fn shard(&self, file: &[u8; 20]) -> MutexGuard<'_, HashMap<[u8; 20], Bits, Hasher>> {
-        let i = self.hasher.hash_one(file) as usize % SHARDS;
-        // A bitset has no invariant a panic could break.
-        self.shards[i]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Slice `index` of `file` is held.
     pub(crate) fn add(&self, file: &[u8; 20], index: u64) {
         let (word, bit) = word_and_bit(index);
-        let mut shard = self.shard(file);
+        let mut shard = self.files.lock(file);
         let bits = shard.entry(*file).or_default();
         if bits.len() <= word {
             bits.resize(word + 1, 0);
@@ -62,7 +46,7 @@ impl Resident {
     /// Slice `index` of `file` is no longer held; a file with none held is forgotten.
     pub(crate) fn remove(&self, file: &[u8; 20], index: u64) {
         let (word, bit) = word_and_bit(index);
-        let mut shard = self.shard(file);
+        let mut shard = self.files.lock(file);
         let Some(bits) = shard.get_mut(file) else {
             return;
         };
@@ -76,13 +60,14 @@ impl Resident {
 
     /// No slice of `file` is held (a purge).
     pub(crate) fn forget(&self, file: &[u8; 20]) {
-        self.shard(file).remove(file);
+        self.files.lock(file).remove(file);
     }
 
     /// Whether slice `index` of `file` is held.
     pub(crate) fn has(&self, file: &[u8; 20], index: u64) -> bool {
         let (word, bit) = word_and_bit(index);
-        self.shard(file)
+        self.files
+            .lock(file)
             .get(file)
             .and_then(|bits| bits.get(word))
             .is_some_and(|w| w & bit != 0)
@@ -90,7 +75,7 @@ impl Resident {
 
     /// The slices of `file` in `indexes` that are not held, in order.
     pub(crate) fn absent(&self, file: &[u8; 20], indexes: std::ops::Range<u64>) -> Vec<u64> {
-        let shard = self.shard(file);
+        let shard = self.files.lock(file);
         let bits = shard.get(file).map_or(&[][..], Vec::as_slice);
         indexes
             .filter(|&i| {
@@ -103,10 +88,7 @@ impl Resident {
     /// Files with a slice held.
     #[cfg(test)]
     pub(crate) fn files(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.files.len()
     }
 }
 

@@ -9,7 +9,7 @@
 # objects with a signed token, for DURATION seconds; the protocols take ROUNDS turns each.
 # h2load has no HTTP/3, and a different tool per protocol would measure the tools. The
 # server is pinned to core 0 and the client to core 1. Prints requests/s, MiB/s, latency
-# and server CPU-seconds per GB for each over all rounds, and each round's ratios.
+# (the rounds' medians) and server CPU-seconds per GB for each over all rounds, then each round.
 #
 # Needs: curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5), CONNS (64),
 # DURATION (10), ROUNDS (3), H3_MAX_UDP_PAYLOAD (1452: Ethernet; loopback allows up to 65527),
@@ -52,7 +52,7 @@ run() { # proto → "requests body_bytes errors p50_ms p99_ms server_cpu_ticks"
 }
 
 # The two protocols take turns, so a change in what the host gives this machine's cores
-# over the run (its figures drift by a tenth between runs minutes apart) falls on both.
+# over the run (on the 2-core VM, a quarter between rounds minutes apart) falls on both.
 rounds=()
 for r in $(seq 1 "$ROUNDS"); do
   rounds+=("$r h2 $(run h2)" "$r h3 $(run h3)")

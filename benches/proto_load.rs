@@ -10,6 +10,10 @@
 //! connections asks, one request at a time for SECS seconds, for a random RANGE-byte range
 //! (default 128 KiB) of a random object, and reads the whole answer. Runs on one thread
 //! (pin it with `taskset`). Prints one line: `RESULT requests bytes errors p50_ms p99_ms`.
+//!
+//! Environment: `QUIC_MAX_UDP_PAYLOAD` (HTTP/3: the largest datagram accepted);
+//! `H2_MAX_FRAME` (HTTP/2: the SETTINGS_MAX_FRAME_SIZE announced, 16,384 by default, up to
+//! 16,777,215), which sets how large a DATA frame, and so a write, the server may make.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,11 +96,14 @@ async fn h2_connection(
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await?;
-    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    // See the module's documentation.
+    if let Ok(v) = std::env::var("H2_MAX_FRAME") {
+        builder.max_frame_size(v.parse::<u32>()?);
+    }
+    let (mut send, conn) = builder
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await?;
     tokio::spawn(conn);
     let mut rng = XorShift(seed);
     let mut tally = Tally::default();

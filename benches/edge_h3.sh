@@ -41,18 +41,23 @@ bench_tokens "$work/tokens"
 bench_prewarm "$edge_admin" "$admin_token"
 addr=127.0.0.1:$edge_port
 
+drive() { # proto secs → proto_load's RESULT line
+  QUIC_MAX_UDP_PAYLOAD=$H3_MAX_UDP_PAYLOAD taskset -c 1 "$load" "$1" "$addr" "$ca" "$work/tokens" \
+    $((OBJECT_MIB * 1048576)) "$CONNS" "$2" | grep RESULT
+}
+
 run() { # proto → "requests body_bytes errors p50_ms p99_ms server_cpu_ticks"
-  QUIC_MAX_UDP_PAYLOAD=$H3_MAX_UDP_PAYLOAD taskset -c 1 "$load" "$1" "$addr" "$ca" "$work/tokens" $((OBJECT_MIB * 1048576)) "$CONNS" 3 >/dev/null
+  drive "$1" 3 >/dev/null # warm-up: connections, handshakes, the client's caches
   local c0 c1 out
   c0=$(bench_cpu "$edge_pid")
-  out=$(QUIC_MAX_UDP_PAYLOAD=$H3_MAX_UDP_PAYLOAD taskset -c 1 "$load" "$1" "$addr" "$ca" "$work/tokens" $((OBJECT_MIB * 1048576)) "$CONNS" "$DURATION" | grep RESULT)
+  out=$(drive "$1" "$DURATION")
   c1=$(bench_cpu "$edge_pid")
   read -r _ reqs body errors p50 p99 <<<"$out"
   echo "$reqs $body $errors $p50 $p99 $((c1 - c0))"
 }
 
 # The two protocols take turns, so a change in what the host gives this machine's cores
-# over the run (on the 2-core VM, a quarter between rounds minutes apart) falls on both.
+# over the run (on the 2-core VM, up to half between rounds minutes apart) falls on both.
 rounds=()
 for r in $(seq 1 "$ROUNDS"); do
   rounds+=("$r h2 $(run h2)" "$r h3 $(run h3)")

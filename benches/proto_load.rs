@@ -88,6 +88,7 @@ fn record(tally: &mut Tally, started: Instant, status: http::StatusCode, got: u6
 async fn h2_connection(
     plan: Arc<Plan>,
     tls: Arc<rustls::ClientConfig>,
+    max_frame: Option<u32>,
     seed: u64,
 ) -> Result<Tally, BoxError> {
     let tcp = tokio::net::TcpStream::connect(plan.addr).await?;
@@ -97,9 +98,8 @@ async fn h2_connection(
         .connect(name, tcp)
         .await?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    // See the module's documentation.
-    if let Ok(v) = std::env::var("H2_MAX_FRAME") {
-        builder.max_frame_size(v.parse::<u32>()?);
+    if let Some(n) = max_frame {
+        builder.max_frame_size(n);
     }
     let (mut send, conn) = builder
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -214,10 +214,17 @@ fn main() -> Result<(), BoxError> {
                 let mut h2_tls = (*tls).clone();
                 h2_tls.alpn_protocols = vec![b"h2".to_vec()];
                 let h2_tls = Arc::new(h2_tls);
+                // H2_MAX_FRAME: the SETTINGS_MAX_FRAME_SIZE announced (hyper's default when
+                // unset), which bounds the server's DATA frames and so its writes.
+                let max_frame = match std::env::var("H2_MAX_FRAME") {
+                    Ok(v) => Some(v.parse::<u32>()?),
+                    Err(_) => None,
+                };
                 for c in 0..conns {
                     let plan = plan.clone();
                     let tls = h2_tls.clone();
-                    tasks.push(tokio::spawn(h2_connection(plan, tls, 0x9E37_79B9 + c)));
+                    let seed = 0x9E37_79B9 + c;
+                    tasks.push(tokio::spawn(h2_connection(plan, tls, max_frame, seed)));
                 }
             }
             "h3" => {

@@ -98,6 +98,19 @@ struct RegionEdge {
     trigger: ShutdownTrigger,
 }
 
+impl RegionEdge {
+    /// Shuts the edge down; each of its tasks must end cleanly within 15 s.
+    async fn stop(self) {
+        self.trigger.trigger();
+        for task in self.node.tasks {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
 /// A listener for an edge's players and its URL.
 async fn bind_main() -> (TcpListener, String) {
     let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -229,14 +242,7 @@ async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owne
         .iter()
         .position(|e| e.node.edge.cache().owns(&id))
         .unwrap();
-    let dead = edges.remove(owner);
-    dead.trigger.trigger();
-    for task in dead.node.tasks {
-        tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    edges.remove(owner).stop().await;
     let asker = &edges[0];
     let before = origin_fetches(&edges);
     let started = Instant::now();
@@ -635,9 +641,6 @@ async fn a_front_to_back_read_is_read_ahead_and_a_seek_or_a_purged_file_is_not()
     assert_eq!(cache.prefetches(), 3, "a purged file counted as held");
     assert!(held(1), "the slice fetched again is held");
 
-    edge.trigger.trigger();
-    for task in edge.node.tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
-    }
+    edge.stop().await;
     stack.shutdown().await;
 }

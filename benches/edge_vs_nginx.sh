@@ -64,8 +64,8 @@ if [ "$NETNS" = auto ]; then
   NETNS=off
   [ "$(id -u)" = 0 ] && command -v ip >/dev/null && NETNS=on
 fi
-[ "$NETNS" = on ] && bench_needs ip
 if [ "$NETNS" = on ]; then
+  bench_needs ip
   echo "clients in a network namespace behind a veth pair (NETNS=on)"
 else
   echo "clients over loopback (NETNS=off): the servers' CPU includes some of the client's receive work"

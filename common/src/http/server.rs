@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use super::coalesce::{Coalesced, Outbox, coalesce};
 use super::deadline::{Deadlines, MinRate};
 use super::h1;
 use super::lean_tls;
@@ -267,8 +268,14 @@ fn log_end(conn: ConnInfo, result: Result<(), Box<dyn std::error::Error + Send +
 /// and [`lean_tls`] for everyone else, so a kept-alive HTTP/1.1 connection holds no TLS buffer
 /// while it waits. Boxed: the task keeps a binding's room across its awaits, so inline the
 /// connection state would be held twice.
+///
+/// The buffered connection writes through [`coalesce`], so HTTP/2 sends what a poll of the
+/// connection wrote in one system call.
 enum Tls {
-    Buffered(Box<tokio_rustls::server::TlsStream<Deadlines<TcpStream>>>),
+    Buffered(
+        Box<tokio_rustls::server::TlsStream<Coalesced<Deadlines<TcpStream>>>>,
+        Outbox<Deadlines<TcpStream>>,
+    ),
     Lean(Box<lean_tls::LeanTls<Deadlines<TcpStream>>>),
 }
 
@@ -281,10 +288,11 @@ async fn handshake(
     let h2 =
         config.alpn_protocols.iter().any(|p| p == b"h2") && offers_h2(stream.get_ref()).await?;
     if h2 {
+        let (stream, outbox) = coalesce(stream);
         let tls = tokio_rustls::TlsAcceptor::from(config)
             .accept(stream)
             .await?;
-        Ok(Tls::Buffered(Box::new(tls)))
+        Ok(Tls::Buffered(Box::new(tls), outbox))
     } else {
         let tls = lean_tls::accept(stream, config).await?;
         Ok(Tls::Lean(Box::new(tls)))
@@ -338,12 +346,18 @@ async fn serve_tls<H: Handler>(
             ))
             .await
         }
-        Ok(Ok(Tls::Buffered(tls))) => {
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            Box::pin(serve_tls_stream(
-                tls, http2, conn, serving, watcher, shutdown,
-            ))
-            .await
+        Ok(Ok(Tls::Buffered(tls, outbox))) => {
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                Box::pin(serve_h2_coalesced(
+                    tls, outbox, conn, serving, watcher, shutdown,
+                ))
+                .await
+            } else {
+                Box::pin(serve_tls_stream(
+                    tls, false, conn, serving, watcher, shutdown,
+                ))
+                .await
+            }
         }
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
@@ -384,6 +398,76 @@ where
             .serve_connection(io, hyper_service(handler, conn))
             .into_owned();
         watcher.watch(connection).await
+    }
+}
+
+/// HTTP/2 over rustls's buffered connection, what each poll of hyper's connection wrote sent
+/// after that poll ([`coalesce`]).
+async fn serve_h2_coalesced<H: Handler>(
+    tls: Box<tokio_rustls::server::TlsStream<Coalesced<Deadlines<TcpStream>>>>,
+    outbox: Outbox<Deadlines<TcpStream>>,
+    conn: ConnInfo,
+    serving: &Serving<H>,
+    // Held, not watched (hyper-util's graceful trait is sealed, so it cannot watch the
+    // wrapper): the drain waits for it, and `shutdown` starts the connection's goodbye.
+    _watcher: Watcher,
+    mut shutdown: Shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    outbox.defer();
+    let connection = serving
+        .builder
+        .serve_connection(
+            TokioIo::new(tls),
+            hyper_service(serving.handler.clone(), conn),
+        )
+        .into_owned();
+    let mut serving = SendEachPoll {
+        connection: Box::pin(connection),
+        outbox,
+        ended: None,
+    };
+    tokio::select! {
+        ended = &mut serving => return ended,
+        _ = shutdown.wait() => {}
+    }
+    serving.connection.as_mut().graceful_shutdown();
+    serving.await
+}
+
+/// A connection whose writes are held by [`coalesce`], and the outbox that sends them after
+/// every poll of it.
+struct SendEachPoll<C: Future, S> {
+    connection: std::pin::Pin<Box<C>>,
+    outbox: Outbox<S>,
+    /// The connection's result, kept while the last bytes leave.
+    ended: Option<C::Output>,
+}
+
+impl<C, S> Future for SendEachPoll<C, S>
+where
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    type Output = C::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        if self.ended.is_none()
+            && let Poll::Ready(ended) = self.connection.as_mut().poll(cx)
+        {
+            self.ended = Some(ended);
+        }
+        match self.outbox.poll_send(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Ready(Ok(())) => match self.ended.take() {
+                Some(ended) => Poll::Ready(ended),
+                None => Poll::Pending,
+            },
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

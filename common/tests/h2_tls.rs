@@ -1,0 +1,300 @@
+//! HTTP/2 over TLS, whose writes the server holds back within a poll of the connection and
+//! sends together after it: every response still leaves promptly and whole, a client that
+//! stops reading or reads a trickle is still cut off, and shutdown still lets a response in
+//! flight finish.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cadenza_common::http::{
+    Body, ConnInfo, Handler, MinRate, ServerLimits, Shutdown, ShutdownTrigger, full, serve_on, tls,
+};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+
+/// `len` bytes that differ from position to position, so a misplaced record shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// `/bytes/N` answers N pattern bytes, `/fill/N` N copies of one byte (cheap to make).
+struct Patterns;
+
+impl Handler for Patterns {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let path = req.uri().path();
+        let (make, n): (fn(usize) -> Vec<u8>, _) = if let Some(n) = path.strip_prefix("/bytes/") {
+            (pattern, n)
+        } else {
+            (
+                |len| vec![7; len],
+                path.strip_prefix("/fill/").unwrap_or("0"),
+            )
+        };
+        Response::new(full(make(n.parse().unwrap_or(0))))
+    }
+
+    const BODYLESS: bool = true;
+}
+
+struct Server {
+    addr: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+    task: JoinHandle<()>,
+    stop: ShutdownTrigger,
+}
+
+async fn start(limits: ServerLimits) -> Server {
+    let pem = tls::self_signed(&["localhost"]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let listening = serve_on(
+        listener,
+        Some(tls::server_config(&pem).unwrap()),
+        limits,
+        Arc::new(Patterns),
+        shutdown,
+    )
+    .unwrap();
+    Server {
+        addr: listening.addr,
+        client: tls::client_config(pem.cert.as_bytes()).unwrap(),
+        task: listening.task,
+        stop,
+    }
+}
+
+/// A TLS connection that agreed on h2, from a socket with `recv_buffer` bytes of receive
+/// buffer when given.
+async fn connect(server: &Server, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(server.client.clone())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    tls
+}
+
+/// hyper's HTTP/2 client on one connection.
+async fn h2_client(server: &Server) -> SendRequest<Empty<Bytes>> {
+    let tls = connect(server, None).await;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(format!("https://localhost{path}"))
+        .body(Empty::new())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_leave_promptly_and_whole_on_one_connection() {
+    // A long idle timeout: a response whose last bytes stayed held would wait for it.
+    let server = start(ServerLimits::default()).await;
+    let mut client = h2_client(&server).await;
+    for size in [3, 5_000_000, 0, 100, 1_000_000, 70_000] {
+        let started = Instant::now();
+        let exchange = async {
+            let response = client.send_request(get(&format!("/bytes/{size}"))).await?;
+            response.into_body().collect().await.map(|b| b.to_bytes())
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .unwrap_or_else(|_| panic!("{size} bytes: no whole answer in 5 s"))
+            .unwrap();
+        assert_eq!(body.len(), size);
+        assert!(body == pattern(size), "{size} bytes: the body differs");
+        if size <= 100 {
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_millis(500),
+                "{size} bytes took {took:?}"
+            );
+        }
+    }
+    server.stop.trigger();
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Asks for `path` on a raw h2 connection that lets the server send as much as it likes
+/// (largest stream and connection windows), so only the reading paces it.
+async fn ask_unbounded(tls: &mut TlsStream<TcpStream>, path: &str) {
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const HEADERS: u8 = 0x1;
+    let mut out = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 2^31 - 1.
+    out.extend(frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffff - 65_535u32).to_be_bytes(),
+    ));
+    // HPACK: :method GET, :scheme https, :authority x, :path literal (no indexing).
+    let mut block = vec![0x82, 0x87, 0x01, 0x01, b'x', 0x04];
+    block.push(u8::try_from(path.len()).unwrap());
+    block.extend_from_slice(path.as_bytes());
+    out.extend(frame(HEADERS, 0x4 | 0x1, 1, &block));
+    tls.write_all(&out).await.unwrap();
+}
+
+/// Reads `chunk` bytes every `every` for `within`; the bytes read, or `None` if the server
+/// closed meanwhile.
+async fn trickle(
+    tls: &mut TlsStream<TcpStream>,
+    chunk: usize,
+    every: Duration,
+    within: Duration,
+) -> Option<usize> {
+    let mut buf = vec![0u8; chunk];
+    let mut total = 0;
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("nothing to read for 5 s"),
+        }
+        tokio::time::sleep(every).await;
+    }
+    Some(total)
+}
+
+/// Reads as fast as it can until the server closes or more than `enough` bytes came; the
+/// bytes read.
+async fn read_up_to(tls: &mut TlsStream<TcpStream>, enough: usize) -> usize {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    while total <= enough {
+        match tokio::time::timeout(Duration::from_secs(30), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("nothing to read for 30 s after {total} bytes"),
+        }
+    }
+    total
+}
+
+const BIG: usize = 64 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off() {
+    let server = start(ServerLimits {
+        send_timeout: Duration::from_millis(500),
+        ..ServerLimits::default()
+    })
+    .await;
+    // Reads nothing for 2 s: cut off after 0.5 s of stalled writes, so what is left to
+    // read is what the buffers on the way held.
+    let mut stalled = connect(&server, None).await;
+    ask_unbounded(&mut stalled, &format!("/fill/{BIG}")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = read_up_to(&mut stalled, BIG).await;
+    assert!(
+        got < BIG / 2,
+        "a client that stopped reading still got {got} bytes"
+    );
+
+    // One that reads gets it all.
+    let mut reader = connect(&server, None).await;
+    ask_unbounded(&mut reader, &format!("/fill/{BIG}")).await;
+    let got = read_up_to(&mut reader, BIG).await;
+    assert!(got > BIG, "a reading client got only {got} bytes");
+    server.stop.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_reader_is_cut_off_below_the_minimum_rate_and_kept_above_it() {
+    // Minimum 64 KiB/s over 1 s; the send timeout (30 s) never fires for either reader.
+    let server = start(ServerLimits {
+        min_send_rate: MinRate {
+            bytes_per_sec: 64 * 1024,
+            window: Duration::from_secs(1),
+        },
+        ..ServerLimits::default()
+    })
+    .await;
+    let ms = Duration::from_millis;
+    // 1 KiB per 50 ms is 20 KiB/s for 4 s: cut off.
+    let mut slow = connect(&server, Some(16 * 1024)).await;
+    ask_unbounded(&mut slow, &format!("/fill/{BIG}")).await;
+    let got = match trickle(&mut slow, 1024, ms(50), Duration::from_secs(4)).await {
+        Some(got) => got + read_up_to(&mut slow, BIG - got).await,
+        None => 0,
+    };
+    assert!(got < BIG / 2, "a 20 KiB/s reader still got {got} bytes");
+
+    // 16 KiB per 50 ms is about 320 KiB/s: served to the end.
+    let mut fast_enough = connect(&server, Some(16 * 1024)).await;
+    ask_unbounded(&mut fast_enough, &format!("/fill/{BIG}")).await;
+    let got = trickle(&mut fast_enough, 16 * 1024, ms(50), Duration::from_secs(4))
+        .await
+        .expect("a reader above the minimum was cut off");
+    let got = got + read_up_to(&mut fast_enough, BIG - got).await;
+    assert!(got > BIG, "a reader above the minimum got only {got} bytes");
+    server.stop.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_response_in_flight_finish() {
+    let server = start(ServerLimits::default()).await;
+    let mut client = h2_client(&server).await;
+    let size = 20_000_000;
+    let response = client
+        .send_request(get(&format!("/bytes/{size}")))
+        .await
+        .unwrap();
+    server.stop.trigger();
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body == pattern(size),
+        "the body in flight was cut or changed"
+    );
+    // The server said goodbye: no new stream on this connection, and the listener's task
+    // ends once the connection has.
+    let refused =
+        tokio::time::timeout(Duration::from_secs(5), client.send_request(get("/bytes/1")))
+            .await
+            .unwrap();
+    assert!(refused.is_err(), "a new request was served after shutdown");
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("the server did not finish draining")
+        .unwrap();
+}

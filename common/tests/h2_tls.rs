@@ -1,7 +1,7 @@
-//! HTTP/2 over TLS, whose writes the server holds back within a poll of the connection and
-//! sends together after it: every response still leaves promptly and whole, a client that
-//! stops reading or reads a trickle is still cut off, and shutdown still lets a response in
-//! flight finish.
+//! HTTP/2 over TLS (and in the clear, with prior knowledge), whose writes the server holds
+//! back within a poll of the connection and sends together after it: every response still
+//! leaves promptly and whole, a client that stops reading or reads a trickle is still cut off,
+//! and shutdown still lets a response in flight finish.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -50,18 +50,23 @@ impl Handler for Patterns {
 
 struct Server {
     addr: SocketAddr,
-    client: Arc<rustls::ClientConfig>,
+    /// None when the server speaks in the clear.
+    client: Option<Arc<rustls::ClientConfig>>,
     task: JoinHandle<()>,
     stop: ShutdownTrigger,
 }
 
 async fn start(limits: ServerLimits) -> Server {
+    start_on(limits, true).await
+}
+
+async fn start_on(limits: ServerLimits, tls: bool) -> Server {
     let pem = tls::self_signed(&["localhost"]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, shutdown) = Shutdown::new();
     let listening = serve_on(
         listener,
-        Some(tls::server_config(&pem).unwrap()),
+        tls.then(|| tls::server_config(&pem).unwrap()),
         limits,
         Arc::new(Patterns),
         shutdown,
@@ -69,7 +74,7 @@ async fn start(limits: ServerLimits) -> Server {
     .unwrap();
     Server {
         addr: listening.addr,
-        client: tls::client_config(pem.cert.as_bytes()).unwrap(),
+        client: tls.then(|| tls::client_config(pem.cert.as_bytes()).unwrap()),
         task: listening.task,
         stop,
     }
@@ -84,7 +89,8 @@ async fn connect(server: &Server, recv_buffer: Option<u32>) -> TlsStream<TcpStre
     }
     let tcp = socket.connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(server.client.clone())
+    let config = server.client.clone().expect("a TLS server");
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .unwrap();
@@ -92,15 +98,20 @@ async fn connect(server: &Server, recv_buffer: Option<u32>) -> TlsStream<TcpStre
     tls
 }
 
-/// hyper's HTTP/2 client on one connection.
+/// hyper's HTTP/2 client on one connection, over TLS or in the clear as the server speaks.
 async fn h2_client(server: &Server) -> SendRequest<Empty<Bytes>> {
-    let tls = connect(server, None).await;
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    send
+    use hyper::client::conn::http2::handshake;
+    if server.client.is_some() {
+        let tls = TokioIo::new(connect(server, None).await);
+        let (send, conn) = handshake(TokioExecutor::new(), tls).await.unwrap();
+        tokio::spawn(conn);
+        send
+    } else {
+        let tcp = TokioIo::new(TcpStream::connect(server.addr).await.unwrap());
+        let (send, conn) = handshake(TokioExecutor::new(), tcp).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {
@@ -111,8 +122,15 @@ fn get(path: &str) -> Request<Empty<Bytes>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_leave_promptly_and_whole_on_one_connection() {
+    for tls in [true, false] {
+        responses_leave_promptly_and_whole(tls).await;
+    }
+}
+
+async fn responses_leave_promptly_and_whole(tls: bool) {
+    let over = if tls { "over TLS" } else { "in the clear" };
     // A long idle timeout: a response whose last bytes stayed held would wait for it.
-    let server = start(ServerLimits::default()).await;
+    let server = start_on(ServerLimits::default(), tls).await;
     let mut client = h2_client(&server).await;
     for size in [3, 5_000_000, 0, 100, 1_000_000, 70_000] {
         let started = Instant::now();
@@ -122,15 +140,18 @@ async fn responses_leave_promptly_and_whole_on_one_connection() {
         };
         let body = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .unwrap_or_else(|_| panic!("{size} bytes: no whole answer in 5 s"))
+            .unwrap_or_else(|_| panic!("{size} bytes {over}: no whole answer in 5 s"))
             .unwrap();
         assert_eq!(body.len(), size);
-        assert!(body == pattern(size), "{size} bytes: the body differs");
+        assert!(
+            body == pattern(size),
+            "{size} bytes {over}: the body differs"
+        );
         if size <= 100 {
             let took = started.elapsed();
             assert!(
                 took < Duration::from_millis(500),
-                "{size} bytes took {took:?}"
+                "{size} bytes {over} took {took:?}"
             );
         }
     }
@@ -149,7 +170,7 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Asks for `path` on a raw h2 connection that lets the server send as much as it likes
 /// (largest stream and connection windows), so only the reading paces it.
-async fn ask_unbounded(tls: &mut TlsStream<TcpStream>, path: &str) {
+async fn ask_unbounded(io: &mut (impl tokio::io::AsyncWrite + Unpin), path: &str) {
     const SETTINGS: u8 = 0x4;
     const WINDOW_UPDATE: u8 = 0x8;
     const HEADERS: u8 = 0x1;
@@ -167,7 +188,7 @@ async fn ask_unbounded(tls: &mut TlsStream<TcpStream>, path: &str) {
     block.push(u8::try_from(path.len()).unwrap());
     block.extend_from_slice(path.as_bytes());
     out.extend(frame(HEADERS, 0x4 | 0x1, 1, &block));
-    tls.write_all(&out).await.unwrap();
+    io.write_all(&out).await.unwrap();
 }
 
 /// Reads `chunk` bytes every `every` for `within`; the bytes read, or `None` if the server
@@ -269,7 +290,16 @@ async fn a_trickling_reader_is_cut_off_below_the_minimum_rate_and_kept_above_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_response_in_flight_finish() {
-    let server = start(ServerLimits::default()).await;
+    for tls in [true, false] {
+        shutdown_lets_a_response_finish(tls).await;
+    }
+}
+
+/// The server closes the connection once the response has left, while the client is still
+/// reading it and telling the server so (WINDOW_UPDATE): closed with those unread, the socket
+/// would reset, and the client lose the response's tail.
+async fn shutdown_lets_a_response_finish(tls: bool) {
+    let server = start_on(ServerLimits::default(), tls).await;
     let mut client = h2_client(&server).await;
     let size = 20_000_000;
     let response = client
@@ -297,4 +327,81 @@ async fn shutdown_lets_a_response_in_flight_finish() {
         .await
         .expect("the server did not finish draining")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_still_writing_after_the_goodbye_reads_the_whole_response() {
+    // In the clear, so the client reads the very bytes the server's socket holds.
+    let server = start_on(ServerLimits::default(), false).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    let size = 8 * 1024 * 1024;
+    ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut frames = Frames::default();
+    // Until the response is under way (a goodbye during the handshake ends the connection
+    // at once: hyper serves nothing the client sent).
+    while frames.data == 0 {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the server closed before answering");
+        let reply = frames.take(&buf[..n]);
+        tcp.write_all(&reply).await.unwrap();
+    }
+    // The server says goodbye and closes once the response is all in its socket; the client
+    // goes on reading the rest and, as clients do, says how much it read (WINDOW_UPDATE) and
+    // answers the server's PINGs.
+    server.stop.trigger();
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("{e} after {} of {size} bytes", frames.data),
+            Err(_) => panic!("nothing to read for 10 s after {} bytes", frames.data),
+        };
+        let mut reply = frames.take(&buf[..n]);
+        let read = u32::try_from(n).unwrap();
+        reply.extend(frame(0x8, 0, 0, &read.to_be_bytes()));
+        if let Err(e) = tcp.write_all(&reply).await {
+            panic!("a write failed ({e}) after {} of {size} bytes", frames.data);
+        }
+    }
+    assert_eq!(frames.data, size, "the response's bytes that came");
+    drop(tcp);
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("the server did not finish draining")
+        .unwrap();
+}
+
+/// The frames a raw client has read: DATA payload bytes counted, PINGs answered.
+#[derive(Default)]
+struct Frames {
+    pending: Vec<u8>,
+    data: usize,
+}
+
+impl Frames {
+    /// Takes bytes read; returns the PING acks to send.
+    fn take(&mut self, read: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(read);
+        let mut reply = Vec::new();
+        let mut at = 0;
+        while self.pending.len() - at >= 9 {
+            let head = &self.pending[at..at + 9];
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            if self.pending.len() - at < 9 + len {
+                break;
+            }
+            let payload = &self.pending[at + 9..at + 9 + len];
+            match (head[3], head[4] & 0x1) {
+                (0x0, _) => self.data += len,
+                (0x6, 0) => reply.extend(frame(0x6, 0x1, 0, payload)),
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        self.pending.drain(..at);
+        reply
+    }
 }

@@ -111,6 +111,13 @@ impl<S: AsyncWrite + Unpin> Outbox<S> {
     pub fn poll_send(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         lock(&self.0).poll_send(cx)
     }
+
+    /// The stream beneath, once the [`Coalesced`] side is gone (what it held is dropped, so
+    /// send it first).
+    pub fn into_inner(self) -> Option<S> {
+        let held = Arc::try_unwrap(self.0).ok()?;
+        Some(held.into_inner().unwrap_or_else(PoisonError::into_inner).io)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {

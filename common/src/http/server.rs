@@ -401,23 +401,29 @@ where
     }
 }
 
-/// HTTP/2 over rustls's buffered connection, what each poll of hyper's connection wrote sent
-/// after that poll ([`coalesce`]).
-async fn serve_h2_coalesced<H: Handler>(
-    tls: Box<tokio_rustls::server::TlsStream<Coalesced<Deadlines<TcpStream>>>>,
+/// HTTP/2 on a stream that writes through [`coalesce`] (rustls's buffered connection, or the
+/// cleartext stream after its preface), what each poll of hyper's connection wrote sent after
+/// that poll. A connection that ends well then lingers ([`linger`]).
+async fn serve_h2_coalesced<H, IO>(
+    io: IO,
     outbox: Outbox<Deadlines<TcpStream>>,
     conn: ConnInfo,
     serving: &Serving<H>,
     // Held, not watched (hyper-util's graceful trait is sealed, so it cannot watch the
-    // wrapper): the drain waits for it, and `shutdown` starts the connection's goodbye.
+    // wrapper): the drain waits for it, lingering included, and `shutdown` starts the
+    // connection's goodbye.
     _watcher: Watcher,
     mut shutdown: Shutdown,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    H: Handler,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     outbox.defer();
     let connection = serving
         .builder
         .serve_connection(
-            TokioIo::new(tls),
+            TokioIo::new(io),
             hyper_service(serving.handler.clone(), conn),
         )
         .into_owned();
@@ -426,12 +432,62 @@ async fn serve_h2_coalesced<H: Handler>(
         outbox,
         ended: None,
     };
-    tokio::select! {
-        ended = &mut serving => return ended,
-        _ = shutdown.wait() => {}
+    let ended = tokio::select! {
+        ended = &mut serving => Some(ended),
+        _ = shutdown.wait() => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            serving.connection.as_mut().graceful_shutdown();
+            (&mut serving).await
+        }
+    };
+    if ended.is_ok() {
+        // hyper's connection, and with it the TLS state, is dropped: the stream is ours.
+        let SendEachPoll {
+            connection, outbox, ..
+        } = serving;
+        drop(connection);
+        if let Some(stream) = outbox.into_inner() {
+            linger(stream.get_ref()).await;
+        }
     }
-    serving.connection.as_mut().graceful_shutdown();
-    serving.await
+    ended
+}
+
+/// How long a closed connection goes on reading while its peer sends nothing.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+/// How long a closed connection reads at most, and how much.
+const LINGER_MOST: Duration = Duration::from_secs(30);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection the way nginx's lingering close does. Closing a socket whose peer has
+/// sent bytes not yet read makes the kernel answer with a reset rather than a FIN, and throw
+/// away what it has not yet sent; and a reset that arrives while the peer still writes (an
+/// HTTP/2 WINDOW_UPDATE for the response it is reading, the ack of a PING) fails that write,
+/// and with it the response. So the write side is shut first (the peer sees the end after the
+/// last byte), and what the peer still sends is read and dropped until it closes, goes quiet
+/// for [`LINGER_QUIET`], or [`LINGER_MOST`] or [`LINGER_BYTES`] is reached.
+async fn linger(stream: &TcpStream) {
+    // Already shut when hyper said goodbye; a second shutdown changes nothing.
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let until = tokio::time::Instant::now() + LINGER_MOST;
+    let mut room = [0u8; 2048];
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(until);
+        match tokio::time::timeout_at(quiet, stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+        match stream.try_read(&mut room) {
+            Ok(0) => return,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// A connection whose writes are held by [`coalesce`], and the outbox that sends them after
@@ -479,23 +535,27 @@ async fn serve_clear<H: Handler>(
     shutdown: Shutdown,
 ) {
     let handler = serving.handler.clone();
-    let mut read = bytes::BytesMut::new();
     if H::BODYLESS {
         let lean = h1::serve(
             &mut stream,
             conn,
             handler.clone(),
             &serving.limits,
-            shutdown,
+            shutdown.clone(),
             true,
         );
         match Box::pin(lean).await {
             Ok(h1::Served::Done) => return,
-            Ok(h1::Served::Http2(preface)) => read = preface,
+            Ok(h1::Served::Http2(preface)) => {
+                let (stream, outbox) = coalesce(stream);
+                let io = Rewind::new(preface, stream);
+                let h2 = serve_h2_coalesced(io, outbox, conn, serving, watcher, shutdown);
+                return log_end(conn, Box::pin(h2).await);
+            }
             Err(e) => return log_end(conn, Err(e.into())),
         }
     }
-    let io = TokioIo::new(Rewind::new(read, stream));
+    let io = TokioIo::new(Rewind::new(bytes::BytesMut::new(), stream));
     let connection = serving
         .builder
         .serve_connection(io, hyper_service(handler, conn))

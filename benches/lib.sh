@@ -14,7 +14,9 @@
 #   bench_tokens FILE               "id token" lines for every id in $ids
 #   bench_edge CPUS PORT [ARGS…]    a standalone `cadenza edge --join` of that stack on
 #                                   $EDGE_HOST (127.0.0.1):PORT, pinned to CPUS (e.g. 0, or 0-1), no
-#                                   disk tier, extra ARGS; sets $edge_pid $edge_admin $edge_main
+#                                   disk tier, extra ARGS; sets $edge_pid $edge_admin $edge_main;
+#                                   $edge_bin (default $bin) and $edge_name (edge: its directory
+#                                   and log under $work) let a script start a second one
 #   bench_prewarm ADMIN_URL TOKEN   pre-warms every id in $ids into that edge's cache
 #   bench_nginx PORT [PREFIX…]      nginx with $work/nginx.conf (run behind PREFIX, e.g.
 #                                   taskset -c 0), waited for on cleartext PORT; sets
@@ -101,19 +103,21 @@ bench_tokens() {
 }
 
 bench_edge() {
-  local cpus=$1 port=$2; shift 2
-  taskset -c "$cpus" "$bin" edge --join "$work/data" --data "$work/edge" \
+  local cpus=$1 port=$2 dir="$work/${edge_name:-edge}"; shift 2
+  mkdir -p "$dir"
+  taskset -c "$cpus" "${edge_bin:-$bin}" edge --join "$work/data" --data "$dir" \
     --listen "${EDGE_HOST:-127.0.0.1}:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib 0 "$@" \
-    >"$work/edge.log" 2>&1 &
+    >"$dir.log" 2>&1 &
   edge_pid=$!
   pids+=("$edge_pid")
   for _ in $(seq 1 300); do
-    [ -f "$work/edge/edge.json" ] && break
+    [ -f "$dir/edge.json" ] && break
     sleep 0.1
   done
+  [ -f "$dir/edge.json" ] || { echo "the edge did not start:" >&2; tail -5 "$dir.log" >&2; exit 1; }
   read -r edge_admin edge_main < <(python3 -c \
     'import json,sys; j = json.load(open(sys.argv[1])); print(j["edge_admin"], j["edge"])' \
-    "$work/edge/edge.json")
+    "$dir/edge.json")
 }
 
 bench_prewarm() {

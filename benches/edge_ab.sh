@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Two builds of the edge on the same load, in one run: a change's effect on cache hits, with
+# the host's drift falling on both.
+#
+# Starts `cadenza up` (release build, CADENZA_BIN or built here) for the origin and two
+# standalone `cadenza edge --join`, "new" (that build) and "base" (BASE_BIN, required), each
+# with a memory cache that holds every object, both pinned to core 0; stores OBJECTS random
+# renditions of OBJECT_MIB MiB and pre-warms both edges. Then `proto_load` on core 1 drives
+# them in turn, base then new, ROUNDS times: CONNS connections over PROTO (h2: HTTP/2 over
+# TLS, or h3), one request at a time each, random 128 KiB ranges with a signed token,
+# for DURATION seconds each. Only the edge being driven is busy; the other waits idle. Prints
+# each build's totals, every round, and new / base for throughput and CPU-seconds per GB.
+#
+# Needs: curl, python3, taskset. Knobs: BASE_BIN (required), PROTO (h2), OBJECTS (200),
+# OBJECT_MIB (5), CONNS (64), DURATION (10), ROUNDS (3), H3_MAX_UDP_PAYLOAD (1452).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${BASE_BIN:?BASE_BIN: the cadenza binary to compare against}"
+PROTO=${PROTO:-h2}
+OBJECTS=${OBJECTS:-200}
+OBJECT_MIB=${OBJECT_MIB:-5}
+CONNS=${CONNS:-64}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+
+source benches/lib.sh
+bench_needs curl python3 taskset
+bench_init
+cargo build --release -q -p cadenza-benches --bin proto_load
+load=target/release/proto_load
+H3_MAX_UDP_PAYLOAD=${H3_MAX_UDP_PAYLOAD:-1452}
+bench_up --edge-memory-mib 16
+edge_args=(--memory-mib $((OBJECTS * OBJECT_MIB + 256)) --h3-max-udp-payload "$H3_MAX_UDP_PAYLOAD")
+port_new=$(free_port)
+bench_edge 0 "$port_new" "${edge_args[@]}"
+pid_new=$edge_pid admin_new=$edge_admin
+port_base=$(free_port)
+edge_bin=$BASE_BIN edge_name=edge-base bench_edge 0 "$port_base" "${edge_args[@]}"
+pid_base=$edge_pid admin_base=$edge_admin
+echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
+bench_store "$OBJECTS" "$OBJECT_MIB"
+bench_tokens "$work/tokens"
+bench_prewarm "$admin_new" "$admin_token"
+bench_prewarm "$admin_base" "$admin_token"
+
+drive() { # port secs → proto_load's RESULT line
+  QUIC_MAX_UDP_PAYLOAD=$H3_MAX_UDP_PAYLOAD taskset -c 1 "$load" "$PROTO" "127.0.0.1:$1" "$ca" \
+    "$work/tokens" $((OBJECT_MIB * 1048576)) "$CONNS" "$2" | grep RESULT
+}
+
+run() { # port pid → "requests body_bytes errors p50_ms p99_ms server_cpu_ticks"
+  drive "$1" 3 >/dev/null # warm-up: connections, handshakes, the client's caches
+  local c0 c1 out
+  c0=$(bench_cpu "$2")
+  out=$(drive "$1" "$DURATION")
+  c1=$(bench_cpu "$2")
+  read -r _ reqs body errors p50 p99 <<<"$out"
+  echo "$reqs $body $errors $p50 $p99 $((c1 - c0))"
+}
+
+rounds=()
+for r in $(seq 1 "$ROUNDS"); do
+  rounds+=("$r base $(run "$port_base" "$pid_base")" "$r new $(run "$port_new" "$pid_new")")
+done
+
+echo
+echo "$PROTO, random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, $CONNS connections, $ROUNDS rounds × ${DURATION}s each"
+echo "base: $BASE_BIN; new: $bin"
+printf '%s\n' "${rounds[@]}" >"$work/rounds"
+python3 - "$work/rounds" "$DURATION" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+dur, tck = float(sys.argv[2]), int(sys.argv[3])
+runs = {}  # build → [(round, reqs, body, errors, p50, p99, cpu_s)]
+for line in open(sys.argv[1]):
+    r, build, reqs, body, errors, p50, p99, ticks = line.split()
+    runs.setdefault(build, []).append(
+        (int(r), int(reqs), int(body), int(errors), float(p50), float(p99), int(ticks) / tck))
+def cpu_per_gb(rows):
+    return sum(x[6] for x in rows) / (sum(x[2] for x in rows) / 1e9)
+print(f"{'':6} {'req/s':>9} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s per GB':>14} {'errors':>7}")
+for build in ("base", "new"):
+    rows = runs[build]
+    n = len(rows) * dur
+    print(f"{build:6} {sum(x[1] for x in rows)/n:9.0f} {sum(x[2] for x in rows)/n/1048576:9.1f} "
+          f"{statistics.median(x[4] for x in rows):8.2f} {statistics.median(x[5] for x in rows):8.2f} "
+          f"{cpu_per_gb(rows):14.3f} {sum(x[3] for x in rows):7}")
+pairs = list(zip(runs["base"], runs["new"]))
+tput = [b[2] / a[2] for a, b in pairs]
+for (a, b), t in zip(pairs, tput):
+    print(f"round {a[0]}: base {a[2]/dur/1048576:.0f} MiB/s at {cpu_per_gb([a]):.3f} CPU-s per GB, "
+          f"new {b[2]/dur/1048576:.0f} at {cpu_per_gb([b]):.3f}: throughput {t:.2f}×")
+total = sum(x[2] for x in runs["new"]) / sum(x[2] for x in runs["base"])
+print(f"new / base: throughput {total:.2f}× (rounds' median {statistics.median(tput):.2f}×), "
+      f"server CPU per GB {cpu_per_gb(runs['new']) / cpu_per_gb(runs['base']):.2f}×")
+PY

@@ -100,18 +100,23 @@ async fn connect(server: &Server, recv_buffer: Option<u32>) -> TlsStream<TcpStre
 
 /// hyper's HTTP/2 client on one connection, over TLS or in the clear as the server speaks.
 async fn h2_client(server: &Server) -> SendRequest<Empty<Bytes>> {
-    use hyper::client::conn::http2::handshake;
     if server.client.is_some() {
-        let tls = TokioIo::new(connect(server, None).await);
-        let (send, conn) = handshake(TokioExecutor::new(), tls).await.unwrap();
-        tokio::spawn(conn);
-        send
+        h2_on(connect(server, None).await).await
     } else {
-        let tcp = TokioIo::new(TcpStream::connect(server.addr).await.unwrap());
-        let (send, conn) = handshake(TokioExecutor::new(), tcp).await.unwrap();
-        tokio::spawn(conn);
-        send
+        h2_on(TcpStream::connect(server.addr).await.unwrap()).await
     }
+}
+
+async fn h2_on<IO>(io: IO) -> SendRequest<Empty<Bytes>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {

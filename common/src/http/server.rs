@@ -433,12 +433,8 @@ where
         ended: None,
     };
     let ended = tokio::select! {
-        ended = &mut serving => Some(ended),
-        _ = shutdown.wait() => None,
-    };
-    let ended = match ended {
-        Some(ended) => ended,
-        None => {
+        ended = &mut serving => ended,
+        _ = shutdown.wait() => {
             serving.connection.as_mut().graceful_shutdown();
             (&mut serving).await
         }
@@ -458,8 +454,9 @@ where
 
 /// How long a closed connection goes on reading while its peer sends nothing.
 const LINGER_QUIET: Duration = Duration::from_secs(2);
-/// How long a closed connection reads at most, and how much.
+/// How long a closed connection reads at most.
 const LINGER_MOST: Duration = Duration::from_secs(30);
+/// How much a closed connection reads at most.
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Closes a connection the way nginx's lingering close does. Closing a socket whose peer has
@@ -473,7 +470,6 @@ async fn linger(stream: &TcpStream) {
     // Already shut when hyper said goodbye; a second shutdown changes nothing.
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let until = tokio::time::Instant::now() + LINGER_MOST;
-    let mut room = [0u8; 2048];
     let mut read = 0;
     while read < LINGER_BYTES {
         let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(until);
@@ -481,6 +477,8 @@ async fn linger(stream: &TcpStream) {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
         }
+        // Made after the await, so the room is not part of every HTTP/2 connection's task.
+        let mut room = [0u8; 2048];
         match stream.try_read(&mut room) {
             Ok(0) => return,
             Ok(n) => read += n,
@@ -555,7 +553,7 @@ async fn serve_clear<H: Handler>(
             Err(e) => return log_end(conn, Err(e.into())),
         }
     }
-    let io = TokioIo::new(Rewind::new(bytes::BytesMut::new(), stream));
+    let io = TokioIo::new(stream);
     let connection = serving
         .builder
         .serve_connection(io, hyper_service(handler, conn))
@@ -750,5 +748,22 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         drop(client);
         assert!(offers_h2(&server).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_task_holds_little() {
+        // hyper's connection is boxed; what stays inline is the task's own state, lingering's
+        // included.
+        let (_client, stream, peer) = accepted().await;
+        let serving = serving(None);
+        let conn = ConnInfo { peer, tls: false };
+        let (_trigger, shutdown) = Shutdown::new();
+        let graceful = GracefulShutdown::new();
+        let (io, outbox) = coalesce(stream);
+        let io = Rewind::new(bytes::BytesMut::new(), io);
+        let task = serve_h2_coalesced(io, outbox, conn, &serving, graceful.watcher(), shutdown);
+        let task_bytes = std::mem::size_of_val(&task);
+        eprintln!("HTTP/2 connection: task {task_bytes} B");
+        assert!(task_bytes <= 1024, "the task is {task_bytes} B");
     }
 }

@@ -49,48 +49,14 @@ drive() { # port secs → proto_load's RESULT line
     "$work/tokens" $((OBJECT_MIB * 1048576)) "$CONNS" "$2" | grep RESULT
 }
 
-run() { # port pid → "requests body_bytes errors p50_ms p99_ms server_cpu_ticks"
-  drive "$1" 3 >/dev/null # warm-up: connections, handshakes, the client's caches
-  local c0 c1 out
-  c0=$(bench_cpu "$2")
-  out=$(drive "$1" "$DURATION")
-  c1=$(bench_cpu "$2")
-  read -r _ reqs body errors p50 p99 <<<"$out"
-  echo "$reqs $body $errors $p50 $p99 $((c1 - c0))"
-}
-
 rounds=()
 for r in $(seq 1 "$ROUNDS"); do
-  rounds+=("$r base $(run "$port_base" "$pid_base")" "$r new $(run "$port_new" "$pid_new")")
+  rounds+=("$r base $(bench_round "$pid_base" drive "$port_base")")
+  rounds+=("$r new $(bench_round "$pid_new" drive "$port_new")")
 done
 
 echo
 echo "$PROTO, random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, $CONNS connections, $ROUNDS rounds × ${DURATION}s each"
 echo "base: $BASE_BIN; new: $bin"
 printf '%s\n' "${rounds[@]}" >"$work/rounds"
-python3 - "$work/rounds" "$DURATION" "$(getconf CLK_TCK)" <<'PY'
-import statistics, sys
-dur, tck = float(sys.argv[2]), int(sys.argv[3])
-runs = {}  # build → [(round, reqs, body, errors, p50, p99, cpu_s)]
-for line in open(sys.argv[1]):
-    r, build, reqs, body, errors, p50, p99, ticks = line.split()
-    runs.setdefault(build, []).append(
-        (int(r), int(reqs), int(body), int(errors), float(p50), float(p99), int(ticks) / tck))
-def cpu_per_gb(rows):
-    return sum(x[6] for x in rows) / (sum(x[2] for x in rows) / 1e9)
-print(f"{'':6} {'req/s':>9} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s per GB':>14} {'errors':>7}")
-for build in ("base", "new"):
-    rows = runs[build]
-    n = len(rows) * dur
-    print(f"{build:6} {sum(x[1] for x in rows)/n:9.0f} {sum(x[2] for x in rows)/n/1048576:9.1f} "
-          f"{statistics.median(x[4] for x in rows):8.2f} {statistics.median(x[5] for x in rows):8.2f} "
-          f"{cpu_per_gb(rows):14.3f} {sum(x[3] for x in rows):7}")
-pairs = list(zip(runs["base"], runs["new"]))
-tput = [b[2] / a[2] for a, b in pairs]
-for (a, b), t in zip(pairs, tput):
-    print(f"round {a[0]}: base {a[2]/dur/1048576:.0f} MiB/s at {cpu_per_gb([a]):.3f} CPU-s per GB, "
-          f"new {b[2]/dur/1048576:.0f} at {cpu_per_gb([b]):.3f}: throughput {t:.2f}×")
-total = sum(x[2] for x in runs["new"]) / sum(x[2] for x in runs["base"])
-print(f"new / base: throughput {total:.2f}× (rounds' median {statistics.median(tput):.2f}×), "
-      f"server CPU per GB {cpu_per_gb(runs['new']) / cpu_per_gb(runs['base']):.2f}×")
-PY
+bench_rounds_report "$work/rounds" "base:base:base" "new:new:new"

@@ -46,49 +46,14 @@ drive() { # proto secs → proto_load's RESULT line
     $((OBJECT_MIB * 1048576)) "$CONNS" "$2" | grep RESULT
 }
 
-run() { # proto → "requests body_bytes errors p50_ms p99_ms server_cpu_ticks"
-  drive "$1" 3 >/dev/null # warm-up: connections, handshakes, the client's caches
-  local c0 c1 out
-  c0=$(bench_cpu "$edge_pid")
-  out=$(drive "$1" "$DURATION")
-  c1=$(bench_cpu "$edge_pid")
-  read -r _ reqs body errors p50 p99 <<<"$out"
-  echo "$reqs $body $errors $p50 $p99 $((c1 - c0))"
-}
-
 # The two protocols take turns, so a change in what the host gives this machine's cores
 # over the run (on the 2-core VM, up to half between rounds minutes apart) falls on both.
 rounds=()
 for r in $(seq 1 "$ROUNDS"); do
-  rounds+=("$r h2 $(run h2)" "$r h3 $(run h3)")
+  rounds+=("$r h2 $(bench_round "$edge_pid" drive h2)" "$r h3 $(bench_round "$edge_pid" drive h3)")
 done
 
 echo
 echo "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, $CONNS connections, $ROUNDS rounds × ${DURATION}s each, one client (proto_load); QUIC payload ≤ $H3_MAX_UDP_PAYLOAD, ACK every ${H3_ACK_EVERY:-10}"
 printf '%s\n' "${rounds[@]}" >"$work/rounds"
-python3 - "$work/rounds" "$DURATION" "$(getconf CLK_TCK)" <<'PY'
-import statistics, sys
-dur, tck = float(sys.argv[2]), int(sys.argv[3])
-runs = {}  # proto → [(round, reqs, body, errors, p50, p99, cpu_s)]
-for line in open(sys.argv[1]):
-    r, proto, reqs, body, errors, p50, p99, ticks = line.split()
-    runs.setdefault(proto, []).append(
-        (int(r), int(reqs), int(body), int(errors), float(p50), float(p99), int(ticks) / tck))
-def cpu_per_gb(rows):
-    return sum(x[6] for x in rows) / (sum(x[2] for x in rows) / 1e9)
-print(f"{'':16} {'req/s':>9} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s per GB':>14} {'errors':>7}")
-for proto, name in (("h2", "edge HTTP/2+TLS"), ("h3", "edge HTTP/3")):
-    rows = runs[proto]
-    n = len(rows) * dur
-    print(f"{name:16} {sum(x[1] for x in rows)/n:9.0f} {sum(x[2] for x in rows)/n/1048576:9.1f} "
-          f"{statistics.median(x[4] for x in rows):8.2f} {statistics.median(x[5] for x in rows):8.2f} "
-          f"{cpu_per_gb(rows):14.3f} {sum(x[3] for x in rows):7}")
-pairs = list(zip(runs["h2"], runs["h3"]))
-tput = [b[2] / a[2] for a, b in pairs]
-for (a, b), t in zip(pairs, tput):
-    print(f"round {a[0]}: HTTP/2 {a[2]/dur/1048576:.0f} MiB/s at {cpu_per_gb([a]):.3f} CPU-s per GB, "
-          f"HTTP/3 {b[2]/dur/1048576:.0f} at {cpu_per_gb([b]):.3f}: throughput {t:.2f}×")
-total = sum(x[2] for x in runs["h3"]) / sum(x[2] for x in runs["h2"])
-print(f"HTTP/3 / HTTP/2: throughput {total:.2f}× (rounds' median {statistics.median(tput):.2f}×), "
-      f"server CPU per GB {cpu_per_gb(runs['h3']) / cpu_per_gb(runs['h2']):.2f}×")
-PY
+bench_rounds_report "$work/rounds" "h2:HTTP/2:edge HTTP/2+TLS" "h3:HTTP/3:edge HTTP/3"

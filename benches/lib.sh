@@ -22,6 +22,13 @@
 #                                   taskset -c 0), waited for on cleartext PORT; sets
 #                                   $nginx_master $nginx_worker
 #   bench_cpu PID                   the process's user + system time, clock ticks
+#   bench_round PID DRIVE ARG       one measured round of a proto_load driver: `DRIVE ARG 3`
+#                                   (warm-up), then `DRIVE ARG $DURATION`, which prints
+#                                   proto_load's RESULT line; prints "requests body_bytes errors
+#                                   p50_ms p99_ms cpu_ticks", the ticks PID used meanwhile
+#   bench_rounds_report FILE A B    the totals, every round and B / A from FILE's lines
+#                                   "round KEY <bench_round's line>"; A and B are KEY:SHORT:NAME
+#                                   (e.g. h2:HTTP/2:edge HTTP/2+TLS)
 #   bench_core_busy [CPU]           that core's busy time (user, nice, system, irq, softirq;
 #                                   not idle, iowait or steal), clock ticks; without CPU,
 #                                   every core's
@@ -129,6 +136,46 @@ bench_prewarm() {
 
 bench_cpu() {
   awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+bench_round() {
+  local pid=$1 drive=$2 arg=$3 c0 c1 out
+  "$drive" "$arg" 3 >/dev/null # warm-up: connections, handshakes, the client's caches
+  c0=$(bench_cpu "$pid")
+  out=$("$drive" "$arg" "$DURATION")
+  c1=$(bench_cpu "$pid")
+  read -r _ reqs body errors p50 p99 <<<"$out"
+  echo "$reqs $body $errors $p50 $p99 $((c1 - c0))"
+}
+
+bench_rounds_report() {
+  python3 - "$1" "$DURATION" "$(getconf CLK_TCK)" "$2" "$3" <<'PY'
+import statistics, sys
+dur, tck = float(sys.argv[2]), int(sys.argv[3])
+(ka, sa, na), (kb, sb, nb) = (arg.split(":", 2) for arg in sys.argv[4:6])
+runs = {}  # key → [(round, reqs, body, errors, p50, p99, cpu_s)]
+for line in open(sys.argv[1]):
+    r, key, reqs, body, errors, p50, p99, ticks = line.split()
+    runs.setdefault(key, []).append(
+        (int(r), int(reqs), int(body), int(errors), float(p50), float(p99), int(ticks) / tck))
+def cpu_per_gb(rows):
+    return sum(x[6] for x in rows) / (sum(x[2] for x in rows) / 1e9)
+print(f"{'':16} {'req/s':>9} {'MiB/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s per GB':>14} {'errors':>7}")
+for key, name in ((ka, na), (kb, nb)):
+    rows = runs[key]
+    n = len(rows) * dur
+    print(f"{name:16} {sum(x[1] for x in rows)/n:9.0f} {sum(x[2] for x in rows)/n/1048576:9.1f} "
+          f"{statistics.median(x[4] for x in rows):8.2f} {statistics.median(x[5] for x in rows):8.2f} "
+          f"{cpu_per_gb(rows):14.3f} {sum(x[3] for x in rows):7}")
+pairs = list(zip(runs[ka], runs[kb]))
+tput = [b[2] / a[2] for a, b in pairs]
+for (a, b), t in zip(pairs, tput):
+    print(f"round {a[0]}: {sa} {a[2]/dur/1048576:.0f} MiB/s at {cpu_per_gb([a]):.3f} CPU-s per GB, "
+          f"{sb} {b[2]/dur/1048576:.0f} at {cpu_per_gb([b]):.3f}: throughput {t:.2f}×")
+total = sum(x[2] for x in runs[kb]) / sum(x[2] for x in runs[ka])
+print(f"{sb} / {sa}: throughput {total:.2f}× (rounds' median {statistics.median(tput):.2f}×), "
+      f"server CPU per GB {cpu_per_gb(runs[kb]) / cpu_per_gb(runs[ka]):.2f}×")
+PY
 }
 
 bench_core_busy() {

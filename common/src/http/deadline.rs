@@ -61,7 +61,16 @@ pub struct Deadlines<S> {
     backlog: Option<(Instant, u64)>,
     /// Never later than the earliest deadline that can apply (`last + min(send, idle)`).
     timer: Pin<Box<Sleep>>,
+    /// Set once a read saw the peer's end of the stream, or failed: nothing more will come.
+    peer_done: bool,
+    /// Whether [`Deadlines::on_close`]'s hook runs ([`Deadlines::close_with_care`]).
+    care: bool,
+    /// Run on drop if `care` is set and the peer may still be sending.
+    on_close: Option<OnClose<S>>,
 }
+
+/// What [`Deadlines::on_close`] runs.
+pub type OnClose<S> = Box<dyn FnOnce(&S) + Send + Sync>;
 
 impl<S> std::fmt::Debug for Deadlines<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,7 +94,32 @@ impl<S> Deadlines<S> {
             min_rate,
             backlog: None,
             timer: Box::pin(tokio::time::sleep_until(now + send.min(idle))),
+            peer_done: false,
+            care: false,
+            on_close: None,
         }
+    }
+
+    /// Gives the stream a hook for its close: dropped with [`Deadlines::close_with_care`] on
+    /// and before the peer ended its side (no read saw its end, none failed), the stream
+    /// runs `f` on itself first, as the peer may still be writing and is about to be reset.
+    /// Otherwise `f` is only dropped, with whatever it holds.
+    pub fn on_close(mut self, f: impl FnOnce(&S) + Send + Sync + 'static) -> Self {
+        self.on_close = Some(Box::new(f));
+        self
+    }
+
+    /// Whether the close hook runs. Off at first: the server turns it on for a protocol
+    /// whose peer may be sending when the server closes (HTTP/1.1: the rest of a body it
+    /// answered without reading), not for one that closes for a broken protocol.
+    pub fn close_with_care(&mut self, care: bool) {
+        self.care = care;
+    }
+
+    /// Takes back what [`Deadlines::on_close`] set, for a caller that closes the stream
+    /// itself (dropping it releases whatever it holds).
+    pub fn take_on_close(&mut self) -> Option<OnClose<S>> {
+        self.on_close.take()
     }
 
     /// The wrapped stream.
@@ -131,6 +165,17 @@ impl<S> Deadlines<S> {
     }
 }
 
+impl<S> Drop for Deadlines<S> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_close.take()
+            && self.care
+            && !self.peer_done
+        {
+            f(&self.inner);
+        }
+    }
+}
+
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
 }
@@ -142,14 +187,20 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     self.last = Instant::now();
+                } else if room {
+                    self.peer_done = true;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => {
+                self.peer_done = true;
+                Poll::Ready(Err(e))
+            }
             // hyper always has a read outstanding, so this is where idleness is noticed.
             Poll::Pending => match self.expired(cx) {
                 Some(e) => Poll::Ready(Err(e)),

@@ -237,6 +237,11 @@ impl<S> LeanTls<S> {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
+
+    /// The stream beneath.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {

@@ -192,22 +192,23 @@ async fn accept_loop<H: Handler>(
         let serving = serving.clone();
         let watcher = graceful.watcher();
         let conn_shutdown = shutdown.clone();
-        // Under TLS, so a peer that stops reading is noticed whatever the protocol.
+        // Under TLS, so a peer that stops reading is noticed whatever the protocol. The
+        // connection's slot goes with the stream: a connection closed while its peer may
+        // still be writing lingers after its task ends, and keeps the slot meanwhile.
         let stream = Deadlines::new(
             stream,
             limits.send_timeout,
             limits.idle_timeout,
             limits.min_send_rate,
-        );
+        )
+        .on_close(move |stream| linger_apart(stream, permit));
         // One task type per path, so a cleartext connection's task is not sized for TLS.
         if serving.tls.is_some() {
             tokio::spawn(async move {
-                let _permit = permit;
                 serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
             });
         } else {
             tokio::spawn(async move {
-                let _permit = permit;
                 serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
             });
         }
@@ -339,8 +340,9 @@ async fn serve_tls<H: Handler>(
     };
     let handshake = Box::pin(handshake(stream, config.clone()));
     let result = match tokio::time::timeout(serving.limits.handshake_timeout, handshake).await {
-        Ok(Ok(Tls::Lean(tls))) => {
+        Ok(Ok(Tls::Lean(mut tls))) => {
             let http2 = tls.alpn_protocol() == Some(b"h2".as_slice());
+            tls.get_mut().close_with_care(!http2);
             Box::pin(serve_tls_stream(
                 tls, http2, conn, serving, watcher, shutdown,
             ))
@@ -445,47 +447,85 @@ where
             connection, outbox, ..
         } = serving;
         drop(connection);
-        if let Some(stream) = outbox.into_inner() {
+        if let Some(mut stream) = outbox.into_inner() {
+            // Lingers here rather than apart, so the drain waits for it; the slot is held
+            // until it ends.
+            let _slot = stream.take_on_close();
             linger(stream.get_ref()).await;
         }
     }
     ended
 }
 
-/// How long a closed connection goes on reading while its peer sends nothing.
+/// How long a closed connection goes on reading while its peer sends nothing (nginx's
+/// `lingering_timeout` is 5 s).
 const LINGER_QUIET: Duration = Duration::from_secs(2);
-/// How long a closed connection reads at most.
+/// How long a closed connection reads at most (nginx's `lingering_time`). Time, not bytes,
+/// bounds it: a refused upload's client may have hundreds of megabytes still to send, and
+/// it only reads the answer once they are sent.
 const LINGER_MOST: Duration = Duration::from_secs(30);
-/// How much a closed connection reads at most.
-const LINGER_BYTES: usize = 1 << 20;
 
 /// Closes a connection the way nginx's lingering close does. Closing a socket whose peer has
 /// sent bytes not yet read makes the kernel answer with a reset rather than a FIN, and throw
 /// away what it has not yet sent; and a reset that arrives while the peer still writes (an
-/// HTTP/2 WINDOW_UPDATE for the response it is reading, the ack of a PING) fails that write,
-/// and with it the response. So the write side is shut first (the peer sees the end after the
-/// last byte), and what the peer still sends is read and dropped until it closes, goes quiet
-/// for [`LINGER_QUIET`], or [`LINGER_MOST`] or [`LINGER_BYTES`] is reached.
+/// HTTP/2 WINDOW_UPDATE for the response it is reading, the ack of a PING, the rest of a
+/// request body the server answered without reading) fails that write, and with it the
+/// response. So the write side is shut first (the peer sees the end after the last byte),
+/// and what the peer still sends is read and dropped until it closes, goes quiet for
+/// [`LINGER_QUIET`], or [`LINGER_MOST`] has passed.
 async fn linger(stream: &TcpStream) {
     // Already shut when hyper said goodbye; a second shutdown changes nothing.
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let until = tokio::time::Instant::now() + LINGER_MOST;
-    let mut read = 0;
-    while read < LINGER_BYTES {
-        let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(until);
-        match tokio::time::timeout_at(quiet, stream.readable()).await {
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        // A timeout polls what it bounds first: a peer that never stops sending is stopped
+        // by the check above, not by this.
+        match tokio::time::timeout_at((now + LINGER_QUIET).min(until), stream.readable()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
         }
         // Made after the await, so the room is not part of every HTTP/2 connection's task.
-        let mut room = [0u8; 2048];
-        match stream.try_read(&mut room) {
-            Ok(0) => return,
-            Ok(n) => read += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+        let mut room = [0u8; 16 << 10];
+        // A bounded run of reads per wake, so a fast sender shares the thread.
+        for _ in 0..64 {
+            match stream.try_read(&mut room) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
         }
     }
+}
+
+/// Lingers ([`linger`]) on a connection whose stream is being dropped, in a task of its own
+/// holding `slot`: hyper drops the streams of the connections it serves, and one that
+/// answered before reading a whole request body (a refused upload) would otherwise reset the
+/// connection under a client still sending it, which then fails its write and may never read
+/// the answer. The task gets the socket through a second descriptor, so closing the first
+/// does not close it.
+fn linger_apart(stream: &TcpStream, slot: tokio::sync::OwnedSemaphorePermit) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let socket = socket2::SockRef::from(stream);
+    // The peer sees the end after the last byte, whatever happens next.
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let Ok(second) = socket.try_clone() else {
+        return;
+    };
+    let _entered = runtime.enter();
+    let Ok(second) = TcpStream::from_std(second.into()) else {
+        return;
+    };
+    runtime.spawn(async move {
+        let _slot = slot;
+        linger(&second).await;
+    });
 }
 
 /// A connection whose writes are held by [`coalesce`], and the outbox that sends them after
@@ -534,6 +574,7 @@ async fn serve_clear<H: Handler>(
 ) {
     let handler = serving.handler.clone();
     if H::BODYLESS {
+        stream.close_with_care(true);
         let lean = h1::serve(
             &mut stream,
             conn,
@@ -545,6 +586,7 @@ async fn serve_clear<H: Handler>(
         match Box::pin(lean).await {
             Ok(h1::Served::Done) => return,
             Ok(h1::Served::Http2(preface)) => {
+                stream.close_with_care(false);
                 let (stream, outbox) = coalesce(stream);
                 let io = Rewind::new(preface, stream);
                 let h2 = serve_h2_coalesced(io, outbox, conn, serving, watcher, shutdown);
@@ -553,12 +595,41 @@ async fn serve_clear<H: Handler>(
             Err(e) => return log_end(conn, Err(e.into())),
         }
     }
+    // hyper tells HTTP/1.1 from HTTP/2 by itself; only HTTP/1.1 closes with care. A peer
+    // silent for the header timeout would be cut off by hyper: it is here.
+    let limit = serving.limits.header_read_timeout;
+    match tokio::time::timeout(limit, starts_h2c(stream.get_ref())).await {
+        Ok(Ok(h2c)) => stream.close_with_care(!h2c),
+        Ok(Err(e)) => return log_end(conn, Err(e.into())),
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "no request within the header timeout");
+            return;
+        }
+    }
     let io = TokioIo::new(stream);
     let connection = serving
         .builder
         .serve_connection(io, hyper_service(handler, conn))
         .into_owned();
     log_end(conn, Box::pin(watcher.watch(connection)).await);
+}
+
+/// Whether a cleartext connection starts with HTTP/2's preface, peeked so hyper reads the
+/// same bytes again: its first three bytes are `PRI`, a method HTTP/1.1 does not have.
+async fn starts_h2c(stream: &TcpStream) -> std::io::Result<bool> {
+    const START: &[u8] = b"PRI";
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let mut first = [0u8; 3];
+        let n = stream.peek(&mut first).await?;
+        if n == 0 || n == START.len() || !START.starts_with(&first[..n]) {
+            return Ok(first[..n] == *START);
+        }
+        // `P` or `PR` so far (`POST`, `PUT` and `PATCH` start so too), and a peek would see
+        // the same bytes at once: wait a little (the caller's timeout bounds this).
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(64));
+    }
 }
 
 /// A stream that yields `read` before the rest of `inner`: the bytes [`h1::serve`] read

@@ -472,7 +472,9 @@ const LINGER_MOST: Duration = Duration::from_secs(30);
 /// request body the server answered without reading) fails that write, and with it the
 /// response. So the write side is shut first (the peer sees the end after the last byte),
 /// and what the peer still sends is read and dropped until it closes, goes quiet for
-/// [`LINGER_QUIET`], or [`LINGER_MOST`] has passed.
+/// [`LINGER_QUIET`] with nothing of ours left in the socket ([`unsent`]: a slow reader with
+/// large windows may write nothing for a while and then once more before it is done), or
+/// [`LINGER_MOST`] has passed.
 async fn linger(stream: &TcpStream) {
     // Already shut when hyper said goodbye; a second shutdown changes nothing.
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
@@ -486,7 +488,11 @@ async fn linger(stream: &TcpStream) {
         // by the check above, not by this.
         match tokio::time::timeout_at((now + LINGER_QUIET).min(until), stream.readable()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Err(_)) => return,
+            // Quiet, but a slow reader still has bytes of ours to take, and may write again
+            // before it is done (an HTTP/2 WINDOW_UPDATE): closing now would reset it.
+            Err(_) if unsent(stream) > 0 => continue,
+            Err(_) => return,
         }
         // Made after the await, so the room is not part of every HTTP/2 connection's task.
         let mut room = [0u8; 16 << 10];
@@ -500,6 +506,28 @@ async fn linger(stream: &TcpStream) {
             }
         }
     }
+}
+
+/// Bytes the kernel still holds to send on `stream` or waits to see acknowledged
+/// (`SIOCOUTQ`); 0 where it cannot say.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn unsent(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SIOCOUTQ is TIOCOUTQ's number on Linux (libc names only the latter).
+    // SAFETY: the ioctl writes one int through the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut queued) };
+    if rc == 0 {
+        usize::try_from(queued).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsent(_stream: &TcpStream) -> usize {
+    0
 }
 
 /// Lingers ([`linger`]) on a connection whose stream is being dropped, in a task of its own

@@ -343,34 +343,15 @@ async fn a_peer_still_writing_after_the_goodbye_reads_the_whole_response() {
     let mut tcp = socket.connect(server.addr).await.unwrap();
     let size = 8 * 1024 * 1024;
     ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
-    let mut buf = vec![0u8; 16 * 1024];
     let mut frames = Frames::default();
     // Until the response is under way (a goodbye during the handshake ends the connection
     // at once: hyper serves nothing the client sent).
-    while frames.data == 0 {
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the server closed before answering");
-        let reply = frames.take(&buf[..n]);
-        tcp.write_all(&reply).await.unwrap();
-    }
+    read_frames(&mut tcp, &mut frames, 1, false).await;
     // The server says goodbye and closes once the response is all in its socket; the client
     // goes on reading the rest and, as clients do, says how much it read (WINDOW_UPDATE) and
     // answers the server's PINGs.
     server.stop.trigger();
-    loop {
-        let n = match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
-            Ok(Ok(0)) => break,
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("{e} after {} of {size} bytes", frames.data),
-            Err(_) => panic!("nothing to read for 10 s after {} bytes", frames.data),
-        };
-        let mut reply = frames.take(&buf[..n]);
-        let read = u32::try_from(n).unwrap();
-        reply.extend(frame(0x8, 0, 0, &read.to_be_bytes()));
-        if let Err(e) = tcp.write_all(&reply).await {
-            panic!("a write failed ({e}) after {} of {size} bytes", frames.data);
-        }
-    }
+    read_frames(&mut tcp, &mut frames, usize::MAX, true).await;
     assert_eq!(frames.data, size, "the response's bytes that came");
     drop(tcp);
     tokio::time::timeout(Duration::from_secs(5), server.task)
@@ -395,35 +376,40 @@ async fn a_reader_quiet_after_the_goodbye_still_reads_the_whole_response() {
     let (fast, tail) = (8 << 20, 512 << 10);
     let size = fast + tail;
     ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
-    let mut buf = vec![0u8; 64 * 1024];
     let mut frames = Frames::default();
-    let mut paused = false;
-    let mut triggered = false;
-    loop {
+    read_frames(&mut tcp, &mut frames, 1, false).await;
+    server.stop.trigger();
+    read_frames(&mut tcp, &mut frames, fast, false).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let update = frame(0x8, 0, 0, &1024u32.to_be_bytes());
+    if let Err(e) = tcp.write_all(&update).await {
+        panic!("a write failed ({e}) after {} of {size} bytes", frames.data);
+    }
+    read_frames(&mut tcp, &mut frames, usize::MAX, false).await;
+    assert_eq!(frames.data, size, "the response's bytes that came");
+}
+
+/// Reads a raw HTTP/2 client's frames until `until` DATA bytes have come or the server
+/// closes, answering PINGs and, with `update`, saying after every read how much it read
+/// (WINDOW_UPDATE). Panics on an error, or on 10 s without a byte.
+async fn read_frames(tcp: &mut TcpStream, frames: &mut Frames, until: usize, update: bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while frames.data < until {
         let n = match tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await {
-            Ok(Ok(0)) => break,
+            Ok(Ok(0)) => return,
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("{e} after {} of {size} bytes", frames.data),
+            Ok(Err(e)) => panic!("{e} after {} bytes", frames.data),
             Err(_) => panic!("nothing to read for 10 s after {} bytes", frames.data),
         };
-        // PINGs are answered (the goodbye's comes at once).
-        let acks = frames.take(&buf[..n]);
-        tcp.write_all(&acks).await.unwrap();
-        if frames.data > 0 && !triggered {
-            server.stop.trigger();
-            triggered = true;
+        let mut reply = frames.take(&buf[..n]);
+        if update {
+            let read = u32::try_from(n).unwrap();
+            reply.extend(frame(0x8, 0, 0, &read.to_be_bytes()));
         }
-        if !paused && frames.data >= fast {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let update = frame(0x8, 0, 0, &1024u32.to_be_bytes());
-            if let Err(e) = tcp.write_all(&update).await {
-                panic!("a write failed ({e}) after {} of {size} bytes", frames.data);
-            }
-            paused = true;
+        if let Err(e) = tcp.write_all(&reply).await {
+            panic!("a write failed ({e}) after {} bytes", frames.data);
         }
     }
-    assert!(paused);
-    assert_eq!(frames.data, size, "the response's bytes that came");
 }
 
 /// The frames a raw client has read: DATA payload bytes counted, PINGs answered.

@@ -103,7 +103,7 @@ read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_p
 kill "$nginx_master"
 wait "$nginx_master" 2>/dev/null || true
 bench_nginx "$nginx_port"
-read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" /)
+read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" / tls "$ca")
 
 python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \
   "$nginx_base" "$nginx_clear" "$nginx_tls" "$CONNS" "$opened_clear" "$opened_tls" \

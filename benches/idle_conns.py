@@ -2,8 +2,9 @@
 
     idle_conns.py HOST PORT N PATH [tls CA_PEM]
 
-Prints "open K" once every connection has had its answer, then keeps them open until
-stdin closes. Connections the server refused or closed are counted and reported.
+Prints "open K" once every connection has had its answer (a 200), then keeps them open
+until stdin closes. Connections the server refused, closed or answered with an error are
+not counted.
 """
 import asyncio
 import ssl
@@ -19,6 +20,11 @@ async def one(host, port, path, ctx, gate):
             writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            # Only a served request counts: an error (plain HTTP sent to a TLS port gets a
+            # 400 and a close) is a connection the server did not keep.
+            if not head.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")):
+                writer.close()
+                return None
             length = 0
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):

@@ -303,26 +303,33 @@ async fn handshake(
 /// Whether the client's ClientHello offers h2, read with `MSG_PEEK` into the stack, so the
 /// handshake reads the same bytes again and nothing is held on the heap meanwhile.
 async fn offers_h2(stream: &TcpStream) -> std::io::Result<bool> {
+    peek_until::<{ lean_tls::FIRST_RECORD }, _>(stream, |hello| lean_tls::offers_alpn(hello, b"h2"))
+        .await
+}
+
+/// Peeks at a connection's first bytes (up to `N`, into the stack inside each poll, so no
+/// room is held across the wait) until `decide` can answer from them. A peer that closes
+/// first is an `UnexpectedEof`. While `decide` needs more, a peek would see the same bytes at
+/// once, so it waits a little between peeks; the caller's timeout bounds the whole.
+async fn peek_until<const N: usize, T>(
+    stream: &TcpStream,
+    decide: impl Fn(&[u8]) -> Option<T>,
+) -> std::io::Result<T> {
     let mut wait = Duration::from_millis(1);
     loop {
-        let offered = std::future::poll_fn(|cx| {
-            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); lean_tls::FIRST_RECORD];
+        let decided = std::future::poll_fn(|cx| {
+            let mut room = [std::mem::MaybeUninit::<u8>::uninit(); N];
             let mut peeked = tokio::io::ReadBuf::uninit(&mut room);
             if std::task::ready!(stream.poll_peek(cx, &mut peeked))? == 0 {
                 let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                 return std::task::Poll::Ready(Err(eof));
             }
-            std::task::Poll::Ready(Ok::<_, std::io::Error>(lean_tls::offers_alpn(
-                peeked.filled(),
-                b"h2",
-            )))
+            std::task::Poll::Ready(Ok::<_, std::io::Error>(decide(peeked.filled())))
         })
         .await?;
-        if let Some(offered) = offered {
-            return Ok(offered);
+        if let Some(decided) = decided {
+            return Ok(decided);
         }
-        // The first record is not all here, and a peek would see the same bytes at once:
-        // wait a little (the handshake's timeout bounds this).
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(64));
     }
@@ -623,11 +630,14 @@ async fn serve_clear<H: Handler>(
             Err(e) => return log_end(conn, Err(e.into())),
         }
     }
-    // hyper tells HTTP/1.1 from HTTP/2 by itself; only HTTP/1.1 closes with care. A peer
-    // silent for the header timeout would be cut off by hyper: it is here.
+    // hyper tells HTTP/1.1 from HTTP/2 by itself; only HTTP/1.1 closes with care. hyper-util
+    // reads the first bytes with no timeout of its own (only the idle deadline ended a silent
+    // peer there); the header timeout bounds this peek as it bounds a request's head.
     let limit = serving.limits.header_read_timeout;
     match tokio::time::timeout(limit, starts_h2c(stream.get_ref())).await {
         Ok(Ok(h2c)) => stream.close_with_care(!h2c),
+        // Connected and left without a byte: nothing to log.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
         Ok(Err(e)) => return log_end(conn, Err(e.into())),
         Err(_) => {
             tracing::debug!(peer = %conn.peer, "no request within the header timeout");
@@ -643,21 +653,14 @@ async fn serve_clear<H: Handler>(
 }
 
 /// Whether a cleartext connection starts with HTTP/2's preface, peeked so hyper reads the
-/// same bytes again: its first three bytes are `PRI`, a method HTTP/1.1 does not have.
+/// same bytes again: its first three bytes are `PRI`, a method HTTP/1.1 does not have
+/// (`P` and `PR` are not enough: `POST`, `PUT` and `PATCH` start so too).
 async fn starts_h2c(stream: &TcpStream) -> std::io::Result<bool> {
     const START: &[u8] = b"PRI";
-    let mut wait = Duration::from_millis(1);
-    loop {
-        let mut first = [0u8; 3];
-        let n = stream.peek(&mut first).await?;
-        if n == 0 || n == START.len() || !START.starts_with(&first[..n]) {
-            return Ok(first[..n] == *START);
-        }
-        // `P` or `PR` so far (`POST`, `PUT` and `PATCH` start so too), and a peek would see
-        // the same bytes at once: wait a little (the caller's timeout bounds this).
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(64));
-    }
+    peek_until::<3, _>(stream, |first| {
+        (first.len() == START.len() || !START.starts_with(first)).then(|| first == START)
+    })
+    .await
 }
 
 /// A stream that yields `read` before the rest of `inner`: the bytes [`h1::serve`] read
@@ -847,6 +850,40 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         drop(client);
         assert!(offers_h2(&server).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_h2c_preface_is_told_from_a_post_sent_in_pieces() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        for (first, rest, h2c) in [
+            ("P", "RI * HTTP/2.0\r\n", true),
+            ("P", "OST / HTTP/1.1\r\n", false),
+        ] {
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            client.write_all(first.as_bytes()).await.unwrap();
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                client.write_all(rest.as_bytes()).await.unwrap();
+                client
+            });
+            assert_eq!(starts_h2c(&server).await.unwrap(), h2c, "{first}{rest}");
+            let _client = late.await.unwrap();
+        }
+        let (client, server) = (
+            TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap(),
+            listener.accept().await.unwrap().0,
+        );
+        drop(client);
+        assert!(
+            starts_h2c(&server).await.is_err(),
+            "a client that left first"
+        );
     }
 
     #[tokio::test]

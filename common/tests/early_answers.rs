@@ -5,17 +5,18 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadenza_common::http::{
-    Body, ConnInfo, Handler, ServerLimits, Shutdown, ShutdownTrigger, full, serve_on, tls,
-};
+use cadenza_common::http::{Body, ConnInfo, Handler, ServerLimits, full};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use support::Server;
 
 /// Answers 401 to everything without reading the body, as the origin does to a bad key.
 struct Refuse;
@@ -28,34 +29,15 @@ impl Handler for Refuse {
     }
 }
 
-struct Server {
-    addr: SocketAddr,
-    client: Option<Arc<rustls::ClientConfig>>,
-    _stop: ShutdownTrigger,
-}
-
+/// `Refuse` served over TLS or in the clear; over TLS the client asks for HTTP/1.1 only.
 async fn start(tls: bool, limits: ServerLimits) -> Server {
-    let pem = tls::self_signed(&["localhost"]).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let listening = serve_on(
-        listener,
-        tls.then(|| tls::server_config(&pem).unwrap()),
-        limits,
-        Arc::new(Refuse),
-        shutdown,
-    )
-    .unwrap();
-    let client = tls.then(|| {
-        let mut config = (*tls::client_config(pem.cert.as_bytes()).unwrap()).clone();
+    let mut server = support::start(Refuse, limits, tls).await;
+    server.client = server.client.map(|config| {
+        let mut config = (*config).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     });
-    Server {
-        addr: listening.addr,
-        client,
-        _stop: stop,
-    }
+    server
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -5,23 +5,23 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cadenza_common::http::{
-    Body, ConnInfo, Handler, MinRate, ServerLimits, Shutdown, ShutdownTrigger, full, serve_on, tls,
-};
+use cadenza_common::http::{Body, ConnInfo, Handler, MinRate, ServerLimits, full};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use support::Server;
 
 /// `len` bytes that differ from position to position, so a misplaced record shows.
 fn pattern(len: usize) -> Vec<u8> {
@@ -48,36 +48,12 @@ impl Handler for Patterns {
     const BODYLESS: bool = true;
 }
 
-struct Server {
-    addr: SocketAddr,
-    /// None when the server speaks in the clear.
-    client: Option<Arc<rustls::ClientConfig>>,
-    task: JoinHandle<()>,
-    stop: ShutdownTrigger,
-}
-
 async fn start(limits: ServerLimits) -> Server {
     start_on(limits, true).await
 }
 
 async fn start_on(limits: ServerLimits, tls: bool) -> Server {
-    let pem = tls::self_signed(&["localhost"]).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let listening = serve_on(
-        listener,
-        tls.then(|| tls::server_config(&pem).unwrap()),
-        limits,
-        Arc::new(Patterns),
-        shutdown,
-    )
-    .unwrap();
-    Server {
-        addr: listening.addr,
-        client: tls.then(|| tls::client_config(pem.cert.as_bytes()).unwrap()),
-        task: listening.task,
-        stop,
-    }
+    support::start(Patterns, limits, tls).await
 }
 
 /// A TLS connection that agreed on h2, from a socket with `recv_buffer` bytes of receive
@@ -336,21 +312,11 @@ async fn shutdown_lets_a_response_finish(tls: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_still_writing_after_the_goodbye_reads_the_whole_response() {
-    // In the clear, so the client reads the very bytes the server's socket holds.
-    let server = start_on(ServerLimits::default(), false).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut tcp = socket.connect(server.addr).await.unwrap();
     let size = 8 * 1024 * 1024;
-    ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
-    let mut frames = Frames::default();
-    // Until the response is under way (a goodbye during the handshake ends the connection
-    // at once: hyper serves nothing the client sent).
-    read_frames(&mut tcp, &mut frames, 1, false).await;
-    // The server says goodbye and closes once the response is all in its socket; the client
-    // goes on reading the rest and, as clients do, says how much it read (WINDOW_UPDATE) and
-    // answers the server's PINGs.
-    server.stop.trigger();
+    let (server, mut tcp, mut frames) = goodbye_mid_response(16 * 1024, size).await;
+    // The server closes once the response is all in its socket; the client goes on reading
+    // the rest and, as clients do, says how much it read (WINDOW_UPDATE) and answers the
+    // server's PINGs.
     read_frames(&mut tcp, &mut frames, usize::MAX, true).await;
     assert_eq!(frames.data, size, "the response's bytes that came");
     drop(tcp);
@@ -369,16 +335,9 @@ async fn a_reader_quiet_after_the_goodbye_still_reads_the_whole_response() {
     // the pause as quiet and closed, the late write would reset the connection and lose the
     // tail. (Without the check of the socket's send queue this failed 1 run in 3; how much
     // is still queued when the server goes quiet depends on the kernel's buffer sizing.)
-    let server = start_on(ServerLimits::default(), false).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(256 * 1024).unwrap();
-    let mut tcp = socket.connect(server.addr).await.unwrap();
     let (fast, tail) = (8 << 20, 512 << 10);
     let size = fast + tail;
-    ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
-    let mut frames = Frames::default();
-    read_frames(&mut tcp, &mut frames, 1, false).await;
-    server.stop.trigger();
+    let (_server, mut tcp, mut frames) = goodbye_mid_response(256 * 1024, size).await;
     read_frames(&mut tcp, &mut frames, fast, false).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let update = frame(0x8, 0, 0, &1024u32.to_be_bytes());
@@ -387,6 +346,23 @@ async fn a_reader_quiet_after_the_goodbye_still_reads_the_whole_response() {
     }
     read_frames(&mut tcp, &mut frames, usize::MAX, false).await;
     assert_eq!(frames.data, size, "the response's bytes that came");
+}
+
+/// A cleartext server (so the client reads the very bytes the server's socket holds) and a
+/// raw HTTP/2 client with `recv_buffer` bytes of receive buffer and unbounded windows that
+/// asked for `size` bytes, once the response is under way and the server has been told to
+/// shut down (a goodbye during the handshake would end the connection at once: hyper serves
+/// nothing the client sent).
+async fn goodbye_mid_response(recv_buffer: u32, size: usize) -> (Server, TcpStream, Frames) {
+    let server = start_on(ServerLimits::default(), false).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    ask_unbounded(&mut tcp, &format!("/fill/{size}")).await;
+    let mut frames = Frames::default();
+    read_frames(&mut tcp, &mut frames, 1, false).await;
+    server.stop.trigger();
+    (server, tcp, frames)
 }
 
 /// Reads a raw HTTP/2 client's frames until `until` DATA bytes have come or the server

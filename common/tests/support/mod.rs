@@ -1,0 +1,43 @@
+//! What the server's integration tests share: a server on a free port, in the clear or over
+//! TLS with a fresh self-signed certificate, and the client TLS config that trusts it.
+
+// Each test file builds this module on its own and uses part of it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cadenza_common::http::{Handler, ServerLimits, Shutdown, ShutdownTrigger, serve_on, tls};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    /// Trusts the server's certificate (ALPN h2 and http/1.1); `None` when the server speaks
+    /// in the clear.
+    pub client: Option<Arc<rustls::ClientConfig>>,
+    /// Ends once the server has drained after `stop`.
+    pub task: JoinHandle<()>,
+    pub stop: ShutdownTrigger,
+}
+
+/// Serves `handler` on 127.0.0.1, over TLS when `tls`.
+pub async fn start<H: Handler>(handler: H, limits: ServerLimits, tls: bool) -> Server {
+    let pem = tls::self_signed(&["localhost"]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let listening = serve_on(
+        listener,
+        tls.then(|| tls::server_config(&pem).unwrap()),
+        limits,
+        Arc::new(handler),
+        shutdown,
+    )
+    .unwrap();
+    Server {
+        addr: listening.addr,
+        client: tls.then(|| tls::client_config(pem.cert.as_bytes()).unwrap()),
+        task: listening.task,
+        stop,
+    }
+}

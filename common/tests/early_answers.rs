@@ -134,3 +134,38 @@ async fn a_quiet_client_gives_its_slot_back_after_the_answer() {
     );
     drop(quiet);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_waits_for_a_connection_still_lingering() {
+    let server = start(false, ServerLimits::default()).await;
+    let mut client = connect(&server).await;
+    client
+        .write_all(upload_head(64 << 20).as_bytes())
+        .await
+        .unwrap();
+    client.write_all(&vec![2; 512 << 10]).await.unwrap();
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+
+    // Told to stop while the client is still sending the refused body: the server lingers
+    // on, and so does its drain (a SIGTERM'd process exits when the drain ends, and would
+    // reset the client).
+    server.stop.trigger();
+    let stopped = Instant::now();
+    let chunk = vec![3; 16 << 10];
+    while stopped.elapsed() < Duration::from_millis(1500) {
+        client.write_all(&chunk).await.unwrap();
+        assert!(
+            !server.task.is_finished(),
+            "the drain ended {:?} after the stop while a connection still lingered",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the client goes quiet, the lingering ends and the drain with it.
+    tokio::time::timeout(Duration::from_secs(5), server.task)
+        .await
+        .expect("the drain ends once the lingering connection is let go")
+        .unwrap();
+}

@@ -193,15 +193,17 @@ async fn accept_loop<H: Handler>(
         let watcher = graceful.watcher();
         let conn_shutdown = shutdown.clone();
         // Under TLS, so a peer that stops reading is noticed whatever the protocol. The
-        // connection's slot goes with the stream: a connection closed while its peer may
-        // still be writing lingers after its task ends, and keeps the slot meanwhile.
+        // connection's slot and a place in the drain go with the stream: a connection closed
+        // while its peer may still be writing lingers after its task ends, and keeps both
+        // meanwhile.
+        let held = (permit, graceful.watcher());
         let stream = Deadlines::new(
             stream,
             limits.send_timeout,
             limits.idle_timeout,
             limits.min_send_rate,
         )
-        .on_close(move |stream| linger_apart(stream, permit));
+        .on_close(move |stream| linger_apart(stream, held));
         // One task type per path, so a cleartext connection's task is not sized for TLS.
         if serving.tls.is_some() {
             tokio::spawn(async move {
@@ -538,12 +540,13 @@ fn unsent(_stream: &TcpStream) -> usize {
 }
 
 /// Lingers ([`linger`]) on a connection whose stream is being dropped, in a task of its own
-/// holding `slot`: hyper drops the streams of the connections it serves, and one that
+/// holding `held` (the connection's slot, and its place in the drain, so a SIGTERM waits for
+/// it as for a connection still served): hyper drops the streams of the connections it serves, and one that
 /// answered before reading a whole request body (a refused upload) would otherwise reset the
 /// connection under a client still sending it, which then fails its write and may never read
 /// the answer. The task gets the socket through a second descriptor, so closing the first
 /// does not close it.
-fn linger_apart(stream: &TcpStream, slot: tokio::sync::OwnedSemaphorePermit) {
+fn linger_apart(stream: &TcpStream, held: impl Send + 'static) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -558,7 +561,7 @@ fn linger_apart(stream: &TcpStream, slot: tokio::sync::OwnedSemaphorePermit) {
         return;
     };
     runtime.spawn(async move {
-        let _slot = slot;
+        let _held = held;
         linger(&second).await;
     });
 }

@@ -1,7 +1,8 @@
 //! A server that answers before it has read a request's body (a refused upload: a bad key,
 //! too large) closes the connection with care: the client, still sending the body, finishes
 //! sending it and reads the answer, instead of having its writes fail on a reset. And the
-//! care is bounded: a client that goes quiet gives the connection's slot back.
+//! care is bounded: a client that goes quiet gives the connection's slot back. A server told to
+//! stop waits for such a connection, but not for one whose client never sent a byte.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -168,4 +169,26 @@ async fn the_drain_waits_for_a_connection_still_lingering() {
         .await
         .expect("the drain ends once the lingering connection is let go")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_does_not_wait_for_a_client_that_sent_nothing() {
+    for tls in [false, true] {
+        let over = if tls { "over TLS" } else { "in the clear" };
+        let server = start(tls, ServerLimits::default()).await;
+        // Connected (a client's pool opening ahead), not a byte sent, not even a ClientHello.
+        let mut silent = TcpStream::connect(server.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server.stop.trigger();
+        tokio::time::timeout(Duration::from_secs(3), server.task)
+            .await
+            .unwrap_or_else(|_| panic!("{over}: the drain waited for a client that sent nothing"))
+            .unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), silent.read_to_end(&mut rest));
+        assert!(
+            matches!(read.await, Ok(Ok(0))),
+            "{over}: the silent connection is closed"
+        );
+    }
 }

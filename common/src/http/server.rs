@@ -342,13 +342,26 @@ async fn serve_tls<H: Handler>(
     conn: ConnInfo,
     serving: &Serving<H>,
     watcher: Watcher,
-    shutdown: Shutdown,
+    mut shutdown: Shutdown,
 ) {
     let Some(config) = &serving.tls else {
         return;
     };
-    let handshake = Box::pin(handshake(stream, config.clone()));
-    let result = match tokio::time::timeout(serving.limits.handshake_timeout, handshake).await {
+    // Told to stop before a request could begin, the connection closes: the drain does not
+    // wait out the handshake timeout for a peer that sent nothing (nor for one mid-handshake,
+    // which may try again elsewhere). Boxed, so the served connection's task is not sized
+    // for the handshake.
+    let limit = serving.limits.handshake_timeout;
+    let handshake = Box::pin(async {
+        tokio::select! {
+            done = tokio::time::timeout(limit, handshake(stream, config.clone())) => Some(done),
+            () = shutdown.wait() => None,
+        }
+    });
+    let Some(handshake) = handshake.await else {
+        return;
+    };
+    let result = match handshake {
         Ok(Ok(Tls::Lean(mut tls))) => {
             let http2 = tls.alpn_protocol() == Some(b"h2".as_slice());
             tls.get_mut().close_with_care(!http2);
@@ -608,7 +621,7 @@ async fn serve_clear<H: Handler>(
     conn: ConnInfo,
     serving: &Serving<H>,
     watcher: Watcher,
-    shutdown: Shutdown,
+    mut shutdown: Shutdown,
 ) {
     let handler = serving.handler.clone();
     if H::BODYLESS {
@@ -635,9 +648,17 @@ async fn serve_clear<H: Handler>(
     }
     // hyper tells HTTP/1.1 from HTTP/2 by itself; only HTTP/1.1 closes with care. hyper-util
     // reads the first bytes with no timeout of its own (only the idle deadline ended a silent
-    // peer there); the header timeout bounds this peek as it bounds a request's head.
+    // peer there); the header timeout bounds this peek as it bounds a request's head. Told to
+    // stop before the first request is under way, the connection closes, as hyper-util's own
+    // version read would: the drain does not wait out the timeout for a peer that sent nothing.
+    // Boxed, so the lean path's idle task is not sized for it.
     let limit = serving.limits.header_read_timeout;
-    match tokio::time::timeout(limit, starts_h2c(stream.get_ref())).await {
+    let peek = Box::pin(tokio::time::timeout(limit, starts_h2c(stream.get_ref())));
+    let peeked = tokio::select! {
+        peeked = peek => peeked,
+        () = shutdown.wait() => return,
+    };
+    match peeked {
         Ok(Ok(h2c)) => stream.close_with_care(!h2c),
         // Connected and left without a byte: nothing to log.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,

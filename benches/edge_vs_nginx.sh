@@ -56,40 +56,11 @@ SENDFILE=${SENDFILE:-on}
 H2=${H2:-on}
 H1=${H1:-on}
 H1TLS=${H1TLS:-on}
-NETNS=${NETNS:-auto}
 
 source benches/lib.sh
 bench_needs nginx wrk h2load curl python3 taskset
-if [ "$NETNS" = auto ]; then
-  NETNS=off
-  [ "$(id -u)" = 0 ] && command -v ip >/dev/null && NETNS=on
-fi
-if [ "$NETNS" = on ]; then
-  bench_needs ip
-  echo "clients in a network namespace behind a veth pair (NETNS=on)"
-else
-  echo "clients over loopback (NETNS=off): the servers' CPU includes some of the client's receive work"
-fi
 bench_init
-client=() # what runs the load generator: in the client's namespace with NETNS=on
-host=127.0.0.1
-if [ "$NETNS" = on ]; then
-  ns=cadenza-bench-$$
-  host=10.213.0.1
-  trap 'ip netns del "$ns" 2>/dev/null; bench_cleanup' EXIT
-  ip netns add "$ns"
-  ip link add "cb$$s" type veth peer name "cb$$c"
-  ip link set "cb$$c" netns "$ns"
-  ip addr add "$host/24" dev "cb$$s"
-  ip link set "cb$$s" up
-  ip netns exec "$ns" ip addr add 10.213.0.2/24 dev "cb$$c"
-  ip netns exec "$ns" ip link set "cb$$c" up
-  ip netns exec "$ns" ip link set lo up
-  # Received packets are handled by core 0 on the servers' side, core 1 on the client's.
-  echo 1 >"/sys/class/net/cb$$s/queues/rx-0/rps_cpus"
-  ip netns exec "$ns" sh -c "echo 2 >/sys/class/net/cb$$c/queues/rx-0/rps_cpus"
-  client=(ip netns exec "$ns")
-fi
+bench_netns
 # Both servers on core 0; the edge's memory tier holds every object.
 # Room for slices in memory files beside the connections: as many descriptors as allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"

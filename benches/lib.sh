@@ -33,6 +33,16 @@
 #                                   not idle, iowait or steal), clock ticks; without CPU,
 #                                   every core's
 #   free_port                       a free TCP port on 127.0.0.1
+#   bench_netns                     where the load generator runs, after bench_init: with
+#                                   NETNS=on (auto: when root with `ip`) a network namespace
+#                                   joined to this one by a veth pair (MTU 1500), RPS handing
+#                                   each side's received packets to its own core (0 here, 1
+#                                   there), as two machines on a network would have it; over
+#                                   loopback a packet's receive work runs on the core that sent
+#                                   it, so a server pays for part of its client's. Sets $NETNS
+#                                   (on or off), $host (the servers' address the client
+#                                   reaches: 10.213.0.1, or 127.0.0.1) and $client (the prefix
+#                                   that runs a command on the client's side); removed on exit
 
 bench_needs() {
   local missing=() packages=() tool
@@ -67,6 +77,8 @@ bench_init() {
 bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Takes the veth pair with it.
+  [ -n "${bench_ns:-}" ] && ip netns del "$bench_ns" 2>/dev/null
   rm -rf "$work"
 }
 
@@ -197,4 +209,32 @@ bench_nginx() {
     sleep 0.05
   done
   nginx_worker=$(pgrep -P "$nginx_master" | head -1)
+}
+
+bench_netns() {
+  if [ "${NETNS:-auto}" = auto ]; then
+    NETNS=off
+    [ "$(id -u)" = 0 ] && command -v ip >/dev/null && NETNS=on
+  fi
+  client=()
+  host=127.0.0.1
+  if [ "$NETNS" != on ]; then
+    echo "clients over loopback (NETNS=off): the servers' CPU includes some of the client's receive work"
+    return
+  fi
+  bench_needs ip
+  echo "clients in a network namespace behind a veth pair (NETNS=on)"
+  bench_ns=cadenza-bench-$$
+  host=10.213.0.1
+  ip netns add "$bench_ns"
+  ip link add "cb$$s" type veth peer name "cb$$c"
+  ip link set "cb$$c" netns "$bench_ns"
+  ip addr add "$host/24" dev "cb$$s"
+  ip link set "cb$$s" up
+  ip netns exec "$bench_ns" ip addr add 10.213.0.2/24 dev "cb$$c"
+  ip netns exec "$bench_ns" ip link set "cb$$c" up
+  ip netns exec "$bench_ns" ip link set lo up
+  echo 1 >"/sys/class/net/cb$$s/queues/rx-0/rps_cpus"
+  ip netns exec "$bench_ns" sh -c "echo 2 >/sys/class/net/cb$$c/queues/rx-0/rps_cpus"
+  client=(ip netns exec "$bench_ns")
 }

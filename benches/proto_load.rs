@@ -237,7 +237,13 @@ fn main() -> Result<(), BoxError> {
                 if let Ok(v) = std::env::var("QUIC_MAX_UDP_PAYLOAD") {
                     endpoint_config.max_udp_payload_size(v.parse()?)?;
                 }
-                let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                // Any address of the server's family: the server may be across a veth pair.
+                let any: std::net::IpAddr = if addr.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let socket = std::net::UdpSocket::bind((any, 0))?;
                 // One socket carries every connection, where the HTTP/2 side has a TCP
                 // buffer per connection: at the default 208 KiB, bursts from the edge
                 // overflowed it (UdpRcvbufErrors), and the losses, not the server, set the

@@ -6,11 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadenza_common::http::{Body, ConnInfo, Handler, ServerLimits, Shutdown, full, serve_on};
+use cadenza_common::http::{Body, ConnInfo, Handler, ServerLimits, ShutdownTrigger, full};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,19 +26,9 @@ impl Handler for Small {
     }
 }
 
-async fn server() -> (SocketAddr, cadenza_common::http::ShutdownTrigger) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let addr = serve_on(
-        listener,
-        None,
-        ServerLimits::default(),
-        Arc::new(Small),
-        shutdown,
-    )
-    .unwrap()
-    .addr;
-    (addr, trigger)
+async fn server() -> (SocketAddr, ShutdownTrigger) {
+    let server = support::start(Small, ServerLimits::default(), false).await;
+    (server.addr, server.stop)
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -4,20 +4,22 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cadenza_common::http::h1::{HeadError, parse_head};
 use cadenza_common::http::{
-    Body, BoxError, ConnInfo, Handler, ServerLimits, Shutdown, ShutdownTrigger, full, serve_on,
+    Body, BoxError, ConnInfo, Handler, ServerLimits, ShutdownTrigger, full,
 };
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 struct Lean;
 
@@ -91,12 +93,8 @@ fn mapped_body() -> (Vec<u8>, [Bytes; 5]) {
 }
 
 async fn server(limits: ServerLimits) -> (std::net::SocketAddr, ShutdownTrigger) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let addr = serve_on(listener, None, limits, Arc::new(Lean), shutdown)
-        .unwrap()
-        .addr;
-    (addr, trigger)
+    let server = support::start(Lean, limits, false).await;
+    (server.addr, server.stop)
 }
 
 /// Everything the server sends until it closes, bounded in time.

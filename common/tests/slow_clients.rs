@@ -4,17 +4,17 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cadenza_common::http::{
-    Body, ConnInfo, Handler, MinRate, ServerLimits, Shutdown, full, serve_on,
-};
+use cadenza_common::http::{Body, ConnInfo, Handler, MinRate, ServerLimits, ShutdownTrigger, full};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const BIG: usize = 64 * 1024 * 1024;
 
@@ -39,25 +39,11 @@ impl<const LEAN: bool> Handler for Big<LEAN> {
     }
 }
 
-fn start(
-    listener: TcpListener,
-    limits: ServerLimits,
-    lean: bool,
-    shutdown: Shutdown,
-) -> std::net::SocketAddr {
-    let listening = if lean {
-        serve_on(listener, None, limits, Arc::new(Big::<true>), shutdown)
-    } else {
-        serve_on(listener, None, limits, Arc::new(Big::<false>), shutdown)
-    };
-    listening.unwrap().addr
-}
-
 async fn server(
     send: Duration,
     idle: Duration,
     lean: bool,
-) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
+) -> (std::net::SocketAddr, ShutdownTrigger) {
     let limits = ServerLimits {
         send_timeout: send,
         idle_timeout: idle,
@@ -66,13 +52,14 @@ async fn server(
     serve(limits, lean).await
 }
 
-async fn serve(
-    limits: ServerLimits,
-    lean: bool,
-) -> (std::net::SocketAddr, cadenza_common::http::ShutdownTrigger) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    (start(listener, limits, lean, shutdown), trigger)
+/// `Big` on its own HTTP/1.1 loop (`lean`) or through hyper.
+async fn serve(limits: ServerLimits, lean: bool) -> (std::net::SocketAddr, ShutdownTrigger) {
+    let server = if lean {
+        support::start(Big::<true>, limits, false).await
+    } else {
+        support::start(Big::<false>, limits, false).await
+    };
+    (server.addr, server.stop)
 }
 
 /// Reads until EOF or an error, bounded in time; returns the bytes read.
@@ -223,13 +210,11 @@ async fn connections_past_the_limit_are_closed_at_accept() {
 }
 
 async fn past_the_limit(lean: bool) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (trigger, shutdown) = Shutdown::new();
     let limits = ServerLimits {
         max_connections: 2,
         ..ServerLimits::default()
     };
-    let addr = start(listener, limits, lean, shutdown);
+    let (addr, trigger) = serve(limits, lean).await;
     let ask = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
     // An answered request on a kept-alive connection, or None when the server hung up.
     async fn answered(stream: &mut TcpStream, ask: &[u8]) -> Option<usize> {

@@ -7,18 +7,17 @@
 
 #[path = "../../tests/support/peers.rs"]
 mod peers;
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;
 
 use cadenza_common::http::{
-    Body, ConnInfo, Handler, ServerLimits, Shutdown, ShutdownTrigger, full, read_body, serve_on,
-    tls,
+    Body, ConnInfo, Handler, ServerLimits, ShutdownTrigger, full, read_body,
 };
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
 
 /// `len` bytes that differ from position to position, so a misplaced record shows.
 fn pattern(len: usize) -> Vec<u8> {
@@ -70,24 +69,13 @@ struct Server {
 }
 
 async fn start<H: Handler>(handler: H) -> Server {
-    let pem = tls::self_signed(&["localhost"]).unwrap();
-    let config = tls::server_config(&pem).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, shutdown) = Shutdown::new();
-    let listening = serve_on(
-        listener,
-        Some(config),
-        ServerLimits::default(),
-        Arc::new(handler),
-        shutdown,
-    )
-    .unwrap();
+    let server = support::start(handler, ServerLimits::default(), true).await;
     let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), &pem.cert).unwrap();
+    std::fs::write(ca.path(), server.cert.unwrap()).unwrap();
     Server {
-        port: listening.addr.port(),
+        port: server.addr.port(),
         ca,
-        _stop: stop,
+        _stop: server.stop,
     }
 }
 

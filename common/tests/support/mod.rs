@@ -16,6 +16,9 @@ pub struct Server {
     /// Trusts the server's certificate (ALPN h2 and http/1.1); `None` when the server speaks
     /// in the clear.
     pub client: Option<Arc<rustls::ClientConfig>>,
+    /// The server's certificate (PEM) for clients outside the process (curl); `None` in the
+    /// clear.
+    pub cert: Option<String>,
     /// Ends once the server has drained after `stop`.
     pub task: JoinHandle<()>,
     pub stop: ShutdownTrigger,
@@ -37,6 +40,7 @@ pub async fn start<H: Handler>(handler: H, limits: ServerLimits, tls: bool) -> S
     Server {
         addr: listening.addr,
         client: tls.then(|| tls::client_config(pem.cert.as_bytes()).unwrap()),
+        cert: tls.then(|| pem.cert.clone()),
         task: listening.task,
         stop,
     }

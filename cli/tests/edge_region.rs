@@ -448,6 +448,105 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     stack.shutdown().await;
 }
 
+/// An HTTP/3 client of `addr` trusting `join`'s certificate, its connection driven in a task.
+async fn h3_client(
+    join: &JoinInfo,
+    addr: std::net::SocketAddr,
+) -> (
+    h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut tls =
+        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    (send, drive)
+}
+
+/// A response under way over HTTP/3 when the edge is told to stop is delivered whole; the
+/// connection is told to go away (a new request on it is refused) and closes once its
+/// responses are delivered, well before the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
+    use bytes::Buf;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let len = 8 << 20;
+    let id = put(&stack, dir.path(), bytes(12, len)).await;
+    let join = join_info(dir.path()).unwrap();
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = main.local_addr().unwrap();
+    let (trigger, shutdown) = Shutdown::new();
+    let listeners = EdgeListeners {
+        main,
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: None,
+    };
+    let node = edge_node::start(EdgeNodeConfig::joining(&join), listeners, shutdown)
+        .await
+        .unwrap();
+    let (mut send, drive) = h3_client(&join, addr).await;
+    let url = format!("https://localhost:{}/a/{id}", addr.port());
+    let get = || {
+        http::Request::get(&url)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token(dir.path(), &id)),
+            )
+            .body(())
+            .unwrap()
+    };
+    let mut stream = send.send_request(get()).await.unwrap();
+    stream.finish().await.unwrap();
+    let resp = stream.recv_response().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Unread, the client's stream window (1.25 MB) fills and the rest waits at the edge.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    trigger.trigger();
+    let stopped = Instant::now();
+    let mut got = 0;
+    let ended = loop {
+        match stream.recv_data().await {
+            Ok(Some(chunk)) => got += chunk.remaining(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        ended.is_ok() && got == len,
+        "{got} of {len} bytes after the shutdown, then {ended:?}"
+    );
+    // Told to go away: a request sent now is not answered.
+    let again = async {
+        let mut stream = send.send_request(get()).await?;
+        stream.finish().await?;
+        stream.recv_response().await
+    };
+    let again = tokio::time::timeout(Duration::from_secs(5), again).await;
+    assert!(
+        !matches!(again, Ok(Ok(_))),
+        "a request after the shutdown was answered"
+    );
+    for task in node.tasks {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the edge stops once its responses are delivered")
+            .unwrap();
+    }
+    assert!(stopped.elapsed() < Duration::from_secs(8));
+    drive.abort();
+    stack.shutdown().await;
+}
+
 async fn get_range(client: &HttpClient, url: &str, token: &str, range: &str) -> Vec<u8> {
     let (status, body) = get_with(client, url, token, Some(range)).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");

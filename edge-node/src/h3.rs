@@ -143,14 +143,17 @@ pub fn serve_h3(
     Ok(H3Listening { addr, task })
 }
 
-/// Serves the connections `endpoint` accepts until `shutdown`, then closes them and waits
-/// (at most the drain timeout) for them to finish.
+/// Serves the connections `endpoint` accepts until `shutdown`. Then each connection says
+/// GOAWAY, finishes the requests it has accepted and closes once their responses are
+/// delivered; after the drain timeout the endpoint closes whatever is left.
 async fn accept(
     mut endpoint: quic::Endpoint,
     edge: Arc<Edge>,
     limits: H3Limits,
     mut shutdown: Shutdown,
 ) {
+    // Every connection's task holds a sender; the receiver learns when the last has ended.
+    let (live, mut ended) = tokio::sync::mpsc::channel::<std::convert::Infallible>(1);
     loop {
         let conn = tokio::select! {
             _ = shutdown.wait() => break,
@@ -161,22 +164,39 @@ async fn accept(
         };
         let edge = edge.clone();
         let min_rate = limits.min_send_rate;
+        let (live, shutdown) = (live.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(conn, edge, min_rate).await {
+            let _live = live;
+            if let Err(e) = connection(conn, edge, min_rate, shutdown).await {
                 tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
             }
         });
     }
+    drop(live);
+    let deadline = tokio::time::Instant::now() + limits.drain_timeout;
+    if tokio::time::timeout_at(deadline, ended.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP/3 connections still open after the drain timeout");
+    }
     endpoint.close(quic::NO_ERROR, b"shutting down");
-    let _ = tokio::time::timeout(limits.drain_timeout, endpoint.wait_idle()).await;
+    // A moment for the closes to leave, even when the drain took all its time.
+    let closing = tokio::time::Instant::now() + Duration::from_secs(1);
+    let _ = tokio::time::timeout_at(deadline.max(closing), endpoint.wait_idle()).await;
 }
 
 async fn connection(
     conn: quic::Connection,
     edge: Arc<Edge>,
     min_rate: MinRate,
+    mut shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    conn.handshake().await?;
+    tokio::select! {
+        shaken = conn.handshake() => shaken?,
+        // No request can have begun: nothing to finish.
+        () = shutdown.wait() => return Ok(()),
+    }
     let info = ConnInfo {
         peer: SocketAddr::new(
             conn.remote_address().ip().to_canonical(),
@@ -184,21 +204,79 @@ async fn connection(
         ),
         tls: true,
     };
+    let quic = conn.clone();
     let mut h3: h3::server::Connection<transport::Connection, Bytes> = h3::server::builder()
         .build(transport::Connection::new(conn))
         .await?;
+    let answering = Arc::new(Answering::default());
+    let mut going_away = false;
     loop {
-        match h3.accept().await {
-            Ok(Some(resolver)) => {
-                let edge = edge.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = request(resolver, edge, info, min_rate).await {
-                        tracing::debug!(error = %e, "HTTP/3 request failed");
-                    }
-                });
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let (edge, quic, answer) = (edge.clone(), quic.clone(), answering.start());
+                    tokio::spawn(async move {
+                        let _answer = answer;
+                        if let Err(e) = request(resolver, edge, info, min_rate, &quic).await {
+                            tracing::debug!(error = %e, "HTTP/3 request failed");
+                        }
+                    });
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+            () = shutdown.wait(), if !going_away => {
+                going_away = true;
+                // No request after the last one accepted: a client retries those elsewhere.
+                h3.shutdown(0).await?;
             }
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            () = answering.none(), if going_away => {
+                quic.close(quic::NO_ERROR, b"shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The requests of one connection still being answered, so a connection told to go away
+/// closes once the last response is delivered, and not before.
+#[derive(Default)]
+struct Answering {
+    count: std::sync::atomic::AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl Answering {
+    fn start(self: &Arc<Self>) -> Answer {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Answer(self.clone())
+    }
+
+    /// Resolves when no request is being answered.
+    async fn none(&self) {
+        loop {
+            // Made before the look, so a last answer ending in between still wakes it.
+            let none_left = self.none_left.notified();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// One request being answered ([`Answering`]), until dropped.
+struct Answer(Arc<Answering>);
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.none_left.notify_waiters();
         }
     }
 }
@@ -208,6 +286,7 @@ async fn request(
     edge: Arc<Edge>,
     info: ConnInfo,
     min_rate: MinRate,
+    quic: &quic::Connection,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (req, mut stream) = resolver.resolve_request().await?;
     let (parts, ()) = req.into_parts();
@@ -230,6 +309,9 @@ async fn request(
         }
     }
     stream.finish().await?;
+    // The request is answered once the client has every byte (until then a connection that
+    // is going away stays open for it).
+    transport::delivered(&stream, quic).await;
     Ok(())
 }
 

@@ -596,6 +596,26 @@ impl Connection {
         }
     }
 
+    /// Ready once the peer has acknowledged everything sent on stream `id` after
+    /// [`Connection::finish`], or stopped the stream, or the connection is gone: closing the
+    /// connection then loses nothing of it.
+    pub fn poll_delivered(&self, cx: &mut Context<'_>, id: StreamId) -> Poll<()> {
+        let mut st = self.state();
+        if st.lost.is_some() {
+            return Poll::Ready(());
+        }
+        // quinn-proto frees a finished send stream once all of it is acknowledged, and then
+        // no longer knows it.
+        match st.conn.send_stream(id).stopped() {
+            Ok(None) => {
+                // Woken by the stream's Finished (or Stopped) event.
+                st.writers.insert(id, cx.waker().clone());
+                Poll::Pending
+            }
+            Ok(Some(_)) | Err(_) => Poll::Ready(()),
+        }
+    }
+
     /// Abandons sending on stream `id` with `code`; nothing to do if it is already closed.
     pub fn reset(&self, id: StreamId, code: VarInt) {
         let mut st = self.state();

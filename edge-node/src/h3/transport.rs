@@ -64,6 +64,19 @@ pub async fn send_body(
     .await
 }
 
+/// Waits until the client has acknowledged every byte of `stream`'s response (call it after
+/// `finish`), or stopped the stream, or the connection is gone.
+pub async fn delivered(
+    stream: &h3::server::RequestStream<BidiStream, Bytes>,
+    conn: &quic::Connection,
+) {
+    let Ok(id) = VarInt::from_u64(stream.id().into_inner()) else {
+        return;
+    };
+    let id = QuicStreamId::from(id);
+    poll_fn(|cx| conn.poll_delivered(cx, id)).await;
+}
+
 /// A connection as h3 sees it.
 pub struct Connection {
     conn: quic::Connection,

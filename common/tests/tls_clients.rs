@@ -1,7 +1,7 @@
 //! TLS served by `http::lean_tls` (rustls's unbuffered API), spoken to by curl, a client not
 //! written here: TLS 1.2 and 1.3, HTTP/1.1 (Cadenza's own loop for a body-less handler,
 //! hyper for one that reads bodies) and HTTP/2, large bodies both ways, and several requests
-//! on one kept-alive connection.
+//! on one kept-alive connection; and a returning client resumes its session with a ticket.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -189,5 +189,71 @@ async fn curl_uploads_large_bodies_over_tls() {
                 "{min} {proto}"
             );
         }
+    }
+}
+
+/// A handshake of `config` with `server`, then as much as brings the server's session tickets
+/// in: an HTTP/1.1 answer read to its end, or the server's first HTTP/2 frame. Returns its
+/// kind.
+async fn handshake(
+    server: &support::Server,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+        // The preface and an empty SETTINGS frame.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut settings = [0u8; 9];
+        tls.read_exact(&mut settings).await.unwrap();
+        assert_eq!(settings[3], 0x4, "the server's first frame is SETTINGS");
+    } else {
+        tls.write_all(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+    kind
+}
+
+/// A client resumes its TLS session with a ticket (no certificate, no signature), over
+/// HTTP/1.1 (the lean stream) and HTTP/2 (rustls's buffered one), even after more clients
+/// than rustls's default session cache holds (256) have come between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_its_session_after_many_others() {
+    let server = support::start(Lean, ServerLimits::default(), true).await;
+    let base = server.client.clone().unwrap();
+    for alpn in [b"http/1.1".as_slice(), b"h2"] {
+        let mut config = (*base).clone();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        // Its own session store: what this client has kept.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let returning = Arc::new(config.clone());
+        config.resumption = rustls::client::Resumption::disabled();
+        let others = Arc::new(config);
+        let name = String::from_utf8_lossy(alpn);
+        assert_eq!(
+            handshake(&server, returning.clone()).await,
+            rustls::HandshakeKind::Full,
+            "{name}"
+        );
+        for _ in 0..300 {
+            handshake(&server, others.clone()).await;
+        }
+        assert_eq!(
+            handshake(&server, returning).await,
+            rustls::HandshakeKind::Resumed,
+            "{name}: the returning client was not resumed"
+        );
     }
 }

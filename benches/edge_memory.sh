@@ -72,32 +72,9 @@ bench_prewarm "$edge_admin" "$admin_token"
 sleep 1
 read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
 
-chmod a+x "$work"
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 15000; }
-http {
-  access_log off;
-  keepalive_timeout 120s;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / { return 200 "ok"; }
-  }
-  server {
-    listen 127.0.0.1:$nginx_tls_port ssl;
-    ssl_certificate $work/data/tls/cert.pem;
-    ssl_certificate_key $work/data/tls/key.pem;
-    location / { return 200 "ok"; }
-  }
-}
-NGINX
-bench_nginx "$nginx_port"
+bench_nginx_ok "$nginx_port" "$nginx_tls_port"
 read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_port" /)
 # TLS on a fresh nginx too, for the same reason as the edge.
 kill "$nginx_master"

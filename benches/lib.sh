@@ -21,6 +21,10 @@
 #   bench_nginx PORT [PREFIX…]      nginx with $work/nginx.conf (run behind PREFIX, e.g.
 #                                   taskset -c 0), waited for on cleartext PORT; sets
 #                                   $nginx_master $nginx_worker
+#   bench_nginx_ok PORT TLS_PORT [PREFIX…]
+#                                   bench_nginx with a configuration of its own: one worker,
+#                                   "ok" to every request on cleartext PORT and on TLS_PORT
+#                                   (the stack's certificate), room for 15,000 connections
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   bench_round PID DRIVE ARG       one measured round of a proto_load driver: `DRIVE ARG 3`
 #                                   (warm-up), then `DRIVE ARG $DURATION`, which prints
@@ -237,4 +241,34 @@ bench_netns() {
   echo 1 >"/sys/class/net/cb$$s/queues/rx-0/rps_cpus"
   ip netns exec "$bench_ns" sh -c "echo 2 >/sys/class/net/cb$$c/queues/rx-0/rps_cpus"
   client=(ip netns exec "$bench_ns")
+}
+
+bench_nginx_ok() {
+  local port=$1 tls_port=$2
+  shift 2
+  cat >"$work/nginx.conf" <<NGINX
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 15000; }
+http {
+  access_log off;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 "ok"; }
+  }
+  server {
+    listen 127.0.0.1:$tls_port ssl;
+    ssl_certificate $work/data/tls/cert.pem;
+    ssl_certificate_key $work/data/tls/key.pem;
+    location / { return 200 "ok"; }
+  }
+}
+NGINX
+  # nginx's worker drops to an unprivileged user: let it read the certificate.
+  chmod a+x "$work"
+  bench_nginx "$port" "$@"
 }

@@ -2,8 +2,8 @@
 # TLS 1.3 handshakes on the edge against nginx, new sessions and resumed ones, in one run.
 #
 # Starts `cadenza up` (release build; pinned to core 1, where it idles) and a standalone
-# `cadenza edge --join` on core 0, and nginx (one worker, core 0) with the same certificate,
-# TLS 1.3 only and its default session tickets. Then `openssl s_time` on core 1 opens
+# `cadenza edge --join` on core 0, and nginx (one worker, core 0) with the same certificate
+# and its default session tickets (both negotiate TLS 1.3). Then `openssl s_time` on core 1 opens
 # connections one after another for DURATION seconds: each completes a handshake, sends
 # `GET / HTTP/1.0` and reads the answer to its close (the edge refuses the request, nginx
 # answers "ok": a few hundred bytes either way). `-new` makes every handshake a full one;
@@ -28,30 +28,7 @@ edge_port=${edge_main##*:}
 
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
-cat >"$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$nginx_port;
-    location / { return 200 "ok\n"; }
-  }
-  server {
-    listen 127.0.0.1:$nginx_tls_port ssl;
-    ssl_certificate $work/data/tls/cert.pem;
-    ssl_certificate_key $work/data/tls/key.pem;
-    ssl_protocols TLSv1.3;
-    location / { return 200 "ok\n"; }
-  }
-}
-EOF
-# nginx's worker drops to an unprivileged user: let it read the certificate.
-chmod a+x "$work"
-bench_nginx "$nginx_port" taskset -c 0
+bench_nginx_ok "$nginx_port" "$nginx_tls_port" taskset -c 0
 
 measure() { # name pid port mode → "name mode connections cpu_ticks"
   local c0 c1 out

@@ -356,7 +356,6 @@ async fn h3_read(
     token: &str,
     stall: Duration,
 ) -> (usize, bool) {
-    use bytes::Buf;
     let req = http::Request::get(url)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .body(())
@@ -368,12 +367,21 @@ async fn h3_read(
     // Alt-Svc is for clients on TCP; one already on HTTP/3 is not told again.
     assert!(!resp.headers().contains_key(http::header::ALT_SVC));
     tokio::time::sleep(stall).await;
+    let (got, ended) = h3_rest(&mut stream).await;
+    (got, ended.is_ok())
+}
+
+/// Reads the rest of a response's body: the bytes read, and how the body ended.
+async fn h3_rest(
+    stream: &mut h3::client::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>,
+) -> (usize, Result<(), h3::error::StreamError>) {
+    use bytes::Buf;
     let mut got = 0;
     loop {
         match stream.recv_data().await {
             Ok(Some(chunk)) => got += chunk.remaining(),
-            Ok(None) => return (got, true),
-            Err(_) => return (got, false),
+            Ok(None) => return (got, Ok(())),
+            Err(e) => return (got, Err(e)),
         }
     }
 }
@@ -385,37 +393,18 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     let len = 8 << 20;
     let id = put(&stack, dir.path(), bytes(11, len)).await;
     let join = join_info(dir.path()).unwrap();
-    let mut edge_config = EdgeNodeConfig::joining(&join);
-    // At least 64 KiB/s: a 256 KiB slice may take 1 s + 4 s to be taken.
-    edge_config.h3.min_send_rate = cadenza_common::http::MinRate {
-        bytes_per_sec: 64 * 1024,
-        window: Duration::from_secs(1),
-    };
-    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (main, base) = bind_main().await;
     let addr = main.local_addr().unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let listeners = EdgeListeners {
-        main,
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        cleartext: None,
-    };
-    let node = edge_node::start(edge_config, listeners, shutdown)
-        .await
-        .unwrap();
-
-    let mut tls =
-        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    let drive = tokio::spawn(async move {
-        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-    });
+    let edge = start_edge(&join, (main, base), |config| {
+        config.slice_bytes = 256 << 10;
+        // At least 64 KiB/s: a 256 KiB slice may take 1 s + 4 s to be taken.
+        config.h3.min_send_rate = cadenza_common::http::MinRate {
+            bytes_per_sec: 64 * 1024,
+            window: Duration::from_secs(1),
+        };
+    })
+    .await;
+    let (mut send, drive) = h3_client(&join, addr).await;
     let url = format!("https://localhost:{}/a/{id}", addr.port());
     let t = token(dir.path(), &id);
     // A client that reads gets every byte, and the edge hands every body byte to quinn
@@ -441,11 +430,40 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
         "{got} bytes, complete: {complete}"
     );
     drive.abort();
-    trigger.trigger();
-    for task in node.tasks {
+    edge.trigger.trigger();
+    for task in edge.node.tasks {
         let _ = task.await;
     }
     stack.shutdown().await;
+}
+
+/// A QUIC client endpoint trusting `join`'s certificate, offering h3, and ready to send
+/// early (0-RTT) data when it holds a session ticket.
+fn quic_endpoint(join: &JoinInfo) -> quinn::Endpoint {
+    let mut tls =
+        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+}
+
+/// HTTP/3 over `conn`, its connection driven in a task.
+async fn h3_over(
+    conn: quinn::Connection,
+) -> (
+    h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    (send, drive)
 }
 
 /// An HTTP/3 client of `addr` trusting `join`'s certificate, its connection driven in a task.
@@ -456,20 +474,103 @@ async fn h3_client(
     h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
     tokio::task::JoinHandle<()>,
 ) {
-    let mut tls =
-        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
-    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
-        .await
-        .unwrap();
-    let drive = tokio::spawn(async move {
-        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    let conn = quic_endpoint(join).connect(addr, "localhost").unwrap();
+    h3_over(conn.await.unwrap()).await
+}
+
+/// A UDP path to `server` that holds every datagram `delay` each way (a round trip of twice
+/// `delay`), for one client at a time; returns the address to send to.
+async fn slow_path(server: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    use std::sync::{Arc, Mutex};
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(server).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(Mutex::new(None));
+    let (from_front, to_back, seen) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = from_front.recv_from(&mut buf).await {
+            *seen.lock().unwrap() = Some(from);
+            let (datagram, to_back) = (buf[..n].to_vec(), to_back.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = to_back.send(&datagram).await;
+            });
+        }
     });
-    (send, drive)
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let Some(to) = *client.lock().unwrap() else {
+                continue;
+            };
+            let (datagram, front) = (buf[..n].to_vec(), front.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = front.send_to(&datagram, to).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client back with a session ticket sends its request in its first flight (0-RTT) and
+/// gets the answer's head one round trip later, not two: the edge answers before the
+/// client's handshake completes. Over a path with a 200 ms round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_http3_client_is_answered_within_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let data = bytes(13, 100_000);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let join = join_info(dir.path()).unwrap();
+    let (main, base) = bind_main().await;
+    let addr = main.local_addr().unwrap();
+    let edge = start_edge(&join, (main, base), |_| {}).await;
+    let path = slow_path(addr, Duration::from_millis(100)).await;
+    let url = format!("https://localhost:{}/a/{id}", addr.port());
+    let t = token(dir.path(), &id);
+    let endpoint = quic_endpoint(&join);
+
+    // The first visit: a full handshake; the session ticket comes with the answer.
+    let conn = endpoint.connect(path, "localhost").unwrap().await.unwrap();
+    let (mut send, drive) = h3_over(conn.clone()).await;
+    assert_eq!(
+        h3_read(&mut send, &url, &t, Duration::ZERO).await,
+        (data.len(), true)
+    );
+    conn.close(0u32.into(), b"");
+    drive.abort();
+
+    // Back: the request rides with the ClientHello.
+    let started = Instant::now();
+    let Ok((conn, accepted)) = endpoint.connect(path, "localhost").unwrap().into_0rtt() else {
+        panic!("the client holds no ticket allowing 0-RTT: the edge offered none");
+    };
+    let (mut send, drive) = h3_over(conn).await;
+    let req = http::Request::get(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {t}"))
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    let resp = stream.recv_response().await.unwrap();
+    let answered = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(h3_rest(&mut stream).await.0, data.len());
+    assert!(accepted.await, "the edge refused the 0-RTT data");
+    println!("a returning client's first answer came after {answered:?} (round trip 200 ms)");
+    assert!(
+        answered < Duration::from_millis(300),
+        "the answer took {answered:?}: more than one round trip of 200 ms"
+    );
+    drive.abort();
+    edge.trigger.trigger();
+    for task in edge.node.tasks {
+        let _ = task.await;
+    }
+    stack.shutdown().await;
 }
 
 /// A response under way over HTTP/3 when the edge is told to stop is delivered whole; the
@@ -477,23 +578,14 @@ async fn h3_client(
 /// responses are delivered, well before the drain timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
-    use bytes::Buf;
     let dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path()).await;
     let len = 8 << 20;
     let id = put(&stack, dir.path(), bytes(12, len)).await;
     let join = join_info(dir.path()).unwrap();
-    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (main, base) = bind_main().await;
     let addr = main.local_addr().unwrap();
-    let (trigger, shutdown) = Shutdown::new();
-    let listeners = EdgeListeners {
-        main,
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        cleartext: None,
-    };
-    let node = edge_node::start(EdgeNodeConfig::joining(&join), listeners, shutdown)
-        .await
-        .unwrap();
+    let edge = start_edge(&join, (main, base), |config| config.slice_bytes = 256 << 10).await;
     let (mut send, drive) = h3_client(&join, addr).await;
     let url = format!("https://localhost:{}/a/{id}", addr.port());
     let get = || {
@@ -511,16 +603,9 @@ async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
     assert_eq!(resp.status(), StatusCode::OK);
     // Unread, the client's stream window (1.25 MB) fills and the rest waits at the edge.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    trigger.trigger();
+    edge.trigger.trigger();
     let stopped = Instant::now();
-    let mut got = 0;
-    let ended = loop {
-        match stream.recv_data().await {
-            Ok(Some(chunk)) => got += chunk.remaining(),
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+    let (got, ended) = h3_rest(&mut stream).await;
     assert!(
         ended.is_ok() && got == len,
         "{got} of {len} bytes after the shutdown, then {ended:?}"
@@ -536,7 +621,7 @@ async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
         !matches!(again, Ok(Ok(_))),
         "a request after the shutdown was answered"
     );
-    for task in node.tasks {
+    for task in edge.node.tasks {
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("the edge stops once its responses are delivered")

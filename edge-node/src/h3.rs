@@ -95,6 +95,15 @@ pub fn serve_h3(
     edge: Arc<Edge>,
     shutdown: Shutdown,
 ) -> Result<H3Listening, H3Error> {
+    // 0-RTT: a client resuming a session sends its first request with its first packet
+    // (QUIC allows no other early-data size). rustls allows early data only with sessions the
+    // server holds and gives out once (RFC 8446 §8.1: a stateless ticket could be replayed),
+    // so HTTP/3 resumes from a bounded cache here, not by ticket. The edge answers only GET
+    // and HEAD, and a replayer cannot read the answer.
+    let mut tls = (*tls).clone();
+    tls.max_early_data_size = u32::MAX;
+    tls.ticketer = Arc::new(NoTickets);
+    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSIONS);
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| H3Error::Tls(e.to_string()))?;
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
@@ -141,6 +150,34 @@ pub fn serve_h3(
         }
     });
     Ok(H3Listening { addr, task })
+}
+
+/// Sessions HTTP/3 clients may resume (with 0-RTT) from: rustls sends two per handshake,
+/// a few hundred bytes each, so at most a few MiB, and a client finds its session again if
+/// it returns within the last eight thousand or so handshakes.
+const QUIC_SESSIONS: usize = 16_384;
+
+/// Stateless session tickets off, so resumption goes through the session cache (which
+/// rustls requires for 0-RTT).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Serves the connections `endpoint` accepts until `shutdown`. Then each connection says

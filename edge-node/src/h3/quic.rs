@@ -488,14 +488,17 @@ impl Connection {
         self.0.remote
     }
 
-    /// Waits for the handshake to complete.
+    /// Waits until requests may be served: the handshake is complete, or the client resumed
+    /// a session and sent 0-RTT data the server accepted, so its first request is answered
+    /// without waiting a round trip for the client's Finished (0.5-RTT data, limited by QUIC
+    /// to three times what the client has sent until its address is validated).
     pub async fn handshake(&self) -> Result<(), ConnectionError> {
         std::future::poll_fn(|cx| {
             let mut st = self.state();
             if let Some(e) = &st.lost {
                 return Poll::Ready(Err(e.clone()));
             }
-            if st.connected {
+            if st.connected || st.conn.has_0rtt() {
                 return Poll::Ready(Ok(()));
             }
             register(&mut st.handshake, cx);

@@ -479,37 +479,50 @@ async fn h3_client(
 }
 
 /// A UDP path to `server` that holds every datagram `delay` each way (a round trip of twice
-/// `delay`), for one client at a time; returns the address to send to.
+/// `delay`), in order, for one client at a time; returns the address to send to.
 async fn slow_path(server: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
     use std::sync::{Arc, Mutex};
-    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    use tokio::net::UdpSocket;
+    use tokio::sync::mpsc;
+    type Held = (tokio::time::Instant, Vec<u8>);
+    /// Sends what `held` gives once its time has come, in the order it came.
+    async fn release(mut held: mpsc::UnboundedReceiver<Held>, send: impl AsyncFn(&[u8])) {
+        while let Some((due, datagram)) = held.recv().await {
+            tokio::time::sleep_until(due).await;
+            send(&datagram).await;
+        }
+    }
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     back.connect(server).await.unwrap();
     let addr = front.local_addr().unwrap();
     let client = Arc::new(Mutex::new(None));
-    let (from_front, to_back, seen) = (front.clone(), back.clone(), client.clone());
+    let (to_server, held) = mpsc::unbounded_channel::<Held>();
+    let sender = back.clone();
+    tokio::spawn(release(held, async move |d: &[u8]| {
+        let _ = sender.send(d).await;
+    }));
+    let (to_client, held) = mpsc::unbounded_channel::<Held>();
+    let (sender, seen) = (front.clone(), client.clone());
+    tokio::spawn(release(held, async move |d: &[u8]| {
+        let to = *seen.lock().unwrap();
+        if let Some(to) = to {
+            let _ = sender.send_to(d, to).await;
+        }
+    }));
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = from_front.recv_from(&mut buf).await {
-            *seen.lock().unwrap() = Some(from);
-            let (datagram, to_back) = (buf[..n].to_vec(), to_back.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = to_back.send(&datagram).await;
-            });
+        while let Ok((n, from)) = front.recv_from(&mut buf).await {
+            *client.lock().unwrap() = Some(from);
+            let due = tokio::time::Instant::now() + delay;
+            let _ = to_server.send((due, buf[..n].to_vec()));
         }
     });
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         while let Ok(n) = back.recv(&mut buf).await {
-            let Some(to) = *client.lock().unwrap() else {
-                continue;
-            };
-            let (datagram, front) = (buf[..n].to_vec(), front.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = front.send_to(&datagram, to).await;
-            });
+            let due = tokio::time::Instant::now() + delay;
+            let _ = to_client.send((due, buf[..n].to_vec()));
         }
     });
     addr

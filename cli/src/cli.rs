@@ -165,6 +165,11 @@ pub struct EdgeArgs {
     /// sendfile from memory files (nginx's `sendfile off`).
     #[arg(long)]
     pub no_sendfile: bool,
+    /// A TLS session-ticket key shared by the region's edges (a file of at least 32 random
+    /// bytes, e.g. `openssl rand 80`, as nginx's ssl_session_ticket_key); repeat to rotate:
+    /// the first seals new tickets, all open them. Without it each process makes its own.
+    #[arg(long = "tls-ticket-key", value_name = "FILE")]
+    pub tls_ticket_keys: Vec<PathBuf>,
 }
 
 /// What to do with labels.

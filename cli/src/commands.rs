@@ -391,6 +391,14 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.h3.ack_every = (args.h3_ack_every > 2).then_some(args.h3_ack_every);
     config.h3.drivers = args.h3_drivers;
     config.sendfile = !args.no_sendfile;
+    if !args.tls_ticket_keys.is_empty() {
+        let secrets = args
+            .tls_ticket_keys
+            .iter()
+            .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        config.ticket_keys = Some(cadenza_common::http::tls::TicketKeys::new(&secrets)?);
+    }
     if args.disk_gib > 0 {
         config.disk = Some((
             args.data.join("cache"),

@@ -59,6 +59,10 @@ pub struct EdgeNodeConfig {
     pub limits: ServerLimits,
     /// HTTP/3 limits and QUIC tuning.
     pub h3: H3Limits,
+    /// Session-ticket keys shared with the region's other edges, so a player resumes its TLS
+    /// session at any of them (TCP; HTTP/3 resumes from this edge's session cache). `None`
+    /// makes keys at start, good for this process only.
+    pub ticket_keys: Option<Arc<tls::TicketKeys>>,
     /// Keep memory-tier slices in memory files, so the cleartext listener's HTTP/1.1 sends
     /// them by `sendfile` (nginx's `sendfile on`). Only with a cleartext listener: TLS
     /// encrypts in user space.
@@ -94,6 +98,7 @@ impl EdgeNodeConfig {
             upstream_timeout: Duration::from_secs(10),
             limits: ServerLimits::default(),
             h3: H3Limits::default(),
+            ticket_keys: None,
             sendfile: true,
         }
     }
@@ -140,7 +145,10 @@ pub async fn start(
     listeners: EdgeListeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<EdgeNode> {
-    let server_tls = tls::server_config(&config.cert)?;
+    let mut server_tls = tls::server_config(&config.cert)?;
+    if let Some(keys) = &config.ticket_keys {
+        server_tls = tls::with_ticket_keys(&server_tls, keys.clone());
+    }
     let client = https_client(tls::client_config(&config.upstream_ca)?);
     let disk = match &config.disk {
         Some((dir, bytes)) => Some(Arc::new(

@@ -288,12 +288,31 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let stack = start_stack(dir.path()).await;
     let data = bytes(7, 300 * 1024);
     let id = put(&stack, dir.path(), data.clone()).await;
+    // A region's shared session-ticket key; one too short to be a key is refused at start.
+    let ticket_key = edge_dir.path().join("ticket.key");
+    std::fs::write(&ticket_key, bytes(8, 80)).unwrap();
+    let short_key = edge_dir.path().join("short.key");
+    std::fs::write(&short_key, b"not 32 bytes").unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+        .args(["edge", "--join"])
+        .arg(dir.path())
+        .arg("--data")
+        .arg(edge_dir.path().join("refused"))
+        .arg("--tls-ticket-key")
+        .arg(&short_key)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("session-ticket key refused"), "{said}");
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
         .args(["edge", "--join"])
         .arg(dir.path())
         .arg("--data")
         .arg(edge_dir.path())
+        .arg("--tls-ticket-key")
+        .arg(&ticket_key)
         .args([
             "--listen",
             "127.0.0.1:0",

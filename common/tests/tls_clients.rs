@@ -257,3 +257,42 @@ async fn a_client_resumes_its_session_after_many_others() {
         );
     }
 }
+
+/// Servers sharing session-ticket keys (the edges of a region): a client resumes at one with
+/// the ticket another gave it, and at one that has rotated to a new key while keeping the
+/// old; at a server with keys of its own it makes a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_from_one_server_resumes_at_another_sharing_its_keys() {
+    use cadenza_common::http::tls::{self, TicketKeys};
+    let pem = tls::self_signed(&["localhost"]).unwrap();
+    let (old, new) = (vec![3u8; 32], vec![4u8; 48]);
+    let config = tls::server_config(&pem).unwrap();
+    let sharing = |secrets: &[Vec<u8>]| {
+        Some(tls::with_ticket_keys(
+            &config,
+            TicketKeys::new(secrets).unwrap(),
+        ))
+    };
+    let limits = ServerLimits::default;
+    let first = support::start_on(Lean, limits(), &pem, sharing(std::slice::from_ref(&old))).await;
+    let second = support::start_on(Lean, limits(), &pem, sharing(std::slice::from_ref(&old))).await;
+    let rotated = support::start_on(Lean, limits(), &pem, sharing(&[new, old])).await;
+    let apart = support::start_on(Lean, limits(), &pem, Some(config.clone())).await;
+    let mut client = (*first.client.clone().unwrap()).clone();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    client.resumption = rustls::client::Resumption::in_memory_sessions(8);
+    let client = Arc::new(client);
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(handshake(&first, client.clone()).await, Full);
+    assert_eq!(
+        handshake(&second, client.clone()).await,
+        Resumed,
+        "sharing the key"
+    );
+    assert_eq!(
+        handshake(&rotated, client.clone()).await,
+        Resumed,
+        "keeping the old key"
+    );
+    assert_eq!(handshake(&apart, client).await, Full, "keys of its own");
+}

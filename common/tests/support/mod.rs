@@ -27,16 +27,22 @@ pub struct Server {
 /// Serves `handler` on 127.0.0.1, over TLS when `tls`.
 pub async fn start<H: Handler>(handler: H, limits: ServerLimits, tls: bool) -> Server {
     let pem = tls::self_signed(&["localhost"]).unwrap();
+    let config = tls.then(|| tls::server_config(&pem).unwrap());
+    start_on(handler, limits, &pem, config).await
+}
+
+/// Serves `handler` on 127.0.0.1 over `config`, which presents `pem`, or in the clear
+/// without one.
+pub async fn start_on<H: Handler>(
+    handler: H,
+    limits: ServerLimits,
+    pem: &tls::CertPem,
+    config: Option<Arc<rustls::ServerConfig>>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, shutdown) = Shutdown::new();
-    let listening = serve_on(
-        listener,
-        tls.then(|| tls::server_config(&pem).unwrap()),
-        limits,
-        Arc::new(handler),
-        shutdown,
-    )
-    .unwrap();
+    let tls = config.is_some();
+    let listening = serve_on(listener, config, limits, Arc::new(handler), shutdown).unwrap();
     Server {
         addr: listening.addr,
         client: tls.then(|| tls::client_config(pem.cert.as_bytes()).unwrap()),

@@ -318,8 +318,11 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
 async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     use crate::edge_node::{EdgeListeners, EdgeNodeConfig};
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating {}", args.data.display()))?;
+    // Made only when something goes in it, so a refused start leaves no directory behind.
+    let make_data = || {
+        std::fs::create_dir_all(&args.data)
+            .with_context(|| format!("creating {}", args.data.display()))
+    };
     let joined = args
         .join
         .as_deref()
@@ -334,7 +337,10 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", key.display()))?,
         },
         (_, _, Some(j)) => j.cert.clone(),
-        _ => crate::stack::load_or_create_cert(&args.data)?.0,
+        _ => {
+            make_data()?;
+            crate::stack::load_or_create_cert(&args.data)?.0
+        }
     };
     let upstream_ca = match &args.upstream_ca {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
@@ -405,6 +411,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             args.disk_gib.saturating_mul(1 << 30),
         ));
     }
+    make_data()?;
     let bind = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await

@@ -305,6 +305,10 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("session-ticket key refused"), "{said}");
+    assert!(
+        !edge_dir.path().join("refused").exists(),
+        "a refused start left its data directory behind"
+    );
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
         .args(["edge", "--join"])

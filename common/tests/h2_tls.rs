@@ -29,9 +29,11 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 /// `/bytes/N` answers N pattern bytes, `/fill/N` N copies of one byte (cheap to make).
-struct Patterns;
+/// `LEAN`: it reads no request body (HTTP/1.1 goes to the server's own loop, which hands a
+/// cleartext HTTP/2 preface on); otherwise hyper's auto builder serves the cleartext port.
+struct Patterns<const LEAN: bool>;
 
-impl Handler for Patterns {
+impl<const LEAN: bool> Handler for Patterns<LEAN> {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
         let path = req.uri().path();
         let (make, n): (fn(usize) -> Vec<u8>, _) = if let Some(n) = path.strip_prefix("/bytes/") {
@@ -45,7 +47,7 @@ impl Handler for Patterns {
         Response::new(full(make(n.parse().unwrap_or(0))))
     }
 
-    const BODYLESS: bool = true;
+    const BODYLESS: bool = LEAN;
 }
 
 async fn start(limits: ServerLimits) -> Server {
@@ -53,7 +55,7 @@ async fn start(limits: ServerLimits) -> Server {
 }
 
 async fn start_on(limits: ServerLimits, tls: bool) -> Server {
-    support::start(Patterns, limits, tls).await
+    support::start(Patterns::<true>, limits, tls).await
 }
 
 /// A TLS connection that agreed on h2, from a socket with `recv_buffer` bytes of receive
@@ -313,17 +315,29 @@ async fn shutdown_lets_a_response_finish(tls: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_still_writing_after_the_goodbye_reads_the_whole_response() {
     let size = 8 * 1024 * 1024;
-    let (server, mut tcp, mut frames) = goodbye_mid_response(16 * 1024, size).await;
-    // The server closes once the response is all in its socket; the client goes on reading
-    // the rest and, as clients do, says how much it read (WINDOW_UPDATE) and answers the
-    // server's PINGs.
-    read_frames(&mut tcp, &mut frames, usize::MAX, true).await;
-    assert_eq!(frames.data, size, "the response's bytes that came");
-    drop(tcp);
-    tokio::time::timeout(Duration::from_secs(5), server.task)
-        .await
-        .expect("the server did not finish draining")
-        .unwrap();
+    // The lean handler's port and one whose handler reads bodies (the origin's, the control
+    // plane's), where HTTP/2 in the clear is told from HTTP/1.1 before hyper sees it.
+    for lean in [true, false] {
+        let server = if lean {
+            start_on(ServerLimits::default(), false).await
+        } else {
+            support::start(Patterns::<false>, ServerLimits::default(), false).await
+        };
+        let (mut tcp, mut frames) = goodbye_mid_response(&server, 16 * 1024, size).await;
+        // The server closes once the response is all in its socket; the client goes on
+        // reading the rest and, as clients do, says how much it read (WINDOW_UPDATE) and
+        // answers the server's PINGs.
+        read_frames(&mut tcp, &mut frames, usize::MAX, true).await;
+        assert_eq!(
+            frames.data, size,
+            "lean {lean}: the response's bytes that came"
+        );
+        drop(tcp);
+        tokio::time::timeout(Duration::from_secs(5), server.task)
+            .await
+            .expect("the server did not finish draining")
+            .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +351,8 @@ async fn a_reader_quiet_after_the_goodbye_still_reads_the_whole_response() {
     // is still queued when the server goes quiet depends on the kernel's buffer sizing.)
     let (fast, tail) = (8 << 20, 512 << 10);
     let size = fast + tail;
-    let (_server, mut tcp, mut frames) = goodbye_mid_response(256 * 1024, size).await;
+    let server = start_on(ServerLimits::default(), false).await;
+    let (mut tcp, mut frames) = goodbye_mid_response(&server, 256 * 1024, size).await;
     read_frames(&mut tcp, &mut frames, fast, false).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let update = frame(0x8, 0, 0, &1024u32.to_be_bytes());
@@ -348,13 +363,16 @@ async fn a_reader_quiet_after_the_goodbye_still_reads_the_whole_response() {
     assert_eq!(frames.data, size, "the response's bytes that came");
 }
 
-/// A cleartext server (so the client reads the very bytes the server's socket holds) and a
-/// raw HTTP/2 client with `recv_buffer` bytes of receive buffer and unbounded windows that
-/// asked for `size` bytes, once the response is under way and the server has been told to
-/// shut down (a goodbye during the handshake would end the connection at once: hyper serves
+/// A raw HTTP/2 client of cleartext `server` (so the client reads the very bytes the server's
+/// socket holds) with `recv_buffer` bytes of receive buffer and unbounded windows that asked
+/// for `size` bytes, once the response is under way and the server has been told to shut
+/// down (a goodbye during the handshake would end the connection at once: hyper serves
 /// nothing the client sent).
-async fn goodbye_mid_response(recv_buffer: u32, size: usize) -> (Server, TcpStream, Frames) {
-    let server = start_on(ServerLimits::default(), false).await;
+async fn goodbye_mid_response(
+    server: &Server,
+    recv_buffer: u32,
+    size: usize,
+) -> (TcpStream, Frames) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(recv_buffer).unwrap();
     let mut tcp = socket.connect(server.addr).await.unwrap();
@@ -362,7 +380,7 @@ async fn goodbye_mid_response(recv_buffer: u32, size: usize) -> (Server, TcpStre
     let mut frames = Frames::default();
     read_frames(&mut tcp, &mut frames, 1, false).await;
     server.stop.trigger();
-    (server, tcp, frames)
+    (tcp, frames)
 }
 
 /// Reads a raw HTTP/2 client's frames until `until` DATA bytes have come or the server

@@ -646,7 +646,8 @@ async fn serve_clear<H: Handler>(
             Err(e) => return log_end(conn, Err(e.into())),
         }
     }
-    // hyper tells HTTP/1.1 from HTTP/2 by itself; only HTTP/1.1 closes with care. hyper-util
+    // HTTP/2 with prior knowledge (h2c) goes the way HTTP/2 over TLS does (coalesced writes,
+    // lingering after a clean end); HTTP/1.1 goes to hyper and closes with care. hyper-util
     // reads the first bytes with no timeout of its own (only the idle deadline ended a silent
     // peer there); the header timeout bounds this peek as it bounds a request's head. Told to
     // stop before the first request is under way, the connection closes, as hyper-util's own
@@ -659,7 +660,13 @@ async fn serve_clear<H: Handler>(
         () = shutdown.wait() => return,
     };
     match peeked {
-        Ok(Ok(h2c)) => stream.close_with_care(!h2c),
+        Ok(Ok(true)) => {
+            // The peek read nothing: the preface is still the stream's first bytes.
+            let (stream, outbox) = coalesce(stream);
+            let h2 = serve_h2_coalesced(stream, outbox, conn, serving, watcher, shutdown);
+            return log_end(conn, Box::pin(h2).await);
+        }
+        Ok(Ok(false)) => stream.close_with_care(true),
         // Connected and left without a byte: nothing to log.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
         Ok(Err(e)) => return log_end(conn, Err(e.into())),

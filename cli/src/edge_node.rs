@@ -240,7 +240,7 @@ pub async fn start(
             .task,
         );
     }
-    let h3_tls = tls::server_config_with_alpn(&config.cert, &[b"h3"])?;
+    let h3_tls = tls::quic_server_config(&config.cert)?;
     let h3 = serve_h3(
         main_addr,
         h3_tls,

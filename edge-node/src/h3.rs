@@ -87,7 +87,8 @@ pub struct H3Listening {
     pub task: JoinHandle<()>,
 }
 
-/// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`).
+/// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`;
+/// `tls::quic_server_config` makes one that also accepts 0-RTT).
 pub fn serve_h3(
     addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
@@ -95,15 +96,6 @@ pub fn serve_h3(
     edge: Arc<Edge>,
     shutdown: Shutdown,
 ) -> Result<H3Listening, H3Error> {
-    // 0-RTT: a client resuming a session sends its first request with its first packet
-    // (QUIC allows no other early-data size). rustls allows early data only with sessions the
-    // server holds and gives out once (RFC 8446 §8.1: a stateless ticket could be replayed),
-    // so HTTP/3 resumes from a bounded cache here, not by ticket. The edge answers only GET
-    // and HEAD, and a replayer cannot read the answer.
-    let mut tls = (*tls).clone();
-    tls.max_early_data_size = u32::MAX;
-    tls.ticketer = Arc::new(NoTickets);
-    tls.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSIONS);
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| H3Error::Tls(e.to_string()))?;
     let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
@@ -152,36 +144,6 @@ pub fn serve_h3(
     Ok(H3Listening { addr, task })
 }
 
-/// Sessions HTTP/3 clients may resume (with 0-RTT) from. rustls stores two per handshake,
-/// each a 32-byte key and a value of about 90 bytes for a TCP session (a QUIC one adds its
-/// transport parameters): some 300–400 bytes an entry with the map's and allocator's
-/// overhead, 5–7 MiB when full. A client finds its session again if it returns within the
-/// last eight thousand or so handshakes.
-const QUIC_SESSIONS: usize = 16_384;
-
-/// Stateless session tickets off, so resumption goes through the session cache (which
-/// rustls requires for 0-RTT).
-#[derive(Debug)]
-struct NoTickets;
-
-impl rustls::server::ProducesTickets for NoTickets {
-    fn enabled(&self) -> bool {
-        false
-    }
-
-    fn lifetime(&self) -> u32 {
-        0
-    }
-
-    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-
-    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
-        None
-    }
-}
-
 /// Serves the connections `endpoint` accepts until `shutdown`. Then each connection says
 /// GOAWAY, finishes the requests it has accepted and closes once their responses are
 /// delivered; after the drain timeout the endpoint closes whatever is left.
@@ -191,8 +153,7 @@ async fn accept(
     limits: H3Limits,
     mut shutdown: Shutdown,
 ) {
-    // Every connection's task holds a sender; the receiver learns when the last has ended.
-    let (live, mut ended) = tokio::sync::mpsc::channel::<std::convert::Infallible>(1);
+    let open = Arc::new(InFlight::default());
     loop {
         let conn = tokio::select! {
             _ = shutdown.wait() => break,
@@ -203,17 +164,16 @@ async fn accept(
         };
         let edge = edge.clone();
         let min_rate = limits.min_send_rate;
-        let (live, shutdown) = (live.clone(), shutdown.clone());
+        let (counted, shutdown) = (open.start(), shutdown.clone());
         tokio::spawn(async move {
-            let _live = live;
+            let _counted = counted;
             if let Err(e) = connection(conn, edge, min_rate, shutdown).await {
                 tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
             }
         });
     }
-    drop(live);
     let deadline = tokio::time::Instant::now() + limits.drain_timeout;
-    if tokio::time::timeout_at(deadline, ended.recv())
+    if tokio::time::timeout_at(deadline, open.none())
         .await
         .is_err()
     {
@@ -247,15 +207,15 @@ async fn connection(
     let mut h3: h3::server::Connection<transport::Connection, Bytes> = h3::server::builder()
         .build(transport::Connection::new(conn))
         .await?;
-    let answering = Arc::new(Answering::default());
+    let answering = Arc::new(InFlight::default());
     let mut going_away = false;
     loop {
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    let (edge, quic, answer) = (edge.clone(), quic.clone(), answering.start());
+                    let (edge, quic, counted) = (edge.clone(), quic.clone(), answering.start());
                     tokio::spawn(async move {
-                        let _answer = answer;
+                        let _counted = counted;
                         if let Err(e) = request(resolver, edge, info, min_rate, &quic).await {
                             tracing::debug!(error = %e, "HTTP/3 request failed");
                         }
@@ -277,24 +237,25 @@ async fn connection(
     }
 }
 
-/// The requests of one connection still being answered, so a connection told to go away
-/// closes once the last response is delivered, and not before.
+/// Work still under way (an endpoint's connections, a connection's requests), so what is
+/// told to go away ends once the last piece has, and not before.
 #[derive(Default)]
-struct Answering {
+struct InFlight {
     count: std::sync::atomic::AtomicUsize,
     none_left: tokio::sync::Notify,
 }
 
-impl Answering {
-    fn start(self: &Arc<Self>) -> Answer {
+impl InFlight {
+    /// Counts one more piece until the guard is dropped.
+    fn start(self: &Arc<Self>) -> Started {
         self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Answer(self.clone())
+        Started(self.clone())
     }
 
-    /// Resolves when no request is being answered.
+    /// Resolves when nothing is under way.
     async fn none(&self) {
         loop {
-            // Made before the look, so a last answer ending in between still wakes it.
+            // Made before the look, so a last piece ending in between still wakes it.
             let none_left = self.none_left.notified();
             if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
                 return;
@@ -304,10 +265,10 @@ impl Answering {
     }
 }
 
-/// One request being answered ([`Answering`]), until dropped.
-struct Answer(Arc<Answering>);
+/// One piece of work under way ([`InFlight`]), until dropped.
+struct Started(Arc<InFlight>);
 
-impl Drop for Answer {
+impl Drop for Started {
     fn drop(&mut self) {
         if self
             .0

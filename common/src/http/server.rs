@@ -470,9 +470,9 @@ where
         } = serving;
         drop(connection);
         if let Some(mut stream) = outbox.into_inner() {
-            // Lingers here rather than apart, so the drain waits for it; the slot is held
-            // until it ends.
-            let _slot = stream.take_on_close();
+            // Lingers here rather than apart (the drain already waits for this task); the
+            // close hook's slot and drain place are held until it ends.
+            let _held = stream.take_on_close();
             linger(stream.get_ref()).await;
         }
     }
@@ -554,10 +554,10 @@ fn unsent(_stream: &TcpStream) -> usize {
 
 /// Lingers ([`linger`]) on a connection whose stream is being dropped, in a task of its own
 /// holding `held` (the connection's slot, and its place in the drain, so a SIGTERM waits for
-/// it as for a connection still served): hyper drops the streams of the connections it serves, and one that
-/// answered before reading a whole request body (a refused upload) would otherwise reset the
-/// connection under a client still sending it, which then fails its write and may never read
-/// the answer. The task gets the socket through a second descriptor, so closing the first
+/// it as for a connection still served): hyper drops the streams of the connections it
+/// serves, and one that answered before reading a whole request body (a refused upload)
+/// would otherwise reset the connection under a client still sending it, which then fails
+/// its write and may never read the answer. The task gets the socket through a second descriptor, so closing the first
 /// does not close it.
 fn linger_apart(stream: &TcpStream, held: impl Send + 'static) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {

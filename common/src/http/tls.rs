@@ -67,16 +67,47 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// A server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
+/// A server configuration offering HTTP/2 and HTTP/1.1 by ALPN, with stateless session
+/// tickets (nginx's `ssl_session_tickets on`, its default; keys made at start and rotated by
+/// rustls): a returning client resumes without a certificate and its signature, however many
+/// clients came between. rustls's default keeps sessions in a 256-entry cache instead, which
+/// a busy edge turns over in well under a second.
 pub fn server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    server_config_with_alpn(pem, &[b"h2", b"http/1.1"])
+    let mut config = base_config(pem, &[b"h2", b"http/1.1"])?;
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(config))
 }
 
-/// A server configuration offering the given ALPN protocols (`h3` for QUIC).
+/// Sessions a QUIC listener keeps for resumption ([`quic_server_config`]). rustls stores two
+/// per handshake, each a 32-byte key and a value of about 90 bytes for a TCP session (a QUIC
+/// one adds its transport parameters): some 300–400 bytes an entry with the map's and
+/// allocator's overhead, 5–7 MiB when full. A client finds its session again if it returns
+/// within the last eight thousand or so handshakes.
+pub const QUIC_SESSIONS: usize = 16_384;
+
+/// A server configuration for HTTP/3 that accepts 0-RTT: a client resuming a session sends
+/// its first request with its first packet (QUIC allows no early-data size but this one).
+/// rustls allows early data only with sessions the server holds and gives out once (RFC 8446
+/// §8.1: a stateless ticket could be replayed), so resumption goes through a bounded session
+/// cache ([`QUIC_SESSIONS`]) and no tickets are issued. Early data must only ever carry
+/// requests a replay cannot turn into a side effect (the edge answers GET and HEAD).
+pub fn quic_server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = base_config(pem, &[b"h3"])?;
+    config.max_early_data_size = u32::MAX;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSIONS);
+    Ok(Arc::new(config))
+}
+
+/// A server configuration offering the given ALPN protocols, with rustls's defaults for
+/// resumption.
 pub fn server_config_with_alpn(
     pem: &CertPem,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(base_config(pem, alpn)?))
+}
+
+fn base_config(pem: &CertPem, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     install_crypto_provider();
     let chain = certs(pem.cert.as_bytes())?;
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
@@ -85,12 +116,7 @@ pub fn server_config_with_alpn(
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    // Stateless session tickets (nginx's `ssl_session_tickets on`, its default), keys made at
-    // start and rotated by rustls: a returning client resumes without a certificate and its
-    // signature, however many clients came between. rustls's default keeps sessions in a
-    // 256-entry cache instead, which a busy edge turns over in well under a second.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// Session-ticket keys shared by the edges of a region (nginx's `ssl_session_ticket_key`), so
@@ -156,10 +182,8 @@ impl rustls::server::ProducesTickets for TicketKeys {
 
     /// `name ‖ nonce ‖ sealed state ‖ tag`, the name bound in as associated data.
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        use ring::rand::SecureRandom;
         let (name, key) = self.keys.first()?;
-        let mut nonce = [0u8; NONCE];
-        ring::rand::SystemRandom::new().fill(&mut nonce).ok()?;
+        let nonce = crate::crypto::random_bytes::<NONCE>();
         let mut ticket = Vec::with_capacity(16 + NONCE + plain.len() + 16);
         ticket.extend_from_slice(name);
         ticket.extend_from_slice(&nonce);

@@ -102,10 +102,16 @@ impl RegionEdge {
     /// Shuts the edge down; each of its tasks must end cleanly within 15 s.
     async fn stop(self) {
         self.trigger.trigger();
+        self.ended_within(Duration::from_secs(15)).await;
+    }
+
+    /// Waits for the edge's tasks (once it has been told to stop) to end cleanly, each within
+    /// `within`.
+    async fn ended_within(self, within: Duration) {
         for task in self.node.tasks {
-            tokio::time::timeout(Duration::from_secs(15), task)
+            tokio::time::timeout(within, task)
                 .await
-                .unwrap()
+                .expect("the edge did not stop in time")
                 .unwrap();
         }
     }
@@ -453,10 +459,7 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
         "{got} bytes, complete: {complete}"
     );
     drive.abort();
-    edge.trigger.trigger();
-    for task in edge.node.tasks {
-        let _ = task.await;
-    }
+    edge.stop().await;
     stack.shutdown().await;
 }
 
@@ -602,10 +605,7 @@ async fn a_returning_http3_client_is_answered_within_one_round_trip() {
         "the answer took {answered:?}: more than one round trip of 200 ms"
     );
     drive.abort();
-    edge.trigger.trigger();
-    for task in edge.node.tasks {
-        let _ = task.await;
-    }
+    edge.stop().await;
     stack.shutdown().await;
 }
 
@@ -657,12 +657,8 @@ async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
         !matches!(again, Ok(Ok(_))),
         "a request after the shutdown was answered"
     );
-    for task in edge.node.tasks {
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the edge stops once its responses are delivered")
-            .unwrap();
-    }
+    // Once its responses are delivered, well before the drain timeout (10 s).
+    edge.ended_within(Duration::from_secs(5)).await;
     assert!(stopped.elapsed() < Duration::from_secs(8));
     drive.abort();
     stack.shutdown().await;

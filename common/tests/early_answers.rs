@@ -65,6 +65,18 @@ fn upload_head(len: usize) -> String {
     format!("POST /v1/uploads HTTP/1.1\r\nhost: localhost\r\ncontent-length: {len}\r\n\r\n")
 }
 
+/// A client that announced a `len`-byte upload, sent its first 512 KiB and read the start of
+/// the refusal; the connection is left open.
+async fn refused_mid_upload(server: &Server, len: usize) -> Box<dyn Io> {
+    let mut client = connect(server).await;
+    client.write_all(upload_head(len).as_bytes()).await.unwrap();
+    client.write_all(&vec![1; 512 << 10]).await.unwrap();
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_a_refused_body_finishes_and_reads_the_answer() {
     for tls in [false, true] {
@@ -101,15 +113,7 @@ async fn a_quiet_client_gives_its_slot_back_after_the_answer() {
     };
     let server = start(false, limits).await;
     // Sends half of a body, reads the answer, then neither sends nor closes.
-    let mut quiet = connect(&server).await;
-    quiet
-        .write_all(upload_head(1 << 20).as_bytes())
-        .await
-        .unwrap();
-    quiet.write_all(&vec![1; 512 << 10]).await.unwrap();
-    let mut answer = [0u8; 12];
-    quiet.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 401");
+    let quiet = refused_mid_upload(&server, 1 << 20).await;
     let answered = Instant::now();
 
     // While the first connection lingers, it holds the only slot; once it has been quiet
@@ -139,15 +143,7 @@ async fn a_quiet_client_gives_its_slot_back_after_the_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_waits_for_a_connection_still_lingering() {
     let server = start(false, ServerLimits::default()).await;
-    let mut client = connect(&server).await;
-    client
-        .write_all(upload_head(64 << 20).as_bytes())
-        .await
-        .unwrap();
-    client.write_all(&vec![2; 512 << 10]).await.unwrap();
-    let mut answer = [0u8; 12];
-    client.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"HTTP/1.1 401");
+    let mut client = refused_mid_upload(&server, 64 << 20).await;
 
     // Told to stop while the client is still sending the refused body: the server lingers
     // on, and so does its drain (a SIGTERM'd process exits when the drain ends, and would
@@ -165,10 +161,10 @@ async fn the_drain_waits_for_a_connection_still_lingering() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Once the client goes quiet, the lingering ends and the drain with it.
-    tokio::time::timeout(Duration::from_secs(5), server.task)
-        .await
-        .expect("the drain ends once the lingering connection is let go")
-        .unwrap();
+    assert!(
+        server.drained_within(Duration::from_secs(5)).await,
+        "the drain did not end once the lingering connection was let go"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,10 +176,10 @@ async fn the_drain_does_not_wait_for_a_client_that_sent_nothing() {
         let mut silent = TcpStream::connect(server.addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         server.stop.trigger();
-        tokio::time::timeout(Duration::from_secs(3), server.task)
-            .await
-            .unwrap_or_else(|_| panic!("{over}: the drain waited for a client that sent nothing"))
-            .unwrap();
+        assert!(
+            server.drained_within(Duration::from_secs(3)).await,
+            "{over}: the drain waited for a client that sent nothing"
+        );
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(1), silent.read_to_end(&mut rest));
         assert!(

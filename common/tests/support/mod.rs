@@ -24,6 +24,19 @@ pub struct Server {
     pub stop: ShutdownTrigger,
 }
 
+impl Server {
+    /// Whether the server's task (after `stop`) ended within `within`; panics if it failed.
+    pub async fn drained_within(self, within: std::time::Duration) -> bool {
+        match tokio::time::timeout(within, self.task).await {
+            Ok(ended) => {
+                ended.unwrap();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// Serves `handler` on 127.0.0.1, over TLS when `tls`.
 pub async fn start<H: Handler>(handler: H, limits: ServerLimits, tls: bool) -> Server {
     let pem = tls::self_signed(&["localhost"]).unwrap();

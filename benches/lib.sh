@@ -83,7 +83,7 @@ bench_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   # Takes the veth pair with it.
-  [ -n "${bench_ns:-}" ] && ip netns del "$bench_ns" 2>/dev/null
+  if [ -n "${bench_ns:-}" ]; then ip netns del "$bench_ns" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 

@@ -9,7 +9,9 @@
 # to the edge's cleartext port and as many over TLS, one small request each, and holds them
 # idle; the same against nginx (one worker; cleartext and TLS). The TLS connections go to a
 # second edge process, pre-warmed the same way, and to a second nginx, so they cannot reuse
-# memory the cleartext ones freed. Prints resident sizes in MiB.
+# memory the cleartext ones freed. Then CONNS idle HTTP/3 connections to a third fresh edge
+# (`proto_load h3-idle`: one GET /healthz each, then held with QUIC pings); nginx 1.22 has no
+# HTTP/3, so their figure is set against the edge's own over TLS. Prints resident sizes in MiB.
 #
 # Needs: nginx, curl, python3. Knobs: MEMORY_MIB (256), OBJECTS (80), OBJECT_MIB (5),
 # CONNS (10000).
@@ -26,6 +28,7 @@ source benches/lib.sh
 bench_needs nginx curl python3
 bench_init
 bench_up --edge-memory-mib 16
+cargo build --release -q -p cadenza-benches --bin proto_load
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 edge_port=$(free_port)
@@ -41,13 +44,17 @@ held=$(curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" "$edge_a
   python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["cache_bytes"])')
 rss_full=$(rss "$edge_pid")
 
-idle() { # pid port path [tls CA] → RSS before, RSS with CONNS idle connections, how many opened
+idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle connections, how many opened
   local pid=$1 port=$2 path=$3; shift 3
   local before
   before=$(rss "$pid")
   local fifo=$work/idle.$port
   mkfifo "$fifo"
-  python3 benches/idle_conns.py 127.0.0.1 "$port" "$CONNS" "$path" "$@" <"$fifo" >"$fifo.out" &
+  if [ "${1:-}" = h3 ]; then
+    target/release/proto_load h3-idle "127.0.0.1:$port" "$2" "$CONNS" <"$fifo" >"$fifo.out" &
+  else
+    python3 benches/idle_conns.py 127.0.0.1 "$port" "$CONNS" "$path" "$@" <"$fifo" >"$fifo.out" &
+  fi
   local py=$!
   exec 7>"$fifo"
   for _ in $(seq 1 1200); do
@@ -71,6 +78,15 @@ bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
 bench_prewarm "$edge_admin" "$admin_token"
 sleep 1
 read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
+# HTTP/3 on a third fresh edge, for the same reason.
+kill "$edge_pid"
+wait "$edge_pid" 2>/dev/null || true
+rm -f "$work/edge/edge.json"
+edge_port=$(free_port)
+bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
+bench_prewarm "$edge_admin" "$admin_token"
+sleep 1
+read -r edge_h3_before edge_h3 opened_h3 < <(idle "$edge_pid" "$edge_port" /healthz h3 "$ca")
 
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
@@ -84,7 +100,8 @@ read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx
 
 python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \
   "$nginx_base" "$nginx_clear" "$nginx_tls" "$CONNS" "$opened_clear" "$opened_tls" \
-  "$n_opened_clear" "$n_opened_tls" "$edge_tls_before" "$nginx_tls_before" <<'PY'
+  "$n_opened_clear" "$n_opened_tls" "$edge_tls_before" "$nginx_tls_before" \
+  "$edge_h3_before" "$edge_h3" "$opened_h3" <<'PY'
 import sys
 a = sys.argv[1:]
 mem, held = int(a[0]), int(a[1]) / 1048576
@@ -92,16 +109,19 @@ start, full, e_clear, e_tls, n_base, n_clear, n_tls = map(float, a[2:9])
 conns = int(a[9])
 opened = a[10:14]
 e_tls_before, n_tls_before = float(a[14]), float(a[15])
+e_h3_before, e_h3, opened_h3 = float(a[16]), float(a[17]), a[18]
 print()
 print(f"edge memory tier {mem} MiB, holding {held:.1f} MiB after the pre-warm")
 print(f"  edge RSS at start            {start:8.1f} MiB")
 print(f"  edge RSS, memory tier full   {full:8.1f} MiB  (tier + {full - mem:.1f} MiB; target ≤ tier + 64)")
 print(f"  + {conns} idle, cleartext    {e_clear:8.1f} MiB  (+{e_clear - full:.1f} MiB, {1024 * (e_clear - full) / conns:.1f} KiB each; {opened[0]} open)")
 print(f"  {conns} idle over TLS       {e_tls:8.1f} MiB  (+{e_tls - e_tls_before:.1f} MiB from {e_tls_before:.1f}, a fresh edge with its tier full; {opened[1]} open)")
+print(f"  {conns} idle over HTTP/3    {e_h3:8.1f} MiB  (+{e_h3 - e_h3_before:.1f} MiB from {e_h3_before:.1f}, a third fresh edge, {1024 * (e_h3 - e_h3_before) / conns:.1f} KiB each; {opened_h3} open)")
 print(f"nginx worker RSS               {n_base:8.1f} MiB")
 print(f"  + {conns} idle, cleartext    {n_clear:8.1f} MiB  (+{n_clear - n_base:.1f} MiB, {1024 * (n_clear - n_base) / conns:.1f} KiB each; {opened[2]} open)")
 print(f"  {conns} idle over TLS       {n_tls:8.1f} MiB  (+{n_tls - n_tls_before:.1f} MiB from {n_tls_before:.1f}; {opened[3]} open)")
 ec, et = e_clear - full, e_tls - e_tls_before
 nc, nt = max(n_clear - n_base, 0.1), max(n_tls - n_tls_before, 0.1)
 print(f"idle-connection memory, edge/nginx: cleartext {ec/nc:.2f}×, TLS {et/nt:.2f}×")
+print(f"idle-connection memory, edge HTTP/3 / edge TLS: {(e_h3 - e_h3_before) / max(et, 0.1):.2f}× (target: 10,000 add ≤ 100 MiB)")
 PY

@@ -154,6 +154,108 @@ async fn h3_connection(
     Ok(tally)
 }
 
+/// A quinn endpoint for `addr`'s address family speaking h3 with `tls`'s roots, its socket's
+/// receive buffer enlarged; `keep_alive` pings connections that would otherwise go idle.
+fn h3_endpoint(
+    addr: SocketAddr,
+    tls: &rustls::ClientConfig,
+    keep_alive: Option<Duration>,
+) -> Result<quinn::Endpoint, BoxError> {
+    let mut h3_tls = tls.clone();
+    h3_tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(h3_tls)?;
+    // QUIC_MAX_UDP_PAYLOAD: the largest datagram this client accepts (1472 by default,
+    // Ethernet's); the edge sends no larger.
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    if let Ok(v) = std::env::var("QUIC_MAX_UDP_PAYLOAD") {
+        endpoint_config.max_udp_payload_size(v.parse()?)?;
+    }
+    // Any address of the server's family: the server may be across a veth pair.
+    let any: std::net::IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0))?;
+    // One socket carries every connection, where the HTTP/2 side has a TCP buffer per
+    // connection: at the default 208 KiB, bursts from the edge overflowed it
+    // (UdpRcvbufErrors), and the losses, not the server, set the pace. The kernel caps this
+    // at net.core.rmem_max.
+    socket2::SockRef::from(&socket).set_recv_buffer_size(CLIENT_UDP_RCVBUF)?;
+    let mut endpoint =
+        quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    if keep_alive.is_some() {
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(keep_alive);
+        config.transport_config(Arc::new(transport));
+    }
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// `h3-idle`: opens `conns` HTTP/3 connections, a few hundred handshakes at a time, asks
+/// `GET /healthz` on each, and holds them open (pinging every 10 s, inside the edge's idle
+/// timeout) until stdin closes. Prints "open K" once every connection has had its answer;
+/// K counts those answered 200, like benches/idle_conns.py over TCP.
+async fn h3_idle(addr: SocketAddr, tls: &rustls::ClientConfig, conns: u64) -> Result<(), BoxError> {
+    let endpoint = h3_endpoint(addr, tls, Some(Duration::from_secs(10)))?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..conns {
+        let (endpoint, gate, held_tx) = (endpoint.clone(), gate.clone(), held_tx.clone());
+        tokio::spawn(async move {
+            let opened = async {
+                let _turn = gate.acquire().await?;
+                let conn = endpoint.connect(addr, "localhost")?.await?;
+                let (mut driver, mut send) =
+                    h3::client::new(h3_quinn::Connection::new(conn)).await?;
+                let drive = tokio::spawn(async move {
+                    let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+                });
+                let req = http::Request::get(format!("https://localhost:{}/healthz", addr.port()))
+                    .body(())?;
+                let mut stream = send.send_request(req).await?;
+                stream.finish().await?;
+                let status = stream.recv_response().await?.status();
+                while stream.recv_data().await?.is_some() {}
+                if status != http::StatusCode::OK {
+                    return Err(format!("answered {status}").into());
+                }
+                Ok::<_, BoxError>((send, drive))
+            };
+            // The sender half keeps the connection; dropping it would close it.
+            let _ = held_tx.send(opened.await.map_err(|e| e.to_string()));
+        });
+    }
+    drop(held_tx);
+    let mut held = Vec::new();
+    let mut failed = 0u64;
+    while let Some(one) = held_rx.recv().await {
+        match one {
+            Ok(conn) => held.push(conn),
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("an idle connection failed: {e}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    println!("open {}", held.len());
+    if failed > 0 {
+        eprintln!("{failed} connections failed");
+    }
+    tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await??;
+    drop(held);
+    endpoint.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -164,11 +266,24 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 fn usage() -> ! {
     eprintln!("usage: proto_load h2|h3 ADDR CA_PEM TOKENS OBJECT_BYTES [CONNS] [SECS] [RANGE]");
+    eprintln!("       proto_load h3-idle ADDR CA_PEM CONNS");
     std::process::exit(2)
 }
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("h3-idle") {
+        let [_, addr, ca, conns] = args.as_slice() else {
+            usage();
+        };
+        let addr: SocketAddr = addr.parse()?;
+        let tls = cadenza_common::http::tls::client_config(&std::fs::read(ca)?)?;
+        let conns: u64 = conns.parse()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(h3_idle(addr, &tls, conns));
+    }
     if args.len() < 5 {
         usage();
     }
@@ -228,34 +343,7 @@ fn main() -> Result<(), BoxError> {
                 }
             }
             "h3" => {
-                let mut h3_tls = (*tls).clone();
-                h3_tls.alpn_protocols = vec![b"h3".to_vec()];
-                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(h3_tls)?;
-                // QUIC_MAX_UDP_PAYLOAD: the largest datagram this client accepts (1472 by
-                // default, Ethernet's); the edge sends no larger.
-                let mut endpoint_config = quinn::EndpointConfig::default();
-                if let Ok(v) = std::env::var("QUIC_MAX_UDP_PAYLOAD") {
-                    endpoint_config.max_udp_payload_size(v.parse()?)?;
-                }
-                // Any address of the server's family: the server may be across a veth pair.
-                let any: std::net::IpAddr = if addr.is_ipv4() {
-                    std::net::Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                };
-                let socket = std::net::UdpSocket::bind((any, 0))?;
-                // One socket carries every connection, where the HTTP/2 side has a TCP
-                // buffer per connection: at the default 208 KiB, bursts from the edge
-                // overflowed it (UdpRcvbufErrors), and the losses, not the server, set the
-                // pace. The kernel caps this at net.core.rmem_max.
-                socket2::SockRef::from(&socket).set_recv_buffer_size(CLIENT_UDP_RCVBUF)?;
-                let mut endpoint = quinn::Endpoint::new(
-                    endpoint_config,
-                    None,
-                    socket,
-                    Arc::new(quinn::TokioRuntime),
-                )?;
-                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                let endpoint = h3_endpoint(addr, &tls, None)?;
                 for c in 0..conns {
                     let plan = plan.clone();
                     tasks.push(tokio::spawn(h3_connection(

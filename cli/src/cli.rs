@@ -150,6 +150,10 @@ pub struct EdgeArgs {
     /// This edge's URL as its region peers spell it (default https://LISTEN).
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
+    /// Connections each player listener holds at once (TLS, cleartext, and HTTP/3 on UDP);
+    /// beyond it a TCP connection is closed at accept and a QUIC one refused.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Largest UDP payload HTTP/3's path MTU discovery probes for (1200–65527).
     #[arg(long, default_value_t = 1452)]
     pub h3_max_udp_payload: u16,

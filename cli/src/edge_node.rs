@@ -190,15 +190,21 @@ pub async fn start(
         config.admin_token.clone(),
         true,
     ));
-    tasks.push(
+    let metrics = cache.metrics().clone();
+    let mut listening = |name: &str, l: cadenza_common::http::Listening| {
+        let open = l.connections;
+        metrics.count_connections(name, move || open.count());
+        tasks.push(l.task);
+    };
+    listening(
+        "admin",
         serve_on(
             listeners.admin,
             Some(server_tls.clone()),
             config.limits.clone(),
             admin,
             shutdown.clone(),
-        )?
-        .task,
+        )?,
     );
     let main_addr = listeners.main.local_addr()?;
     // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
@@ -218,26 +224,26 @@ pub async fn start(
         },
         cache,
     ));
-    tasks.push(
+    listening(
+        "tls",
         serve_on(
             listeners.main,
             Some(server_tls),
             config.limits.clone(),
             edge.clone(),
             shutdown.clone(),
-        )?
-        .task,
+        )?,
     );
     if let Some(l) = listeners.cleartext {
-        tasks.push(
+        listening(
+            "cleartext",
             serve_on(
                 l,
                 None,
                 config.limits.clone(),
                 edge.clone(),
                 shutdown.clone(),
-            )?
-            .task,
+            )?,
         );
     }
     let h3_tls = tls::quic_server_config(&config.cert)?;
@@ -248,6 +254,8 @@ pub async fn start(
         edge.clone(),
         shutdown.clone(),
     )?;
+    let open = h3.connections;
+    metrics.count_connections("quic", move || open.open());
     tasks.push(h3.task);
     Ok(EdgeNode { edge, tasks })
 }

@@ -330,6 +330,8 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--disk-gib",
             "0",
+            "--max-connections",
+            "1",
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -356,6 +358,31 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&text).contains("cadenza_edge_upstream_bytes_total"));
+    // --max-connections holds HTTP/3 too: one QUIC connection is served and counted, the
+    // next refused (a browser would fall back to TCP).
+    let join = join_info(dir.path()).unwrap();
+    let udp: std::net::SocketAddr = about["edge"].as_str().unwrap()["https://".len()..]
+        .parse()
+        .unwrap();
+    let quic = quic_endpoint(&join);
+    let held = quic.connect(udp, "localhost").unwrap().await.unwrap();
+    match quic.connect(udp, "localhost").unwrap().await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => assert_eq!(
+            close.error_code,
+            quinn::TransportErrorCode::CONNECTION_REFUSED
+        ),
+        other => panic!("a second HTTP/3 connection got {other:?}"),
+    }
+    let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&text);
+    for open in [
+        r#"cadenza_edge_open_connections{listener="quic"} 1"#,
+        r#"cadenza_edge_open_connections{listener="admin"} 1"#,
+    ] {
+        assert!(text.contains(open), "{open} in\n{text}");
+    }
+    drop(held);
 
     let pid = child.id().to_string();
     assert!(

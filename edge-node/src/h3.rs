@@ -19,12 +19,19 @@ use crate::service::Edge;
 mod quic;
 mod transport;
 
+pub use quic::ConnectionCap;
 pub use transport::body_bytes;
 
 /// Limits for HTTP/3 connections.
 #[derive(Debug, Clone)]
 pub struct H3Limits {
-    /// Concurrent request streams per connection.
+    /// Connections held at once, handshakes included; a client beyond it is refused
+    /// (CONNECTION_REFUSED) and may fall back to TCP.
+    pub max_connections: usize,
+    /// Concurrent request streams per connection. quinn-proto keeps a table slot for every
+    /// stream a peer may open from the start, so this is paid by idle connections too: 100
+    /// (RFC 9114's advice for the least to allow) fits the tables in half the memory 128
+    /// takes.
     pub max_streams: u32,
     /// A connection silent this long is closed.
     pub idle_timeout: Duration,
@@ -52,7 +59,8 @@ pub struct H3Limits {
 impl Default for H3Limits {
     fn default() -> Self {
         Self {
-            max_streams: 128,
+            max_connections: ServerLimits::default().max_connections,
+            max_streams: 100,
             idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             max_udp_payload: 1452,
@@ -85,6 +93,8 @@ pub struct H3Listening {
     pub addr: SocketAddr,
     /// Ends after shutdown once connections have drained.
     pub task: JoinHandle<()>,
+    /// Counts the connections held, under [`H3Limits::max_connections`].
+    pub connections: Arc<ConnectionCap>,
 }
 
 /// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`;
@@ -120,8 +130,15 @@ pub fn serve_h3(
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let endpoints = quic::bind(addr, drivers, endpoint_config, Arc::new(config))
-        .map_err(|source| H3Error::Bind { addr, source })?;
+    let connections = quic::ConnectionCap::new(limits.max_connections);
+    let endpoints = quic::bind(
+        addr,
+        drivers,
+        endpoint_config,
+        Arc::new(config),
+        &connections,
+    )
+    .map_err(|source| H3Error::Bind { addr, source })?;
     let addr = endpoints
         .first()
         .map_or(addr, |endpoint| endpoint.local_addr());
@@ -141,7 +158,11 @@ pub fn serve_h3(
             let _ = task.await;
         }
     });
-    Ok(H3Listening { addr, task })
+    Ok(H3Listening {
+        addr,
+        task,
+        connections,
+    })
 }
 
 /// Serves the connections `endpoint` accepts until `shutdown`. Then each connection says

@@ -1,9 +1,11 @@
 //! The edge's Prometheus metrics, registered in one registry the admin listener exposes at
 //! `/metrics`.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the edge keeps.
@@ -39,6 +41,21 @@ pub struct EdgeMetrics {
     pub ttfb_seconds: Histogram,
     /// Bytes in the memory tier.
     pub cache_bytes: IntGauge,
+    /// Open connections by listener, read from each listener's count when scraped.
+    open_connections: IntGaugeVec,
+    connection_counts: ConnectionCounts,
+}
+
+/// Where [`EdgeMetrics::open_connections`] reads each listener's count.
+#[derive(Clone, Default)]
+struct ConnectionCounts(Arc<Mutex<Vec<(String, ConnectionCount)>>>);
+
+type ConnectionCount = Box<dyn Fn() -> usize + Send + Sync>;
+
+impl std::fmt::Debug for ConnectionCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionCounts")
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -147,12 +164,49 @@ impl EdgeMetrics {
                 IntGauge::new("cache_bytes", "Bytes held in the memory tier")
                     .unwrap_or_else(|_| unreachable_metric()),
             ),
+            open_connections: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("open_connections", "Connections open, by listener"),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            connection_counts: ConnectionCounts::default(),
             registry: r,
         }
     }
 
+    /// Reports `count()` as the open connections of `listener` (`tls`, `cleartext`, `quic`,
+    /// `admin`) at every scrape.
+    pub fn count_connections(
+        &self,
+        listener: &str,
+        count: impl Fn() -> usize + Send + Sync + 'static,
+    ) {
+        let mut counts = self
+            .connection_counts
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.push((listener.to_owned(), Box::new(count)));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        {
+            let counts = self
+                .connection_counts
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (listener, count) in counts.iter() {
+                let open = i64::try_from(count()).unwrap_or(i64::MAX);
+                self.open_connections
+                    .with_label_values(&[listener.as_str()])
+                    .set(open);
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

@@ -26,5 +26,5 @@ pub use body::{
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
-pub use server::{ConnInfo, Handler, Listening, ServerLimits, serve_on};
+pub use server::{ConnInfo, Handler, Listening, OpenConnections, ServerLimits, serve_on};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -119,6 +119,23 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// Ends after shutdown once connections have drained.
     pub task: JoinHandle<()>,
+    /// Its open connections, for a gauge.
+    pub connections: OpenConnections,
+}
+
+/// How many connections a listener holds open (each has one of its
+/// [`ServerLimits::max_connections`] slots, kept while it lingers after its last answer).
+#[derive(Debug, Clone)]
+pub struct OpenConnections {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
 }
 
 /// Serves `handler` on an already bound listener (so callers can learn every port before
@@ -131,8 +148,17 @@ pub fn serve_on<H: Handler>(
     shutdown: Shutdown,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(accept_loop(listener, tls, limits, handler, shutdown));
-    Ok(Listening { addr, task })
+    let connections = OpenConnections {
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        max: limits.max_connections,
+    };
+    let slots = connections.slots.clone();
+    let task = tokio::spawn(accept_loop(listener, tls, limits, handler, slots, shutdown));
+    Ok(Listening {
+        addr,
+        task,
+        connections,
+    })
 }
 
 async fn accept_loop<H: Handler>(
@@ -140,6 +166,7 @@ async fn accept_loop<H: Handler>(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ServerLimits,
     handler: Arc<H>,
+    slots: Arc<Semaphore>,
     mut shutdown: Shutdown,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -161,7 +188,6 @@ async fn accept_loop<H: Handler>(
         limits: limits.clone(),
         handler,
     });
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
 
     loop {

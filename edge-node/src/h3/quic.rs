@@ -46,6 +46,51 @@ pub const NO_ERROR: VarInt = VarInt::from_u32(0x100);
 /// retransmission.
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// How many connections the endpoints sharing it may hold at once, handshakes included. A
+/// client beyond it is refused at its first packet (CONNECTION_REFUSED), as a full TCP
+/// listener closes at accept, and a browser falls back to TCP. Each QUIC connection holds
+/// tens of KiB of protocol state, so without a cap a flood of handshakes could take the
+/// host's memory.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionCap {
+    /// A cap of `max` connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Connections held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more connection, if there is one.
+    fn take(self: &Arc<Self>) -> Option<CapSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| CapSlot(self.clone()))
+    }
+}
+
+/// One connection's place under a [`ConnectionCap`], given back when dropped.
+struct CapSlot(Arc<ConnectionCap>);
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why a stream operation failed.
 #[derive(Debug, Clone)]
 pub enum StreamError {
@@ -102,6 +147,7 @@ impl Endpoint {
         socket: std::net::UdpSocket,
         config: proto::EndpointConfig,
         server: Arc<proto::ServerConfig>,
+        cap: Arc<ConnectionCap>,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
@@ -145,6 +191,7 @@ impl Endpoint {
             shared: shared.clone(),
             endpoint,
             conns: HashMap::new(),
+            cap,
             timers: BinaryHeap::new(),
             accepted,
             recv_buf: vec![0; recv_len].into_boxed_slice(),
@@ -214,11 +261,12 @@ pub fn bind(
     drivers: usize,
     config: proto::EndpointConfig,
     server: Arc<proto::ServerConfig>,
+    cap: &Arc<ConnectionCap>,
 ) -> io::Result<Vec<Endpoint>> {
     let drivers = drivers.clamp(1, MAX_DRIVERS);
     if drivers == 1 {
         let socket = std::net::UdpSocket::bind(addr)?;
-        return Ok(vec![Endpoint::new(socket, config, server)?]);
+        return Ok(vec![Endpoint::new(socket, config, server, cap.clone())?]);
     }
     if addr.port() != 0 {
         // A port some other process's group holds would take these sockets in (same user)
@@ -240,7 +288,12 @@ pub fn bind(
             at = socket.local_addr()?.as_socket().unwrap_or(at);
             if let Err(e) = steer_by_connection_id(&socket, drivers) {
                 tracing::warn!(error = %e, "cannot steer HTTP/3 datagrams by connection ID; one driver serves the port");
-                return Ok(vec![Endpoint::new(socket.into(), config, server)?]);
+                return Ok(vec![Endpoint::new(
+                    socket.into(),
+                    config,
+                    server,
+                    cap.clone(),
+                )?]);
             }
         }
         sockets.push(std::net::UdpSocket::from(socket));
@@ -253,7 +306,7 @@ pub fn bind(
             // issued the ID, which is the one the datagram reaches.
             let mut config = config.clone();
             config.cid_generator(move || Box::new(DriverIds { index, drivers }));
-            Endpoint::new(socket, config, server.clone())
+            Endpoint::new(socket, config, server.clone(), cap.clone())
         })
         .collect()
 }
@@ -680,6 +733,8 @@ struct Entry {
     inner: Arc<ConnInner>,
     /// The earliest deadline queued in `Driver::timers` for it.
     queued: Option<Instant>,
+    /// Its place under the cap, freed with the entry.
+    _slot: CapSlot,
 }
 
 /// The task that owns the endpoint and the socket.
@@ -687,6 +742,7 @@ struct Driver {
     shared: Arc<Shared>,
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Entry>,
+    cap: Arc<ConnectionCap>,
     /// Connection deadlines, earliest first; an entry may be stale, and driving a
     /// connection for a stale one costs one look.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -803,13 +859,17 @@ impl Driver {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                if self.closed {
+                let slot = if self.closed { None } else { self.cap.take() };
+                let Some(slot) = slot else {
+                    if !self.closed {
+                        tracing::debug!(%remote, "HTTP/3 connection limit reached; refused");
+                    }
                     let t = self.endpoint.refuse(incoming, &mut response);
                     self.respond(&t, &response);
                     return;
-                }
+                };
                 match self.endpoint.accept(incoming, now, &mut response, None) {
-                    Ok((ch, conn)) => self.admit(ch, conn),
+                    Ok((ch, conn)) => self.admit(ch, conn, slot),
                     Err(e) => {
                         tracing::debug!(error = %e.cause, "HTTP/3 handshake refused");
                         if let Some(t) = e.response {
@@ -823,7 +883,7 @@ impl Driver {
         }
     }
 
-    fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection) {
+    fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection, slot: CapSlot) {
         let inner = Arc::new(ConnInner {
             handle: ch,
             remote: conn.remote_address(),
@@ -846,6 +906,7 @@ impl Driver {
             Entry {
                 inner: inner.clone(),
                 queued: None,
+                _slot: slot,
             },
         );
         self.due.push(ch);
@@ -1051,7 +1112,9 @@ mod tests {
     fn pair() -> (Endpoint, quinn::Endpoint) {
         let (server, client_config) = configs();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let endpoint = Endpoint::new(socket, proto::EndpointConfig::default(), server).unwrap();
+        let cap = ConnectionCap::new(usize::MAX);
+        let endpoint =
+            Endpoint::new(socket, proto::EndpointConfig::default(), server, cap).unwrap();
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         client.set_default_client_config(client_config);
         (endpoint, client)
@@ -1107,6 +1170,7 @@ mod tests {
             drivers,
             proto::EndpointConfig::default(),
             server,
+            &ConnectionCap::new(usize::MAX),
         )
         .unwrap();
         assert_eq!(endpoints.len(), drivers, "steering is attached");
@@ -1150,7 +1214,13 @@ mod tests {
                 .unwrap();
         }
         // A second group on the same port is refused, as a plain socket would be.
-        let again = bind(addr, drivers, proto::EndpointConfig::default(), configs().0);
+        let again = bind(
+            addr,
+            drivers,
+            proto::EndpointConfig::default(),
+            configs().0,
+            &ConnectionCap::new(usize::MAX),
+        );
         assert_eq!(
             again.err().map(|e| e.kind()),
             Some(io::ErrorKind::AddrInUse)
@@ -1161,6 +1231,56 @@ mod tests {
             per_driver.iter().filter(|&&n| n > 0).count() >= 2,
             "connections spread over the drivers: {per_driver:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_refused_until_one_closes() {
+        let (server, client_config) = configs();
+        // Two drivers share the cap: a client's connection lands on either.
+        let cap = ConnectionCap::new(2);
+        let endpoints = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            proto::EndpointConfig::default(),
+            server,
+            &cap,
+        )
+        .unwrap();
+        let addr = endpoints[0].local_addr();
+        for endpoint in endpoints {
+            tokio::spawn(serve_all(endpoint, Arc::default()));
+        }
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(client_config);
+        let connect = || async { client.connect(addr, "localhost").unwrap().await };
+        let first = connect().await.unwrap();
+        let second = connect().await.unwrap();
+        assert_eq!(fetch(&second, 3, 5000).await, pattern(3, 5000));
+        assert_eq!(cap.open(), 2);
+        for _ in 0..3 {
+            match connect().await {
+                Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+                    assert_eq!(
+                        close.error_code,
+                        proto::TransportErrorCode::CONNECTION_REFUSED
+                    );
+                }
+                other => panic!("a third connection got {other:?}"),
+            }
+        }
+        assert_eq!(cap.open(), 2, "refused connections take no place");
+        first.close(0u32.into(), b"");
+        let freed = async {
+            while cap.open() > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("a closed connection gives its place back");
+        let third = connect().await.expect("a place came free");
+        assert_eq!(fetch(&third, 9, 70_000).await, pattern(9, 70_000));
+        assert_eq!(fetch(&second, 4, 100).await, pattern(4, 100));
     }
 
     #[tokio::test]

@@ -67,25 +67,22 @@ idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle co
   wait "$py" || true
 }
 
+# The next protocol on a fresh edge, its tier full again: memory the previous connections
+# freed would otherwise be reused by the next ones, and hide part of their cost.
+fresh_edge() {
+  kill "$edge_pid"
+  wait "$edge_pid" 2>/dev/null || true
+  rm -f "$work/edge/edge.json"
+  edge_port=$(free_port)
+  bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
+  bench_prewarm "$edge_admin" "$admin_token"
+  sleep 1
+}
+
 read -r _ edge_clear opened_clear < <(idle "$edge_pid" "$clear_port" /healthz)
-# TLS on a fresh edge, its tier full again: memory the cleartext connections freed would
-# otherwise be reused by the TLS ones, and hide part of their cost.
-kill "$edge_pid"
-wait "$edge_pid" 2>/dev/null || true
-rm -f "$work/edge/edge.json"
-edge_port=$(free_port)
-bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
-bench_prewarm "$edge_admin" "$admin_token"
-sleep 1
+fresh_edge
 read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
-# HTTP/3 on a third fresh edge, for the same reason.
-kill "$edge_pid"
-wait "$edge_pid" 2>/dev/null || true
-rm -f "$work/edge/edge.json"
-edge_port=$(free_port)
-bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
-bench_prewarm "$edge_admin" "$admin_token"
-sleep 1
+fresh_edge
 read -r edge_h3_before edge_h3 opened_h3 < <(idle "$edge_pid" "$edge_port" /healthz h3 "$ca")
 
 nginx_port=$(free_port)

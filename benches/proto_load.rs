@@ -185,11 +185,9 @@ fn h3_endpoint(
     let mut endpoint =
         quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    if keep_alive.is_some() {
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(keep_alive);
-        config.transport_config(Arc::new(transport));
-    }
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(keep_alive);
+    config.transport_config(Arc::new(transport));
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }

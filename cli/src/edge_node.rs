@@ -192,8 +192,7 @@ pub async fn start(
     ));
     let metrics = cache.metrics().clone();
     let mut listening = |name: &str, l: cadenza_common::http::Listening| {
-        let open = l.connections;
-        metrics.count_connections(name, move || open.count());
+        metrics.count_connections(name, l.connections);
         tasks.push(l.task);
     };
     listening(
@@ -254,8 +253,7 @@ pub async fn start(
         edge.clone(),
         shutdown.clone(),
     )?;
-    let open = h3.connections;
-    metrics.count_connections("quic", move || open.open());
+    metrics.count_connections("quic", h3.connections);
     tasks.push(h3.task);
     Ok(EdgeNode { edge, tasks })
 }

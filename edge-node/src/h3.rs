@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cadenza_common::http::{ConnInfo, MinRate, ServerLimits, Shutdown};
+use cadenza_common::http::{ConnInfo, MinRate, OpenConnections, ServerLimits, Shutdown};
 use http::Response;
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
@@ -19,7 +19,6 @@ use crate::service::Edge;
 mod quic;
 mod transport;
 
-pub use quic::ConnectionCap;
 pub use transport::body_bytes;
 
 /// Limits for HTTP/3 connections.
@@ -93,8 +92,8 @@ pub struct H3Listening {
     pub addr: SocketAddr,
     /// Ends after shutdown once connections have drained.
     pub task: JoinHandle<()>,
-    /// Counts the connections held, under [`H3Limits::max_connections`].
-    pub connections: Arc<ConnectionCap>,
+    /// Its open connections (handshakes included), under [`H3Limits::max_connections`].
+    pub connections: OpenConnections,
 }
 
 /// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`;
@@ -130,7 +129,7 @@ pub fn serve_h3(
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let connections = quic::ConnectionCap::new(limits.max_connections);
+    let connections = OpenConnections::new(limits.max_connections);
     let endpoints = quic::bind(
         addr,
         drivers,

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use cadenza_common::http::OpenConnections;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -41,21 +42,9 @@ pub struct EdgeMetrics {
     pub ttfb_seconds: Histogram,
     /// Bytes in the memory tier.
     pub cache_bytes: IntGauge,
-    /// Open connections by listener, read from each listener's count when scraped.
+    /// Open connections by listener, read from each listener's slots when scraped.
     open_connections: IntGaugeVec,
-    connection_counts: ConnectionCounts,
-}
-
-/// Where [`EdgeMetrics::open_connections`] reads each listener's count.
-#[derive(Clone, Default)]
-struct ConnectionCounts(Arc<Mutex<Vec<(String, ConnectionCount)>>>);
-
-type ConnectionCount = Box<dyn Fn() -> usize + Send + Sync>;
-
-impl std::fmt::Debug for ConnectionCounts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnectionCounts")
-    }
+    listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -172,36 +161,24 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
-            connection_counts: ConnectionCounts::default(),
+            listeners: Arc::default(),
             registry: r,
         }
     }
 
-    /// Reports `count()` as the open connections of `listener` (`tls`, `cleartext`, `quic`,
-    /// `admin`) at every scrape.
-    pub fn count_connections(
-        &self,
-        listener: &str,
-        count: impl Fn() -> usize + Send + Sync + 'static,
-    ) {
-        let mut counts = self
-            .connection_counts
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        counts.push((listener.to_owned(), Box::new(count)));
+    /// Reports `connections` as the open connections of `listener` (`tls`, `cleartext`,
+    /// `quic`, `admin`) at every scrape.
+    pub fn count_connections(&self, listener: &str, connections: OpenConnections) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        listeners.push((listener.to_owned(), connections));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         {
-            let counts = self
-                .connection_counts
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (listener, count) in counts.iter() {
-                let open = i64::try_from(count()).unwrap_or(i64::MAX);
+            let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            for (listener, connections) in listeners.iter() {
+                let open = i64::try_from(connections.count()).unwrap_or(i64::MAX);
                 self.open_connections
                     .with_label_values(&[listener.as_str()])
                     .set(open);

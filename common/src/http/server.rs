@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::coalesce::{Coalesced, Outbox, coalesce};
@@ -123,8 +123,10 @@ pub struct Listening {
     pub connections: OpenConnections,
 }
 
-/// How many connections a listener holds open (each has one of its
-/// [`ServerLimits::max_connections`] slots, kept while it lingers after its last answer).
+/// A listener's connection slots: at most `max` connections open at once, each holding a
+/// slot until it is closed (a TCP connection keeps its slot while it lingers after its last
+/// answer). Shared by the TCP listeners here and the edge's QUIC endpoint; clones count the
+/// same slots.
 #[derive(Debug, Clone)]
 pub struct OpenConnections {
     slots: Arc<Semaphore>,
@@ -132,6 +134,20 @@ pub struct OpenConnections {
 }
 
 impl OpenConnections {
+    /// Room for `max` connections (at most [`Semaphore::MAX_PERMITS`]).
+    pub fn new(max: usize) -> Self {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot for one more connection, given back when dropped; `None` when all are taken.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// Connections open now.
     pub fn count(&self) -> usize {
         self.max.saturating_sub(self.slots.available_permits())
@@ -148,11 +164,8 @@ pub fn serve_on<H: Handler>(
     shutdown: Shutdown,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
-    let connections = OpenConnections {
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
-        max: limits.max_connections,
-    };
-    let slots = connections.slots.clone();
+    let connections = OpenConnections::new(limits.max_connections);
+    let slots = connections.clone();
     let task = tokio::spawn(accept_loop(listener, tls, limits, handler, slots, shutdown));
     Ok(Listening {
         addr,
@@ -166,7 +179,7 @@ async fn accept_loop<H: Handler>(
     tls: Option<Arc<rustls::ServerConfig>>,
     limits: ServerLimits,
     handler: Arc<H>,
-    slots: Arc<Semaphore>,
+    slots: OpenConnections,
     mut shutdown: Shutdown,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -203,7 +216,7 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Some(permit) = slots.take() else {
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;
         };

@@ -22,12 +22,13 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use cadenza_common::http::OpenConnections;
 use quinn_proto::{
     self as proto, ConnectionError, ConnectionHandle, DatagramEvent, Dir, StreamEvent, StreamId,
     VarInt,
 };
 use tokio::io::Interest;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 
 /// Bytes one GSO `sendmsg` may carry: an IPv4 datagram's 65,535 less its headers, rounded
@@ -45,51 +46,6 @@ pub const NO_ERROR: VarInt = VarInt::from_u32(0x100);
 /// batch; at the 208 KiB default a burst of ACKs can overflow it, and each one lost costs a
 /// retransmission.
 const SOCKET_BUFFER: usize = 4 << 20;
-
-/// How many connections the endpoints sharing it may hold at once, handshakes included. A
-/// client beyond it is refused at its first packet (CONNECTION_REFUSED), as a full TCP
-/// listener closes at accept, and a browser falls back to TCP. Each QUIC connection holds
-/// tens of KiB of protocol state, so without a cap a flood of handshakes could take the
-/// host's memory.
-#[derive(Debug)]
-pub struct ConnectionCap {
-    max: usize,
-    open: AtomicUsize,
-}
-
-impl ConnectionCap {
-    /// A cap of `max` connections.
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max,
-            open: AtomicUsize::new(0),
-        })
-    }
-
-    /// Connections held now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// A place for one more connection, if there is one.
-    fn take(self: &Arc<Self>) -> Option<CapSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| CapSlot(self.clone()))
-    }
-}
-
-/// One connection's place under a [`ConnectionCap`], given back when dropped.
-struct CapSlot(Arc<ConnectionCap>);
-
-impl Drop for CapSlot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone)]
@@ -147,7 +103,7 @@ impl Endpoint {
         socket: std::net::UdpSocket,
         config: proto::EndpointConfig,
         server: Arc<proto::ServerConfig>,
-        cap: Arc<ConnectionCap>,
+        cap: OpenConnections,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
@@ -261,7 +217,7 @@ pub fn bind(
     drivers: usize,
     config: proto::EndpointConfig,
     server: Arc<proto::ServerConfig>,
-    cap: &Arc<ConnectionCap>,
+    cap: &OpenConnections,
 ) -> io::Result<Vec<Endpoint>> {
     let drivers = drivers.clamp(1, MAX_DRIVERS);
     if drivers == 1 {
@@ -733,8 +689,8 @@ struct Entry {
     inner: Arc<ConnInner>,
     /// The earliest deadline queued in `Driver::timers` for it.
     queued: Option<Instant>,
-    /// Its place under the cap, freed with the entry.
-    _slot: CapSlot,
+    /// Its slot under the endpoint's connection cap, given back with the entry.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// The task that owns the endpoint and the socket.
@@ -742,7 +698,10 @@ struct Driver {
     shared: Arc<Shared>,
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Entry>,
-    cap: Arc<ConnectionCap>,
+    /// Slots for connections, shared with the port's other drivers: a client beyond them
+    /// is refused (CONNECTION_REFUSED) at its first packet, as a full TCP listener closes
+    /// at accept, and a browser falls back to TCP.
+    cap: OpenConnections,
     /// Connection deadlines, earliest first; an entry may be stale, and driving a
     /// connection for a stale one costs one look.
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -883,7 +842,7 @@ impl Driver {
         }
     }
 
-    fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection, slot: CapSlot) {
+    fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection, slot: OwnedSemaphorePermit) {
         let inner = Arc::new(ConnInner {
             handle: ch,
             remote: conn.remote_address(),
@@ -1112,7 +1071,7 @@ mod tests {
     fn pair() -> (Endpoint, quinn::Endpoint) {
         let (server, client_config) = configs();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let cap = ConnectionCap::new(usize::MAX);
+        let cap = OpenConnections::new(usize::MAX);
         let endpoint =
             Endpoint::new(socket, proto::EndpointConfig::default(), server, cap).unwrap();
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -1170,7 +1129,7 @@ mod tests {
             drivers,
             proto::EndpointConfig::default(),
             server,
-            &ConnectionCap::new(usize::MAX),
+            &OpenConnections::new(usize::MAX),
         )
         .unwrap();
         assert_eq!(endpoints.len(), drivers, "steering is attached");
@@ -1219,7 +1178,7 @@ mod tests {
             drivers,
             proto::EndpointConfig::default(),
             configs().0,
-            &ConnectionCap::new(usize::MAX),
+            &OpenConnections::new(usize::MAX),
         );
         assert_eq!(
             again.err().map(|e| e.kind()),
@@ -1237,7 +1196,7 @@ mod tests {
     async fn connections_beyond_the_cap_are_refused_until_one_closes() {
         let (server, client_config) = configs();
         // Two drivers share the cap: a client's connection lands on either.
-        let cap = ConnectionCap::new(2);
+        let cap = OpenConnections::new(2);
         let endpoints = bind(
             "127.0.0.1:0".parse().unwrap(),
             2,
@@ -1256,7 +1215,7 @@ mod tests {
         let first = connect().await.unwrap();
         let second = connect().await.unwrap();
         assert_eq!(fetch(&second, 3, 5000).await, pattern(3, 5000));
-        assert_eq!(cap.open(), 2);
+        assert_eq!(cap.count(), 2);
         for _ in 0..3 {
             match connect().await {
                 Err(quinn::ConnectionError::ConnectionClosed(close)) => {
@@ -1268,10 +1227,10 @@ mod tests {
                 other => panic!("a third connection got {other:?}"),
             }
         }
-        assert_eq!(cap.open(), 2, "refused connections take no place");
+        assert_eq!(cap.count(), 2, "refused connections take no place");
         first.close(0u32.into(), b"");
         let freed = async {
-            while cap.open() > 1 {
+            while cap.count() > 1 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };

@@ -151,9 +151,15 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
     /// Connections each player listener holds at once (TLS, cleartext, and HTTP/3 on UDP);
-    /// beyond it a TCP connection is closed at accept and a QUIC one refused.
+    /// beyond it a TCP connection is closed at accept; a new HTTP/3 client takes the place
+    /// of the connection idle longest, or is refused when none is idle.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// HTTP/3 connections held at once, if not --max-connections. An idle HTTP/3
+    /// connection holds about 32 KiB against a TCP one's 2-7 KiB, so a lower bound here
+    /// keeps QUIC's memory in hand; idle ones give way to new clients.
+    #[arg(long, value_name = "N")]
+    pub h3_max_connections: Option<usize>,
     /// Largest UDP payload HTTP/3's path MTU discovery probes for (1200–65527).
     #[arg(long, default_value_t = 1452)]
     pub h3_max_udp_payload: u16,

@@ -316,26 +316,32 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         "a refused start left its data directory behind"
     );
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-        .args(["edge", "--join"])
-        .arg(dir.path())
-        .arg("--data")
-        .arg(edge_dir.path())
-        .arg("--tls-ticket-key")
-        .arg(&ticket_key)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--disk-gib",
-            "0",
-            "--max-connections",
-            "1",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(edge_dir.path())
+            .arg("--tls-ticket-key")
+            .arg(&ticket_key)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--disk-gib",
+                "0",
+                "--max-connections",
+                "1",
+                // Room is made on the newcomer's driver; with one, the idle connection is
+                // there.
+                "--h3-drivers",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let about = edge_dir.path().join("edge.json");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !about.exists() {
@@ -358,20 +364,34 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&text).contains("cadenza_edge_upstream_bytes_total"));
-    // --max-connections holds HTTP/3 too: one QUIC connection is served and counted, the
-    // next refused (a browser would fall back to TCP).
+    // --max-connections holds HTTP/3 too: one QUIC connection is served and counted. A
+    // newcomer takes an idle one's place; with the one open busy, the next is refused (a
+    // browser would fall back to TCP).
     let join = join_info(dir.path()).unwrap();
     let udp: std::net::SocketAddr = about["edge"].as_str().unwrap()["https://".len()..]
         .parse()
         .unwrap();
     let quic = quic_endpoint(&join);
+    let idle = quic.connect(udp, "localhost").unwrap().await.unwrap();
+    // The client is connected once it has sent its last handshake packet; give the edge a
+    // moment to read it, or the connection is still in its handshake and not idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let held = quic.connect(udp, "localhost").unwrap().await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), idle.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100))
+        }
+        other => panic!("the idle HTTP/3 connection got {other:?}"),
+    }
+    // A request begun and not finished keeps `held` busy.
+    let (mut request, _response) = held.open_bi().await.unwrap();
+    request.write_all(&[1]).await.unwrap();
     match quic.connect(udp, "localhost").unwrap().await {
         Err(quinn::ConnectionError::ConnectionClosed(close)) => assert_eq!(
             close.error_code,
             quinn::TransportErrorCode::CONNECTION_REFUSED
         ),
-        other => panic!("a second HTTP/3 connection got {other:?}"),
+        other => panic!("a third HTTP/3 connection got {other:?}"),
     }
     let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
@@ -379,10 +399,13 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     for open in [
         r#"cadenza_edge_open_connections{listener="quic"} 1"#,
         r#"cadenza_edge_open_connections{listener="admin"} 1"#,
+        r#"cadenza_edge_reclaimed_connections_total{listener="quic"} 1"#,
+        r#"cadenza_edge_refused_connections_total{listener="quic"} 1"#,
+        r#"cadenza_edge_refused_connections_total{listener="tls"} 0"#,
     ] {
         assert!(text.contains(open), "{open} in\n{text}");
     }
-    drop(held);
+    drop((request, held));
 
     let pid = child.id().to_string();
     assert!(
@@ -402,6 +425,32 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status}");
     stack.shutdown().await;
+}
+
+/// A child process killed when dropped, so a failing test leaves no server behind (nor its
+/// stderr, which the test shares, open under `cargo test | …`).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Reads a whole response over HTTP/3, after waiting `stall` once the head has come; returns

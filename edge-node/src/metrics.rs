@@ -44,6 +44,10 @@ pub struct EdgeMetrics {
     pub cache_bytes: IntGauge,
     /// Open connections by listener, read from each listener's slots when scraped.
     open_connections: IntGaugeVec,
+    /// Clients turned away because their listener was full, by listener.
+    refused_connections: IntCounterVec,
+    /// Idle connections closed to make room for new clients, by listener.
+    reclaimed_connections: IntCounterVec,
     listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
 
@@ -161,13 +165,36 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            refused_connections: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "refused_connections_total",
+                        "Clients turned away at the connection limit, by listener",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            reclaimed_connections: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "reclaimed_connections_total",
+                        "Idle connections closed to make room for new clients, by listener",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             listeners: Arc::default(),
             registry: r,
         }
     }
 
     /// Reports `connections` as the open connections of `listener` (`tls`, `cleartext`,
-    /// `quic`, `admin`) at every scrape.
+    /// `quic`, `admin`) at every scrape, with the clients it refused at its cap and the idle
+    /// connections it closed to make room.
     pub fn count_connections(&self, listener: &str, connections: OpenConnections) {
         let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
         listeners.push((listener.to_owned(), connections));
@@ -182,6 +209,14 @@ impl EdgeMetrics {
                 self.open_connections
                     .with_label_values(&[listener.as_str()])
                     .set(open);
+                // The listener keeps the tallies; bring each counter up to its tally.
+                for (counter, tally) in [
+                    (&self.refused_connections, connections.refused()),
+                    (&self.reclaimed_connections, connections.reclaimed()),
+                ] {
+                    let counter = counter.with_label_values(&[listener.as_str()]);
+                    counter.inc_by(tally.saturating_sub(counter.get()));
+                }
             }
         }
         let mut out = Vec::new();

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -126,11 +127,18 @@ pub struct Listening {
 /// A listener's connection slots: at most `max` connections open at once, each holding a
 /// slot until it is closed (a TCP connection keeps its slot while it lingers after its last
 /// answer). Shared by the TCP listeners here and the edge's QUIC endpoint; clones count the
-/// same slots.
+/// same slots, and the same tallies of what the cap did.
 #[derive(Debug, Clone)]
 pub struct OpenConnections {
     slots: Arc<Semaphore>,
     max: usize,
+    tally: Arc<CapTally>,
+}
+
+#[derive(Debug, Default)]
+struct CapTally {
+    refused: AtomicU64,
+    reclaimed: AtomicU64,
 }
 
 impl OpenConnections {
@@ -140,6 +148,7 @@ impl OpenConnections {
         Self {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            tally: Arc::default(),
         }
     }
 
@@ -151,6 +160,26 @@ impl OpenConnections {
     /// Connections open now.
     pub fn count(&self) -> usize {
         self.max.saturating_sub(self.slots.available_permits())
+    }
+
+    /// Notes a client turned away because every slot was taken.
+    pub fn note_refused(&self) {
+        self.tally.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes an idle connection closed to give its slot to a new client.
+    pub fn note_reclaimed(&self) {
+        self.tally.reclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients turned away at the cap, since the listener started.
+    pub fn refused(&self) -> u64 {
+        self.tally.refused.load(Ordering::Relaxed)
+    }
+
+    /// Idle connections closed to make room for new clients, since the listener started.
+    pub fn reclaimed(&self) -> u64 {
+        self.tally.reclaimed.load(Ordering::Relaxed)
     }
 }
 
@@ -217,6 +246,7 @@ async fn accept_loop<H: Handler>(
             },
         };
         let Some(permit) = slots.take() else {
+            slots.note_refused();
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;
         };

@@ -373,6 +373,9 @@ struct ConnInner {
 struct ConnState {
     conn: proto::Connection,
     connected: bool,
+    /// When the peer last opened a request stream (or the connection began): at the cap, the
+    /// idle connection with the earliest is closed to make room.
+    last_request: Instant,
     lost: Option<ConnectionError>,
     handshake: Option<Waker>,
     /// Waiting to accept a stream the peer opened: bidirectional, unidirectional.
@@ -527,6 +530,9 @@ impl Connection {
             return Poll::Ready(Err(e.clone()));
         }
         if let Some(id) = st.conn.streams().accept(dir) {
+            if dir == Dir::Bi {
+                st.last_request = Instant::now();
+            }
             drop(st);
             // Accepting may raise the peer's stream credit.
             self.touch();
@@ -689,8 +695,9 @@ struct Entry {
     inner: Arc<ConnInner>,
     /// The earliest deadline queued in `Driver::timers` for it.
     queued: Option<Instant>,
-    /// Its slot under the endpoint's connection cap, given back with the entry.
-    _slot: OwnedSemaphorePermit,
+    /// Its slot under the endpoint's connection cap, given back with the entry, or handed
+    /// to a new client when this connection is closed for being idle at the cap.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The task that owns the endpoint and the socket.
@@ -698,9 +705,11 @@ struct Driver {
     shared: Arc<Shared>,
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Entry>,
-    /// Slots for connections, shared with the port's other drivers: a client beyond them
-    /// is refused (CONNECTION_REFUSED) at its first packet, as a full TCP listener closes
-    /// at accept, and a browser falls back to TCP.
+    /// Slots for connections, shared with the port's other drivers. A client beyond them
+    /// takes the slot of this driver's connection idle longest (once its address is
+    /// proven), as nginx closes idle keep-alive connections when it runs out; with none
+    /// idle it is refused (CONNECTION_REFUSED) at its first packet, as a full TCP listener
+    /// closes at accept, and a browser falls back to TCP.
     cap: OpenConnections,
     /// Connection deadlines, earliest first; an entry may be stale, and driving a
     /// connection for a stale one costs one look.
@@ -785,12 +794,16 @@ impl Driver {
             drop(iovs);
             for (i, meta) in metas.iter().take(msgs).enumerate() {
                 let start = i * chunk;
-                let mut data = BytesMut::from(&self.recv_buf[start..start + meta.len]);
-                while !data.is_empty() {
-                    let datagram = data.split_to(meta.stride.min(data.len()));
-                    let ecn = meta
-                        .ecn
-                        .and_then(|e| proto::EcnCodepoint::from_bits(e as u8));
+                let ecn = meta
+                    .ecn
+                    .and_then(|e| proto::EcnCodepoint::from_bits(e as u8));
+                // Each datagram in an allocation of its own: quinn-proto hands out stream
+                // data as views of it, and a view kept (a stream's unread bytes) would keep
+                // a whole receive-offload batch, up to 64 KB, alive.
+                let stride = meta.stride.max(1);
+                for at in (start..start + meta.len).step_by(stride) {
+                    let end = (at + stride).min(start + meta.len);
+                    let datagram = BytesMut::from(&self.recv_buf[at..end]);
                     self.datagram(now, meta.addr, meta.dst_ip, ecn, datagram);
                 }
             }
@@ -818,13 +831,22 @@ impl Driver {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                let slot = if self.closed { None } else { self.cap.take() };
+                let slot = if self.closed {
+                    None
+                } else {
+                    self.cap.take().or_else(|| self.make_room(now, &incoming))
+                };
                 let Some(slot) = slot else {
-                    if !self.closed {
-                        tracing::debug!(%remote, "HTTP/3 connection limit reached; refused");
+                    if !self.closed && self.idlest().is_some() {
+                        // Room could be made, once the client proves its address: a
+                        // spoofed first packet must not close anyone's connection.
+                        match self.endpoint.retry(incoming, &mut response) {
+                            Ok(t) => self.respond(&t, &response),
+                            Err(e) => self.refuse(remote, e.into_incoming()),
+                        }
+                        return;
                     }
-                    let t = self.endpoint.refuse(incoming, &mut response);
-                    self.respond(&t, &response);
+                    self.refuse(remote, incoming);
                     return;
                 };
                 match self.endpoint.accept(incoming, now, &mut response, None) {
@@ -849,6 +871,7 @@ impl Driver {
             state: Mutex::new(ConnState {
                 conn,
                 connected: false,
+                last_request: Instant::now(),
                 lost: None,
                 handshake: None,
                 accepting: [None, None],
@@ -865,12 +888,64 @@ impl Driver {
             Entry {
                 inner: inner.clone(),
                 queued: None,
-                _slot: slot,
+                slot: Some(slot),
             },
         );
         self.due.push(ch);
         // Nobody accepting any more: the handle drops here and closes the connection.
         let _ = self.accepted.send(Connection(inner));
+    }
+
+    /// Turns `incoming` away with CONNECTION_REFUSED.
+    fn refuse(&mut self, remote: SocketAddr, incoming: proto::Incoming) {
+        if !self.closed {
+            self.cap.note_refused();
+            tracing::debug!(%remote, "HTTP/3 connection limit reached; refused");
+        }
+        let mut response = Vec::new();
+        let t = self.endpoint.refuse(incoming, &mut response);
+        self.respond(&t, &response);
+    }
+
+    /// This driver's established connection with no request open whose last request is
+    /// oldest, if any.
+    fn idlest(&self) -> Option<ConnectionHandle> {
+        let mut idlest: Option<(Instant, ConnectionHandle)> = None;
+        for (ch, entry) in &self.conns {
+            if entry.slot.is_none() {
+                continue;
+            }
+            let mut st = lock(&entry.inner.state);
+            // Not `connected`, which waits for the next drive: the handshake's last packet
+            // may have come in the same batch as the newcomer's first.
+            let idle = !st.conn.is_handshaking()
+                && st.lost.is_none()
+                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
+            if idle && idlest.is_none_or(|(t, _)| st.last_request < t) {
+                idlest = Some((st.last_request, *ch));
+            }
+        }
+        idlest.map(|(_, ch)| ch)
+    }
+
+    /// At the cap, for a client whose address is proven: closes the idle connection whose
+    /// last request is oldest (H3_NO_ERROR, as an idle timeout would) and hands its slot over.
+    fn make_room(
+        &mut self,
+        now: Instant,
+        incoming: &proto::Incoming,
+    ) -> Option<OwnedSemaphorePermit> {
+        if !incoming.remote_address_validated() {
+            return None;
+        }
+        let ch = self.idlest()?;
+        let entry = self.conns.get_mut(&ch)?;
+        lock(&entry.inner.state).close(now, NO_ERROR, Bytes::new());
+        let slot = entry.slot.take();
+        self.due.push(ch);
+        self.cap.note_reclaimed();
+        tracing::debug!(remote = %entry.inner.remote, "idle HTTP/3 connection closed to make room");
+        slot
     }
 
     /// Sends an endpoint's own reply (version negotiation, stateless reset, refusal); one
@@ -1192,6 +1267,13 @@ mod tests {
         );
     }
 
+    /// Opens a request on `conn` and leaves it unfinished, so the connection is not idle.
+    async fn hold_open(conn: &quinn::Connection) -> quinn::SendStream {
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[1]).await.unwrap();
+        send
+    }
+
     #[tokio::test]
     async fn connections_beyond_the_cap_are_refused_until_one_closes() {
         let (server, client_config) = configs();
@@ -1215,6 +1297,8 @@ mod tests {
         let first = connect().await.unwrap();
         let second = connect().await.unwrap();
         assert_eq!(fetch(&second, 3, 5000).await, pattern(3, 5000));
+        // Neither is idle, so neither may be closed to make room.
+        let _held = (hold_open(&first).await, hold_open(&second).await);
         assert_eq!(cap.count(), 2);
         for _ in 0..3 {
             match connect().await {
@@ -1228,6 +1312,7 @@ mod tests {
             }
         }
         assert_eq!(cap.count(), 2, "refused connections take no place");
+        assert_eq!((cap.refused(), cap.reclaimed()), (3, 0));
         first.close(0u32.into(), b"");
         let freed = async {
             while cap.count() > 1 {
@@ -1240,6 +1325,84 @@ mod tests {
         let third = connect().await.expect("a place came free");
         assert_eq!(fetch(&third, 9, 70_000).await, pattern(9, 70_000));
         assert_eq!(fetch(&second, 4, 100).await, pattern(4, 100));
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_connection_idle_longest_makes_room_for_a_proven_client() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(3);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::new(
+            socket,
+            proto::EndpointConfig::default(),
+            server,
+            cap.clone(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr();
+        tokio::spawn(serve_all(endpoint, Arc::default()));
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(client_config.clone());
+        let connect = || async { client.connect(addr, "localhost").unwrap().await };
+
+        // Oldest request first: `a` idle, `busy` in the middle of one, `c` idle.
+        let a = connect().await.unwrap();
+        assert_eq!(fetch(&a, 1, 1000).await, pattern(1, 1000));
+        let busy = connect().await.unwrap();
+        let held = hold_open(&busy).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = connect().await.unwrap();
+        assert_eq!(fetch(&c, 2, 1000).await, pattern(2, 1000));
+        assert_eq!(cap.count(), 3);
+
+        // A first packet from an address not yet proven closes nobody: it is asked to
+        // prove it (Retry), and this one never answers.
+        let spoofer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut raw =
+            proto::Endpoint::new(Arc::new(proto::EndpointConfig::default()), None, true, None);
+        let now = Instant::now();
+        let (_, mut attempt) = raw
+            .connect(now, client_config.clone(), addr, "localhost")
+            .unwrap();
+        let mut initial = Vec::new();
+        let t = attempt.poll_transmit(now, 1, &mut initial).unwrap();
+        spoofer.send_to(&initial[..t.size], addr).await.unwrap();
+        let mut reply = [0u8; 2048];
+        let answer = tokio::time::timeout(Duration::from_secs(5), spoofer.recv_from(&mut reply));
+        let (n, _) = answer.await.expect("the server answers").unwrap();
+        // A long-header packet of type Retry (QUIC v1: 0b11 in bits 4-5).
+        assert_eq!(reply[0] & 0xf0, 0xf0, "a Retry, {n} bytes");
+        assert_eq!((cap.reclaimed(), cap.refused()), (0, 0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(a.close_reason().is_none(), "`a` still open");
+
+        // A real client follows the Retry and takes `a`'s place, `a` being idle longest
+        // (its last request is older than `c`'s; `busy` has one open).
+        let d = connect().await.expect("room made for a proven client");
+        assert_eq!(fetch(&d, 4, 70_000).await, pattern(4, 70_000));
+        let closed = tokio::time::timeout(Duration::from_secs(5), a.closed())
+            .await
+            .expect("`a` closed");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, NO_ERROR);
+            }
+            other => panic!("`a` ended with {other:?}"),
+        }
+        assert_eq!((cap.reclaimed(), cap.refused(), cap.count()), (1, 0, 3));
+        assert_eq!(fetch(&c, 5, 10).await, pattern(5, 10), "`c` still open");
+
+        // With every connection in the middle of a request, a newcomer is refused.
+        let _more = (hold_open(&c).await, hold_open(&d).await);
+        match connect().await {
+            Err(quinn::ConnectionError::ConnectionClosed(close)) => assert_eq!(
+                close.error_code,
+                proto::TransportErrorCode::CONNECTION_REFUSED
+            ),
+            other => panic!("a client with nobody idle got {other:?}"),
+        }
+        assert_eq!((cap.reclaimed(), cap.refused()), (1, 1));
+        drop(held);
     }
 
     #[tokio::test]

@@ -97,7 +97,7 @@ impl h3q::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let id = ready!(self.conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
-        Poll::Ready(Ok(RecvStream::new(self.conn.clone(), id)))
+        Poll::Ready(Ok(RecvStream::lasting(self.conn.clone(), id)))
     }
 
     fn poll_accept_bidi(
@@ -344,6 +344,9 @@ pub struct RecvStream {
     conn: quic::Connection,
     id: QuicStreamId,
     closed: bool,
+    /// Whether each chunk read is copied out of the datagram it arrived in (see
+    /// [`RecvStream::lasting`]).
+    copy: bool,
 }
 
 impl RecvStream {
@@ -352,6 +355,20 @@ impl RecvStream {
             conn,
             id,
             closed: false,
+            copy: false,
+        }
+    }
+
+    /// A stream that lives as long as its connection: the peer's control and QPACK streams,
+    /// a few bytes each. h3 keeps what it has read of them buffered, and a chunk as read is
+    /// a view of the whole received datagram (about 1.4 KB), so each idle connection would
+    /// keep one alive; their chunks are copied instead.
+    fn lasting(conn: quic::Connection, id: QuicStreamId) -> Self {
+        Self {
+            conn,
+            id,
+            closed: false,
+            copy: true,
         }
     }
 }
@@ -372,10 +389,14 @@ impl h3q::RecvStream for RecvStream {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         let read = ready!(self.conn.poll_read(cx, self.id));
-        if !matches!(read, Ok(Some(_))) {
-            self.closed = true;
+        match read {
+            Ok(Some(chunk)) if self.copy => Poll::Ready(Ok(Some(Bytes::copy_from_slice(&chunk)))),
+            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk))),
+            read => {
+                self.closed = true;
+                Poll::Ready(read.map_err(stream_error))
+            }
         }
-        Poll::Ready(read.map_err(stream_error))
     }
 
     fn stop_sending(&mut self, error_code: u64) {

@@ -224,9 +224,10 @@ async fn connection(
         tls: true,
     };
     let quic = conn.clone();
-    let mut h3: h3::server::Connection<transport::Connection, Bytes> = h3::server::builder()
-        .build(transport::Connection::new(conn))
-        .await?;
+    // Boxed: the set-up future (2,200 B) would otherwise keep its room in every idle
+    // connection's task.
+    let mut h3: h3::server::Connection<transport::Connection, Bytes> =
+        Box::pin(h3::server::builder().build(transport::Connection::new(conn))).await?;
     let answering = Arc::new(InFlight::default());
     let mut going_away = false;
     loop {
@@ -344,6 +345,20 @@ fn chunk_budget(rate: MinRate, len: usize) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size of what `f` returns, without calling it.
+    fn returned_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle HTTP/3 connection's task holds h3's connection (896 B) and its wait for the
+    /// next request; with h3's set-up future (2,200 B) inline it was 3,504 B.
+    #[test]
+    fn an_idle_connection_task_holds_little() {
+        let task = returned_size(connection);
+        eprintln!("HTTP/3 connection task {task} B");
+        assert!(task <= 2304, "the task is {task} B");
+    }
 
     #[test]
     fn a_chunk_gets_the_window_plus_its_share_of_the_rate() {

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -95,6 +95,9 @@ struct Shared {
     wake: Notify,
     /// Set by [`Endpoint::close`]: the code and reason every connection is closed with.
     closing: Mutex<Option<(VarInt, Bytes)>>,
+    /// Set by [`Endpoint::grow_streams_to`]: the most concurrent requests a connection is
+    /// raised to once it uses half of what it has (0: never raised).
+    stream_ceiling: AtomicU64,
 }
 
 impl Endpoint {
@@ -140,6 +143,7 @@ impl Endpoint {
             touched: Mutex::new(Vec::new()),
             wake: Notify::new(),
             closing: Mutex::new(None),
+            stream_ceiling: AtomicU64::new(0),
         });
         let (accepted, incoming) = mpsc::unbounded_channel();
         let recv_len = max_payload * shared.udp.gro_segments() * quinn_udp::BATCH_SIZE;
@@ -163,6 +167,17 @@ impl Endpoint {
             driver: Some(driver),
             addr,
         })
+    }
+
+    /// Lets each connection's concurrent requests grow from the server configuration's
+    /// allowance to `ceiling`, once a peer has half its allowance open. quinn-proto keeps a
+    /// table slot for every stream a peer may open, idle or not: a small first allowance
+    /// keeps idle connections small, and the few that open many requests at once get more
+    /// (a MAX_STREAMS frame, the next packet).
+    pub fn grow_streams_to(&self, ceiling: u32) {
+        self.shared
+            .stream_ceiling
+            .store(u64::from(ceiling), Ordering::Relaxed);
     }
 
     /// The socket's address.
@@ -532,6 +547,13 @@ impl Connection {
         if let Some(id) = st.conn.streams().accept(dir) {
             if dir == Dir::Bi {
                 st.last_request = Instant::now();
+                let ceiling = self.0.shared.stream_ceiling.load(Ordering::Relaxed);
+                let allowed = st.conn.max_concurrent_streams(Dir::Bi);
+                let open = st.conn.streams().remote_open_streams(Dir::Bi);
+                if allowed < ceiling && open.saturating_mul(2) >= allowed {
+                    let ceiling = VarInt::from_u64(ceiling).unwrap_or(VarInt::MAX);
+                    st.conn.set_max_concurrent_streams(Dir::Bi, ceiling);
+                }
             }
             drop(st);
             // Accepting may raise the peer's stream credit.
@@ -1402,6 +1424,38 @@ mod tests {
             other => panic!("a client with nobody idle got {other:?}"),
         }
         assert_eq!((cap.reclaimed(), cap.refused()), (1, 1));
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_connection_using_half_its_streams_is_allowed_more() {
+        let (mut server, client_config) = configs();
+        let mut transport = proto::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(4u32.into());
+        Arc::get_mut(&mut server)
+            .unwrap()
+            .transport_config(Arc::new(transport));
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cap = OpenConnections::new(usize::MAX);
+        let endpoint =
+            Endpoint::new(socket, proto::EndpointConfig::default(), server, cap).unwrap();
+        endpoint.grow_streams_to(20);
+        let addr = endpoint.local_addr();
+        tokio::spawn(serve_all(endpoint, Arc::default()));
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(client_config);
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        // Twelve requests open at once, where four were allowed at first.
+        let held = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut held = Vec::new();
+            for _ in 0..12 {
+                held.push(hold_open(&conn).await);
+            }
+            held
+        })
+        .await
+        .expect("the allowance grew past four");
+        assert_eq!(fetch(&conn, 6, 1000).await, pattern(6, 1000));
         drop(held);
     }
 

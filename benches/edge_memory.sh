@@ -14,7 +14,7 @@
 # HTTP/3, so their figure is set against the edge's own over TLS. Prints resident sizes in MiB.
 #
 # Needs: nginx, curl, python3. Knobs: MEMORY_MIB (256), OBJECTS (80), OBJECT_MIB (5),
-# CONNS (10000).
+# CONNS (10000), H3_MAX_CONNECTIONS (unset: the edge's default, --max-connections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,12 +69,12 @@ idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle co
 
 # The next protocol on a fresh edge, its tier full again: memory the previous connections
 # freed would otherwise be reused by the next ones, and hide part of their cost.
-fresh_edge() {
+fresh_edge() { # [extra edge arguments]
   kill "$edge_pid"
   wait "$edge_pid" 2>/dev/null || true
   rm -f "$work/edge/edge.json"
   edge_port=$(free_port)
-  bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB"
+  bench_edge 0-1 "$edge_port" --memory-mib "$MEMORY_MIB" "$@"
   bench_prewarm "$edge_admin" "$admin_token"
   sleep 1
 }
@@ -82,7 +82,7 @@ fresh_edge() {
 read -r _ edge_clear opened_clear < <(idle "$edge_pid" "$clear_port" /healthz)
 fresh_edge
 read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
-fresh_edge
+fresh_edge ${H3_MAX_CONNECTIONS:+--h3-max-connections "$H3_MAX_CONNECTIONS"}
 read -r edge_h3_before edge_h3 opened_h3 < <(idle "$edge_pid" "$edge_port" /healthz h3 "$ca")
 
 nginx_port=$(free_port)

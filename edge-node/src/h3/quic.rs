@@ -728,9 +728,9 @@ struct Driver {
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Entry>,
     /// Slots for connections, shared with the port's other drivers. A client beyond them
-    /// takes the slot of this driver's connection idle longest (once its address is
-    /// proven), as nginx closes idle keep-alive connections when it runs out; with none
-    /// idle it is refused (CONNECTION_REFUSED) at its first packet, as a full TCP listener
+    /// is asked to prove its address (Retry), then takes the slot of this driver's
+    /// connection idle longest, as nginx closes idle keep-alive connections when it runs
+    /// out; with none idle it is refused (CONNECTION_REFUSED), as a full TCP listener
     /// closes at accept, and a browser falls back to TCP.
     cap: OpenConnections,
     /// Connection deadlines, earliest first; an entry may be stale, and driving a
@@ -859,9 +859,10 @@ impl Driver {
                     self.cap.take().or_else(|| self.make_room(now, &incoming))
                 };
                 let Some(slot) = slot else {
-                    if !self.closed && self.idlest().is_some() {
-                        // Room could be made, once the client proves its address: a
-                        // spoofed first packet must not close anyone's connection.
+                    if !self.closed && !incoming.remote_address_validated() {
+                        // Room may be made for a client that proves its address. Asking it
+                        // to (a Retry) is stateless, so a spoofed first packet costs one
+                        // answer, no search, and closes nobody's connection.
                         match self.endpoint.retry(incoming, &mut response) {
                             Ok(t) => self.respond(&t, &response),
                             Err(e) => self.refuse(remote, e.into_incoming()),

@@ -54,12 +54,16 @@ async fn server(
 
 /// `Big` on its own HTTP/1.1 loop (`lean`) or through hyper.
 async fn serve(limits: ServerLimits, lean: bool) -> (std::net::SocketAddr, ShutdownTrigger) {
-    let server = if lean {
+    let server = serve_counted(limits, lean).await;
+    (server.addr, server.stop)
+}
+
+async fn serve_counted(limits: ServerLimits, lean: bool) -> support::Server {
+    if lean {
         support::start(Big::<true>, limits, false).await
     } else {
         support::start(Big::<false>, limits, false).await
-    };
-    (server.addr, server.stop)
+    }
 }
 
 /// Reads until EOF or an error, bounded in time; returns the bytes read.
@@ -214,7 +218,8 @@ async fn past_the_limit(lean: bool) {
         max_connections: 2,
         ..ServerLimits::default()
     };
-    let (addr, trigger) = serve(limits, lean).await;
+    let server = serve_counted(limits, lean).await;
+    let (addr, trigger, slots) = (server.addr, server.stop, server.connections);
     let ask = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
     // An answered request on a kept-alive connection, or None when the server hung up.
     async fn answered(stream: &mut TcpStream, ask: &[u8]) -> Option<usize> {
@@ -233,6 +238,7 @@ async fn past_the_limit(lean: bool) {
     // Both slots are held by open keep-alive connections: a third is closed unanswered.
     let mut third = TcpStream::connect(addr).await.unwrap();
     assert_eq!(answered(&mut third, ask).await, None);
+    assert_eq!((slots.count(), slots.refused()), (2, 1));
     // A slot frees when a connection ends, and the next client is served.
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(5);

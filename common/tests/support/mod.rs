@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cadenza_common::http::{Handler, ServerLimits, Shutdown, ShutdownTrigger, serve_on, tls};
+use cadenza_common::http::{
+    Handler, OpenConnections, ServerLimits, Shutdown, ShutdownTrigger, serve_on, tls,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -22,6 +24,8 @@ pub struct Server {
     /// Ends once the server has drained after `stop`.
     pub task: JoinHandle<()>,
     pub stop: ShutdownTrigger,
+    /// The listener's connection slots and what its cap did.
+    pub connections: OpenConnections,
 }
 
 impl Server {
@@ -62,5 +66,6 @@ pub async fn start_on<H: Handler>(
         cert: tls.then(|| pem.cert.clone()),
         task: listening.task,
         stop,
+        connections: listening.connections,
     }
 }

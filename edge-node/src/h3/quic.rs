@@ -388,9 +388,10 @@ struct ConnInner {
 struct ConnState {
     conn: proto::Connection,
     connected: bool,
-    /// When the peer last opened a request stream (or the connection began): at the cap, the
-    /// idle connection with the earliest is closed to make room.
-    last_request: Instant,
+    /// When the peer last opened a request stream or a response last ended (or the
+    /// connection began): at the cap, the idle connection with the earliest is closed to
+    /// make room.
+    last_active: Instant,
     lost: Option<ConnectionError>,
     handshake: Option<Waker>,
     /// Waiting to accept a stream the peer opened: bidirectional, unidirectional.
@@ -546,7 +547,7 @@ impl Connection {
         }
         if let Some(id) = st.conn.streams().accept(dir) {
             if dir == Dir::Bi {
-                st.last_request = Instant::now();
+                st.last_active = Instant::now();
                 let ceiling = self.0.shared.stream_ceiling.load(Ordering::Relaxed);
                 let allowed = st.conn.max_concurrent_streams(Dir::Bi);
                 let open = st.conn.streams().remote_open_streams(Dir::Bi);
@@ -625,6 +626,9 @@ impl Connection {
             return Err(StreamError::Lost(e.clone()));
         }
         let finished = st.conn.send_stream(id).finish();
+        if id.dir() == Dir::Bi {
+            st.last_active = Instant::now();
+        }
         drop(st);
         match finished {
             Ok(()) => {
@@ -894,7 +898,7 @@ impl Driver {
             state: Mutex::new(ConnState {
                 conn,
                 connected: false,
-                last_request: Instant::now(),
+                last_active: Instant::now(),
                 lost: None,
                 handshake: None,
                 accepting: [None, None],
@@ -930,8 +934,8 @@ impl Driver {
         self.respond(&t, &response);
     }
 
-    /// This driver's established connection with no request open whose last request is
-    /// oldest, if any.
+    /// This driver's established connection with no request open that has been so longest,
+    /// if any.
     fn idlest(&self) -> Option<ConnectionHandle> {
         let mut idlest: Option<(Instant, ConnectionHandle)> = None;
         for (ch, entry) in &self.conns {
@@ -944,15 +948,15 @@ impl Driver {
             let idle = !st.conn.is_handshaking()
                 && st.lost.is_none()
                 && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
-            if idle && idlest.is_none_or(|(t, _)| st.last_request < t) {
-                idlest = Some((st.last_request, *ch));
+            if idle && idlest.is_none_or(|(t, _)| st.last_active < t) {
+                idlest = Some((st.last_active, *ch));
             }
         }
         idlest.map(|(_, ch)| ch)
     }
 
-    /// At the cap, for a client whose address is proven: closes the idle connection whose
-    /// last request is oldest (H3_NO_ERROR, as an idle timeout would) and hands its slot over.
+    /// At the cap, for a client whose address is proven: closes the connection idle longest
+    /// (H3_NO_ERROR, as an idle timeout would) and hands its slot over.
     fn make_room(
         &mut self,
         now: Instant,
@@ -1368,14 +1372,19 @@ mod tests {
         client.set_default_client_config(client_config.clone());
         let connect = || async { client.connect(addr, "localhost").unwrap().await };
 
-        // Oldest request first: `a` idle, `busy` in the middle of one, `c` idle.
+        // `c` opens a request first and has its answer last, `a` asks in between, and
+        // `busy` keeps one open: `a` has been idle longest.
+        let c = connect().await.unwrap();
+        let (mut c_send, mut c_recv) = c.open_bi().await.unwrap();
+        c_send.write_all(&[2, 0, 0, 3, 232]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let a = connect().await.unwrap();
         assert_eq!(fetch(&a, 1, 1000).await, pattern(1, 1000));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c_send.finish().unwrap();
+        assert_eq!(c_recv.read_to_end(1 << 20).await.unwrap(), pattern(2, 1000));
         let busy = connect().await.unwrap();
         let held = hold_open(&busy).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let c = connect().await.unwrap();
-        assert_eq!(fetch(&c, 2, 1000).await, pattern(2, 1000));
         assert_eq!(cap.count(), 3);
 
         // A first packet from an address not yet proven closes nobody: it is asked to
@@ -1399,8 +1408,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(a.close_reason().is_none(), "`a` still open");
 
-        // A real client follows the Retry and takes `a`'s place, `a` being idle longest
-        // (its last request is older than `c`'s; `busy` has one open).
+        // A real client follows the Retry and takes `a`'s place.
         let d = connect().await.expect("room made for a proven client");
         assert_eq!(fetch(&d, 4, 70_000).await, pattern(4, 70_000));
         let closed = tokio::time::timeout(Duration::from_secs(5), a.closed())

@@ -333,10 +333,6 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
                 "0",
                 "--max-connections",
                 "1",
-                // Room is made on the newcomer's driver; with one, the idle connection is
-                // there.
-                "--h3-drivers",
-                "1",
             ])
             .stdout(std::process::Stdio::null())
             .spawn()

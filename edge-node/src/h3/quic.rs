@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -98,6 +98,11 @@ struct Shared {
     /// Set by [`Endpoint::grow_streams_to`]: the most concurrent requests a connection is
     /// raised to once it uses half of what it has (0: never raised).
     stream_ceiling: AtomicU64,
+    /// This driver's connections, for the port's drivers to look through when one of them
+    /// needs room for a new client (the driver's own map is its task's alone).
+    members: Mutex<HashMap<ConnectionHandle, Arc<ConnInner>>>,
+    /// Every driver of the port, this one included; set by [`bind`] (alone: just this one).
+    siblings: OnceLock<Vec<Weak<Shared>>>,
 }
 
 impl Endpoint {
@@ -144,6 +149,8 @@ impl Endpoint {
             wake: Notify::new(),
             closing: Mutex::new(None),
             stream_ceiling: AtomicU64::new(0),
+            members: Mutex::new(HashMap::new()),
+            siblings: OnceLock::new(),
         });
         let (accepted, incoming) = mpsc::unbounded_channel();
         let recv_len = max_payload * shared.udp.gro_segments() * quinn_udp::BATCH_SIZE;
@@ -279,7 +286,18 @@ pub fn bind(
             config.cid_generator(move || Box::new(DriverIds { index, drivers }));
             Endpoint::new(socket, config, server.clone(), cap.clone())
         })
-        .collect()
+        .collect::<io::Result<Vec<_>>>()
+        .map(|endpoints| {
+            // Room for a client at the cap may be made on any driver.
+            let all: Vec<Weak<Shared>> = endpoints
+                .iter()
+                .map(|e| Arc::downgrade(&e.shared))
+                .collect();
+            for endpoint in &endpoints {
+                let _ = endpoint.shared.siblings.set(all.clone());
+            }
+            endpoints
+        })
 }
 
 /// Connection IDs of 8 bytes whose first byte, modulo the number of drivers, is the
@@ -383,6 +401,19 @@ struct ConnInner {
     /// Live [`Connection`] handles; the last one dropped closes the connection.
     handles: AtomicUsize,
     remote: SocketAddr,
+    /// Its slot under the endpoint's connection cap, given back when its driver lets it go,
+    /// or handed to a new client when it is closed for being idle at the cap.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl ConnInner {
+    /// Queues this connection for its driver, which sends what the last operation produced.
+    fn touch(self: &Arc<Self>) {
+        if !self.touched.swap(true, Ordering::AcqRel) {
+            lock(&self.shared.touched).push(self.clone());
+            self.shared.wake.notify_one();
+        }
+    }
 }
 
 struct ConnState {
@@ -505,10 +536,7 @@ impl Connection {
 
     /// Queues this connection for the driver, which sends what the last operation produced.
     fn touch(&self) {
-        if !self.0.touched.swap(true, Ordering::AcqRel) {
-            lock(&self.0.shared.touched).push(self.0.clone());
-            self.0.shared.wake.notify_one();
-        }
+        self.0.touch();
     }
 
     /// The peer's address.
@@ -721,9 +749,6 @@ struct Entry {
     inner: Arc<ConnInner>,
     /// The earliest deadline queued in `Driver::timers` for it.
     queued: Option<Instant>,
-    /// Its slot under the endpoint's connection cap, given back with the entry, or handed
-    /// to a new client when this connection is closed for being idle at the cap.
-    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// The task that owns the endpoint and the socket.
@@ -732,8 +757,8 @@ struct Driver {
     endpoint: proto::Endpoint,
     conns: HashMap<ConnectionHandle, Entry>,
     /// Slots for connections, shared with the port's other drivers. A client beyond them
-    /// is asked to prove its address (Retry), then takes the slot of this driver's
-    /// connection idle longest, as nginx closes idle keep-alive connections when it runs
+    /// is asked to prove its address (Retry), then takes the slot of the port's
+    /// connection idle longest (on any driver), as nginx closes idle keep-alive connections when it runs
     /// out; with none idle it is refused (CONNECTION_REFUSED), as a full TCP listener
     /// closes at accept, and a browser falls back to TCP.
     cap: OpenConnections,
@@ -909,13 +934,14 @@ impl Driver {
             shared: self.shared.clone(),
             touched: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
+            slot: Mutex::new(Some(slot)),
         });
+        lock(&self.shared.members).insert(ch, inner.clone());
         self.conns.insert(
             ch,
             Entry {
                 inner: inner.clone(),
                 queued: None,
-                slot: Some(slot),
             },
         );
         self.due.push(ch);
@@ -934,29 +960,33 @@ impl Driver {
         self.respond(&t, &response);
     }
 
-    /// This driver's established connection with no request open that has been so longest,
-    /// if any.
-    fn idlest(&self) -> Option<ConnectionHandle> {
-        let mut idlest: Option<(Instant, ConnectionHandle)> = None;
-        for (ch, entry) in &self.conns {
-            if entry.slot.is_none() {
-                continue;
-            }
-            let mut st = lock(&entry.inner.state);
-            // Not `connected`, which waits for the next drive: the handshake's last packet
-            // may have come in the same batch as the newcomer's first.
-            let idle = !st.conn.is_handshaking()
-                && st.lost.is_none()
-                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
-            if idle && idlest.is_none_or(|(t, _)| st.last_active < t) {
-                idlest = Some((st.last_active, *ch));
+    /// The port's established connection, on any of its drivers, that has had no request
+    /// open for longest, if any.
+    fn idlest(&self) -> Option<Arc<ConnInner>> {
+        let mut idlest: Option<(Instant, Arc<ConnInner>)> = None;
+        let alone = [Arc::downgrade(&self.shared)];
+        let drivers = self.shared.siblings.get().map_or(&alone[..], Vec::as_slice);
+        for driver in drivers.iter().filter_map(Weak::upgrade) {
+            for inner in lock(&driver.members).values() {
+                if lock(&inner.slot).is_none() {
+                    continue;
+                }
+                let mut st = lock(&inner.state);
+                // Not `connected`, which waits for the next drive: the handshake's last
+                // packet may have come in the same batch as the newcomer's first.
+                let idle = !st.conn.is_handshaking()
+                    && st.lost.is_none()
+                    && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
+                if idle && idlest.as_ref().is_none_or(|(t, _)| st.last_active < *t) {
+                    idlest = Some((st.last_active, inner.clone()));
+                }
             }
         }
-        idlest.map(|(_, ch)| ch)
+        idlest.map(|(_, inner)| inner)
     }
 
     /// At the cap, for a client whose address is proven: closes the connection idle longest
-    /// (H3_NO_ERROR, as an idle timeout would) and hands its slot over.
+    /// (H3_NO_ERROR, as an idle timeout would), on whichever driver, and hands its slot over.
     fn make_room(
         &mut self,
         now: Instant,
@@ -965,14 +995,20 @@ impl Driver {
         if !incoming.remote_address_validated() {
             return None;
         }
-        let ch = self.idlest()?;
-        let entry = self.conns.get_mut(&ch)?;
-        lock(&entry.inner.state).close(now, NO_ERROR, Bytes::new());
-        let slot = entry.slot.take();
-        self.due.push(ch);
-        self.cap.note_reclaimed();
-        tracing::debug!(remote = %entry.inner.remote, "idle HTTP/3 connection closed to make room");
-        slot
+        // Another driver may take the same connection's slot first; then look again.
+        for _ in 0..3 {
+            let inner = self.idlest()?;
+            let Some(slot) = lock(&inner.slot).take() else {
+                continue;
+            };
+            lock(&inner.state).close(now, NO_ERROR, Bytes::new());
+            // Its own driver sends the close.
+            inner.touch();
+            self.cap.note_reclaimed();
+            tracing::debug!(remote = %inner.remote, "idle HTTP/3 connection closed to make room");
+            return Some(slot);
+        }
+        None
     }
 
     /// Sends an endpoint's own reply (version negotiation, stateless reset, refusal); one
@@ -1082,6 +1118,7 @@ impl Driver {
             st.wake_all();
             drop(st);
             self.conns.remove(&ch);
+            self.release(ch);
             return false;
         }
         let deadline = st.conn.poll_timeout();
@@ -1097,11 +1134,30 @@ impl Driver {
 
     /// The socket failed: every connection is lost.
     fn lose_all(&mut self) {
-        for (_, entry) in self.conns.drain() {
+        for (ch, entry) in std::mem::take(&mut self.conns) {
             let mut st = lock(&entry.inner.state);
             st.lost.get_or_insert(ConnectionError::LocallyClosed);
             st.wake_all();
+            drop(st);
+            self.release(ch);
         }
+    }
+
+    /// A connection the driver has let go: no longer one of the port's to look through, and
+    /// its slot (unless handed on) free for the next client.
+    fn release(&self, ch: ConnectionHandle) {
+        if let Some(inner) = lock(&self.shared.members).remove(&ch) {
+            drop(lock(&inner.slot).take());
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The connections hold the shared state that holds them: break the cycle, so the
+        // socket closes with the driver even if it ends (a runtime shutting down) with
+        // connections left.
+        lock(&self.shared.members).clear();
     }
 }
 
@@ -1434,6 +1490,46 @@ mod tests {
         }
         assert_eq!((cap.reclaimed(), cap.refused()), (1, 1));
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn room_is_made_whichever_driver_holds_the_idle_connection() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(1);
+        let endpoints = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            proto::EndpointConfig::default(),
+            server,
+            &cap,
+        )
+        .unwrap();
+        let addr = endpoints[0].local_addr();
+        for endpoint in endpoints {
+            tokio::spawn(serve_all(endpoint, Arc::default()));
+        }
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(client_config);
+        // Each newcomer lands on either driver (its first packet's connection ID, chosen by
+        // the client, steers it); the one idle connection is on either too. Six in a row
+        // all get in only if room is made across drivers (1 in 64 by chance otherwise).
+        let mut previous = client.connect(addr, "localhost").unwrap().await.unwrap();
+        assert_eq!(fetch(&previous, 0, 100).await, pattern(0, 100));
+        for seed in 1..=6u8 {
+            let next = client
+                .connect(addr, "localhost")
+                .unwrap()
+                .await
+                .unwrap_or_else(|e| panic!("newcomer {seed}: {e}"));
+            assert_eq!(fetch(&next, seed, 100).await, pattern(seed, 100));
+            let closed = tokio::time::timeout(Duration::from_secs(5), previous.closed()).await;
+            assert!(
+                matches!(closed, Ok(quinn::ConnectionError::ApplicationClosed(_))),
+                "{closed:?}"
+            );
+            previous = next;
+        }
+        assert_eq!((cap.reclaimed(), cap.refused(), cap.count()), (6, 0, 1));
     }
 
     #[tokio::test]

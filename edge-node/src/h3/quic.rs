@@ -276,7 +276,7 @@ pub fn bind(
         }
         sockets.push(std::net::UdpSocket::from(socket));
     }
-    sockets
+    let endpoints = sockets
         .into_iter()
         .enumerate()
         .map(|(index, socket)| {
@@ -286,18 +286,16 @@ pub fn bind(
             config.cid_generator(move || Box::new(DriverIds { index, drivers }));
             Endpoint::new(socket, config, server.clone(), cap.clone())
         })
-        .collect::<io::Result<Vec<_>>>()
-        .map(|endpoints| {
-            // Room for a client at the cap may be made on any driver.
-            let all: Vec<Weak<Shared>> = endpoints
-                .iter()
-                .map(|e| Arc::downgrade(&e.shared))
-                .collect();
-            for endpoint in &endpoints {
-                let _ = endpoint.shared.siblings.set(all.clone());
-            }
-            endpoints
-        })
+        .collect::<io::Result<Vec<_>>>()?;
+    // Room for a client at the cap may be made on any driver.
+    let all: Vec<Weak<Shared>> = endpoints
+        .iter()
+        .map(|e| Arc::downgrade(&e.shared))
+        .collect();
+    for endpoint in &endpoints {
+        let _ = endpoint.shared.siblings.set(all.clone());
+    }
+    Ok(endpoints)
 }
 
 /// Connection IDs of 8 bytes whose first byte, modulo the number of drivers, is the

@@ -1503,6 +1503,7 @@ mod tests {
         )
         .unwrap();
         let addr = endpoints[0].local_addr();
+        let drivers: Vec<Arc<Shared>> = endpoints.iter().map(|e| e.shared.clone()).collect();
         for endpoint in endpoints {
             tokio::spawn(serve_all(endpoint, Arc::default()));
         }
@@ -1528,6 +1529,18 @@ mod tests {
             previous = next;
         }
         assert_eq!((cap.reclaimed(), cap.refused(), cap.count()), (6, 0, 1));
+        // The closed ones are let go once drained: the drivers list only the one left.
+        let listed = || {
+            drivers
+                .iter()
+                .map(|d| lock(&d.members).len())
+                .sum::<usize>()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listed() > 1 {
+            assert!(Instant::now() < deadline, "{} still listed", listed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

@@ -231,6 +231,9 @@ async fn accept_loop<H: Handler>(
         handler,
     });
     let graceful = GracefulShutdown::new();
+    // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
+    // connection of a flood.
+    let mut refusals_logged = (None::<std::time::Instant>, 0u64);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -247,7 +250,12 @@ async fn accept_loop<H: Handler>(
         };
         let Some(permit) = slots.take() else {
             slots.note_refused();
-            tracing::warn!(%peer, "connection limit reached; closing");
+            let (last, logged) = &mut refusals_logged;
+            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                let refused = slots.refused() - *logged;
+                tracing::warn!(%peer, refused, "connection limit reached; closing (refused: since the last such warning)");
+                (*last, *logged) = (Some(std::time::Instant::now()), slots.refused());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

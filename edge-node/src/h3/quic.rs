@@ -880,22 +880,23 @@ impl Driver {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
-                let slot = if self.closed {
-                    None
-                } else {
-                    self.cap.take().or_else(|| self.make_room(now, &incoming))
-                };
-                let Some(slot) = slot else {
-                    if !self.closed && !incoming.remote_address_validated() {
-                        // Room may be made for a client that proves its address. Asking it
-                        // to (a Retry) is stateless, so a spoofed first packet costs one
-                        // answer, no search, and closes nobody's connection.
+                let free = if self.closed { None } else { self.cap.take() };
+                let slot = match free {
+                    Some(slot) => Some(slot),
+                    None if self.closed => None,
+                    // Room may be made for a client that proves its address. Asking it to (a
+                    // Retry) is stateless, so a spoofed first packet costs one answer, no
+                    // search, and closes nobody's connection.
+                    None if !incoming.remote_address_validated() => {
                         match self.endpoint.retry(incoming, &mut response) {
                             Ok(t) => self.respond(&t, &response),
                             Err(e) => self.refuse(remote, e.into_incoming()),
                         }
                         return;
                     }
+                    None => self.make_room(now),
+                };
+                let Some(slot) = slot else {
                     self.refuse(remote, incoming);
                     return;
                 };
@@ -985,14 +986,7 @@ impl Driver {
 
     /// At the cap, for a client whose address is proven: closes the connection idle longest
     /// (H3_NO_ERROR, as an idle timeout would), on whichever driver, and hands its slot over.
-    fn make_room(
-        &mut self,
-        now: Instant,
-        incoming: &proto::Incoming,
-    ) -> Option<OwnedSemaphorePermit> {
-        if !incoming.remote_address_validated() {
-            return None;
-        }
+    fn make_room(&mut self, now: Instant) -> Option<OwnedSemaphorePermit> {
         // Another driver may take the same connection's slot first; then look again.
         for _ in 0..3 {
             let inner = self.idlest()?;
@@ -1230,9 +1224,37 @@ mod tests {
         let cap = OpenConnections::new(usize::MAX);
         let endpoint =
             Endpoint::new(socket, proto::EndpointConfig::default(), server, cap).unwrap();
+        (endpoint, client(client_config))
+    }
+
+    /// A quinn client endpoint on a fresh local port using `config`.
+    fn client(config: quinn::ClientConfig) -> quinn::Endpoint {
         let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_config);
-        (endpoint, client)
+        client.set_default_client_config(config);
+        client
+    }
+
+    /// `drivers` drivers on a fresh local port under `cap`, each connection's requests
+    /// answered by [`answer`]: the port's address, and each driver's shared state.
+    fn serve_port(
+        server: Arc<proto::ServerConfig>,
+        drivers: usize,
+        cap: &OpenConnections,
+    ) -> (SocketAddr, Vec<Arc<Shared>>) {
+        let endpoints = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            drivers,
+            proto::EndpointConfig::default(),
+            server,
+            cap,
+        )
+        .unwrap();
+        let addr = endpoints[0].local_addr();
+        let shared = endpoints.iter().map(|e| e.shared.clone()).collect();
+        for endpoint in endpoints {
+            tokio::spawn(serve_all(endpoint, Arc::default()));
+        }
+        (addr, shared)
     }
 
     /// Serves every connection `endpoint` accepts with [`answer`], counting them.
@@ -1304,8 +1326,7 @@ mod tests {
         for seed in 0..clients {
             let client_config = client_config.clone();
             runs.push(tokio::spawn(async move {
-                let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-                client.set_default_client_config(client_config);
+                let client = client(client_config);
                 let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
                 assert!(fetch(&conn, seed, 100_000).await == pattern(seed, 100_000));
                 let before = client.local_addr().unwrap();
@@ -1360,20 +1381,8 @@ mod tests {
         let (server, client_config) = configs();
         // Two drivers share the cap: a client's connection lands on either.
         let cap = OpenConnections::new(2);
-        let endpoints = bind(
-            "127.0.0.1:0".parse().unwrap(),
-            2,
-            proto::EndpointConfig::default(),
-            server,
-            &cap,
-        )
-        .unwrap();
-        let addr = endpoints[0].local_addr();
-        for endpoint in endpoints {
-            tokio::spawn(serve_all(endpoint, Arc::default()));
-        }
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_config);
+        let (addr, _) = serve_port(server, 2, &cap);
+        let client = client(client_config);
         let connect = || async { client.connect(addr, "localhost").unwrap().await };
         let first = connect().await.unwrap();
         let second = connect().await.unwrap();
@@ -1412,18 +1421,8 @@ mod tests {
     async fn at_the_cap_the_connection_idle_longest_makes_room_for_a_proven_client() {
         let (server, client_config) = configs();
         let cap = OpenConnections::new(3);
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let endpoint = Endpoint::new(
-            socket,
-            proto::EndpointConfig::default(),
-            server,
-            cap.clone(),
-        )
-        .unwrap();
-        let addr = endpoint.local_addr();
-        tokio::spawn(serve_all(endpoint, Arc::default()));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_config.clone());
+        let (addr, _) = serve_port(server, 1, &cap);
+        let client = client(client_config.clone());
         let connect = || async { client.connect(addr, "localhost").unwrap().await };
 
         // `c` opens a request first and has its answer last, `a` asks in between, and
@@ -1494,21 +1493,8 @@ mod tests {
     async fn room_is_made_whichever_driver_holds_the_idle_connection() {
         let (server, client_config) = configs();
         let cap = OpenConnections::new(1);
-        let endpoints = bind(
-            "127.0.0.1:0".parse().unwrap(),
-            2,
-            proto::EndpointConfig::default(),
-            server,
-            &cap,
-        )
-        .unwrap();
-        let addr = endpoints[0].local_addr();
-        let drivers: Vec<Arc<Shared>> = endpoints.iter().map(|e| e.shared.clone()).collect();
-        for endpoint in endpoints {
-            tokio::spawn(serve_all(endpoint, Arc::default()));
-        }
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_config);
+        let (addr, drivers) = serve_port(server, 2, &cap);
+        let client = client(client_config);
         // Each newcomer lands on either driver (its first packet's connection ID, chosen by
         // the client, steers it); the one idle connection is on either too. Six in a row
         // all get in only if room is made across drivers (1 in 64 by chance otherwise).
@@ -1558,8 +1544,7 @@ mod tests {
         endpoint.grow_streams_to(20);
         let addr = endpoint.local_addr();
         tokio::spawn(serve_all(endpoint, Arc::default()));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(client_config);
+        let client = client(client_config);
         let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
         // Twelve requests open at once, where four were allowed at first.
         let held = tokio::time::timeout(Duration::from_secs(5), async {

@@ -156,7 +156,7 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
     /// HTTP/3 connections held at once, if not --max-connections. An idle HTTP/3
-    /// connection holds about 32 KiB against a TCP one's 2-7 KiB, so a lower bound here
+    /// connection holds about 27 KiB against a TCP one's 2.5-6.5 KiB, so a lower bound here
     /// keeps QUIC's memory in hand; idle ones give way to new clients.
     #[arg(long, value_name = "N")]
     pub h3_max_connections: Option<usize>,

@@ -232,8 +232,8 @@ async fn accept_loop<H: Handler>(
     });
     let graceful = GracefulShutdown::new();
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
-    // connection of a flood.
-    let mut refusals_logged = (None::<std::time::Instant>, 0u64);
+    // connection of a flood: when it last did, and the count it gave.
+    let mut warned: Option<(std::time::Instant, u64)> = None;
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -250,11 +250,11 @@ async fn accept_loop<H: Handler>(
         };
         let Some(permit) = slots.take() else {
             slots.note_refused();
-            let (last, logged) = &mut refusals_logged;
-            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                let refused = slots.refused() - *logged;
-                tracing::warn!(%peer, refused, "connection limit reached; closing (refused: since the last such warning)");
-                (*last, *logged) = (Some(std::time::Instant::now()), slots.refused());
+            let refused = slots.refused();
+            if warned.is_none_or(|(at, _)| at.elapsed() >= Duration::from_secs(10)) {
+                let since_last_warning = refused - warned.map_or(0, |(_, count)| count);
+                tracing::warn!(%peer, since_last_warning, "connection limit reached; closing");
+                warned = Some((std::time::Instant::now(), refused));
             }
             continue;
         };

@@ -364,12 +364,9 @@ impl RecvStream {
     /// a view of the whole received datagram (about 1.4 KB), so each idle connection would
     /// keep one alive; their chunks are copied instead.
     fn lasting(conn: quic::Connection, id: QuicStreamId) -> Self {
-        Self {
-            conn,
-            id,
-            closed: false,
-            copy: true,
-        }
+        let mut stream = Self::new(conn, id);
+        stream.copy = true;
+        stream
     }
 }
 

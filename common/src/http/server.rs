@@ -120,7 +120,7 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// Ends after shutdown once connections have drained.
     pub task: JoinHandle<()>,
-    /// Its open connections, for a gauge.
+    /// Its connection slots and what its cap did, for `/metrics`.
     pub connections: OpenConnections,
 }
 

@@ -1,6 +1,7 @@
 //! Clients that stop reading, read a trickle, or stay connected doing nothing, are cut off by
 //! the server's send timeout, minimum send rate and idle timeout, while a client that reads
-//! gets every byte; connections past the limit are closed at accept.
+//! gets every byte; connections past the limit are closed at accept, unless an idle one can
+//! make room.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -13,7 +14,7 @@ use cadenza_common::http::{Body, ConnInfo, Handler, MinRate, ServerLimits, Shutd
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const BIG: usize = 64 * 1024 * 1024;
@@ -206,31 +207,17 @@ async fn idle(lean: bool) {
     trigger.trigger();
 }
 
+/// Connections through hyper (handlers that read bodies) are not asked to make room: past the
+/// cap a new one is closed at accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_at_accept() {
-    for lean in [false, true] {
-        past_the_limit(lean).await;
-    }
-}
-
-async fn past_the_limit(lean: bool) {
     let limits = ServerLimits {
         max_connections: 2,
         ..ServerLimits::default()
     };
-    let server = serve_counted(limits, lean).await;
+    let server = serve_counted(limits, false).await;
     let (addr, trigger, slots) = (server.addr, server.stop, server.connections);
     let ask = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
-    // An answered request on a kept-alive connection, or None when the server hung up.
-    async fn answered(stream: &mut TcpStream, ask: &[u8]) -> Option<usize> {
-        stream.write_all(ask).await.ok()?;
-        let mut buf = vec![0u8; 4096];
-        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => Some(n),
-            Ok(_) => None,
-            Err(_) => panic!("no answer and no close within 5 s"),
-        }
-    }
     let mut first = TcpStream::connect(addr).await.unwrap();
     let mut second = TcpStream::connect(addr).await.unwrap();
     assert!(answered(&mut first, ask).await.is_some());
@@ -251,4 +238,99 @@ async fn past_the_limit(lean: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     trigger.trigger();
+}
+
+/// An answered request on a kept-alive connection, or None when the server hung up.
+async fn answered<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, ask: &[u8]) -> Option<usize> {
+    stream.write_all(ask).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(n),
+        Ok(_) => None,
+        Err(_) => panic!("no answer and no close within 5 s"),
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// A connection to `server`, over TLS (HTTP/1.1) when it speaks TLS; `None` when it is closed
+/// before the handshake ends.
+async fn connect(server: &support::Server) -> Option<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let Some(client) = &server.client else {
+        return Some(Box::new(tcp));
+    };
+    let mut config = (**client).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    Some(Box::new(tls))
+}
+
+/// At the cap, Cadenza's own HTTP/1.1 loop (in the clear and over TLS) gives a new client the
+/// slot of the kept-alive connection idle longest, as nginx does: the newcomer is answered
+/// at once, the idle one is closed, a busy one and a newer idle one are not. With every
+/// connection busy, the next is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_connection_idle_longest_makes_room() {
+    for tls in [false, true] {
+        makes_room(tls).await;
+    }
+}
+
+async fn makes_room(tls: bool) {
+    let limits = ServerLimits {
+        max_connections: 3,
+        ..ServerLimits::default()
+    };
+    let server = support::start(Big::<true>, limits, tls).await;
+    let slots = server.connections.clone();
+    let small = b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n";
+    let big = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Idle longest; the client neither reads nor closes, so a server that lingered on its
+    // close (waiting for the client's end) would hold the slot past the newcomer's wait.
+    let mut oldest = connect(&server).await.unwrap();
+    assert!(answered(&mut oldest, small).await.is_some());
+    // Busy: a 64 MiB answer it does not read.
+    let mut busy = connect(&server).await.unwrap();
+    busy.write_all(big).await.unwrap();
+    let mut newer = connect(&server).await.unwrap();
+    assert!(answered(&mut newer, small).await.is_some());
+    assert_eq!(slots.count(), 3);
+
+    let asked = Instant::now();
+    let mut newcomer = connect(&server).await.expect("refused at the cap");
+    assert!(answered(&mut newcomer, small).await.is_some());
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    let mut end = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), oldest.read(&mut end)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the idle connection stayed open: {read:?}"
+    );
+    assert!(
+        answered(&mut newer, small).await.is_some(),
+        "the newer idle one was closed"
+    );
+    assert_eq!((slots.reclaimed(), slots.refused()), (1, 0));
+
+    // Now all three are busy: nobody gives way, and the next client is turned away.
+    newer.write_all(big).await.unwrap();
+    newcomer.write_all(big).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let last = connect(&server).await;
+    if let Some(mut last) = last {
+        assert_eq!(answered(&mut last, small).await, None);
+    }
+    assert_eq!((slots.reclaimed(), slots.refused()), (1, 1));
+    drop((busy, newer, newcomer));
+    server.stop.trigger();
 }

@@ -120,6 +120,13 @@ impl<S: AsyncWrite + Unpin> Outbox<S> {
     }
 }
 
+impl<S> Coalesced<S> {
+    /// Runs `f` on the stream beneath.
+    pub fn with_inner<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut lock(&self.0).io)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -25,7 +25,9 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 
+use super::idle::IdleQueue;
 use super::server::{ConnInfo, Handler, ServerLimits};
 use super::{ApiError, Body, Shutdown};
 
@@ -176,6 +178,9 @@ fn malformed(e: httparse::Error) -> &'static str {
 pub enum Served {
     /// The connection was served to its end.
     Done,
+    /// The connection was idle and chosen to make room for a new client: it is closed, and
+    /// nothing of its peer's is left to read, so its slot can go at once.
+    Reclaimed,
     /// The client opened with the HTTP/2 preface (cleartext, prior knowledge): these bytes
     /// were read, and the connection is the caller's to serve as HTTP/2.
     Http2(BytesMut),
@@ -205,7 +210,8 @@ async fn first_bytes<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<BytesMut>
 
 /// Serves HTTP/1.1 on `io` until the client closes, asks to close, errs, or `shutdown` fires
 /// (a request in progress is answered first). With `detect_h2`, a connection opening with
-/// the HTTP/2 preface is handed back instead.
+/// the HTTP/2 preface is handed back instead. While it waits for a request the connection
+/// stands in `idle`, and closes if chosen there to make room.
 pub async fn serve<IO, H>(
     mut io: IO,
     conn: ConnInfo,
@@ -213,6 +219,7 @@ pub async fn serve<IO, H>(
     limits: &ServerLimits,
     mut shutdown: Shutdown,
     detect_h2: bool,
+    idle: Option<&IdleQueue>,
 ) -> io::Result<Served>
 where
     IO: AsyncRead + AsyncWrite + SendFile + Unpin,
@@ -220,13 +227,25 @@ where
 {
     let mut buf = BytesMut::new();
     let mut first = true;
+    // Rung if the connection, waiting, is chosen to make room.
+    let bell = idle.map(|_| Arc::new(Notify::new()));
+    // Chosen as a request began: that request is answered, then the connection closes.
+    let mut chosen = false;
     loop {
         if buf.is_empty() {
+            let place = idle
+                .zip(bell.as_ref())
+                .map(|(queue, bell)| queue.join(bell));
             buf = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(Served::Done),
                 bytes = first_bytes(&mut io) => bytes?,
+                () = rung(bell.as_deref()) => {
+                    io.shutdown().await.ok();
+                    return Ok(Served::Reclaimed);
+                }
             };
+            chosen = place.is_some_and(|place| !place.leave());
             if buf.is_empty() {
                 return Ok(Served::Done);
             }
@@ -256,7 +275,7 @@ where
         let version = parts.version;
         // Boxed, so the connection's task stays small while it idles.
         let resp = Box::pin(handler.clone().handle_parts(parts, conn)).await;
-        let keep_alive = keep_alive && !shutdown.is_triggered();
+        let keep_alive = keep_alive && !shutdown.is_triggered() && !chosen;
         let kept = Box::pin(write_response(&mut io, resp, &method, version, keep_alive)).await?;
         if !kept {
             io.shutdown().await.ok();
@@ -266,6 +285,14 @@ where
             // Give the allocation back; the next request starts in the scratch buffer.
             buf = BytesMut::new();
         }
+    }
+}
+
+/// Resolves when `bell` rings; never without one.
+async fn rung(bell: Option<&Notify>) {
+    match bell {
+        Some(bell) => bell.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -13,6 +13,7 @@ mod coalesce;
 mod deadline;
 mod error;
 pub mod h1;
+mod idle;
 pub mod lean_tls;
 mod ranges;
 mod server;
@@ -25,6 +26,7 @@ pub use body::{
 };
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
+pub use idle::IdleQueue;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
 pub use server::{ConnInfo, Handler, Listening, OpenConnections, ServerLimits, serve_on};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use super::coalesce::{Coalesced, Outbox, coalesce};
 use super::deadline::{Deadlines, MinRate};
 use super::h1;
+use super::idle::IdleQueue;
 use super::lean_tls;
 use super::{Body, Shutdown};
 
@@ -66,7 +67,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Limits applied to every connection.
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
-    /// Connections beyond this are closed at accept.
+    /// Connections held at once. Beyond it a new connection takes the slot of the one idle
+    /// longest (waiting for its next request on Cadenza's own HTTP/1.1 loop), which is
+    /// closed, or is closed at accept when none is idle.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
@@ -157,6 +160,11 @@ impl OpenConnections {
         self.slots.clone().try_acquire_owned().ok()
     }
 
+    /// The next slot given back, waited for in turn with other waiters.
+    pub async fn wait(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
     /// Connections open now.
     pub fn count(&self) -> usize {
         self.max.saturating_sub(self.slots.available_permits())
@@ -229,6 +237,7 @@ async fn accept_loop<H: Handler>(
         builder,
         limits: limits.clone(),
         handler,
+        idle: IdleQueue::default(),
     });
     let graceful = GracefulShutdown::new();
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
@@ -248,7 +257,24 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
-        let Some(permit) = slots.take() else {
+        let drain = [graceful.watcher(), graceful.watcher()];
+        if let Some(slot) = slots.take() {
+            start(stream, peer, slot, &serving, drain, &shutdown);
+        } else if serving.idle.reclaim() {
+            // The connection idle longest closes at once and gives its slot back; this one
+            // waits for it (for another's, if one ends first: the slots go in turn).
+            slots.note_reclaimed();
+            let (slots, serving, shutdown) = (slots.clone(), serving.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(RECLAIM_WAIT, slots.wait()).await {
+                    Ok(Some(slot)) => start(stream, peer, slot, &serving, drain, &shutdown),
+                    _ => {
+                        slots.note_refused();
+                        tracing::debug!(%peer, "no slot came free in time; closing");
+                    }
+                }
+            });
+        } else {
             slots.note_refused();
             let refused = slots.refused();
             if warned.is_none_or(|(at, _)| at.elapsed() >= Duration::from_secs(10)) {
@@ -256,40 +282,6 @@ async fn accept_loop<H: Handler>(
                 tracing::warn!(%peer, since_last_warning, "connection limit reached; closing");
                 warned = Some((std::time::Instant::now(), refused));
             }
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        if let Some(lowat) = limits.tcp_notsent_lowat {
-            set_notsent_lowat(&stream, lowat);
-        }
-        let conn = ConnInfo {
-            peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            tls: serving.tls.is_some(),
-        };
-        let serving = serving.clone();
-        let watcher = graceful.watcher();
-        let conn_shutdown = shutdown.clone();
-        // Under TLS, so a peer that stops reading is noticed whatever the protocol. The
-        // connection's slot and a place in the drain go with the stream: a connection closed
-        // while its peer may still be writing lingers after its task ends, and keeps both
-        // meanwhile.
-        let held = (permit, graceful.watcher());
-        let stream = Deadlines::new(
-            stream,
-            limits.send_timeout,
-            limits.idle_timeout,
-            limits.min_send_rate,
-        )
-        .on_close(move |stream| linger_apart(stream, held));
-        // One task type per path, so a cleartext connection's task is not sized for TLS.
-        if serving.tls.is_some() {
-            tokio::spawn(async move {
-                serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
-            });
-        } else {
-            tokio::spawn(async move {
-                serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
-            });
         }
     }
     drop(listener);
@@ -298,6 +290,58 @@ async fn accept_loop<H: Handler>(
         .is_err()
     {
         tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+/// How long a new client at the cap waits for the slot of the idle connection closed for it.
+/// Closing takes a moment; a connection chosen just as its next request arrived answers that
+/// request first.
+const RECLAIM_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves an accepted connection that holds `slot`, in a task of its own. `drain` is its two
+/// places in the graceful drain: one goes with the slot (kept while the connection lingers
+/// after its task), one with the task.
+fn start<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    serving: &Arc<Serving<H>>,
+    drain: [Watcher; 2],
+    shutdown: &Shutdown,
+) {
+    let limits = &serving.limits;
+    let _ = stream.set_nodelay(true);
+    if let Some(lowat) = limits.tcp_notsent_lowat {
+        set_notsent_lowat(&stream, lowat);
+    }
+    let conn = ConnInfo {
+        peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        tls: serving.tls.is_some(),
+    };
+    let serving = serving.clone();
+    let [held, watcher] = drain;
+    let conn_shutdown = shutdown.clone();
+    // Under TLS, so a peer that stops reading is noticed whatever the protocol. The
+    // connection's slot and a place in the drain go with the stream: a connection closed
+    // while its peer may still be writing lingers after its task ends, and keeps both
+    // meanwhile.
+    let held = (slot, held);
+    let stream = Deadlines::new(
+        stream,
+        limits.send_timeout,
+        limits.idle_timeout,
+        limits.min_send_rate,
+    )
+    .on_close(move |stream| linger_apart(stream, held));
+    // One task type per path, so a cleartext connection's task is not sized for TLS.
+    if serving.tls.is_some() {
+        tokio::spawn(async move {
+            serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
+        });
+    } else {
+        tokio::spawn(async move {
+            serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
+        });
     }
 }
 
@@ -317,6 +361,9 @@ struct Serving<H> {
     builder: auto::Builder<TokioExecutor>,
     limits: ServerLimits,
     handler: Arc<H>,
+    /// Connections waiting for a request (HTTP/1.1 on Cadenza's own loop), so a full listener
+    /// can close the one idle longest for a new client.
+    idle: IdleQueue,
 }
 
 /// hyper's service for a connection: every request to the handler, boxed so a kept-alive
@@ -482,16 +529,34 @@ async fn serve_tls_stream<H, IO>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     H: Handler,
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + h1::SendFile + Send + Unpin + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + h1::SendFile
+        + CloseAtOnce
+        + Send
+        + Unpin
+        + 'static,
 {
     let handler = serving.handler.clone();
     if H::BODYLESS && !http2 {
         // Held, not watched: the drain waits for it, and `shutdown` tells it to stop.
         let _watcher = watcher;
-        h1::serve(tls, conn, handler, &serving.limits, shutdown, false)
-            .await
-            .map(|_| ())
-            .map_err(Into::into)
+        let mut tls = tls;
+        let idle = Some(&serving.idle);
+        let served = h1::serve(
+            &mut tls,
+            conn,
+            handler,
+            &serving.limits,
+            shutdown,
+            false,
+            idle,
+        );
+        let served = served.await;
+        if let Ok(h1::Served::Reclaimed) = served {
+            tls.close_at_once();
+        }
+        served.map(|_| ()).map_err(Into::into)
     } else {
         let io = TokioIo::new(tls);
         let connection = serving
@@ -656,6 +721,43 @@ fn linger_apart(stream: &TcpStream, held: impl Send + 'static) {
     });
 }
 
+/// A served stream that can close without lingering: an idle connection closed to make room
+/// has nothing of its peer's left to read, and a new client waits for its slot.
+trait CloseAtOnce {
+    /// Drops the close hook's work (not what it holds) when the stream is dropped.
+    fn close_at_once(&mut self);
+}
+
+impl CloseAtOnce for Deadlines<TcpStream> {
+    fn close_at_once(&mut self) {
+        self.close_with_care(false);
+    }
+}
+
+impl<S: CloseAtOnce> CloseAtOnce for lean_tls::LeanTls<S> {
+    fn close_at_once(&mut self) {
+        self.get_mut().close_at_once();
+    }
+}
+
+impl<S: CloseAtOnce> CloseAtOnce for tokio_rustls::server::TlsStream<S> {
+    fn close_at_once(&mut self) {
+        self.get_mut().0.close_at_once();
+    }
+}
+
+impl<S: CloseAtOnce> CloseAtOnce for Coalesced<S> {
+    fn close_at_once(&mut self) {
+        self.with_inner(S::close_at_once);
+    }
+}
+
+impl<S: CloseAtOnce + ?Sized> CloseAtOnce for Box<S> {
+    fn close_at_once(&mut self) {
+        (**self).close_at_once();
+    }
+}
+
 /// A connection whose writes are held by [`coalesce`], and the outbox that sends them after
 /// every poll of it.
 struct SendEachPoll<C: Future, S> {
@@ -710,9 +812,11 @@ async fn serve_clear<H: Handler>(
             &serving.limits,
             shutdown.clone(),
             true,
+            Some(&serving.idle),
         );
         match Box::pin(lean).await {
             Ok(h1::Served::Done) => return,
+            Ok(h1::Served::Reclaimed) => return stream.close_at_once(),
             Ok(h1::Served::Http2(preface)) => {
                 stream.close_with_care(false);
                 let (stream, outbox) = coalesce(stream);
@@ -872,6 +976,7 @@ mod tests {
             builder: auto::Builder::new(TokioExecutor::new()),
             limits: ServerLimits::default(),
             handler: Arc::new(Lean),
+            idle: IdleQueue::default(),
         }
     }
 
@@ -892,6 +997,7 @@ mod tests {
             &limits,
             shutdown.clone(),
             true,
+            None,
         );
         let loop_bytes = std::mem::size_of_val(&lean);
         drop(lean);

@@ -151,8 +151,8 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "URL")]
     pub advertise: Option<String>,
     /// Connections each player listener holds at once (TLS, cleartext, and HTTP/3 on UDP);
-    /// beyond it a new client takes the place of the connection idle longest (HTTP/1.1 or
-    /// HTTP/3 with no request open), or is refused when none is idle.
+    /// beyond it a new client takes the place of the connection idle longest (no request
+    /// open), or is refused when none is idle.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
     /// HTTP/3 connections held at once, if not --max-connections. An idle HTTP/3

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cadenza_common::http::{Body, ConnInfo, Handler, MinRate, ServerLimits, full};
+use cadenza_common::http::{Body, BoxError, ConnInfo, Handler, MinRate, ServerLimits, full};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,6 +45,14 @@ impl<const LEAN: bool> Handler for Patterns<LEAN> {
                 path.strip_prefix("/fill/").unwrap_or("0"),
             )
         };
+        if let Some(n) = path.strip_prefix("/chunks/") {
+            // N chunks of 16 KiB, each made when asked for, as the edge streams its slices.
+            let chunks = (0..n.parse().unwrap_or(0usize))
+                .map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![7u8; 16 << 10]))));
+            return Response::new(
+                StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
+            );
+        }
         Response::new(full(make(n.parse().unwrap_or(0))))
     }
 
@@ -310,6 +319,85 @@ async fn shutdown_lets_a_response_finish(tls: bool) {
         server.drained_within(Duration::from_secs(5)).await,
         "the server did not finish draining"
     );
+}
+
+/// At the cap, the HTTP/2 connection idle longest (no stream open) is told to go away and
+/// closes at once, and its slot goes to a new client; one whose response is still being read
+/// is not, nor a newer idle one. With every connection busy, the next client is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_idle_http2_connection_makes_room() {
+    for tls in [true, false] {
+        idle_http2_makes_room(tls).await;
+    }
+}
+
+async fn idle_http2_makes_room(tls: bool) {
+    let over = if tls { "over TLS" } else { "in the clear" };
+    let limits = ServerLimits {
+        max_connections: 3,
+        ..ServerLimits::default()
+    };
+    let server = start_on(limits, tls).await;
+    let slots = server.connections.clone();
+    async fn fetch(client: &mut SendRequest<Empty<Bytes>>) -> Result<(), hyper::Error> {
+        let response = client.send_request(get("/bytes/10")).await?;
+        response.into_body().collect().await.map(|_| ())
+    }
+    // Busy while it holds a 32 MiB response it does not read: flow control stops the server
+    // from taking more of the response's chunks.
+    async fn hold(client: &mut SendRequest<Empty<Bytes>>) -> Response<Incoming> {
+        client.send_request(get("/chunks/2048")).await.unwrap()
+    }
+    let mut oldest = h2_client(&server).await;
+    fetch(&mut oldest).await.unwrap();
+    let mut busy = h2_client(&server).await;
+    let _held = hold(&mut busy).await;
+    let mut newer = h2_client(&server).await;
+    fetch(&mut newer).await.unwrap();
+    assert_eq!(slots.count(), 3);
+
+    let asked = Instant::now();
+    let mut newcomer = h2_client(&server).await;
+    fetch(&mut newcomer).await.unwrap();
+    let waited = asked.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "{over}: answered after {waited:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !oldest.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "{over}: the idle connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!busy.is_closed(), "{over}: the busy connection was closed");
+    fetch(&mut newer)
+        .await
+        .expect("the newer idle connection was closed");
+    assert_eq!((slots.reclaimed(), slots.refused()), (1, 0), "{over}");
+
+    // All three busy now: nobody gives way, and the next client is turned away.
+    let _held = (hold(&mut newer).await, hold(&mut newcomer).await);
+    let turned_away = async {
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let Some(config) = server.client.clone() else {
+            return fetch(&mut h2_on(tcp).await).await.is_err();
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        match tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+        {
+            Ok(tls) => fetch(&mut h2_on(tls).await).await.is_err(),
+            Err(_) => true,
+        }
+    };
+    let turned_away = tokio::time::timeout(Duration::from_secs(5), turned_away).await;
+    assert!(turned_away.unwrap(), "{over}: a fourth client was served");
+    assert_eq!((slots.reclaimed(), slots.refused()), (1, 1), "{over}");
+    server.stop.trigger();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,14 +35,23 @@ impl IdleQueue {
     /// Queues a connection that is waiting for a request: `bell` rings (a stored
     /// notification, so none is missed) if it is chosen to make room.
     pub fn join(&self, bell: &Arc<Notify>) -> Place<'_> {
+        Place {
+            queue: self,
+            number: Some(self.enter(bell)),
+        }
+    }
+
+    fn enter(&self, bell: &Arc<Notify>) -> u64 {
         let mut waiting = self.waiting();
         let number = waiting.next;
         waiting.next += 1;
         waiting.places.insert(number, bell.clone());
-        Place {
-            queue: self,
-            number: Some(number),
-        }
+        number
+    }
+
+    /// Whether place `number` was still in the queue (and is no longer).
+    fn leave(&self, number: u64) -> bool {
+        self.waiting().places.remove(&number).is_some()
     }
 
     /// Takes the connection idle longest out of the queue and rings its bell, so it closes;
@@ -77,16 +86,104 @@ impl Place<'_> {
     }
 
     fn remove(&mut self) -> bool {
-        match self.number.take() {
-            Some(number) => self.queue.waiting().places.remove(&number).is_some(),
-            None => false,
-        }
+        self.number
+            .take()
+            .is_some_and(|number| self.queue.leave(number))
     }
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// What a connection served by hyper (HTTP/2) is doing, for the queue: the requests it has
+/// open, a response counting until its body is done, and while it has none, its place in the
+/// queue. Shared by its service, its responses' bodies and its task, which listens for
+/// [`Activity::bell`].
+#[derive(Debug)]
+pub struct Activity {
+    queue: IdleQueue,
+    bell: Arc<Notify>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    open: usize,
+    place: Option<u64>,
+    /// Chosen to make room, or ended: it never waits in the queue again.
+    done: bool,
+}
+
+/// One open request of an [`Activity`]; the connection is idle again once all are dropped.
+#[derive(Debug)]
+pub struct Open(Arc<Activity>);
+
+impl Activity {
+    /// A new connection, idle until its first request.
+    pub fn new(queue: &IdleQueue) -> Arc<Self> {
+        let bell = Arc::new(Notify::new());
+        let place = queue.enter(&bell);
+        Arc::new(Self {
+            queue: queue.clone(),
+            bell,
+            state: Mutex::new(State {
+                open: 0,
+                place: Some(place),
+                done: false,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rings once the connection is chosen to make room: it should say goodbye (HTTP/2's
+    /// GOAWAY), finishing what it has open.
+    pub fn bell(&self) -> &Notify {
+        &self.bell
+    }
+
+    /// A request begins.
+    pub fn begin(self: &Arc<Self>) -> Open {
+        let mut state = self.state();
+        state.open += 1;
+        if let Some(place) = state.place.take()
+            && !self.queue.leave(place)
+        {
+            // Chosen just now: the bell has rung, and the connection is on its way out.
+            state.done = true;
+        }
+        Open(self.clone())
+    }
+
+    /// The connection ends: out of the queue for good.
+    pub fn end(&self) {
+        let mut state = self.state();
+        state.done = true;
+        if let Some(place) = state.place.take() {
+            self.queue.leave(place);
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let mut state = activity.state();
+        state.open -= 1;
+        if state.open == 0 && !state.done {
+            state.place = Some(activity.queue.enter(&activity.bell));
+        }
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -117,5 +214,37 @@ mod tests {
         assert!(!third.leave());
         assert!(!queue.reclaim());
         assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_while_no_request_is_open() {
+        let queue = IdleQueue::default();
+        let activity = Activity::new(&queue);
+        assert_eq!(
+            queue.len(),
+            1,
+            "a new connection waits for its first request"
+        );
+        let first = activity.begin();
+        let second = activity.begin();
+        assert!(queue.is_empty());
+        drop(first);
+        assert!(queue.is_empty(), "one request is still open");
+        drop(second);
+        assert_eq!(queue.len(), 1);
+        // Chosen while idle: told, and never queued again.
+        assert!(queue.reclaim());
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            activity.bell().notified(),
+        )
+        .await
+        .unwrap();
+        drop(activity.begin());
+        assert!(queue.is_empty());
+        // Ended while idle: out of the queue.
+        let other = Activity::new(&queue);
+        other.end();
+        assert!(!queue.reclaim());
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::coalesce::{Coalesced, Outbox, coalesce};
 use super::deadline::{Deadlines, MinRate};
 use super::h1;
-use super::idle::IdleQueue;
+use super::idle::{Activity, IdleQueue, Open};
 use super::lean_tls;
 use super::{Body, Shutdown};
 
@@ -68,8 +68,8 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     /// Connections held at once. Beyond it a new connection takes the slot of the one idle
-    /// longest (waiting for its next request on Cadenza's own HTTP/1.1 loop), which is
-    /// closed, or is closed at accept when none is idle.
+    /// longest (no request open: HTTP/1.1 on Cadenza's own loop, or HTTP/2), which closes,
+    /// or is closed at accept when none is idle.
     pub max_connections: usize,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
@@ -294,8 +294,8 @@ async fn accept_loop<H: Handler>(
 }
 
 /// How long a new client at the cap waits for the slot of the idle connection closed for it.
-/// Closing takes a moment; a connection chosen just as its next request arrived answers that
-/// request first.
+/// Closing takes a moment: an HTTP/2 connection lingers until its client, told to go away,
+/// closes; a connection chosen just as its next request arrived answers that request first.
 const RECLAIM_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves an accepted connection that holds `slot`, in a task of its own. `drain` is its two
@@ -361,26 +361,58 @@ struct Serving<H> {
     builder: auto::Builder<TokioExecutor>,
     limits: ServerLimits,
     handler: Arc<H>,
-    /// Connections waiting for a request (HTTP/1.1 on Cadenza's own loop), so a full listener
-    /// can close the one idle longest for a new client.
+    /// Connections with no request open (HTTP/1.1 on Cadenza's own loop, and HTTP/2), so a
+    /// full listener can close the one idle longest for a new client.
     idle: IdleQueue,
 }
 
 /// hyper's service for a connection: every request to the handler, boxed so a kept-alive
 /// connection holds a pointer between requests rather than room for the handler's state.
+/// With `activity`, each request counts as open until its response's body is done.
 fn hyper_service<H: Handler>(
     handler: Arc<H>,
     conn: ConnInfo,
+    activity: Option<Arc<Activity>>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Body>,
+    Response = Response<Tracked>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Tracked>, Infallible>> + Send,
 > + Clone {
     service_fn(move |req| {
+        let open = activity.as_ref().map(Activity::begin);
         let answer = Box::pin(handler.clone().handle(req, conn));
-        async move { Ok::<_, Infallible>(answer.await) }
+        async move {
+            let response = answer.await.map(|body| Tracked { body, _open: open });
+            Ok::<_, Infallible>(response)
+        }
     })
+}
+
+/// A response body that keeps its request open ([`Activity::begin`]) until hyper drops it.
+struct Tracked {
+    body: Body,
+    _open: Option<Open>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn log_end(conn: ConnInfo, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
@@ -561,7 +593,7 @@ where
         let io = TokioIo::new(tls);
         let connection = serving
             .builder
-            .serve_connection(io, hyper_service(handler, conn))
+            .serve_connection(io, hyper_service(handler, conn, None))
             .into_owned();
         watcher.watch(connection).await
     }
@@ -586,11 +618,12 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     outbox.defer();
+    let activity = Activity::new(&serving.idle);
     let connection = serving
         .builder
         .serve_connection(
             TokioIo::new(io),
-            hyper_service(serving.handler.clone(), conn),
+            hyper_service(serving.handler.clone(), conn, Some(activity.clone())),
         )
         .into_owned();
     let mut serving = SendEachPoll {
@@ -598,13 +631,20 @@ where
         outbox,
         ended: None,
     };
+    // Told to stop, or chosen to make room: either way the client is told to go away, and
+    // what it has open is finished first.
     let ended = tokio::select! {
         ended = &mut serving => ended,
         _ = shutdown.wait() => {
             serving.connection.as_mut().graceful_shutdown();
             (&mut serving).await
         }
+        () = activity.bell().notified() => {
+            serving.connection.as_mut().graceful_shutdown();
+            (&mut serving).await
+        }
     };
+    activity.end();
     if ended.is_ok() {
         // hyper's connection, and with it the TLS state, is dropped: the stream is ours.
         let SendEachPoll {
@@ -613,7 +653,10 @@ where
         drop(connection);
         if let Some(mut stream) = outbox.into_inner() {
             // Lingers here rather than apart (the drain already waits for this task); the
-            // close hook's slot and drain place are held until it ends.
+            // close hook's slot and drain place are held until it ends. One closed to make
+            // room lingers too: "no request open" means hyper has taken every response's
+            // last bytes, not that they have left (flow control may hold them), and a client
+            // closes soon after a GOAWAY that leaves it nothing open.
             let _held = stream.take_on_close();
             linger(stream.get_ref()).await;
         }
@@ -859,7 +902,7 @@ async fn serve_clear<H: Handler>(
     let io = TokioIo::new(stream);
     let connection = serving
         .builder
-        .serve_connection(io, hyper_service(handler, conn))
+        .serve_connection(io, hyper_service(handler, conn, None))
         .into_owned();
     log_end(conn, Box::pin(watcher.watch(connection)).await);
 }

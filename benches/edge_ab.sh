@@ -8,10 +8,11 @@
 # renditions of OBJECT_MIB MiB and pre-warms both edges. Then `proto_load` on core 1 drives
 # them in turn, base then new, ROUNDS times: CONNS connections over PROTO (h2: HTTP/2 over
 # TLS, or h3), one request at a time each, random 128 KiB ranges with a signed token,
-# for DURATION seconds each. Only the edge being driven is busy; the other waits idle. Prints
+# for DURATION seconds each. PROTO=h1 drives each edge's cleartext listener with wrk instead
+# (HTTP/1.1, the same ranges). Only the edge being driven is busy; the other waits idle. Prints
 # each build's totals, every round, and new / base for throughput and CPU-seconds per GB.
 #
-# Needs: curl, python3, taskset. Knobs: BASE_BIN (required), PROTO (h2), OBJECTS (200),
+# Needs: curl, python3, taskset (and wrk for h1). Knobs: BASE_BIN (required), PROTO (h2), OBJECTS (200),
 # OBJECT_MIB (5), CONNS (64), DURATION (10), ROUNDS (3), H3_MAX_UDP_PAYLOAD (1452).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,17 +27,19 @@ ROUNDS=${ROUNDS:-3}
 
 source benches/lib.sh
 bench_needs curl python3 taskset
+if [ "$PROTO" = h1 ]; then bench_needs wrk; fi
 bench_init
 cargo build --release -q -p cadenza-benches --bin proto_load
 load=target/release/proto_load
 H3_MAX_UDP_PAYLOAD=${H3_MAX_UDP_PAYLOAD:-1452}
 bench_up --edge-memory-mib 16
 edge_args=(--memory-mib $((OBJECTS * OBJECT_MIB + 256)) --h3-max-udp-payload "$H3_MAX_UDP_PAYLOAD")
-port_new=$(free_port)
-bench_edge 0 "$port_new" "${edge_args[@]}"
+port_new=$(free_port) clear_new=$(free_port)
+bench_edge 0 "$port_new" "${edge_args[@]}" --cleartext-listen "127.0.0.1:$clear_new"
 pid_new=$edge_pid admin_new=$edge_admin
-port_base=$(free_port)
-edge_bin=$BASE_BIN edge_name=edge-base bench_edge 0 "$port_base" "${edge_args[@]}"
+port_base=$(free_port) clear_base=$(free_port)
+edge_bin=$BASE_BIN edge_name=edge-base bench_edge 0 "$port_base" "${edge_args[@]}" \
+  --cleartext-listen "127.0.0.1:$clear_base"
 pid_base=$edge_pid admin_base=$edge_admin
 echo "storing $OBJECTS × $OBJECT_MIB MiB renditions…"
 bench_store "$OBJECTS" "$OBJECT_MIB"
@@ -44,11 +47,42 @@ bench_tokens "$work/tokens"
 bench_prewarm "$admin_new" "$admin_token"
 bench_prewarm "$admin_base" "$admin_token"
 
+# wrk's request: a random object, a random 128 KiB range, that object's token; its summary in
+# proto_load's RESULT form (requests, bytes, errors, p50 and p99 in ms).
+cat >"$work/ranges.lua" <<EOF
+local objects = {}
+for line in io.lines("$work/tokens") do
+  local id, token = line:match("(%S+) (%S+)")
+  objects[#objects + 1] = { id = id, auth = "Bearer " .. token }
+end
+local size = $((OBJECT_MIB * 1048576))
+request = function()
+  local o = objects[math.random(#objects)]
+  local a = math.random(0, size - 131073)
+  return wrk.format("GET", "/a/" .. o.id, {
+    ["Range"] = "bytes=" .. a .. "-" .. (a + 131071),
+    ["Authorization"] = o.auth,
+  })
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f\n", summary.requests, summary.bytes,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+EOF
+
 drive() { # port secs → proto_load's RESULT line
+  if [ "$PROTO" = h1 ]; then
+    taskset -c 1 wrk -t1 -c"$CONNS" -d"$2s" -s "$work/ranges.lua" "http://127.0.0.1:$1" | grep RESULT
+    return
+  fi
   QUIC_MAX_UDP_PAYLOAD=$H3_MAX_UDP_PAYLOAD taskset -c 1 "$load" "$PROTO" "127.0.0.1:$1" "$ca" \
     "$work/tokens" $((OBJECT_MIB * 1048576)) "$CONNS" "$2" | grep RESULT
 }
 
+if [ "$PROTO" = h1 ]; then
+  port_new=$clear_new port_base=$clear_base
+fi
 rounds=()
 for r in $(seq 1 "$ROUNDS"); do
   rounds+=("$r base $(bench_round "$pid_base" drive "$port_base")")

@@ -47,29 +47,7 @@ bench_tokens "$work/tokens"
 bench_prewarm "$admin_new" "$admin_token"
 bench_prewarm "$admin_base" "$admin_token"
 
-# wrk's request: a random object, a random 128 KiB range, that object's token; its summary in
-# proto_load's RESULT form (requests, bytes, errors, p50 and p99 in ms).
-cat >"$work/ranges.lua" <<EOF
-local objects = {}
-for line in io.lines("$work/tokens") do
-  local id, token = line:match("(%S+) (%S+)")
-  objects[#objects + 1] = { id = id, auth = "Bearer " .. token }
-end
-local size = $((OBJECT_MIB * 1048576))
-request = function()
-  local o = objects[math.random(#objects)]
-  local a = math.random(0, size - 131073)
-  return wrk.format("GET", "/a/" .. o.id, {
-    ["Range"] = "bytes=" .. a .. "-" .. (a + 131071),
-    ["Authorization"] = o.auth,
-  })
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %.3f %.3f\n", summary.requests, summary.bytes,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
-end
-EOF
+bench_wrk_ranges "$work/ranges.lua" 131072
 
 drive() { # port secs → proto_load's RESULT line
   if [ "$PROTO" = h1 ]; then

@@ -134,28 +134,7 @@ EOF
 bench_nginx "$nginx_port" taskset -c 0
 
 # One request: a random object, a random 128 KiB range, that object's token.
-cat >"$work/ranges.lua" <<EOF
-local objects = {}
-for line in io.lines("$work/tokens") do
-  local id, token = line:match("(%S+) (%S+)")
-  objects[#objects + 1] = { id = id, auth = "Bearer " .. token }
-end
-local size = $((OBJECT_MIB * 1048576))
-math.randomseed(7)
-request = function()
-  local o = objects[math.random(#objects)]
-  local a = math.random(0, size - $RANGE - 1)
-  return wrk.format("GET", "/a/" .. o.id, {
-    ["Range"] = "bytes=" .. a .. "-" .. (a + $RANGE - 1),
-    ["Authorization"] = o.auth,
-  })
-end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT %d %d %d %.3f\n", summary.requests, summary.bytes,
-    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.timeout, latency:percentile(99) / 1000))
-end
-EOF
+bench_wrk_ranges "$work/ranges.lua" "$RANGE"
 
 
 # PID → "process core0 machine": the server's CPU time, core 0's busy time and both cores',
@@ -171,7 +150,7 @@ run() { # url pid → "req/s MiB/s cpu_s_per_GB p99_ms errors core_s_per_GB mach
   after=$(counters "$2")
   python3 - "$out" "$before" "$after" "$DURATION" "$(getconf CLK_TCK)" <<'EOF'
 import sys
-_, reqs, body, errors, p99 = sys.argv[1].split()
+_, reqs, body, errors, _p50, p99 = sys.argv[1].split()
 dur, tck = float(sys.argv[4]), int(sys.argv[5])
 cpu, core, machine = (
     (int(a) - int(b)) / tck for b, a in zip(sys.argv[2].split(), sys.argv[3].split()))

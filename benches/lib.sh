@@ -26,6 +26,10 @@
 #                                   "ok" to every request on cleartext PORT and on TLS_PORT
 #                                   (the stack's certificate, TLS 1.3 only), room for 15,000
 #                                   connections
+#   bench_wrk_ranges FILE RANGE     a wrk script in FILE: each request a random object of $ids
+#                                   (tokens from $work/tokens), a random RANGE-byte range of
+#                                   its OBJECT_MIB MiB, seeded the same every run; it ends by
+#                                   printing "RESULT requests bytes errors p50_ms p99_ms"
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   bench_round PID DRIVE ARG       one measured round of a proto_load driver: `DRIVE ARG 3`
 #                                   (warm-up), then `DRIVE ARG $DURATION`, which prints
@@ -149,6 +153,31 @@ bench_prewarm() {
     >"$work/prewarm.json"
   curl -sSf --cacert "$ca" -H "Authorization: Bearer $2" \
     --data-binary "@$work/prewarm.json" "$1/admin/v1/prewarm" >/dev/null
+}
+
+bench_wrk_ranges() {
+  cat >"$1" <<EOF
+local objects = {}
+for line in io.lines("$work/tokens") do
+  local id, token = line:match("(%S+) (%S+)")
+  objects[#objects + 1] = { id = id, auth = "Bearer " .. token }
+end
+local size = $((OBJECT_MIB * 1048576))
+math.randomseed(7)
+request = function()
+  local o = objects[math.random(#objects)]
+  local a = math.random(0, size - $2 - 1)
+  return wrk.format("GET", "/a/" .. o.id, {
+    ["Range"] = "bytes=" .. a .. "-" .. (a + $2 - 1),
+    ["Authorization"] = o.auth,
+  })
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f\n", summary.requests, summary.bytes,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+EOF
 }
 
 bench_cpu() {

@@ -256,6 +256,34 @@ mod tests {
         assert_eq!(decode(&raw[..raw.len() - 1]), None);
         assert_eq!(decode(b"CZS1"), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a damaged disk holds: a record read back is the one written, any change
+        /// or cut to it is refused, and any bytes at all are refused or read whole.
+        #[test]
+        fn only_a_record_as_written_is_read(
+            object_len in proptest::prelude::any::<u64>(),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..), 1..4),
+            cut in proptest::prelude::any::<usize>(),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+        ) {
+            let raw = encode(object_len, &data);
+            proptest::prop_assert_eq!(decode(&raw), Some((object_len, Bytes::from(data))));
+            let mut damaged = raw.clone();
+            for (at, change) in flips {
+                let at = at % damaged.len();
+                damaged[at] ^= change;
+            }
+            if damaged != raw {
+                proptest::prop_assert_eq!(decode(&damaged), None);
+            }
+            proptest::prop_assert_eq!(decode(&raw[..cut % raw.len()]), None);
+            let mut tagged = MAGIC.to_vec();
+            tagged.extend_from_slice(&noise);
+            proptest::prop_assert_eq!(decode(&tagged), None);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! waiting on a stream when the protocol reports it readable or writable.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -98,9 +98,11 @@ struct Shared {
     /// Set by [`Endpoint::grow_streams_to`]: the most concurrent requests a connection is
     /// raised to once it uses half of what it has (0: never raised).
     stream_ceiling: AtomicU64,
-    /// This driver's connections, for the port's drivers to look through when one of them
-    /// needs room for a new client (the driver's own map is its task's alone).
-    members: Mutex<HashMap<ConnectionHandle, Arc<ConnInner>>>,
+    /// This driver's connections, least recently active first (by [`ConnState::last_active`],
+    /// then handle), for the port's drivers to look through when one of them needs room for
+    /// a new client (the driver's own map is its task's alone). An entry moves only under its
+    /// connection's state lock, which is taken first.
+    members: Mutex<BTreeMap<Member, Arc<ConnInner>>>,
     /// Every driver of the port, this one included; set by [`bind`] (alone: just this one).
     siblings: OnceLock<Vec<Weak<Shared>>>,
 }
@@ -149,7 +151,7 @@ impl Endpoint {
             wake: Notify::new(),
             closing: Mutex::new(None),
             stream_ceiling: AtomicU64::new(0),
-            members: Mutex::new(HashMap::new()),
+            members: Mutex::new(BTreeMap::new()),
             siblings: OnceLock::new(),
         });
         let (accepted, incoming) = mpsc::unbounded_channel();
@@ -405,6 +407,17 @@ struct ConnInner {
 }
 
 impl ConnInner {
+    /// Notes a request begun or answered now: `st` is this connection's state, locked.
+    fn active(self: &Arc<Self>, st: &mut ConnState) {
+        let now = Instant::now();
+        let mut members = lock(&self.shared.members);
+        // Not listed once its driver has let it go.
+        if members.remove(&(st.last_active, self.handle.0)).is_some() {
+            members.insert((now, self.handle.0), self.clone());
+        }
+        st.last_active = now;
+    }
+
     /// Queues this connection for its driver, which sends what the last operation produced.
     fn touch(self: &Arc<Self>) {
         if !self.touched.swap(true, Ordering::AcqRel) {
@@ -414,12 +427,16 @@ impl ConnInner {
     }
 }
 
+/// A connection's place in its driver's [`Shared::members`]: when it was last active, and
+/// its handle.
+type Member = (Instant, usize);
+
 struct ConnState {
     conn: proto::Connection,
     connected: bool,
     /// When the peer last opened a request stream or a response last ended (or the
     /// connection began): at the cap, the idle connection with the earliest is closed to
-    /// make room.
+    /// make room. Changed only through [`ConnInner::active`].
     last_active: Instant,
     lost: Option<ConnectionError>,
     handshake: Option<Waker>,
@@ -573,7 +590,7 @@ impl Connection {
         }
         if let Some(id) = st.conn.streams().accept(dir) {
             if dir == Dir::Bi {
-                st.last_active = Instant::now();
+                self.0.active(&mut st);
                 let ceiling = self.0.shared.stream_ceiling.load(Ordering::Relaxed);
                 let allowed = st.conn.max_concurrent_streams(Dir::Bi);
                 let open = st.conn.streams().remote_open_streams(Dir::Bi);
@@ -653,7 +670,7 @@ impl Connection {
         }
         let finished = st.conn.send_stream(id).finish();
         if id.dir() == Dir::Bi {
-            st.last_active = Instant::now();
+            self.0.active(&mut st);
         }
         drop(st);
         match finished {
@@ -916,13 +933,14 @@ impl Driver {
     }
 
     fn admit(&mut self, ch: ConnectionHandle, conn: proto::Connection, slot: OwnedSemaphorePermit) {
+        let began = Instant::now();
         let inner = Arc::new(ConnInner {
             handle: ch,
             remote: conn.remote_address(),
             state: Mutex::new(ConnState {
                 conn,
                 connected: false,
-                last_active: Instant::now(),
+                last_active: began,
                 lost: None,
                 handshake: None,
                 accepting: [None, None],
@@ -935,7 +953,7 @@ impl Driver {
             handles: AtomicUsize::new(1),
             slot: Mutex::new(Some(slot)),
         });
-        lock(&self.shared.members).insert(ch, inner.clone());
+        lock(&self.shared.members).insert((began, ch.0), inner.clone());
         self.conns.insert(
             ch,
             Entry {
@@ -962,26 +980,14 @@ impl Driver {
     /// The port's established connection, on any of its drivers, that has had no request
     /// open for longest, if any.
     fn idlest(&self) -> Option<Arc<ConnInner>> {
-        let mut idlest: Option<(Instant, Arc<ConnInner>)> = None;
         let alone = [Arc::downgrade(&self.shared)];
         let drivers = self.shared.siblings.get().map_or(&alone[..], Vec::as_slice);
-        for driver in drivers.iter().filter_map(Weak::upgrade) {
-            for inner in lock(&driver.members).values() {
-                if lock(&inner.slot).is_none() {
-                    continue;
-                }
-                let mut st = lock(&inner.state);
-                // Not `connected`, which waits for the next drive: the handshake's last
-                // packet may have come in the same batch as the newcomer's first.
-                let idle = !st.conn.is_handshaking()
-                    && st.lost.is_none()
-                    && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
-                if idle && idlest.as_ref().is_none_or(|(t, _)| st.last_active < *t) {
-                    idlest = Some((st.last_active, inner.clone()));
-                }
-            }
-        }
-        idlest.map(|(_, inner)| inner)
+        drivers
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|driver| first_idle(&driver))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, inner)| inner)
     }
 
     /// At the cap, for a client whose address is proven: closes the connection idle longest
@@ -1109,8 +1115,9 @@ impl Driver {
             st.lost.get_or_insert(ConnectionError::LocallyClosed);
             st.wake_all();
             drop(st);
-            self.conns.remove(&ch);
-            self.release(ch);
+            if let Some(entry) = self.conns.remove(&ch) {
+                self.release(&entry.inner);
+            }
             return false;
         }
         let deadline = st.conn.poll_timeout();
@@ -1126,21 +1133,22 @@ impl Driver {
 
     /// The socket failed: every connection is lost.
     fn lose_all(&mut self) {
-        for (ch, entry) in std::mem::take(&mut self.conns) {
+        for entry in std::mem::take(&mut self.conns).into_values() {
             let mut st = lock(&entry.inner.state);
             st.lost.get_or_insert(ConnectionError::LocallyClosed);
             st.wake_all();
             drop(st);
-            self.release(ch);
+            self.release(&entry.inner);
         }
     }
 
     /// A connection the driver has let go: no longer one of the port's to look through, and
     /// its slot (unless handed on) free for the next client.
-    fn release(&self, ch: ConnectionHandle) {
-        if let Some(inner) = lock(&self.shared.members).remove(&ch) {
-            drop(lock(&inner.slot).take());
-        }
+    fn release(&self, inner: &ConnInner) {
+        let st = lock(&inner.state);
+        lock(&self.shared.members).remove(&(st.last_active, inner.handle.0));
+        drop(st);
+        drop(lock(&inner.slot).take());
     }
 }
 
@@ -1150,6 +1158,42 @@ impl Drop for Driver {
         // socket closes with the driver even if it ends (a runtime shutting down) with
         // connections left.
         lock(&self.shared.members).clear();
+    }
+}
+
+/// How many of a driver's connections [`first_idle`] takes at a time.
+const LOOK_AHEAD: usize = 64;
+
+/// The connection of `driver` idle longest (no request open, handshake done, its slot still
+/// its own), and since when: its members are looked at least recently active first, so the
+/// search passes over busy ones only. They are copied out a few at a time, since a
+/// connection's state is locked before its driver's list, never while it is held.
+fn first_idle(driver: &Shared) -> Option<(Instant, Arc<ConnInner>)> {
+    let mut after = std::ops::Bound::Unbounded;
+    loop {
+        let ahead: Vec<(Member, Arc<ConnInner>)> = lock(&driver.members)
+            .range((after, std::ops::Bound::Unbounded))
+            .take(LOOK_AHEAD)
+            .map(|(member, inner)| (*member, inner.clone()))
+            .collect();
+        let (last, _) = ahead.last()?;
+        after = std::ops::Bound::Excluded(*last);
+        for (member, inner) in ahead {
+            if lock(&inner.slot).is_none() {
+                continue;
+            }
+            let mut st = lock(&inner.state);
+            // Not `connected`, which waits for the next drive: the handshake's last packet
+            // may have come in the same batch as the newcomer's first. One that moved since
+            // it was copied out has just been active.
+            let idle = st.last_active == member.0
+                && !st.conn.is_handshaking()
+                && st.lost.is_none()
+                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
+            if idle {
+                return Some((member.0, inner.clone()));
+            }
+        }
     }
 }
 
@@ -1487,6 +1531,35 @@ mod tests {
         }
         assert_eq!((cap.reclaimed(), cap.refused()), (1, 1));
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn the_search_for_room_passes_over_many_busy_connections() {
+        let (server, client_config) = configs();
+        let busy = LOOK_AHEAD + 5;
+        let cap = OpenConnections::new(busy + 1);
+        let (addr, _) = serve_port(server, 1, &cap);
+        let client = client(client_config);
+        let connect = || async { client.connect(addr, "localhost").unwrap().await.unwrap() };
+        // More busy connections than one look takes, all less recently active than the one
+        // idle connection: it is found behind them.
+        let mut held = Vec::new();
+        for _ in 0..busy {
+            let conn = connect().await;
+            held.push((hold_open(&conn).await, conn));
+        }
+        let idle = connect().await;
+        assert_eq!(fetch(&idle, 1, 10).await, pattern(1, 10));
+        assert_eq!(cap.count(), busy + 1);
+        let newcomer = connect().await;
+        assert_eq!(fetch(&newcomer, 2, 10).await, pattern(2, 10));
+        let closed = tokio::time::timeout(Duration::from_secs(5), idle.closed()).await;
+        assert!(
+            matches!(closed, Ok(quinn::ConnectionError::ApplicationClosed(_))),
+            "{closed:?}"
+        );
+        assert!(held.iter().all(|(_, conn)| conn.close_reason().is_none()));
+        assert_eq!((cap.reclaimed(), cap.refused()), (1, 0));
     }
 
     #[tokio::test]

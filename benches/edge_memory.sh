@@ -11,7 +11,8 @@
 # second edge process, pre-warmed the same way, and to a second nginx, so they cannot reuse
 # memory the cleartext ones freed. Then CONNS idle HTTP/3 connections to a third fresh edge
 # (`proto_load h3-idle`: one GET /healthz each, then held with QUIC pings); nginx 1.22 has no
-# HTTP/3, so their figure is set against the edge's own over TLS. Prints resident sizes in MiB.
+# HTTP/3, so their figure is set against the edge's own over TLS. Prints resident sizes in MiB,
+# and the CPU time the HTTP/3 edge spent opening (and, at a cap, making room for) them.
 #
 # Needs: nginx, curl, python3. Knobs: MEMORY_MIB (256), OBJECTS (80), OBJECT_MIB (5),
 # CONNS (10000), H3_MAX_CONNECTIONS (unset: the edge's default, --max-connections).
@@ -44,10 +45,11 @@ held=$(curl -sSf --cacert "$ca" -H "Authorization: Bearer $admin_token" "$edge_a
   python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["cache_bytes"])')
 rss_full=$(rss "$edge_pid")
 
-idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle connections, how many opened
+idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle connections, how many opened, CPU ticks the server used meanwhile
   local pid=$1 port=$2 path=$3; shift 3
-  local before
+  local before cpu
   before=$(rss "$pid")
+  cpu=$(bench_cpu "$pid")
   local fifo=$work/idle.$port
   mkfifo "$fifo"
   if [ "${1:-}" = h3 ]; then
@@ -62,7 +64,7 @@ idle() { # pid port path [tls CA | h3 CA] → RSS before, RSS with CONNS idle co
     sleep 0.1
   done
   sleep 1
-  echo "$before $(rss "$pid") $(awk '{print $2}' "$fifo.out")"
+  echo "$before $(rss "$pid") $(awk '{print $2}' "$fifo.out") $(($(bench_cpu "$pid") - cpu))"
   exec 7>&-
   wait "$py" || true
 }
@@ -79,26 +81,26 @@ fresh_edge() { # [extra edge arguments]
   sleep 1
 }
 
-read -r _ edge_clear opened_clear < <(idle "$edge_pid" "$clear_port" /healthz)
+read -r _ edge_clear opened_clear _ < <(idle "$edge_pid" "$clear_port" /healthz)
 fresh_edge
-read -r edge_tls_before edge_tls opened_tls < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
+read -r edge_tls_before edge_tls opened_tls _ < <(idle "$edge_pid" "$edge_port" /healthz tls "$ca")
 fresh_edge ${H3_MAX_CONNECTIONS:+--h3-max-connections "$H3_MAX_CONNECTIONS"}
-read -r edge_h3_before edge_h3 opened_h3 < <(idle "$edge_pid" "$edge_port" /healthz h3 "$ca")
+read -r edge_h3_before edge_h3 opened_h3 h3_ticks < <(idle "$edge_pid" "$edge_port" /healthz h3 "$ca")
 
 nginx_port=$(free_port)
 nginx_tls_port=$(free_port)
 bench_nginx_ok "$nginx_port" "$nginx_tls_port"
-read -r nginx_base nginx_clear n_opened_clear < <(idle "$nginx_worker" "$nginx_port" /)
+read -r nginx_base nginx_clear n_opened_clear _ < <(idle "$nginx_worker" "$nginx_port" /)
 # TLS on a fresh nginx too, for the same reason as the edge.
 kill "$nginx_master"
 wait "$nginx_master" 2>/dev/null || true
 bench_nginx "$nginx_port"
-read -r nginx_tls_before nginx_tls n_opened_tls < <(idle "$nginx_worker" "$nginx_tls_port" / tls "$ca")
+read -r nginx_tls_before nginx_tls n_opened_tls _ < <(idle "$nginx_worker" "$nginx_tls_port" / tls "$ca")
 
 python3 - "$MEMORY_MIB" "$held" "$rss_start" "$rss_full" "$edge_clear" "$edge_tls" \
   "$nginx_base" "$nginx_clear" "$nginx_tls" "$CONNS" "$opened_clear" "$opened_tls" \
   "$n_opened_clear" "$n_opened_tls" "$edge_tls_before" "$nginx_tls_before" \
-  "$edge_h3_before" "$edge_h3" "$opened_h3" <<'PY'
+  "$edge_h3_before" "$edge_h3" "$opened_h3" "$h3_ticks" "$(getconf CLK_TCK)" <<'PY'
 import sys
 a = sys.argv[1:]
 mem, held = int(a[0]), int(a[1]) / 1048576
@@ -113,7 +115,7 @@ print(f"  edge RSS at start            {start:8.1f} MiB")
 print(f"  edge RSS, memory tier full   {full:8.1f} MiB  (tier + {full - mem:.1f} MiB; target ≤ tier + 64)")
 print(f"  + {conns} idle, cleartext    {e_clear:8.1f} MiB  (+{e_clear - full:.1f} MiB, {1024 * (e_clear - full) / conns:.1f} KiB each; {opened[0]} open)")
 print(f"  {conns} idle over TLS       {e_tls:8.1f} MiB  (+{e_tls - e_tls_before:.1f} MiB from {e_tls_before:.1f}, a fresh edge with its tier full; {opened[1]} open)")
-print(f"  {conns} idle over HTTP/3    {e_h3:8.1f} MiB  (+{e_h3 - e_h3_before:.1f} MiB from {e_h3_before:.1f}, a third fresh edge, {1024 * (e_h3 - e_h3_before) / conns:.1f} KiB each; {opened_h3} open)")
+print(f"  {conns} idle over HTTP/3    {e_h3:8.1f} MiB  (+{e_h3 - e_h3_before:.1f} MiB from {e_h3_before:.1f}, a third fresh edge, {1024 * (e_h3 - e_h3_before) / conns:.1f} KiB each; {opened_h3} open; edge CPU {int(a[19]) / int(a[20]):.2f} s meanwhile)")
 print(f"nginx worker RSS               {n_base:8.1f} MiB")
 print(f"  + {conns} idle, cleartext    {n_clear:8.1f} MiB  (+{n_clear - n_base:.1f} MiB, {1024 * (n_clear - n_base) / conns:.1f} KiB each; {opened[2]} open)")
 print(f"  {conns} idle over TLS       {n_tls:8.1f} MiB  (+{n_tls - n_tls_before:.1f} MiB from {n_tls_before:.1f}; {opened[3]} open)")

@@ -389,6 +389,34 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         ),
         other => panic!("a third HTTP/3 connection got {other:?}"),
     }
+    // The TCP listener makes room the same way: the pooled connection of `client`, idle
+    // since its last GET, gives way to curl's (HTTP/1.1, a client not written here).
+    let out = edge_dir.path().join("curl.out");
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http1.1",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_code}",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("--cacert")
+        .arg(dir.path().join("tls/cert.pem"))
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", token(dir.path(), &id)))
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert!(std::fs::read(&out).unwrap() == data);
     let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&text);
@@ -397,6 +425,7 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         r#"cadenza_edge_open_connections{listener="admin"} 1"#,
         r#"cadenza_edge_reclaimed_connections_total{listener="quic"} 1"#,
         r#"cadenza_edge_refused_connections_total{listener="quic"} 1"#,
+        r#"cadenza_edge_reclaimed_connections_total{listener="tls"} 1"#,
         r#"cadenza_edge_refused_connections_total{listener="tls"} 0"#,
     ] {
         assert!(text.contains(open), "{open} in\n{text}");

@@ -59,7 +59,18 @@ impl GeoDb {
     /// Loads the database at `path`.
     pub fn open(path: &Path) -> Result<Self, GeoError> {
         let shown = path.display().to_string();
-        let reader = Reader::open_readfile(path).map_err(|source| GeoError::Load {
+        let bytes = std::fs::read(path).map_err(|source| GeoError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_bytes(bytes, &shown)
+    }
+
+    /// Loads a database from its bytes (`name` is what errors call it): what the fuzz target
+    /// in `fuzz/` feeds arbitrary bytes through.
+    pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self, GeoError> {
+        let shown = name.to_owned();
+        let reader = Reader::from_source(bytes).map_err(|source| GeoError::Load {
             path: shown.clone(),
             source,
         })?;

@@ -10,7 +10,7 @@ use symphonia::core::common::Limit;
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::{FormatOptions, FormatReader, SeekMode, SeekTo, TrackType};
-use symphonia::core::io::MediaSourceStream;
+use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 
 use crate::TranscodeError;
@@ -153,9 +153,30 @@ impl MasterDecoder {
     pub fn open(path: &Path, limits: &DecodeLimits) -> Result<Self, TranscodeError> {
         let file = File::open(path).map_err(TranscodeError::Io)?;
         let file_len = file.metadata().map_err(TranscodeError::Io)?.len();
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let ext = path.extension().and_then(|e| e.to_str());
+        Self::open_source(Box::new(file), file_len, ext, limits)
+    }
+
+    /// The same over a master held in memory (`ext` as a file name's would be, a hint only):
+    /// what the fuzz targets in `fuzz/` feed arbitrary bytes through.
+    pub fn open_bytes(
+        bytes: Vec<u8>,
+        ext: Option<&str>,
+        limits: &DecodeLimits,
+    ) -> Result<Self, TranscodeError> {
+        let len = bytes.len() as u64;
+        Self::open_source(Box::new(std::io::Cursor::new(bytes)), len, ext, limits)
+    }
+
+    fn open_source(
+        source: Box<dyn MediaSource>,
+        file_len: u64,
+        ext: Option<&str>,
+        limits: &DecodeLimits,
+    ) -> Result<Self, TranscodeError> {
+        let mss = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        if let Some(ext) = ext {
             hint.with_extension(ext);
         }
         // Artwork and tags are not needed to transcode; bounding them keeps a master with a

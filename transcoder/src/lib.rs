@@ -21,7 +21,7 @@ mod spool;
 mod tags;
 pub mod worker;
 
-pub use decode::{DecodeLimits, Layout, MasterFormat};
+pub use decode::{DecodeLimits, Layout, MasterDecoder, MasterFormat};
 pub use encode::{BitrateMode, OUTPUT_RATE};
 pub use features::FeatureMeter;
 pub use loudness::{PEAK_CEILING_DBTP, TARGET_LUFS, track_gain};

@@ -1,0 +1,499 @@
+//! The checks behind Cadenza's fuzz targets: each takes any bytes, hands them to a parser of
+//! what arrives from outside (a client's request, a label's master, an operator's GeoIP
+//! database) and panics only when a promise is broken, so a crash is a finding.
+//!
+//! `fuzz/run.sh` runs them under libFuzzer (`cargo fuzz`, nightly); `tests/replay.rs` runs
+//! each over its seeds and saved findings with the ordinary tests, on stable.
+//!
+//! | target | what it feeds | what must hold |
+//! |---|---|---|
+//! | `h1_head` | one HTTP/1.1 request head | no panic; an accepted head lies within the bytes, no shorter prefix is one |
+//! | `h1_conn` | a whole connection's bytes, in pieces | the loop ends; what it writes is a well-framed response per request, in order |
+//! | `ranges` | `Range`, `If-Range`, `If-None-Match` and an object length | the answer never reaches past the object |
+//! | `client_fields` | a token, territories, `X-Forwarded-For`, a trusted network | no panic; no made-up token opens; the client is the peer or a listed hop |
+//! | `geoip` | a GeoIP database file | refused with a reason, or loaded and answering lookups |
+//! | `master` | an uploaded master | refused with a reason, or decoded within the limits |
+//! | `tls_hello` | a TLS client's first flight, to the edge's HTTP/1.1 TLS layer | the ALPN peek reads only what is there; the handshake ends, refused or waiting |
+//! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
+
+#![allow(clippy::unwrap_used)] // a panic is how a fuzz target reports
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cadenza_common::http::h1::{self, SendFile, parse_head};
+use cadenza_common::http::{
+    Body, ConnInfo, Handler, ServerLimits, Shutdown, full, plan_span, range_plan, ranged_response,
+};
+use cadenza_common::{FileId, RangeRequest, SigningKey, Territories, VerifyingKeys, parse_range};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+/// One request head: parsed as the edge's HTTP/1.1 loop parses each request.
+/// Returns whether the head was accepted.
+pub fn h1_head(data: &[u8]) -> bool {
+    let Ok(Some(head)) = parse_head(data) else {
+        return false;
+    };
+    assert!(
+        head.len > 0 && head.len <= data.len(),
+        "head length {}",
+        head.len
+    );
+    // The head is whole within what it took, and nothing shorter was a head.
+    let again = parse_head(&data[..head.len]);
+    assert!(matches!(again, Ok(Some(ref h)) if h.len == head.len));
+    assert!(!matches!(parse_head(&data[..head.len - 1]), Ok(Some(_))));
+    true
+}
+
+/// The object `h1_conn`'s handler serves: 10,000 bytes, each its offset's low byte.
+const OBJECT_LEN: usize = 10_000;
+const ETAG: &str = "f0";
+
+/// Answers every request with the object's bytes, through the edge's range planning.
+struct Object(Bytes);
+
+impl Handler for Object {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
+        let (parts, _) = req.into_parts();
+        self.answer(&parts)
+    }
+
+    const BODYLESS: bool = true;
+
+    async fn handle_parts(self: Arc<Self>, req: Parts, _conn: ConnInfo) -> Response<Body> {
+        self.answer(&req)
+    }
+}
+
+impl Object {
+    fn answer(&self, req: &Parts) -> Response<Body> {
+        let len = self.0.len() as u64;
+        let plan = range_plan(&req.headers, len, ETAG);
+        ranged_response(&req.method, plan, len, ETAG, |at, n| {
+            full(self.0.slice(at as usize..(at + n) as usize))
+        })
+    }
+}
+
+/// One end of an in-memory pipe, as the loop wants its connection (no `sendfile`).
+struct Pipe(DuplexStream);
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl SendFile for Pipe {}
+
+/// What the requests in `data` are, as the loop will read them: each complete head's method
+/// while the connection is kept, and whether a refused head follows (answered, then closed).
+fn requests_in(data: &[u8], max_header_bytes: usize) -> (Vec<Method>, bool) {
+    let mut methods = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        match parse_head(&data[at..]) {
+            Ok(Some(head)) if head.len <= max_header_bytes => {
+                methods.push(head.parts.method.clone());
+                at += head.len;
+                if !head.keep_alive {
+                    return (methods, false);
+                }
+            }
+            Ok(Some(_)) => return (methods, true),
+            Ok(None) => return (methods, data.len() - at > max_header_bytes),
+            Err(_) => return (methods, true),
+        }
+    }
+    (methods, false)
+}
+
+/// Walks `out` as HTTP/1.1 responses to `methods` (then at most one more, to a refused head),
+/// panicking where the framing is wrong; returns how many there were.
+fn walk_responses(mut out: &[u8], methods: &[Method]) -> usize {
+    let mut count = 0;
+    while !out.is_empty() {
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut fields);
+        let head_len = match resp.parse(out) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("response {count} is not a whole head: {other:?}"),
+        };
+        let status = resp.code.unwrap_or(0);
+        assert!((200..600).contains(&status), "status {status}");
+        let header = |name: &str| {
+            resp.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| std::str::from_utf8(h.value).unwrap().trim())
+        };
+        let head_request = methods.get(count) == Some(&Method::HEAD);
+        let body_len = if head_request || status == 304 || status == 204 {
+            0
+        } else if let Some(n) = header("content-length") {
+            n.parse::<usize>().unwrap()
+        } else {
+            panic!("response {count} ({status}) has no Content-Length")
+        };
+        out = &out[head_len..];
+        assert!(out.len() >= body_len, "response {count} is cut short");
+        out = &out[body_len..];
+        count += 1;
+    }
+    assert!(
+        count <= methods.len() + 1,
+        "{count} responses to {} requests",
+        methods.len()
+    );
+    count
+}
+
+/// A whole connection: `data` arrives at the edge's HTTP/1.1 loop in pieces (the first byte
+/// sets their size), then the client half-closes, reading everything the loop writes.
+/// Returns how many responses it wrote.
+pub fn h1_conn(data: &[u8]) -> usize {
+    let Some((&piece, data)) = data.split_first() else {
+        return 0;
+    };
+    let piece = usize::from(piece).max(1);
+    let limits = ServerLimits {
+        max_header_bytes: 4096,
+        ..ServerLimits::default()
+    };
+    let (methods, refused) = requests_in(data, limits.max_header_bytes);
+    let object = Bytes::from((0..OBJECT_LEN).map(|i| i as u8).collect::<Vec<u8>>());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let (_trigger, shutdown) = Shutdown::new();
+        let conn = ConnInfo {
+            peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000)),
+            tls: false,
+        };
+        let serve = h1::serve(
+            Pipe(server),
+            conn,
+            Arc::new(Object(object.clone())),
+            &limits,
+            shutdown,
+            false,
+            None,
+        );
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let write = async move {
+            for chunk in data.chunks(piece) {
+                if writer.write_all(chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        };
+        let read = async move {
+            let mut out = Vec::new();
+            let _ = reader.read_to_end(&mut out).await;
+            out
+        };
+        let all = async { tokio::join!(serve, write, read) };
+        match tokio::time::timeout(Duration::from_secs(5), all).await {
+            Ok((_, (), out)) => out,
+            Err(_) => panic!("the connection did not end within 5 s"),
+        }
+    });
+    let count = walk_responses(&out, &methods);
+    assert!(
+        count >= methods.len(),
+        "{count} responses to {} requests",
+        methods.len()
+    );
+    if !refused {
+        assert_eq!(count, methods.len(), "a response to no request");
+    }
+    count
+}
+
+/// Splits `data` at `0xff` bytes into at most `n` fields.
+fn fields(data: &[u8], n: usize) -> Vec<&[u8]> {
+    data.splitn(n, |b| *b == 0xff).collect()
+}
+
+/// `Range`, `If-Range` and `If-None-Match` (any of them absent) for an object whose length
+/// comes from the first eight bytes.
+pub fn ranges(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let (len, rest) = data.split_at(8);
+    let mut len = u64::from_le_bytes(len.try_into().unwrap());
+    // Small lengths, where ends and overflows meet, most of the time.
+    if len & 1 == 0 {
+        len >>= 48;
+    }
+    let parts = fields(rest, 3);
+    let range = parts.first().copied();
+    match parse_range(range, len) {
+        RangeRequest::Partial(r) => {
+            assert!(r.start <= r.end && r.end < len, "{r:?} of {len}");
+        }
+        RangeRequest::Full | RangeRequest::Unsatisfiable => {}
+    }
+    let mut headers = HeaderMap::new();
+    let names = [
+        http::header::RANGE,
+        http::header::IF_RANGE,
+        http::header::IF_NONE_MATCH,
+    ];
+    for (name, value) in names.into_iter().zip(&parts) {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+    }
+    if let Some((start, count)) = plan_span(range_plan(&headers, len, ETAG), len) {
+        assert!(
+            start.checked_add(count).is_some_and(|end| end <= len),
+            "span {start}+{count} of {len}"
+        );
+    }
+}
+
+/// What a player or a proxy in front of the edge writes into fields the edge reads: a token,
+/// territories, an `X-Forwarded-For` list and a trusted network.
+pub fn client_fields(data: &[u8]) {
+    thread_local! {
+        static KEYS: (SigningKey, VerifyingKeys) = {
+            let (key, _) = SigningKey::generate("k1").unwrap();
+            let mut keys = VerifyingKeys::default();
+            keys.insert(key.kid(), key.public_key());
+            (key, keys)
+        };
+    }
+    let parts = fields(data, 4);
+    let text = |i: usize| String::from_utf8_lossy(parts.get(i).copied().unwrap_or_default());
+    let token = text(0);
+    KEYS.with(|(_, keys)| {
+        // Nothing made up opens: a signature needs the private key.
+        assert!(keys.verify_signature(&token).is_err(), "forged: {token:?}");
+        let id = FileId::random();
+        assert!(
+            keys.verify(&token, &id, SystemTime::now(), Duration::from_secs(30))
+                .is_err()
+        );
+    });
+    if let Ok(territories) = text(1).parse::<Territories>() {
+        // What parses prints as something that parses to the same.
+        let again: Territories = territories.to_string().parse().unwrap();
+        assert_eq!(again, territories);
+    }
+    let forwarded = text(2);
+    let trusted: Vec<cadenza_geo::Cidr> =
+        text(3).split(' ').filter_map(|c| c.parse().ok()).collect();
+    for peer in [
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        let client = cadenza_geo::client_ip(peer, Some(&forwarded), &trusted);
+        let listed = forwarded
+            .split(',')
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .any(|ip| ip.to_canonical() == client);
+        assert!(
+            client == peer.to_canonical() || listed,
+            "{client} from nowhere"
+        );
+    }
+}
+
+/// A GeoIP database as an operator might drop it in place, damaged or not. Returns how many
+/// probes found a country (`None`: refused).
+pub fn geoip(data: &[u8]) -> Option<usize> {
+    let Ok(db) = cadenza_geo::GeoDb::from_bytes(data.to_vec(), "fuzz.mmdb") else {
+        return None;
+    };
+    let mut probes = vec![
+        IpAddr::V4(Ipv4Addr::new(81, 2, 69, 160)),
+        IpAddr::V4(Ipv4Addr::new(2, 125, 160, 216)),
+        IpAddr::V6("2001:218::1".parse().unwrap()),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    ];
+    // And addresses taken from the file, so lookups reach what it holds.
+    for chunk in data.chunks_exact(16).take(8) {
+        probes.push(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(chunk).unwrap(),
+        )));
+        probes.push(IpAddr::V4(Ipv4Addr::new(
+            chunk[0], chunk[1], chunk[2], chunk[3],
+        )));
+    }
+    let mut found = 0;
+    for ip in probes {
+        if let Some(code) = db.country(ip) {
+            assert!(code.len() < 64, "country code {code:?}");
+            found += 1;
+        }
+    }
+    Some(found)
+}
+
+/// An uploaded master, decoded as the transcoder decodes one, with limits small enough that a
+/// case takes milliseconds. Returns the frames decoded before the end or a refusal (`None`:
+/// refused at open).
+pub fn master(data: &[u8]) -> Option<u64> {
+    let limits = cadenza_transcoder::DecodeLimits {
+        max_duration_secs: 20,
+        max_expansion: 100,
+        expansion_floor_bytes: 4 << 20,
+        ..Default::default()
+    };
+    let cap = (data.len() as u64 * limits.max_expansion).max(limits.expansion_floor_bytes);
+    let Ok(mut decoder) =
+        cadenza_transcoder::MasterDecoder::open_bytes(data.to_vec(), None, &limits)
+    else {
+        return None;
+    };
+    let format = decoder.format();
+    let mut planes = Vec::new();
+    let mut decoded: u64 = 0;
+    loop {
+        match decoder.next_block(&mut planes) {
+            Ok(0) | Err(_) => break,
+            Ok(frames) => {
+                assert_eq!(planes.len(), format.channels.count, "planes");
+                assert!(planes.iter().all(|p| p.len() == frames), "plane length");
+                decoded += frames as u64;
+                assert!(
+                    decoded * 4 * planes.len() as u64 <= cap,
+                    "decoded past the expansion limit"
+                );
+                assert!(decoded <= 20 * u64::from(format.sample_rate), "past 20 s");
+            }
+        }
+    }
+    Some(decoded)
+}
+
+/// A TLS client's first bytes, as the edge reads them: its peek at the ClientHello's ALPN offer
+/// (which picks HTTP/2 or the lean HTTP/1.1 path), then the lean path's handshake over rustls's
+/// unbuffered API. Returns whether the peek saw `h2` offered.
+pub fn tls_hello(data: &[u8]) -> Option<bool> {
+    use cadenza_common::http::lean_tls;
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ServerConfig>> = std::sync::OnceLock::new();
+    let offered = lean_tls::offers_alpn(data, b"h2");
+    if offered == Some(true) {
+        // An offer is only ever read from bytes that hold it.
+        assert!(
+            data.windows(3).any(|w| w == b"\x02h2"),
+            "h2 offered out of nothing"
+        );
+    }
+    let config = CONFIG.get_or_init(|| {
+        let pem = cadenza_common::http::tls::self_signed(&["localhost"]).unwrap();
+        cadenza_common::http::tls::server_config_with_alpn(&pem, &[b"http/1.1"]).unwrap()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let accept = lean_tls::accept(server, config.clone());
+        let write = async move {
+            let _ = writer.write_all(data).await;
+            let _ = writer.shutdown().await;
+        };
+        let read = async move {
+            let mut out = Vec::new();
+            let _ = reader.read_to_end(&mut out).await;
+        };
+        let all = async {
+            // The handshake cannot finish (the client never answers the server's flight), so
+            // it must end in an error, or wait with nothing more to read: either is fine.
+            let (accepted, ()) = tokio::join!(accept, write);
+            drop(accepted);
+        };
+        let both = async { tokio::join!(all, read) };
+        if tokio::time::timeout(Duration::from_secs(5), both)
+            .await
+            .is_err()
+        {
+            panic!("the handshake neither ended nor settled within 5 s");
+        }
+    });
+    offered
+}
+
+/// The headers a label's uploader sends with a tus request (`Upload-Offset`, `Upload-Length`,
+/// `Upload-Checksum`, `Upload-Metadata`, `Tus-Resumable`, `Content-Type`), one per `0xff`-
+/// separated field. Returns whether the metadata parsed.
+pub fn tus_headers(data: &[u8]) -> bool {
+    use cadenza_origin::tus;
+    let names = [
+        "upload-offset",
+        "upload-length",
+        "upload-checksum",
+        "upload-metadata",
+        "tus-resumable",
+        "content-type",
+    ];
+    let mut headers = HeaderMap::new();
+    for (name, value) in names.iter().zip(fields(data, names.len())) {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(*name, value);
+        }
+    }
+    let _ = tus::upload_offset(&headers);
+    const MAX: u64 = 1 << 40;
+    if let Ok(len) = tus::upload_length(&headers, MAX) {
+        assert!(len <= MAX, "length {len} past the bound");
+    }
+    let _ = tus::upload_checksum(&headers);
+    let _ = tus::check_version(&headers);
+    let _ = tus::check_patch_content_type(&headers);
+    let Ok(meta) = tus::upload_metadata(&headers) else {
+        return false;
+    };
+    if let Some(name) = &meta.filename {
+        assert!(!name.is_empty() && name.chars().count() <= 255, "{name:?}");
+        assert!(!name.contains(['/', '\\']) && !name.chars().any(char::is_control));
+    }
+    // What the origin keeps reads back as itself through the header it would send.
+    if let Some(encoded) = tus::encode_metadata(&meta) {
+        let mut again = HeaderMap::new();
+        again.insert("upload-metadata", HeaderValue::from_str(&encoded).unwrap());
+        assert_eq!(tus::upload_metadata(&again).unwrap(), meta);
+    }
+    true
+}

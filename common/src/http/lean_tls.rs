@@ -261,7 +261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {
                 self.conn.process_tls_records(&mut input[used..]);
             let state = match state {
                 Ok(state) => state,
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => return Err(self.fail(e, &mut input[used + discard..])),
             };
             let mut outcome = None;
             match state {
@@ -271,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {
                             Ok(record) => record,
                             Err(e) => {
                                 drop(records);
-                                return Err(self.fail(e));
+                                return Err(self.fail(e, &mut input[used + discard..]));
                             }
                         };
                         self.plain.deliver(record.payload, dest.as_deref_mut());
@@ -312,16 +312,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanTls<S> {
     }
 
     /// Turns a rustls error into an I/O error, first queueing the alert rustls wants the
-    /// peer to see and writing it if the socket takes it at once.
-    fn fail(&mut self, error: rustls::Error) -> io::Error {
-        // After an error rustls hands out what it queued (the alert) and nothing more.
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => self.out.encode(&mut encode),
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+    /// peer to see and writing it if the socket takes it at once. rustls hands the alert out
+    /// on the next call, before it looks at any input; that one call is all it gets, with
+    /// `rest`, the input past what it said to discard, as its contract asks. A second call
+    /// would read on: given an empty buffer where rustls had begun joining a handshake message
+    /// in place, rustls 0.23.46 panics slicing past its end (the `tls_hello` fuzz target's
+    /// first finding), and given more bad records it would raise a second fatal alert, which
+    /// it asserts never happens.
+    fn fail(&mut self, error: rustls::Error, rest: &mut [u8]) -> io::Error {
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            self.out.encode(&mut encode);
         }
         self.write_done = true;
         let mut cx = Context::from_waker(Waker::noop());
@@ -993,6 +994,23 @@ pub(crate) mod tests {
         // Not TLS, or not a handshake.
         assert_eq!(offers_alpn(b"GET / HTTP/1.1\r\n\r\n", b"h2"), Some(false));
         assert_eq!(offers_alpn(&[21, 3, 3, 0, 2, 2, 40], b"h2"), Some(false));
+    }
+
+    /// A ClientHello whose handshake header claims more than its record holds (131,317
+    /// bytes): rustls starts joining the message in place, then refuses it. Handing rustls an
+    /// empty buffer after that error panicked inside rustls (the `tls_hello` fuzz target's
+    /// first finding, kept in fuzz/regressions/tls_hello).
+    #[tokio::test]
+    async fn a_client_hello_refused_mid_message_fails_the_handshake_without_panicking() {
+        let mut hello = client_hello(&[b"http/1.1"]);
+        hello[6..9].copy_from_slice(&[0x02, 0x00, 0xf5]);
+        let pem = tls::self_signed(&["localhost"]).unwrap();
+        let config = tls::server_config(&pem).unwrap();
+        let (mut c, s) = tokio::io::duplex(4096);
+        c.write_all(&hello).await.unwrap();
+        let accepted = tokio::spawn(accept(s, config)).await;
+        let err = accepted.expect("the handshake task panicked").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]

@@ -97,10 +97,13 @@ pub struct EdgeArgs {
     /// during a key rotation.
     #[arg(long = "token-key", value_name = "KID=HEX")]
     pub token_keys: Vec<String>,
-    /// PEM bundle to trust for origins and peer edges (default: this edge's certificate).
+    /// PEM bundle to trust for origins and peer edges (default: this edge's certificate and,
+    /// with --join, the stack's).
     #[arg(long, value_name = "PEM")]
     pub upstream_ca: Option<PathBuf>,
     /// Certificate chain to present (PEM); without it a self-signed one is made in --data.
+    /// It and --key are watched (every 10 s, and at once on SIGHUP): a renewed pair is
+    /// presented to new connections without a restart; one that does not load is refused.
     #[arg(long, value_name = "PEM", requires = "key")]
     pub cert: Option<PathBuf>,
     /// Private key for --cert (PKCS#8 PEM).

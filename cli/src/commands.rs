@@ -344,7 +344,16 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     };
     let upstream_ca = match &args.upstream_ca {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => cert.cert.as_bytes().to_vec(),
+        None => {
+            // This edge's certificate (its region's peers present the same), and the joined
+            // stack's, whose origin presents that one.
+            let mut ca = cert.cert.clone();
+            if let Some(j) = joined.as_ref().filter(|j| j.cert.cert != cert.cert) {
+                ca.push('\n');
+                ca.push_str(&j.cert.cert);
+            }
+            ca.into_bytes()
+        }
     };
     let origins = match (&args.origins[..], &joined) {
         ([], Some(j)) => vec![j.origin.clone()],
@@ -375,6 +384,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         admin_token.clone(),
         token_keys,
     );
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config.cert_files = Some((cert.clone(), key.clone()));
+    }
     let mut reloader = None;
     if let Some(path) = &args.geoip {
         let geo = std::sync::Arc::new(cadenza_geo::ReloadingGeo::open(path)?);

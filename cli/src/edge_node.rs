@@ -24,6 +24,10 @@ use tokio::task::JoinHandle;
 pub struct EdgeNodeConfig {
     /// The certificate the node presents (TCP and QUIC).
     pub cert: CertPem,
+    /// The certificate and key files `cert` was read from: watched, so a renewed pair is
+    /// presented to new connections without a restart (checked every few seconds and on
+    /// SIGHUP). `None` presents `cert` for the node's life.
+    pub cert_files: Option<(PathBuf, PathBuf)>,
     /// Certificates to trust when fetching from origins and from the region's other edges.
     pub upstream_ca: Vec<u8>,
     /// Origin base URLs in preference order.
@@ -81,6 +85,7 @@ impl EdgeNodeConfig {
     ) -> Self {
         Self {
             cert,
+            cert_files: None,
             upstream_ca,
             origins,
             edge_key,
@@ -145,7 +150,11 @@ pub async fn start(
     listeners: EdgeListeners,
     shutdown: Shutdown,
 ) -> anyhow::Result<EdgeNode> {
-    let mut server_tls = tls::server_config(&config.cert)?;
+    let serving = match &config.cert_files {
+        Some((cert, key)) => tls::ServingCert::watch(cert, key)?,
+        None => tls::ServingCert::new(&config.cert)?,
+    };
+    let mut server_tls = tls::server_config(&serving)?;
     if let Some(keys) = &config.ticket_keys {
         server_tls = tls::with_ticket_keys(&server_tls, keys.clone());
     }
@@ -245,7 +254,7 @@ pub async fn start(
             )?,
         );
     }
-    let h3_tls = tls::quic_server_config(&config.cert)?;
+    let h3_tls = tls::quic_server_config(&serving)?;
     let h3 = serve_h3(
         main_addr,
         h3_tls,
@@ -255,6 +264,9 @@ pub async fn start(
     )?;
     metrics.count_connections("quic", h3.connections);
     tasks.push(h3.task);
+    if config.cert_files.is_some() {
+        tasks.push(spawn_cert_reloader(serving, CERT_CHECK_EVERY, shutdown)?);
+    }
     Ok(EdgeNode { edge, tasks })
 }
 
@@ -285,4 +297,38 @@ fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
         );
     }
     usize::try_from(files).unwrap_or(usize::MAX)
+}
+
+/// How often the certificate files are looked at (a `stat` of each).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Follows the served certificate's files until `shutdown`: every `every`, and at once on
+/// SIGHUP (what `systemctl reload` and certbot's deploy hooks send), a changed pair is loaded
+/// and presented from the next handshake; one that does not load is logged and the
+/// certificate in service stays.
+fn spawn_cert_reloader(
+    serving: Arc<tls::ServingCert>,
+    every: Duration,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = hangup.recv() => tracing::info!("SIGHUP: checking the certificate files"),
+            }
+            let serving = serving.clone();
+            match tokio::task::spawn_blocking(move || serving.reload_if_changed()).await {
+                Ok(Ok(true)) => tracing::info!("TLS certificate reloaded; new connections get it"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "TLS certificate reload refused; the certificate in service stays"
+                ),
+                Err(e) => tracing::error!(error = %e, "TLS certificate reload task failed"),
+            }
+        }
+    }))
 }

@@ -338,17 +338,7 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let about = edge_dir.path().join("edge.json");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !about.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "cadenza edge never wrote edge.json"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "cadenza edge exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let about: serde_json::Value = serde_json::from_slice(&std::fs::read(&about).unwrap()).unwrap();
+    let about = edge_started(&mut child, edge_dir.path()).await;
     let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
     let client = stack.client().unwrap();
     let (status, body) = get(&client, &url, &token(dir.path(), &id)).await;
@@ -449,6 +439,160 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+    stack.shutdown().await;
+}
+
+/// What a `cadenza edge` child writes to `{data}/edge.json` once it serves (its URLs and admin
+/// token), waited for up to 30 s.
+async fn edge_started(child: &mut Reaped, data: &Path) -> serde_json::Value {
+    let about = data.join("edge.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !about.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "cadenza edge never wrote edge.json"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "cadenza edge exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    serde_json::from_slice(&std::fs::read(&about).unwrap()).unwrap()
+}
+
+/// The end-entity certificate `addr` presents over TLS on TCP to a client trusting `roots`
+/// (PEM), and the connection, kept open.
+async fn presented_tcp(
+    addr: &str,
+    roots: &str,
+) -> (
+    Vec<u8>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let mut tls = (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let cert = conn.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (cert, conn)
+}
+
+/// The end-entity certificate `addr` presents over QUIC to a client trusting `roots` (PEM).
+async fn presented_quic(addr: std::net::SocketAddr, roots: &str) -> Vec<u8> {
+    let mut tls = (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .unwrap();
+    conn.close(0u32.into(), b"");
+    chain[0].to_vec()
+}
+
+fn der(pem: &cadenza_common::http::tls::CertPem) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.cert.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_presented_without_a_restart() {
+    use cadenza_common::http::tls::self_signed;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let names = ["localhost", "127.0.0.1"];
+    let (old, new) = (self_signed(&names).unwrap(), self_signed(&names).unwrap());
+    let (cert, key) = (
+        edge_dir.path().join("cert.pem"),
+        edge_dir.path().join("key.pem"),
+    );
+    std::fs::write(&cert, &old.cert).unwrap();
+    std::fs::write(&key, &old.key).unwrap();
+    let state = edge_dir.path().join("state");
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(&state)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--disk-gib", "0"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &state).await;
+    let main = about["edge"].as_str().unwrap()["https://".len()..].to_owned();
+    let udp: std::net::SocketAddr = main.parse().unwrap();
+    let roots = format!("{}\n{}", old.cert, new.cert);
+    // The operator's certificate is presented on TCP and QUIC, and with --join the edge
+    // still trusts the stack's origin: a file is served through it.
+    let (presented, mut kept) = presented_tcp(&main, &roots).await;
+    assert!(presented == der(&old));
+    assert!(presented_quic(udp, &roots).await == der(&old));
+    let id = put(&stack, dir.path(), bytes(9, 100 * 1024)).await;
+    let client =
+        client::https_client(cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap());
+    let url = format!("https://{main}/a/{id}");
+    let (status, body) = get(&client, &url, &token(dir.path(), &id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == bytes(9, 100 * 1024));
+
+    // Renewed in place, then SIGHUP (`systemctl reload`): new connections get the new pair.
+    std::fs::write(&key, &new.key).unwrap();
+    std::fs::write(&cert, &new.cert).unwrap();
+    let hup = |pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    hup(child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while presented_tcp(&main, &roots).await.0 != der(&new) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not presented"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(presented_quic(udp, &roots).await == der(&new));
+    // The connection opened before the renewal goes on with its own.
+    let untokened = format!("GET /a/{id} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    kept.write_all(untokened.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 403");
+
+    // A damaged certificate file is refused: the renewed pair stays, the edge keeps serving.
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the edge exited");
+    assert!(presented_tcp(&main, &roots).await.0 == der(&new));
+    let (status, _) = get(&client, &url, &token(dir.path(), &id)).await;
+    assert_eq!(status, StatusCode::OK);
     stack.shutdown().await;
 }
 

@@ -1,9 +1,13 @@
 //! TLS set-up: one crypto provider (ring), self-signed certificates for the embedded setup,
 //! PEM loading for operators' certificates, and client configurations.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use rustls::RootCertStore;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -25,6 +29,13 @@ pub enum TlsError {
     /// A session-ticket key is unusable.
     #[error("session-ticket key refused: {0}")]
     TicketKey(String),
+    /// A certificate or key file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Installs ring as the process-wide rustls provider. Safe to call more than once.
@@ -67,12 +78,170 @@ fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The certificate a server presents, replaceable while it serves: every handshake asks for
+/// the one in place, so a renewed certificate reaches new connections without a restart while
+/// connections already open keep theirs. Its [`ServingCert::watch`] form follows a certificate
+/// and key file pair, as nginx's `reload` or Caddy's renewals do.
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files it was loaded from, and their stamps (modification time, length) when last
+    /// looked at; `None` for a certificate given as PEM.
+    files: Option<CertFiles>,
+}
+
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    seen: Mutex<(Stamp, Stamp)>,
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.files {
+            Some(files) => write!(f, "ServingCert({})", files.cert.display()),
+            None => f.write_str("ServingCert(..)"),
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        meta.len(),
+    ))
+}
+
+fn read_pem(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A chain and its key, checked to belong together.
+fn certified(pem: &CertPem) -> Result<CertifiedKey, TlsError> {
+    install_crypto_provider();
+    let chain = certs(pem.cert.as_bytes())?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
+        .map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()).map_err(|e| {
+        match e {
+            // rustls's words are a client's ("invalid peer certificate"); this one is ours.
+            rustls::Error::InvalidCertificate(why) => {
+                TlsError::Certificate(format!("the chain does not parse ({why:?})"))
+            }
+            other => TlsError::Rustls(other),
+        }
+    })
+}
+
+impl ServingCert {
+    /// Presents `pem` (a chain and its key, which must match).
+    pub fn new(pem: &CertPem) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(certified(pem)?)),
+            files: None,
+        }))
+    }
+
+    /// Presents the chain in `cert` with the key in `key` (PEM files), both good now, and
+    /// follows them through [`ServingCert::reload_if_changed`].
+    pub fn watch(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+        let seen = (stamp(cert), stamp(key));
+        let pem = CertPem {
+            cert: read_pem(cert)?,
+            key: read_pem(key)?,
+        };
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(certified(&pem)?)),
+            files: Some(CertFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                seen: Mutex::new(seen),
+            }),
+        }))
+    }
+
+    /// The chain presented now.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current().cert.clone()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Presents `pem` from the next handshake on; refused (the old one staying) unless its
+    /// chain parses and its key matches.
+    pub fn replace(&self, pem: &CertPem) -> Result<(), TlsError> {
+        let new = Arc::new(certified(pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    /// Loads the watched files again if either changed (modification time or length) since
+    /// the last look: `Ok(true)` when a new certificate went into service. A pair that does
+    /// not load — a renewal caught between writing the chain and the key, a damaged file — is
+    /// refused and the certificate in service stays; it is tried again once either file
+    /// changes again. Always `Ok(false)` for a certificate not loaded from files.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let now = (stamp(&files.cert), stamp(&files.key));
+        {
+            let mut seen = files.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+            *seen = now;
+        }
+        let pem = CertPem {
+            cert: read_pem(&files.cert)?,
+            key: read_pem(&files.key)?,
+        };
+        self.replace(&pem)?;
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// What a server configuration presents: a PEM pair as it stands, or a [`ServingCert`]
+/// shared by the listeners that present it (and replaced under them).
+pub trait Presents {
+    /// The certificate to present.
+    fn serving(&self) -> Result<Arc<ServingCert>, TlsError>;
+}
+
+impl Presents for CertPem {
+    fn serving(&self) -> Result<Arc<ServingCert>, TlsError> {
+        ServingCert::new(self)
+    }
+}
+
+impl Presents for Arc<ServingCert> {
+    fn serving(&self) -> Result<Arc<ServingCert>, TlsError> {
+        Ok(self.clone())
+    }
+}
+
 /// A server configuration offering HTTP/2 and HTTP/1.1 by ALPN, with stateless session
 /// tickets (nginx's `ssl_session_tickets on`, its default; keys made at start and rotated by
 /// rustls): a returning client resumes without a certificate and its signature, however many
 /// clients came between. rustls's default keeps sessions in a 256-entry cache instead, which
 /// a busy edge turns over in well under a second.
-pub fn server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(pem: &impl Presents) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = base_config(pem, &[b"h2", b"http/1.1"])?;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
@@ -91,7 +260,7 @@ pub const QUIC_SESSIONS: usize = 16_384;
 /// §8.1: a stateless ticket could be replayed), so resumption goes through a bounded session
 /// cache ([`QUIC_SESSIONS`]) and no tickets are issued. Early data must only ever carry
 /// requests a replay cannot turn into a side effect (the edge answers GET and HEAD).
-pub fn quic_server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn quic_server_config(pem: &impl Presents) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut config = base_config(pem, &[b"h3"])?;
     config.max_early_data_size = u32::MAX;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSIONS);
@@ -101,20 +270,18 @@ pub fn quic_server_config(pem: &CertPem) -> Result<Arc<rustls::ServerConfig>, Tl
 /// A server configuration offering the given ALPN protocols, with rustls's defaults for
 /// resumption.
 pub fn server_config_with_alpn(
-    pem: &CertPem,
+    pem: &impl Presents,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     Ok(Arc::new(base_config(pem, alpn)?))
 }
 
-fn base_config(pem: &CertPem, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+fn base_config(pem: &impl Presents, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
     install_crypto_provider();
-    let chain = certs(pem.cert.as_bytes())?;
-    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
-        .map_err(|e| TlsError::PrivateKey(e.to_string()))?;
+    let serving = pem.serving()?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -293,5 +460,80 @@ mod tests {
             key: "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
         };
         assert!(server_config(&broken).is_err());
+    }
+
+    fn der(pem: &CertPem) -> Vec<CertificateDer<'static>> {
+        certs(pem.cert.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_served_certificate_is_replaced_only_by_a_pair_that_belongs_together() {
+        let (a, b) = (
+            self_signed(&["a.test"]).unwrap(),
+            self_signed(&["b.test"]).unwrap(),
+        );
+        let serving = ServingCert::new(&a).unwrap();
+        assert_eq!(serving.chain(), der(&a));
+        let crossed = CertPem {
+            cert: b.cert.clone(),
+            key: a.key.clone(),
+        };
+        let err = serving.replace(&crossed).unwrap_err();
+        assert!(
+            matches!(err, TlsError::Rustls(rustls::Error::InconsistentKeys(_))),
+            "{err}"
+        );
+        assert_eq!(
+            serving.chain(),
+            der(&a),
+            "a refused pair leaves the old one"
+        );
+        serving.replace(&b).unwrap();
+        assert_eq!(serving.chain(), der(&b));
+        // Not loaded from files: nothing to follow.
+        assert!(!serving.reload_if_changed().unwrap());
+    }
+
+    #[test]
+    fn watched_files_are_followed_through_a_renewal_and_a_damaged_file() {
+        let dir = std::env::temp_dir().join(format!("cadenza-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let write = |pem: &CertPem| {
+            std::fs::write(&cert, &pem.cert).unwrap();
+            std::fs::write(&key, &pem.key).unwrap();
+        };
+        let (a, b) = (
+            self_signed(&["a.test"]).unwrap(),
+            self_signed(&["b.test"]).unwrap(),
+        );
+        write(&a);
+        let serving = ServingCert::watch(&cert, &key).unwrap();
+        assert!(!serving.reload_if_changed().unwrap(), "nothing changed");
+        // A renewal caught half-way (new chain, old key): refused, the old one serves...
+        std::fs::write(&cert, format!("{}\n", b.cert)).unwrap();
+        assert!(serving.reload_if_changed().is_err());
+        assert_eq!(serving.chain(), der(&a));
+        assert!(
+            !serving.reload_if_changed().unwrap(),
+            "not retried until a file changes"
+        );
+        // ...until the key lands too.
+        std::fs::write(&key, format!("{}\n", b.key)).unwrap();
+        assert!(serving.reload_if_changed().unwrap());
+        assert_eq!(serving.chain(), der(&b));
+        // A damaged or vanished file is refused and the renewed pair stays.
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(serving.reload_if_changed().is_err());
+        std::fs::remove_file(&key).unwrap();
+        assert!(serving.reload_if_changed().is_err());
+        assert_eq!(serving.chain(), der(&b));
+        // A pair that must be good to start with.
+        assert!(ServingCert::watch(&cert, &key).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -53,7 +53,8 @@ pub fn h1_head(data: &[u8]) -> bool {
     true
 }
 
-/// The object `h1_conn`'s handler serves: 10,000 bytes, each its offset's low byte.
+/// The object `h1_conn`'s handler serves: 10,000 bytes, each its offset's low byte, so a
+/// byte from the wrong place shows.
 const OBJECT_LEN: usize = 10_000;
 const ETAG: &str = "f0";
 
@@ -167,6 +168,33 @@ fn walk_responses(mut out: &[u8], methods: &[Method]) -> usize {
         };
         out = &out[head_len..];
         assert!(out.len() >= body_len, "response {count} is cut short");
+        let body = &out[..body_len];
+        // Every byte served is the object's, from where the response says.
+        let object = |at: usize| (at % 256) as u8;
+        match status {
+            200 if !head_request => {
+                assert_eq!(body.len(), OBJECT_LEN, "a 200 carries the whole object");
+                assert!(body.iter().enumerate().all(|(i, b)| *b == object(i)));
+            }
+            206 if !head_request => {
+                let range = header("content-range").expect("a 206 has Content-Range");
+                let (span, len) = range
+                    .strip_prefix("bytes ")
+                    .and_then(|r| r.split_once('/'))
+                    .expect("bytes a-b/len");
+                let (start, end) = span.split_once('-').expect("a-b");
+                let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
+                assert_eq!(len, OBJECT_LEN.to_string());
+                assert!(start <= end && end < OBJECT_LEN, "{range}");
+                assert_eq!(body.len(), end - start + 1, "{range}");
+                assert!(
+                    body.iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == object(start + i))
+                );
+            }
+            _ => {}
+        }
         out = &out[body_len..];
         count += 1;
     }

@@ -14,6 +14,7 @@
 //! | `geoip` | a GeoIP database file | refused with a reason, or loaded and answering lookups |
 //! | `master` | an uploaded master | refused with a reason, or decoded within the limits |
 //! | `tls_hello` | a TLS client's first flight, to the edge's HTTP/1.1 TLS layer | the ALPN peek reads only what is there; the handshake ends, refused or waiting |
+//! | `coalesce` | a script of writes, flushes and sends, over a socket taking what it likes | the bytes leave whole and in order, and all of them by the end |
 //! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
 
 #![allow(clippy::unwrap_used)] // a panic is how a fuzz target reports
@@ -524,4 +525,111 @@ pub fn tus_headers(data: &[u8]) -> bool {
         assert_eq!(tus::upload_metadata(&again).unwrap(), meta);
     }
     true
+}
+
+/// A socket that takes what a script says: some bytes of each write, or none for now.
+struct Stingy {
+    taken: Vec<u8>,
+    /// How much each coming write may take (0: not now); past the end, everything.
+    allowances: std::collections::VecDeque<usize>,
+}
+
+impl AsyncWrite for Stingy {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let allowed = self.allowances.pop_front().unwrap_or(usize::MAX);
+        if allowed == 0 && !data.is_empty() {
+            return Poll::Pending;
+        }
+        let n = allowed.min(data.len());
+        self.taken.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// HTTP/2's write coalescing (`http::coalesce`), driven by a script: writes of any size (some
+/// vectored), flushes, sends and the switch to deferring, over a socket that takes part of a
+/// write or nothing at a time. What the socket ends up with is exactly what the writes were
+/// told was taken, in order, once a last send has run. Returns how many bytes left.
+pub fn coalesce(data: &[u8]) -> usize {
+    use cadenza_common::http::coalesce::coalesce;
+    let mut script = data.iter().copied();
+    let mut next = move || script.next();
+    // First the socket's allowances, then the operations.
+    let count = usize::from(next().unwrap_or(0));
+    let allowances = (0..count)
+        .map_while(|_| next())
+        .map(|b| match b % 4 {
+            0 => 0,
+            1 => usize::from(b),
+            2 => usize::from(b) * 97,
+            _ => usize::from(b) * 1024,
+        })
+        .collect();
+    let (mut stream, outbox) = coalesce(Stingy {
+        taken: Vec::new(),
+        allowances,
+    });
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut written: Vec<u8> = Vec::new();
+    let mut counter: u8 = 0;
+    let mut fill = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                counter = counter.wrapping_add(1);
+                counter
+            })
+            .collect()
+    };
+    while let Some(op) = next() {
+        let size = usize::from(next().unwrap_or(0));
+        match op % 5 {
+            0 | 1 => {
+                // One slice or three, up to 96 KiB in all.
+                let len = if op % 5 == 0 { size * 16 } else { size * 384 };
+                let bytes = fill(len);
+                let parts = [
+                    &bytes[..len / 3],
+                    &bytes[len / 3..len / 2],
+                    &bytes[len / 2..],
+                ];
+                let slices: Vec<std::io::IoSlice<'_>> =
+                    parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+                if let Poll::Ready(Ok(n)) =
+                    Pin::new(&mut stream).poll_write_vectored(&mut cx, &slices)
+                {
+                    assert!(n <= len, "took {n} of {len}");
+                    written.extend_from_slice(&bytes[..n]);
+                }
+            }
+            2 => {
+                let _ = Pin::new(&mut stream).poll_flush(&mut cx);
+            }
+            3 => {
+                let _ = outbox.poll_send(&mut cx);
+            }
+            _ => outbox.defer(),
+        }
+    }
+    // The socket takes everything from now on: one send leaves all that was written.
+    stream.with_inner(|socket| socket.allowances.clear());
+    match outbox.poll_send(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("the last send gave {other:?}"),
+    }
+    let taken = stream.with_inner(|socket| std::mem::take(&mut socket.taken));
+    assert_eq!(taken.len(), written.len(), "bytes lost or made up");
+    assert!(taken == written, "bytes out of order");
+    taken.len()
 }

@@ -129,3 +129,14 @@ fn tus_headers() {
     assert!(*said(&uploads, "all"));
     assert!(!*said(&uploads, "refused"), "a repeated key is refused");
 }
+
+#[test]
+fn coalesce() {
+    let scripts = replay("coalesce", cadenza_fuzz::coalesce);
+    // Deferring: 640 and 3,200 bytes held; a 96,000-byte write finds the socket taking 9
+    // bytes, then none, so it waits (not taken) and the held bytes go at the next send; then
+    // 160 more.
+    assert_eq!(*said(&scripts, "deferred"), 4000);
+    // Not deferring: each write goes through as far as the socket takes it.
+    assert_eq!(*said(&scripts, "direct"), 195);
+}

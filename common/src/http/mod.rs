@@ -9,7 +9,7 @@
 
 mod body;
 pub mod client;
-mod coalesce;
+pub mod coalesce;
 mod deadline;
 mod error;
 pub mod h1;

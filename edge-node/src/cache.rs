@@ -588,7 +588,7 @@ impl SliceCache {
             .upstream_seconds
             .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
-        let (total, body) = fetched?;
+        let ((first, last, total), body) = fetched?;
         match source {
             Source::Origin => self.metrics.upstream_bytes.inc_by(body.len() as u64),
             Source::Owner => self.metrics.shield_bytes.inc_by(body.len() as u64),
@@ -602,6 +602,22 @@ impl SliceCache {
                 body.len()
             )));
         }
+        // Nor bytes from elsewhere in the object, however many: they would be served as
+        // these. The range must be the one asked for (its end cut at the object's), and the
+        // object as long as it was before (ids name immutable objects).
+        let want = start + from;
+        if first != want || last != want + expected - 1 {
+            return Err(FetchError::Upstream(format!(
+                "origin answered {range} with bytes {first}-{last}/{total}"
+            )));
+        }
+        if let Some(known) = self.sizes.get(id)
+            && known != total
+        {
+            return Err(FetchError::Upstream(format!(
+                "origin gives the object {total} bytes, earlier {known}"
+            )));
+        }
         self.sizes.insert(id.clone(), total);
         Ok(Held {
             skip: from,
@@ -610,21 +626,22 @@ impl SliceCache {
         })
     }
 
-    /// One ranged GET to the origin: the object's total length and the body.
+    /// One ranged GET to the origin: what its `Content-Range` says (first and last byte,
+    /// the object's length) and the body.
     async fn fetch_body(
         &self,
         req: http::Request<cadenza_common::http::Body>,
         url: &str,
         range: &str,
-    ) -> Result<(u64, Bytes), FetchError> {
+    ) -> Result<((u64, u64, u64), Bytes), FetchError> {
         let resp = client::send(&self.client, req, self.upstream.timeout)
             .await
             .map_err(|e| match e.status() {
                 Some(StatusCode::NOT_FOUND) => FetchError::NotFound,
                 _ => FetchError::Upstream(e.to_string()),
             })?;
-        let total = content_range_total(resp.headers()).ok_or_else(|| {
-            FetchError::Upstream(format!("no Content-Range in the answer to {range}"))
+        let span = content_range(resp.headers()).ok_or_else(|| {
+            FetchError::Upstream(format!("no usable Content-Range in the answer to {range}"))
         })?;
         let body = tokio::time::timeout(
             self.upstream.timeout,
@@ -633,7 +650,7 @@ impl SliceCache {
         .await
         .map_err(|_| FetchError::Upstream("origin body timed out".into()))?
         .map_err(|e: ClientError| FetchError::Upstream(e.to_string()))?;
-        Ok((total, body))
+        Ok((span, body))
     }
 }
 
@@ -645,8 +662,17 @@ enum Source {
     Owner,
 }
 
-/// The complete length from `Content-Range: bytes a-b/LEN`.
-fn content_range_total(headers: &http::HeaderMap) -> Option<u64> {
+/// `Content-Range: bytes a-b/LEN` as (a, b, LEN), when it is one: a ≤ b < LEN.
+fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64, u64)> {
     let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    value.rsplit_once('/')?.1.trim().parse().ok()
+    let (span, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (first, last, total) = (number(first)?, number(last)?, number(total)?);
+    (first <= last && last < total).then_some((first, last, total))
 }

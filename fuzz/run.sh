@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_EACH:-60}
-all=(h1_head h1_conn ranges client_fields geoip master tls_hello tus_headers coalesce)
+all=(h1_head h1_conn tls_conn ranges client_fields geoip master tls_hello tus_headers coalesce)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -26,7 +26,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 max_len() {
     case $1 in
         h1_head) echo 4096 ;;
-        h1_conn) echo 8192 ;;
+        h1_conn | tls_conn) echo 8192 ;;
         ranges | client_fields | tus_headers) echo 1024 ;;
         tls_hello | coalesce) echo 4096 ;;
         geoip) echo 32768 ;;

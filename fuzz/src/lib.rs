@@ -14,6 +14,7 @@
 //! | `geoip` | a GeoIP database file | refused with a reason, or loaded and answering lookups |
 //! | `master` | an uploaded master | refused with a reason, or decoded within the limits |
 //! | `tls_hello` | a TLS client's first flight, to the edge's HTTP/1.1 TLS layer | the ALPN peek reads only what is there; the handshake ends, refused or waiting |
+//! | `tls_conn` | a whole connection's requests over TLS, in records and segments of any size, to the lean TLS layer and the HTTP/1.1 loop | as `h1_conn`, through the TLS layer's buffering |
 //! | `coalesce` | a script of writes, flushes and sends, over a socket taking what it likes | the bytes leave whole and in order, and all of them by the end |
 //! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
 
@@ -632,4 +633,127 @@ pub fn coalesce(data: &[u8]) -> usize {
     assert_eq!(taken.len(), written.len(), "bytes lost or made up");
     assert!(taken == written, "bytes out of order");
     taken.len()
+}
+
+/// Splits every write into pieces of at most `piece` bytes: TCP segments of any size.
+struct Segments {
+    io: DuplexStream,
+    piece: usize,
+}
+
+impl AsyncRead for Segments {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Segments {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = data.len().min(self.piece);
+        Pin::new(&mut self.io).poll_write(cx, &data[..n])
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// `h1_conn` over TLS: a real rustls client sends the requests in `data` (after two bytes
+/// setting the plaintext written per TLS record and the TCP segment size), and the edge's
+/// lean TLS layer under its HTTP/1.1 loop answers. Exercises the layer's carrying of records
+/// cut across reads and of plaintext across records. Returns how many responses came back.
+pub fn tls_conn(data: &[u8]) -> usize {
+    use cadenza_common::http::{lean_tls, tls};
+    static CONFIGS: std::sync::OnceLock<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> =
+        std::sync::OnceLock::new();
+    let [record, segment, data @ ..] = data else {
+        return 0;
+    };
+    let record = usize::from(*record).max(1) * 7;
+    let segment = usize::from(*segment).max(1) * 3;
+    let (server_config, client_config) = CONFIGS.get_or_init(|| {
+        let pem = tls::self_signed(&["localhost"]).unwrap();
+        let server = tls::server_config_with_alpn(&pem, &[b"http/1.1"]).unwrap();
+        let mut client = (*tls::client_config(pem.cert.as_bytes()).unwrap()).clone();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (server, Arc::new(client))
+    });
+    let limits = ServerLimits {
+        max_header_bytes: 4096,
+        ..ServerLimits::default()
+    };
+    let (methods, refused) = requests_in(data, limits.max_header_bytes);
+    let object = Bytes::from((0..OBJECT_LEN).map(|i| i as u8).collect::<Vec<u8>>());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let out = runtime.block_on(async {
+        let (client, server) = tokio::io::duplex(16 * 1024);
+        let serve = async {
+            let Ok(tls) = lean_tls::accept(server, server_config.clone()).await else {
+                return;
+            };
+            let (_trigger, shutdown) = Shutdown::new();
+            let conn = ConnInfo {
+                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000)),
+                tls: true,
+            };
+            let handler = Arc::new(Object(object.clone()));
+            let _ = h1::serve(tls, conn, handler, &limits, shutdown, false, None).await;
+        };
+        let talk = async {
+            let io = Segments {
+                io: client,
+                piece: segment,
+            };
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let connector = tokio_rustls::TlsConnector::from(client_config.clone());
+            let stream = connector.connect(name, io).await.unwrap();
+            let (mut reader, mut writer) = tokio::io::split(stream);
+            let write = async move {
+                for chunk in data.chunks(record) {
+                    if writer.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = writer.shutdown().await;
+            };
+            let read = async move {
+                let mut out = Vec::new();
+                // The edge may close without close_notify once it has answered a refused
+                // head; what was read before counts.
+                let _ = reader.read_to_end(&mut out).await;
+                out
+            };
+            tokio::join!(write, read).1
+        };
+        let all = async { tokio::join!(serve, talk) };
+        match tokio::time::timeout(Duration::from_secs(5), all).await {
+            Ok(((), out)) => out,
+            Err(_) => panic!("the TLS connection did not end within 5 s"),
+        }
+    });
+    let count = walk_responses(&out, &methods);
+    assert!(
+        count >= methods.len(),
+        "{count} responses to {} requests",
+        methods.len()
+    );
+    if !refused {
+        assert_eq!(count, methods.len(), "a response to no request");
+    }
+    count
 }

@@ -140,3 +140,13 @@ fn coalesce() {
     // Not deferring: each write goes through as far as the socket takes it.
     assert_eq!(*said(&scripts, "direct"), 195);
 }
+
+#[test]
+fn tls_conn() {
+    let conns = replay("tls_conn", cadenza_fuzz::tls_conn);
+    // As `h1_conn`'s seeds, over TLS: small records in small segments, and large ones.
+    assert_eq!(*said(&conns, "pipelined"), 4);
+    assert_eq!(*said(&conns, "big_records"), 4);
+    assert_eq!(*said(&conns, "body_refused"), 2);
+    assert_eq!(*said(&conns, "http10"), 1);
+}

@@ -134,7 +134,8 @@ pub struct EdgeArgs {
     /// Slices fetched ahead of a sequential reader.
     #[arg(long, default_value_t = 2)]
     pub read_ahead: u64,
-    /// MaxMind country database for the territory check (reloaded on change).
+    /// MaxMind country database for the territory check (looked at every 10 s and on SIGHUP;
+    /// a changed file that verifies replaces the one in service).
     #[arg(long, value_name = "MMDB")]
     pub geoip: Option<PathBuf>,
     /// A proxy (IP or CIDR) whose X-Forwarded-For is believed; repeatable.

@@ -394,7 +394,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             geo.clone(),
             Duration::from_secs(10),
             shutdown.clone(),
-        ));
+        )?);
         config.geo = Some(geo);
     }
     config.trusted_proxies = args.trusted_proxy.clone();

@@ -588,7 +588,7 @@ impl Stack {
                     geo.clone(),
                     Duration::from_secs(10),
                     shutdown.clone(),
-                ));
+                )?);
                 Some(geo)
             }
             None => None,

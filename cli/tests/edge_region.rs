@@ -504,7 +504,7 @@ fn der(pem: &cadenza_common::http::tls::CertPem) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_renewed_certificate_is_presented_without_a_restart() {
+async fn a_renewed_certificate_and_geoip_database_are_taken_without_a_restart() {
     use cadenza_common::http::tls::self_signed;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
@@ -518,6 +518,11 @@ async fn a_renewed_certificate_is_presented_without_a_restart() {
     );
     std::fs::write(&cert, &old.cert).unwrap();
     std::fs::write(&key, &old.key).unwrap();
+    // A GeoIP database the edge follows too; SIGHUP has it looked at at once.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/geoip");
+    let geoip = edge_dir.path().join("country.mmdb");
+    std::fs::copy(fixtures.join("GeoIP2-Country-Test.mmdb"), &geoip).unwrap();
+    let log = edge_dir.path().join("edge.log");
     let state = edge_dir.path().join("state");
     let mut child = Reaped(
         std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
@@ -529,9 +534,13 @@ async fn a_renewed_certificate_is_presented_without_a_restart() {
             .arg(&cert)
             .arg("--key")
             .arg(&key)
+            .arg("--geoip")
+            .arg(&geoip)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--disk-gib", "0"])
             .stdout(std::process::Stdio::null())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -552,9 +561,13 @@ async fn a_renewed_certificate_is_presented_without_a_restart() {
     assert_eq!(status, StatusCode::OK);
     assert!(body == bytes(9, 100 * 1024));
 
-    // Renewed in place, then SIGHUP (`systemctl reload`): new connections get the new pair.
+    // Renewed in place, with a new GeoIP database, then SIGHUP (`systemctl reload`): new
+    // connections get the new pair, and both files are taken at once, not at the next 10 s
+    // look.
     std::fs::write(&key, &new.key).unwrap();
     std::fs::write(&cert, &new.cert).unwrap();
+    std::fs::copy(fixtures.join("GeoLite2-Country-Test.mmdb"), &geoip).unwrap();
+    let hupped = Instant::now();
     let hup = |pid: u32| {
         assert!(
             std::process::Command::new("kill")
@@ -574,6 +587,15 @@ async fn a_renewed_certificate_is_presented_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(presented_quic(udp, &roots).await == der(&new));
+    let logged = |what: &str| std::fs::read_to_string(&log).unwrap().contains(what);
+    while !(logged("TLS certificate reloaded") && logged("GeoIP database reloaded")) {
+        assert!(
+            hupped.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload both files at once:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The connection opened before the renewal goes on with its own.
     let untokened = format!("GET /a/{id} HTTP/1.1\r\nHost: localhost\r\n\r\n");
     kept.write_all(untokened.as_bytes()).await.unwrap();

@@ -29,18 +29,21 @@ pub use shield::Shield;
 pub use slices::SliceMath;
 pub use upstream::{Breaker, Upstreams};
 
-/// Checks the GeoIP database file every `every` and swaps in a changed, valid one, until
-/// `shutdown` fires. A bad file is logged and the previous database keeps serving.
+/// Checks the GeoIP database file every `every`, and at once on SIGHUP (`systemctl reload`
+/// after `geoipupdate`), and swaps in a changed, valid one, until `shutdown` fires. A bad file
+/// is logged and the previous database keeps serving.
 pub fn spawn_geo_reloader(
     geo: std::sync::Arc<cadenza_geo::ReloadingGeo>,
     every: std::time::Duration,
     mut shutdown: cadenza_common::http::Shutdown,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(every) => {}
+                _ = hangup.recv() => {}
             }
             let geo = geo.clone();
             match tokio::task::spawn_blocking(move || geo.reload_if_changed()).await {
@@ -52,5 +55,5 @@ pub fn spawn_geo_reloader(
                 Err(e) => tracing::error!(error = %e, "GeoIP reload task failed"),
             }
         }
-    })
+    }))
 }

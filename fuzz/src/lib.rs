@@ -134,7 +134,8 @@ fn requests_in(data: &[u8], max_header_bytes: usize) -> (Vec<Method>, bool) {
                 }
             }
             Ok(Some(_)) => return (methods, true),
-            Ok(None) => return (methods, data.len() - at > max_header_bytes),
+            // The loop refuses a head still incomplete at the limit (431).
+            Ok(None) => return (methods, data.len() - at >= max_header_bytes),
             Err(_) => return (methods, true),
         }
     }

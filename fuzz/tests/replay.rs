@@ -57,6 +57,10 @@ fn h1_conn() {
     assert_eq!(*said(&conns, "pipelined"), 4);
     assert_eq!(*said(&conns, "body_refused"), 2);
     assert_eq!(*said(&conns, "http10"), 1);
+    // A head over the 4,096-byte limit gets its 431; one of exactly 4,096 bytes is served,
+    // and so is the request after it.
+    assert_eq!(*said(&conns, "long_head"), 1);
+    assert_eq!(*said(&conns, "head_at_limit"), 2);
 }
 
 #[test]

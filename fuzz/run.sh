@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_EACH:-60}
-all=(h1_head h1_conn tls_conn ranges client_fields geoip master tls_hello tus_headers coalesce)
+all=(h1_head h1_conn tls_conn h3_request ranges client_fields geoip master tls_hello tus_headers coalesce)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -28,7 +28,7 @@ max_len() {
         h1_head) echo 4096 ;;
         h1_conn | tls_conn) echo 8192 ;;
         ranges | client_fields | tus_headers) echo 1024 ;;
-        tls_hello | coalesce) echo 4096 ;;
+        tls_hello | coalesce | h3_request) echo 4096 ;;
         geoip) echo 32768 ;;
         master) echo 65536 ;;
         *) echo "fuzz/run.sh: no target $1 (${all[*]})" >&2; exit 2 ;;

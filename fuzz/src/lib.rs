@@ -15,6 +15,7 @@
 //! | `master` | an uploaded master | refused with a reason, or decoded within the limits |
 //! | `tls_hello` | a TLS client's first flight, to the edge's HTTP/1.1 TLS layer | the ALPN peek reads only what is there; the handshake ends, refused or waiting |
 //! | `tls_conn` | a whole connection's requests over TLS, in records and segments of any size, to the lean TLS layer and the HTTP/1.1 loop | as `h1_conn`, through the TLS layer's buffering |
+//! | `h3_request` | one HTTP/3 request stream's bytes (frames, QPACK) to a running edge over QUIC | the edge answers or resets the stream and keeps serving; it never panics |
 //! | `coalesce` | a script of writes, flushes and sends, over a socket taking what it likes | the bytes leave whole and in order, and all of them by the end |
 //! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
 
@@ -757,4 +758,153 @@ pub fn tls_conn(data: &[u8]) -> usize {
         assert_eq!(count, methods.len(), "a response to no request");
     }
     count
+}
+
+/// The public half of the key that signed the tokens in `seeds/h3_request` (its private half
+/// was thrown away once they were made): the edge `h3_request` runs trusts it as kid `f1`.
+const H3_TOKEN_KEY: &str = "112d20a7078b889de923dbd0b8ac3dca9915833a4402264b243bbb6338341ff5";
+
+/// What `h3_request` keeps between inputs: a runtime whose worker runs an edge (HTTP/3 on
+/// 127.0.0.1, its origin an in-process server of `Object`), and a QUIC client of it.
+struct H3Harness {
+    runtime: tokio::runtime::Runtime,
+    edge: SocketAddr,
+    client: quinn::Endpoint,
+    /// The connection in use and its control stream, kept open as HTTP/3 requires.
+    conn: std::sync::Mutex<Option<(quinn::Connection, quinn::SendStream)>>,
+    _stop: cadenza_common::http::ShutdownTrigger,
+}
+
+fn h3_harness() -> &'static H3Harness {
+    use cadenza_common::http::tls;
+    static HARNESS: std::sync::OnceLock<H3Harness> = std::sync::OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, shutdown) = Shutdown::new();
+        let pem = tls::self_signed(&["localhost"]).unwrap();
+        let (edge, client) = runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let object = Bytes::from((0..OBJECT_LEN).map(|i| i as u8).collect::<Vec<u8>>());
+            let origin = cadenza_common::http::serve_on(
+                listener,
+                None,
+                ServerLimits::default(),
+                Arc::new(Object(object)),
+                shutdown.clone(),
+            )
+            .unwrap();
+            let mut keys = VerifyingKeys::default();
+            let public: Vec<u8> = (0..H3_TOKEN_KEY.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&H3_TOKEN_KEY[i..i + 2], 16).unwrap())
+                .collect();
+            keys.insert("f1", public);
+            let client_tls = tls::client_config(pem.cert.as_bytes()).unwrap();
+            let cache = cadenza_edge::SliceCache::new(
+                cadenza_edge::SliceMath::new(4096),
+                1 << 20,
+                cadenza_edge::UpstreamConfig {
+                    origins: vec![format!("http://{}", origin.addr)],
+                    edge_key: "fuzz".into(),
+                    timeout: Duration::from_secs(2),
+                    breaker_threshold: 1000,
+                    breaker_cooldown: Duration::from_secs(1),
+                },
+                cadenza_common::http::client::https_client(client_tls.clone()),
+                Arc::new(cadenza_edge::EdgeMetrics::new()),
+                None,
+            );
+            let config = cadenza_edge::EdgeConfig {
+                keys,
+                token_leeway: Duration::from_secs(30),
+                geo: None,
+                trusted_proxies: Vec::new(),
+                unknown_country: cadenza_edge::UnknownCountry::Allow,
+                read_ahead_slices: 0,
+                alt_svc: None,
+                access_log: false,
+                peer_key: None,
+            };
+            let edge = Arc::new(cadenza_edge::Edge::new(config, Arc::new(cache)));
+            let h3 = cadenza_edge::serve_h3(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                tls::quic_server_config(&pem).unwrap(),
+                cadenza_edge::H3Limits {
+                    drivers: 1,
+                    ..Default::default()
+                },
+                edge,
+                shutdown.clone(),
+            )
+            .unwrap();
+            let mut quic_tls = (*client_tls).clone();
+            quic_tls.alpn_protocols = vec![b"h3".to_vec()];
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(quic_tls).unwrap();
+            let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            (h3.addr, client)
+        });
+        H3Harness {
+            runtime,
+            edge,
+            client,
+            conn: std::sync::Mutex::new(None),
+            _stop: stop,
+        }
+    })
+}
+
+impl H3Harness {
+    /// The connection in use, or a new one (with the client's control stream and SETTINGS
+    /// sent, as a real client's first stream).
+    async fn connection(&self) -> quinn::Connection {
+        if let Some((conn, _)) = self.conn.lock().unwrap().as_ref()
+            && conn.close_reason().is_none()
+        {
+            return conn.clone();
+        }
+        let connecting = self.client.connect(self.edge, "localhost").unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .expect("the edge stopped answering QUIC handshakes")
+            .expect("the edge refused a QUIC connection");
+        let mut control = conn.open_uni().await.unwrap();
+        // Stream type 0 (control), then an empty SETTINGS frame (type 4, length 0).
+        control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+        *self.conn.lock().unwrap() = Some((conn.clone(), control));
+        conn
+    }
+}
+
+/// One HTTP/3 request stream: `data` is sent as the stream's bytes (HEADERS and DATA frames,
+/// QPACK-encoded fields, or anything at all) to an edge serving the 10,000-byte object
+/// through its real cache, token check and range planning, then the stream is finished. The
+/// edge must answer or reset the stream, may close the connection for a malformed one, and
+/// must go on accepting connections; a panic anywhere in it fails the target. Returns the
+/// bytes of the answer (`None`: reset, closed or timed out).
+pub fn h3_request(data: &[u8]) -> Option<usize> {
+    let harness = h3_harness();
+    harness.runtime.block_on(async {
+        let conn = harness.connection().await;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            send.write_all(data).await.ok()?;
+            send.finish().ok()?;
+            recv.read_to_end(1 << 20).await.ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+            Ok(answer) => answer.map(|a| a.len()),
+            Err(_) => {
+                // An edge may wait for what a request lacks until its own timeouts; this
+                // client does not, and starts afresh.
+                conn.close(0u32.into(), b"");
+                *harness.conn.lock().unwrap() = None;
+                None
+            }
+        }
+    })
 }

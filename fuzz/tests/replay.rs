@@ -154,3 +154,16 @@ fn tls_conn() {
     assert_eq!(*said(&conns, "body_refused"), 2);
     assert_eq!(*said(&conns, "http10"), 1);
 }
+
+#[test]
+fn h3_request() {
+    let requests = replay("h3_request", cadenza_fuzz::h3_request);
+    let answered = |name: &str| said(&requests, name).unwrap_or(0);
+    // With the seeds' token the edge serves the object through its cache: 5,000 bytes of a
+    // range, the whole 10,000, a HEAD (headers only), a suffix range even with DATA after
+    // the headers; without one, a short 403.
+    assert!(answered("ranged_get") > 5000, "{requests:?}");
+    assert!(answered("whole_get") > 10_000, "{requests:?}");
+    assert!((1..500).contains(&answered("head")), "{requests:?}");
+    assert!((1..500).contains(&answered("no_token")), "{requests:?}");
+}

@@ -280,6 +280,39 @@ fn total_from_content_range(range: &str) -> Option<u64> {
     range.rsplit('/').next()?.trim().parse().ok()
 }
 
+/// The object's size from a GetObject answer to `bytes={offset}-…`, once the answer is known
+/// to start where asked: a store that ignored the Range header (a 200 with the whole object)
+/// or answered another range would have its bytes served as the requested ones.
+fn ranged_size(
+    content_range: Option<&str>,
+    content_length: Option<i64>,
+    offset: u64,
+) -> Result<u64, StoreError> {
+    let Some(range) = content_range else {
+        // The whole object, from its first byte: right only for a read from the start.
+        if offset > 0 {
+            return Err(StoreError::Backend(format!(
+                "GetObject ignored the range from byte {offset} (no Content-Range)"
+            )));
+        }
+        return content_length
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| StoreError::Backend("GetObject gave no length".into()));
+    };
+    let first = range
+        .trim()
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+    if first != Some(offset) {
+        return Err(StoreError::Backend(format!(
+            "GetObject answered a range from byte {offset} with {range}"
+        )));
+    }
+    total_from_content_range(range)
+        .ok_or_else(|| StoreError::Backend(format!("GetObject gave no length in {range}")))
+}
+
 impl ObjectStore for S3Store {
     fn put_file<'a>(
         &'a self,
@@ -333,11 +366,7 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| backend("GetObject", e))?;
-            let size = got
-                .content_range()
-                .and_then(total_from_content_range)
-                .or_else(|| got.content_length().and_then(|n| u64::try_from(n).ok()))
-                .ok_or_else(|| StoreError::Backend("GetObject gave no length".into()))?;
+            let size = ranged_size(got.content_range(), got.content_length(), offset)?;
             let stream = futures_util::stream::unfold(got.body, |mut body| async move {
                 match body.next().await {
                     None => None,
@@ -362,5 +391,20 @@ mod tests {
         assert_eq!(total_from_content_range("bytes 0-9/100"), Some(100));
         assert_eq!(total_from_content_range("bytes */100"), Some(100));
         assert_eq!(total_from_content_range("bytes 0-9/*"), None);
+    }
+
+    #[test]
+    fn a_read_is_taken_only_from_where_it_was_asked() {
+        assert_eq!(
+            ranged_size(Some("bytes 500-999/1000"), Some(500), 500).unwrap(),
+            1000
+        );
+        // Another range, or the whole object for a read past the start: refused.
+        assert!(ranged_size(Some("bytes 0-499/1000"), Some(500), 500).is_err());
+        assert!(ranged_size(None, Some(1000), 500).is_err());
+        assert!(ranged_size(Some("bytes 500-999/*"), Some(500), 500).is_err());
+        // A store that answers a read from the start with the whole object is right.
+        assert_eq!(ranged_size(None, Some(1000), 0).unwrap(), 1000);
+        assert!(ranged_size(None, None, 0).is_err());
     }
 }

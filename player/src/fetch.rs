@@ -131,6 +131,17 @@ async fn fetch_range(
     if resp.status() != StatusCode::PARTIAL_CONTENT {
         return Err(format!("expected 206, got {}", resp.status()));
     }
+    let answered = resp
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok());
+    if !answers_range(answered, start, end) {
+        // Decrypting another range's bytes at this offset would make noise, not audio.
+        return Err(format!(
+            "asked for bytes {start}-{end}, the edge answered {}",
+            answered.unwrap_or("without Content-Range")
+        ));
+    }
     let body = client::read_all(resp.into_body(), &url)
         .await
         .map_err(|e| e.to_string())?;
@@ -142,4 +153,27 @@ async fn fetch_range(
         ));
     }
     Ok(body)
+}
+
+/// Whether `content_range` (a 206's `Content-Range`) is `bytes start-end/…`.
+fn answers_range(content_range: Option<&str>, start: u64, end: u64) -> bool {
+    content_range
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+        .and_then(|v| v.split_once('/'))
+        .and_then(|(span, _)| span.split_once('-'))
+        .is_some_and(|(a, b)| a.parse() == Ok(start) && b.parse() == Ok(end))
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::answers_range;
+
+    #[test]
+    fn only_the_range_asked_for_is_taken() {
+        assert!(answers_range(Some("bytes 100-199/1000"), 100, 199));
+        assert!(!answers_range(Some("bytes 0-99/1000"), 100, 199));
+        assert!(!answers_range(Some("bytes 100-198/1000"), 100, 199));
+        assert!(!answers_range(Some("bytes */1000"), 100, 199));
+        assert!(!answers_range(None, 100, 199));
+    }
 }

@@ -403,6 +403,12 @@ pub fn geoip(data: &[u8]) -> Option<usize> {
 /// case takes milliseconds. Returns the frames decoded before the end or a refusal (`None`:
 /// refused at open).
 pub fn master(data: &[u8]) -> Option<u64> {
+    // The transcoder turns a panic inside symphonia into a refusal (`catch_unwind`), as it
+    // must for an upload; libFuzzer's panic hook would abort at the panic itself, before that.
+    // The default hook only prints: a panic that escapes still ends the run (libfuzzer-sys
+    // aborts on one), and a caught one is a refusal like any other.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| drop(std::panic::take_hook()));
     let limits = cadenza_transcoder::DecodeLimits {
         max_duration_secs: 20,
         max_expansion: 100,

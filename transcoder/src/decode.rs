@@ -127,6 +127,8 @@ pub struct MasterDecoder {
     max_decoded_bytes: u64,
     decoded_frames: u64,
     finished: bool,
+    /// Why the decoder can no longer be trusted (it panicked); every later call says so.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for MasterDecoder {
@@ -137,6 +139,26 @@ impl std::fmt::Debug for MasterDecoder {
 
 fn refused(reason: impl Into<String>) -> TranscodeError {
     TranscodeError::Refused(reason.into())
+}
+
+/// How a refusal for a decoder panic begins.
+const DECODER_FAILED: &str = "the decoder failed on this file";
+
+/// Runs `f`; a panic inside it (symphonia's, on a file it does not expect: the `master` fuzz
+/// target found a WAV header whose channel count overflows its arithmetic) becomes a refusal
+/// that says so, rather than the end of the worker's task and a retry of the same file.
+fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, TranscodeError>,
+) -> Result<T, TranscodeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(refused(format!("{DECODER_FAILED} while {what} ({why})")))
+    })
 }
 
 fn describe(e: SymError) -> String {
@@ -169,6 +191,17 @@ impl MasterDecoder {
     }
 
     fn open_source(
+        source: Box<dyn MediaSource>,
+        file_len: u64,
+        ext: Option<&str>,
+        limits: &DecodeLimits,
+    ) -> Result<Self, TranscodeError> {
+        guarded("reading its headers", || {
+            Self::open_unguarded(source, file_len, ext, limits)
+        })
+    }
+
+    fn open_unguarded(
         source: Box<dyn MediaSource>,
         file_len: u64,
         ext: Option<&str>,
@@ -249,6 +282,7 @@ impl MasterDecoder {
                 .max(limits.expansion_floor_bytes),
             decoded_frames: 0,
             finished: false,
+            broken: None,
         })
     }
 
@@ -265,6 +299,10 @@ impl MasterDecoder {
     /// Moves to about `frame` (at or before it, where the container allows), for sampling
     /// parts of the master. The integrity checks at the end no longer apply after a seek.
     pub fn seek(&mut self, frame: u64) -> Result<(), TranscodeError> {
+        self.guard("seeking", |d| d.seek_unguarded(frame))
+    }
+
+    fn seek_unguarded(&mut self, frame: u64) -> Result<(), TranscodeError> {
         let ts = i64::try_from(frame).map_err(|_| refused("seek position out of range"))?;
         self.format
             .seek(
@@ -282,6 +320,32 @@ impl MasterDecoder {
     /// Decodes the next block into `planes` (one `Vec` per channel, replaced), returning the
     /// frame count, or `Ok(0)` at the end after every integrity check has passed.
     pub fn next_block(&mut self, planes: &mut Vec<Vec<f32>>) -> Result<usize, TranscodeError> {
+        self.guard("decoding", |d| d.next_block_unguarded(planes))
+    }
+
+    /// Runs `f`, turning a panic inside symphonia into a refusal of the master, for this call
+    /// and every later one (its state is not to be trusted after).
+    fn guard<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, TranscodeError>,
+    ) -> Result<T, TranscodeError> {
+        if let Some(reason) = &self.broken {
+            return Err(refused(reason.clone()));
+        }
+        let result = guarded(what, || f(self));
+        if let Err(TranscodeError::Refused(reason)) = &result
+            && reason.starts_with(DECODER_FAILED)
+        {
+            self.broken = Some(reason.clone());
+        }
+        result
+    }
+
+    fn next_block_unguarded(
+        &mut self,
+        planes: &mut Vec<Vec<f32>>,
+    ) -> Result<usize, TranscodeError> {
         loop {
             if self.finished {
                 return Ok(0);

@@ -273,6 +273,41 @@ fn damaged_and_non_audio_masters_are_refused_with_a_reason() {
     }
 }
 
+/// A WAV header whose channel count (65,534) overflows symphonia's block-align arithmetic:
+/// symphonia-format-riff 0.6.1 panics on it where overflow is checked (debug and test builds),
+/// found by the `master` fuzz target. The transcoder refuses it with a reason either way, and
+/// the worker's task lives on.
+#[test]
+fn a_master_that_makes_the_decoder_panic_is_refused() {
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&100u32.to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&0xfffeu16.to_le_bytes()); // channels
+    wav.extend_from_slice(&44_100u32.to_le_bytes());
+    wav.extend_from_slice(&(44_100u32 * 4).to_le_bytes());
+    wav.extend_from_slice(&4u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&8u32.to_le_bytes());
+    wav.extend_from_slice(&[0u8; 8]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("overflow.wav");
+    std::fs::write(&path, &wav).unwrap();
+    match transcode(&path, &TranscodeOptions::default()) {
+        Err(e) => {
+            assert!(e.is_permanent(), "{e}");
+            eprintln!("{e}");
+            if cfg!(debug_assertions) {
+                assert!(e.to_string().contains("the decoder failed"), "{e}");
+            }
+        }
+        Ok(done) => panic!("transcoded to {} frames", done.output_frames),
+    }
+}
+
 /// `ogginfo` (vorbis-tools) validates every tier when it is installed.
 #[test]
 fn ogginfo_accepts_every_tier() {

@@ -397,6 +397,22 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         )?);
         config.geo = Some(geo);
     }
+    if args.cert.is_none() && args.geoip.is_none() {
+        // Nothing to look at again, but `systemctl reload` must not stop the edge (SIGHUP's
+        // default is to exit).
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut stop = shutdown.clone();
+        reloader = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait() => return,
+                    _ = hangup.recv() => {
+                        tracing::info!("SIGHUP: no --cert or --geoip files to look at again")
+                    }
+                }
+            }
+        }));
+    }
     config.trusted_proxies = args.trusted_proxy.clone();
     if args.deny_unknown_country {
         config.unknown_country = cadenza_edge::UnknownCountry::Deny;

@@ -422,7 +422,23 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     }
     drop((request, held));
 
+    // SIGHUP (`systemctl reload`) with no --cert or --geoip to look at again: the edge stays.
     let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the edge"
+    );
+    let (status, _) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+
     assert!(
         std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -85,7 +85,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
         } => {
             let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
             tokio::spawn(async move {
-                shutdown_signal().await;
+                shutdown_signal(true).await;
                 trigger.trigger();
             });
             crate::stack::run_worker(
@@ -289,11 +289,30 @@ fn print_play(r: &PlayReport) {
     );
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+/// Ctrl-C or SIGTERM; with `hangup_stops`, SIGHUP too. `cadenza up` and `cadenza worker`
+/// run in a terminal, whose closing sends SIGHUP: they stop as on SIGTERM (plays written,
+/// jobs handed back) rather than die by the signal's default. `cadenza edge` takes SIGHUP as
+/// "look at the certificate and GeoIP files again" and never stops on it.
+async fn shutdown_signal(hangup_stops: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    async fn recv(sig: Option<tokio::signal::unix::Signal>) {
+        match sig {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+    let term = signal(SignalKind::terminate()).ok();
+    let hangup = if hangup_stops {
+        signal(SignalKind::hangup()).ok()
+    } else {
+        None
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        _ = recv(term) => {}
+        _ = recv(hangup) => tracing::info!("SIGHUP: stopping"),
     }
 }
 
@@ -489,7 +508,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     if let Some((me, peers)) = &region {
         println!("  region         {me} among {} peer(s)", peers.len());
     }
-    shutdown_signal().await;
+    shutdown_signal(false).await;
     trigger.trigger();
     for task in node.tasks.into_iter().chain(reloader) {
         let _ = task.await;
@@ -526,7 +545,7 @@ async fn up(
     }
     if !exit_after_demo {
         println!("serving; Ctrl-C to stop");
-        shutdown_signal().await;
+        shutdown_signal(true).await;
     }
     stack.shutdown().await;
     Ok(())

@@ -1,6 +1,7 @@
 //! Resumable uploads (tus 1.0): a real tus client (Python tuspy) interrupted and resumed
 //! across an origin restart, the protocol's refusals, and an origin process killed mid-upload
-//! whose upload resumes from what it had committed and completes with the right SHA-256.
+//! whose upload resumes from what it had committed and completes with the right SHA-256;
+//! and `cadenza up` stopping cleanly on SIGHUP.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -474,4 +475,36 @@ async fn an_origin_killed_mid_upload_loses_nothing() {
     assert!(!book_text.contains(&path), "{book_text}");
     up.kill().unwrap();
     up.wait().unwrap();
+}
+
+/// A terminal's closing sends SIGHUP: `cadenza up` stops as on SIGTERM (its shutdown runs and
+/// it exits 0) instead of dying by the signal's default, and starts again on the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cadenza_up_stops_cleanly_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = start_up(&data);
+    wait_up(&data, None).await;
+    let sent = Command::new("kill")
+        .args(["-HUP", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = up.kill();
+            panic!("cadenza up still running 30 s after SIGHUP");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "cadenza up after SIGHUP: {status}");
+
+    let mut again = start_up(&data);
+    wait_up(&data, None).await;
+    let _ = again.kill();
+    let _ = again.wait();
 }

@@ -290,8 +290,8 @@ fn print_play(r: &PlayReport) {
 }
 
 /// Ctrl-C or SIGTERM; with `hangup_stops`, SIGHUP too. `cadenza up` and `cadenza worker`
-/// run in a terminal, whose closing sends SIGHUP: they stop as on SIGTERM (plays written,
-/// jobs handed back) rather than die by the signal's default. `cadenza edge` takes SIGHUP as
+/// run in a terminal, whose closing sends SIGHUP: they stop as on SIGTERM (plays written, a
+/// job under way finished) rather than die by the signal's default. `cadenza edge` takes SIGHUP as
 /// "look at the certificate and GeoIP files again" and never stops on it.
 async fn shutdown_signal(hangup_stops: bool) {
     use tokio::signal::unix::{SignalKind, signal};

@@ -13,7 +13,9 @@
 //!
 //! Environment: `QUIC_MAX_UDP_PAYLOAD` (HTTP/3: the largest datagram accepted);
 //! `H2_MAX_FRAME` (HTTP/2: the SETTINGS_MAX_FRAME_SIZE announced, 16,384 by default, up to
-//! 16,777,215), which sets how large a DATA frame, and so a write, the server may make.
+//! 16,777,215), which sets how large a DATA frame, and so a write, the server may make;
+//! `TLS_FIRST` (a suite's name, e.g. `TLS13_AES_256_GCM_SHA384`: offered first, so the edge,
+//! which follows the client's order, takes it; by default the order of `tls::client_config`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -274,6 +276,22 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
+/// The client's TLS configuration trusting `ca`, with `TLS_FIRST`'s suite offered first if set.
+fn client_tls(ca: &[u8]) -> Result<Arc<rustls::ClientConfig>, BoxError> {
+    use cadenza_common::http::tls;
+    let mut provider = (*tls::client_provider(tls::aes_in_hardware())).clone();
+    if let Ok(first) = std::env::var("TLS_FIRST") {
+        let at = provider
+            .cipher_suites
+            .iter()
+            .position(|s| format!("{:?}", s.suite()) == first)
+            .ok_or_else(|| format!("TLS_FIRST={first}: no such suite"))?;
+        let suite = provider.cipher_suites.remove(at);
+        provider.cipher_suites.insert(0, suite);
+    }
+    Ok(tls::client_config_with(ca, Arc::new(provider))?)
+}
+
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("h3-idle") {
@@ -281,7 +299,7 @@ fn main() -> Result<(), BoxError> {
             usage();
         };
         let addr: SocketAddr = addr.parse()?;
-        let tls = cadenza_common::http::tls::client_config(&std::fs::read(ca)?)?;
+        let tls = client_tls(&std::fs::read(ca)?)?;
         let conns: u64 = conns.parse()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -326,7 +344,7 @@ fn main() -> Result<(), BoxError> {
             range,
             until: Instant::now() + Duration::from_secs(secs),
         });
-        let tls = cadenza_common::http::tls::client_config(&ca)?;
+        let tls = client_tls(&ca)?;
         let mut tasks = Vec::new();
         match proto {
             "h2" => {

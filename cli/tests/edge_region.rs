@@ -359,9 +359,9 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         .unwrap();
     let quic = quic_endpoint(&join);
     let idle = quic.connect(udp, "localhost").unwrap().await.unwrap();
-    // The client is connected once it has sent its last handshake packet; give the edge a
-    // moment to read it, or the connection is still in its handshake and not idle.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client is connected once it has sent its last handshake packet; the edge has read
+    // it (and the connection is out of its handshake, so idle) once it sends HANDSHAKE_DONE.
+    handshake_confirmed(&idle).await;
     let held = quic.connect(udp, "localhost").unwrap().await.unwrap();
     match tokio::time::timeout(Duration::from_secs(5), idle.closed()).await {
         Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
@@ -369,12 +369,20 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
         }
         other => panic!("the idle HTTP/3 connection got {other:?}"),
     }
-    // A request begun and not finished keeps `held` busy.
-    let (mut request, _response) = held.open_bi().await.unwrap();
-    request.write_all(&[1]).await.unwrap();
-    // Written is not yet read: give the edge a moment to see the request open, or `held`
-    // may still count as idle when the next client comes (seen once in CI).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A request whose stream the client keeps open keeps `held` busy. Its answer's head
+    // shows the edge has seen it (before, a fixed wait after writing one byte of a request;
+    // once in CI the edge had not read it yet, `held` counted idle and made room).
+    let (mut send, drive) = h3_over(held).await;
+    let req = http::Request::get(&url)
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token(dir.path(), &id)),
+        )
+        .body(())
+        .unwrap();
+    let mut held_request = send.send_request(req).await.unwrap();
+    let resp = held_request.recv_response().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
     match quic.connect(udp, "localhost").unwrap().await {
         Err(quinn::ConnectionError::ConnectionClosed(close)) => assert_eq!(
             close.error_code,
@@ -423,7 +431,8 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     ] {
         assert!(text.contains(open), "{open} in\n{text}");
     }
-    drop((request, held));
+    drop((held_request, send));
+    drive.abort();
 
     // SIGHUP (`systemctl reload`) with no --cert or --geoip to look at again: the edge stays.
     let pid = child.id().to_string();
@@ -747,6 +756,16 @@ async fn an_http3_client_that_stops_reading_has_its_stream_reset() {
     drive.abort();
     edge.stop().await;
     stack.shutdown().await;
+}
+
+/// Waits (5 s at most) for the server's HANDSHAKE_DONE on `conn`: the server has read the
+/// client's last handshake packet and counts the connection as set up.
+async fn handshake_confirmed(conn: &quinn::Connection) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while conn.stats().frame_rx.handshake_done == 0 {
+        assert!(Instant::now() < deadline, "no HANDSHAKE_DONE within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A QUIC client endpoint trusting `join`'s certificate, offering h3, and ready to send

@@ -271,6 +271,16 @@ async fn connect(server: &support::Server) -> Option<Box<dyn Stream>> {
     Some(Box::new(tls))
 }
 
+/// Reads an answer's status line (and no more), so the server is known to be answering.
+async fn answer_began(s: &mut Box<dyn Stream>) {
+    let mut line = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut line))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    assert_eq!(&line, b"HTTP/1.1 200");
+}
+
 /// At the cap, Cadenza's own HTTP/1.1 loop (in the clear and over TLS) gives a new client the
 /// slot of the kept-alive connection idle longest, as nginx does: the newcomer is answered
 /// at once, the idle one is closed, a busy one and a newer idle one are not. With every
@@ -295,9 +305,11 @@ async fn makes_room(tls: bool) {
     // close (waiting for the client's end) would hold the slot past the newcomer's wait.
     let mut oldest = connect(&server).await.unwrap();
     assert!(answered(&mut oldest, small).await.is_some());
-    // Busy: a 64 MiB answer it does not read.
+    // Busy: a 64 MiB answer it does not read (past its status line, which shows the server
+    // has taken the request).
     let mut busy = connect(&server).await.unwrap();
     busy.write_all(big).await.unwrap();
+    answer_began(&mut busy).await;
     let mut newer = connect(&server).await.unwrap();
     assert!(answered(&mut newer, small).await.is_some());
     assert_eq!(slots.count(), 3);
@@ -325,7 +337,8 @@ async fn makes_room(tls: bool) {
     // Now all three are busy: nobody gives way, and the next client is turned away.
     newer.write_all(big).await.unwrap();
     newcomer.write_all(big).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    answer_began(&mut newer).await;
+    answer_began(&mut newcomer).await;
     let last = connect(&server).await;
     if let Some(mut last) = last {
         assert_eq!(answered(&mut last, small).await, None);

@@ -1414,9 +1414,11 @@ mod tests {
     }
 
     /// Opens a request on `conn` and leaves it unfinished, so the connection is not idle.
+    /// Returns once a request sent after it has been answered, so the server has seen it.
     async fn hold_open(conn: &quinn::Connection) -> quinn::SendStream {
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         send.write_all(&[1]).await.unwrap();
+        assert_eq!(fetch(conn, 9, 10).await, pattern(9, 10));
         send
     }
 

@@ -97,6 +97,12 @@ pub struct EdgeArgs {
     /// during a key rotation.
     #[arg(long = "token-key", value_name = "KID=HEX")]
     pub token_keys: Vec<String>,
+    /// A file of token keys, one `KID=HEX` a line (`#` starts a comment), in place of
+    /// --token-key: looked at every 10 s and at once on SIGHUP, so a rotation's new key is
+    /// added, and later the old one withdrawn, without a restart. A file that does not parse
+    /// or holds no key is refused and logged, and the keys in service stay.
+    #[arg(long, value_name = "FILE", conflicts_with = "token_keys")]
+    pub token_keys_file: Option<PathBuf>,
     /// PEM bundle to trust for origins and peer edges (default: this edge's certificate and,
     /// with --join, the stack's).
     #[arg(long, value_name = "PEM")]

@@ -384,10 +384,13 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| joined.as_ref().map(|j| j.edge_key.clone()))
         .context("no edge key: pass --edge-key or CADENZA_EDGE_KEY (or --join DIR)")?;
-    let token_keys = match (&args.token_keys[..], &joined) {
-        ([], Some(j)) => j.token_keys.clone(),
-        ([], None) => bail!("no token key: pass --token-key KID=HEX (or --join DIR)"),
-        (given, _) => crate::stack::parse_token_keys(given.iter().cloned())?,
+    let token_keys = match (&args.token_keys_file, &args.token_keys[..], &joined) {
+        (Some(path), _, _) => crate::edge_node::read_token_keys(path)?,
+        (None, [], Some(j)) => j.token_keys.clone(),
+        (None, [], None) => bail!(
+            "no token key: pass --token-key KID=HEX or --token-keys-file FILE (or --join DIR)"
+        ),
+        (None, given, _) => crate::stack::parse_token_keys(given.iter().cloned())?,
     };
     let admin_token = args
         .admin_token
@@ -406,27 +409,27 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         config.cert_files = Some((cert.clone(), key.clone()));
     }
-    let mut reloader = None;
+    let mut reloaders = Vec::new();
     if let Some(path) = &args.geoip {
         let geo = std::sync::Arc::new(cadenza_geo::ReloadingGeo::open(path)?);
-        reloader = Some(cadenza_edge::spawn_geo_reloader(
+        reloaders.push(cadenza_edge::spawn_geo_reloader(
             geo.clone(),
             Duration::from_secs(10),
             shutdown.clone(),
         )?);
         config.geo = Some(geo);
     }
-    if args.cert.is_none() && args.geoip.is_none() {
+    if args.cert.is_none() && args.geoip.is_none() && args.token_keys_file.is_none() {
         // Nothing to look at again, but `systemctl reload` must not stop the edge (SIGHUP's
         // default is to exit).
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut stop = shutdown.clone();
-        reloader = Some(tokio::spawn(async move {
+        reloaders.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.wait() => return,
                     _ = hangup.recv() => {
-                        tracing::info!("SIGHUP: no --cert or --geoip files to look at again")
+                        tracing::info!("SIGHUP: no --cert, --geoip or --token-keys-file to look at again")
                     }
                 }
             }
@@ -487,7 +490,15 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.region = Some((me, args.region_peers.clone()));
     }
     let region = config.region.clone();
-    let node = crate::edge_node::start(config, listeners, shutdown).await?;
+    let node = crate::edge_node::start(config, listeners, shutdown.clone()).await?;
+    if let Some(path) = &args.token_keys_file {
+        reloaders.push(crate::edge_node::spawn_token_key_reloader(
+            node.edge.clone(),
+            path.clone(),
+            Duration::from_secs(10),
+            shutdown,
+        )?);
+    }
     let about = serde_json::json!({
         "edge": main_url,
         "edge_admin": admin_url,
@@ -510,7 +521,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     shutdown_signal(false).await;
     trigger.trigger();
-    for task in node.tasks.into_iter().chain(reloader) {
+    for task in node.tasks.into_iter().chain(reloaders) {
         let _ = task.await;
     }
     Ok(())

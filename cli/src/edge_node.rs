@@ -3,10 +3,11 @@
 //! runs one beside the other services; `cadenza edge` runs one alone, pointed at origins
 //! elsewhere, as operators deploy them per region.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use cadenza_common::VerifyingKeys;
 use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
@@ -297,6 +298,70 @@ fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
         );
     }
     usize::try_from(files).unwrap_or(usize::MAX)
+}
+
+/// Reads a token-key file: one `KID=HEX` a line (an Ed25519 public key in hex), blank lines
+/// and `#` comments skipped. At least one key, or every play would be refused.
+pub fn read_token_keys(path: &Path) -> anyhow::Result<VerifyingKeys> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token keys from {}", path.display()))?;
+    let specs = text
+        .lines()
+        .map(|line| {
+            line.split_once('#')
+                .map_or(line, |(before, _)| before)
+                .trim()
+        })
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned);
+    let keys = crate::stack::parse_token_keys(specs)
+        .with_context(|| format!("token keys in {}", path.display()))?;
+    anyhow::ensure!(!keys.is_empty(), "{} holds no token key", path.display());
+    Ok(keys)
+}
+
+/// Follows the token-key file at `path` until `shutdown`: every `every`, and at once on
+/// SIGHUP, a changed file is read and its keys put in service for the next request (tokens
+/// signed with a key no longer listed are refused from then on); one that does not parse or
+/// holds no key is logged and the keys in service stay.
+pub fn spawn_token_key_reloader(
+    edge: Arc<Edge>,
+    path: PathBuf,
+    every: Duration,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let stamp = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut seen = stamp(&path);
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = hangup.recv() => tracing::info!("SIGHUP: checking the token-key file"),
+            }
+            let now = stamp(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match read_token_keys(&path) {
+                Ok(keys) => {
+                    let ids = keys.ids();
+                    edge.replace_token_keys(keys);
+                    tracing::info!(keys = ?ids, "token keys reloaded");
+                }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "token-key reload refused; the keys in service stay"
+                ),
+            }
+        }
+    }))
 }
 
 /// How often the certificate files are looked at (a `stat` of each).

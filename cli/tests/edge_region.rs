@@ -646,6 +646,135 @@ async fn a_renewed_certificate_and_geoip_database_are_taken_without_a_restart() 
     stack.shutdown().await;
 }
 
+/// A token for `id` signed by `key`, good for ten minutes anywhere.
+fn token_by(key: &cadenza_common::SigningKey, id: &FileId) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    key.sign(&TokenClaims {
+        file_id: id.clone(),
+        expires_at: now + 600,
+        territories: Territories::worldwide(),
+    })
+    .0
+}
+
+/// A token-signing key rotated on a running `cadenza edge`: the new key is added to
+/// `--token-keys-file` and taken on SIGHUP, then the old one is withdrawn and its tokens,
+/// though already verified and remembered, are refused at once; a damaged file is refused
+/// and the keys in service stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_key_rotation_is_taken_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let old = signing_key(dir.path()).unwrap();
+    let (new, _) = cadenza_common::SigningKey::generate("k-next").unwrap();
+    let line =
+        |k: &cadenza_common::SigningKey| format!("{}={}\n", k.kid(), hex_encode(&k.public_key()));
+    let keys = edge_dir.path().join("token-keys");
+    std::fs::write(&keys, format!("# the control plane's key\n{}", line(&old))).unwrap();
+    let log = edge_dir.path().join("edge.log");
+    let state = edge_dir.path().join("state");
+    let edge = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(&state)
+            .arg("--token-keys-file")
+            .arg(&keys)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--disk-gib", "0"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    // --token-key and --token-keys-file are one or the other.
+    let both = format!("k=0{}", "0".repeat(63));
+    assert!(!edge(&["--token-key", &both]).wait().unwrap().success());
+    let mut child = Reaped(edge(&[]));
+    let about = edge_started(&mut child, &state).await;
+    let id = put(&stack, dir.path(), bytes(12, 50 * 1024)).await;
+    let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    let client = stack.client().unwrap();
+    let (by_old, by_new) = (token_by(&old, &id), token_by(&new, &id));
+    let status = |token: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move { get(&client, &url, &token).await.0 }
+    };
+    assert_eq!(status(by_old.clone()).await, StatusCode::OK);
+    assert_eq!(status(by_new.clone()).await, StatusCode::FORBIDDEN);
+    let hup = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let until = |token: String, want: StatusCode, what: &'static str| {
+        let status = &status;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while status(token.clone()).await != want {
+                assert!(Instant::now() < deadline, "{what} within 5 s of SIGHUP");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // The rotation begins: both keys.
+    std::fs::write(&keys, format!("{}{}", line(&old), line(&new))).unwrap();
+    hup();
+    until(by_new.clone(), StatusCode::OK, "the new key taken").await;
+    assert_eq!(status(by_old.clone()).await, StatusCode::OK);
+
+    // It ends: the old key withdrawn. Its token was verified and remembered; it is refused.
+    std::fs::write(&keys, line(&new)).unwrap();
+    hup();
+    until(
+        by_old.clone(),
+        StatusCode::FORBIDDEN,
+        "the old key withdrawn",
+    )
+    .await;
+    assert_eq!(status(by_new.clone()).await, StatusCode::OK);
+
+    // A damaged file (and an empty one) is refused; the keys in service stay.
+    for damaged in ["k-next=not hex\n", "# nothing\n"] {
+        std::fs::write(&keys, damaged).unwrap();
+        let refusals = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("token-key reload refused")
+            .count();
+        hup();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("token-key reload refused")
+            .count()
+            == refusals
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{damaged:?} not refused:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status(by_new.clone()).await, StatusCode::OK);
+        assert_eq!(status(by_old.clone()).await, StatusCode::FORBIDDEN);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the edge exited");
+    stack.shutdown().await;
+}
+
 /// A child process killed when dropped, so a failing test leaves no server behind (nor its
 /// stderr, which the test shares, open under `cargo test | …`).
 struct Reaped(std::process::Child);

@@ -161,6 +161,18 @@ impl VerifyingKeys {
         self.keys.remove(kid);
     }
 
+    /// The key ids, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// Whether there is no key (every token would be refused).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// Checks a token for `file_id` at `now`, accepting `leeway` past expiry.
     pub fn verify(
         &self,

@@ -65,10 +65,14 @@ pub struct EdgeConfig {
 pub struct Edge {
     config: EdgeConfig,
     cache: Arc<SliceCache>,
-    /// Tokens whose signature was checked, by their text. Entries live at most
-    /// [`VERIFIED_TTL`], which bounds how long a token signed with a key since withdrawn
-    /// keeps working here; expiry and file are checked on every use regardless.
-    verified: crate::memo::Memo<String, TokenClaims>,
+    /// The token keys in service, starting as `config.keys`; replaced whole by
+    /// [`Edge::replace_token_keys`], each set numbered.
+    keys: std::sync::RwLock<(u64, Arc<VerifyingKeys>)>,
+    /// Tokens whose signature was checked, by their text, with the number of the key set
+    /// that checked it: an entry of an older set is checked again, so a key withdrawn stops
+    /// working at once. Entries live at most [`VERIFIED_TTL`]; expiry and file are checked
+    /// on every use regardless.
+    verified: crate::memo::Memo<String, (u64, TokenClaims)>,
 }
 
 /// Tokens remembered as verified.
@@ -100,10 +104,24 @@ impl Edge {
     /// An edge answering from `cache`.
     pub fn new(config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
         Self {
+            keys: std::sync::RwLock::new((0, Arc::new(config.keys.clone()))),
             config,
             cache,
             verified: crate::memo::Memo::new(VERIFIED_TOKENS, Some(VERIFIED_TTL)),
         }
+    }
+
+    /// Puts `keys` in service in place of the token keys before, for the next request (a
+    /// rotation's new key added; later the old one withdrawn). Tokens already verified are
+    /// checked again against the new set.
+    pub fn replace_token_keys(&self, keys: VerifyingKeys) {
+        let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        *current = (current.0 + 1, Arc::new(keys));
+    }
+
+    fn current_keys(&self) -> (u64, Arc<VerifyingKeys>) {
+        let current = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        (current.0, current.1.clone())
     }
 
     /// The slice cache, for stats and tests.
@@ -122,15 +140,15 @@ impl Edge {
             .unwrap_or("");
         // A player sends the same token with every range of a track: its signature is checked
         // once and remembered; expiry and file are checked on every request.
+        let (set, keys) = self.current_keys();
         let claims = match self.verified.get(token) {
-            Some(claims) => claims,
-            None => {
-                let claims = self
-                    .config
-                    .keys
+            Some((checked_by, claims)) if checked_by == set => claims,
+            _ => {
+                let claims = keys
                     .verify_signature(token)
                     .map_err(|e| token_refused(&e))?;
-                self.verified.insert(token.to_owned(), claims.clone());
+                self.verified
+                    .insert(token.to_owned(), (set, claims.clone()));
                 claims
             }
         };

@@ -328,37 +328,55 @@ pub fn spawn_token_key_reloader(
     edge: Arc<Edge>,
     path: PathBuf,
     every: Duration,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let stamp = |path: &Path| {
         std::fs::metadata(path)
             .ok()
             .map(|m| (m.modified().ok(), m.len()))
     };
-    let mut seen = stamp(&path);
+    let seen = std::sync::Mutex::new(stamp(&path));
+    spawn_follower("the token-key file", every, shutdown, move || {
+        let now = stamp(&path);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        match read_token_keys(&path) {
+            Ok(keys) => {
+                let ids = keys.ids();
+                edge.replace_token_keys(keys);
+                tracing::info!(keys = ?ids, "token keys reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "token-key reload refused; the keys in service stay"
+            ),
+        }
+    })
+}
+
+/// Runs `check` (off the async threads) every `every` and at once on SIGHUP, until
+/// `shutdown`: how the edge follows files an operator replaces in place.
+fn spawn_follower(
+    what: &'static str,
+    every: Duration,
+    mut shutdown: Shutdown,
+    check: impl Fn() + Send + Sync + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let check = Arc::new(check);
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(every) => {}
-                _ = hangup.recv() => tracing::info!("SIGHUP: checking the token-key file"),
+                _ = hangup.recv() => tracing::info!("SIGHUP: checking {what}"),
             }
-            let now = stamp(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match read_token_keys(&path) {
-                Ok(keys) => {
-                    let ids = keys.ids();
-                    edge.replace_token_keys(keys);
-                    tracing::info!(keys = ?ids, "token keys reloaded");
-                }
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "token-key reload refused; the keys in service stay"
-                ),
+            let check = check.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || check()).await {
+                tracing::error!(error = %e, "checking {what} failed");
             }
         }
     }))
@@ -374,26 +392,19 @@ const CERT_CHECK_EVERY: Duration = Duration::from_secs(10);
 fn spawn_cert_reloader(
     serving: Arc<tls::ServingCert>,
     every: Duration,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(every) => {}
-                _ = hangup.recv() => tracing::info!("SIGHUP: checking the certificate files"),
-            }
-            let serving = serving.clone();
-            match tokio::task::spawn_blocking(move || serving.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!("TLS certificate reloaded; new connections get it"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(
-                    error = %e,
-                    "TLS certificate reload refused; the certificate in service stays"
-                ),
-                Err(e) => tracing::error!(error = %e, "TLS certificate reload task failed"),
-            }
-        }
-    }))
+    spawn_follower(
+        "the certificate files",
+        every,
+        shutdown,
+        move || match serving.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded; new connections get it"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "TLS certificate reload refused; the certificate in service stays"
+            ),
+        },
+    )
 }

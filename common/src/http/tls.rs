@@ -526,34 +526,30 @@ mod tests {
         assert!(server_config(&broken).is_err());
     }
 
+    /// Moves everything `from` has to send into `to`.
+    fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).unwrap();
+            to.process_new_packets().unwrap();
+        }
+    }
+
     /// Runs a handshake between the two configurations in memory; the suite agreed on.
     fn agreed_suite(
         client: Arc<rustls::ClientConfig>,
         server: Arc<rustls::ServerConfig>,
     ) -> rustls::CipherSuite {
-        use rustls::{ClientConnection, ServerConnection};
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut c = ClientConnection::new(client, name).unwrap();
-        let mut s = ServerConnection::new(server).unwrap();
+        let mut c = rustls::ClientConnection::new(client, name).unwrap().into();
+        let mut s = rustls::ServerConnection::new(server).unwrap().into();
         for _ in 0..10 {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            let mut from_client = &wire[..];
-            while !from_client.is_empty() {
-                s.read_tls(&mut from_client).unwrap();
-                s.process_new_packets().unwrap();
-            }
-            let mut wire = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut wire).unwrap();
-            }
-            let mut from_server = &wire[..];
-            while !from_server.is_empty() {
-                c.read_tls(&mut from_server).unwrap();
-                c.process_new_packets().unwrap();
-            }
+            pump(&mut c, &mut s);
+            pump(&mut s, &mut c);
             if !c.is_handshaking() && !s.is_handshaking() {
                 let suite = c.negotiated_cipher_suite().unwrap().suite();
                 assert_eq!(s.negotiated_cipher_suite().unwrap().suite(), suite);

@@ -275,6 +275,18 @@ pub enum Command {
         /// at start (no audio is touched); the old master keys are dropped once done.
         #[arg(long)]
         rotate_master_key: bool,
+        /// Make the next edge-token key (`k2` after `k1`) at start and publish its public half
+        /// in cluster.json's token_keys, still signing with the current one: the first step
+        /// of a rotation, before the edges are given the new key.
+        #[arg(long)]
+        token_key_add: bool,
+        /// Sign edge tokens with key KID from this start on (once every edge accepts it).
+        #[arg(long, value_name = "KID")]
+        token_key_sign: Option<String>,
+        /// Delete edge-token key KID at start (once its tokens have expired); it must not be
+        /// the signing key.
+        #[arg(long, value_name = "KID")]
+        token_key_drop: Option<String>,
         /// Another edge grants may list, `URL` or `URL@TERRITORIES` (the countries it is for,
         /// e.g. `https://edge-se.example@SE,NO,FI`); repeatable. Grants list healthy edges
         /// serving the listener's country first, fastest first.

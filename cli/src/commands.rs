@@ -58,11 +58,19 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             s3,
             database_url,
             rotate_master_key,
+            token_key_add,
+            token_key_sign,
+            token_key_drop,
             edge_site,
         } => {
             let mut config = StackConfig::new(&data);
             config.database_url = database_url;
             config.rotate_master_key = rotate_master_key;
+            config.token_keys = crate::stack::TokenKeyChanges {
+                add: token_key_add,
+                sign_with: token_key_sign,
+                drop: token_key_drop,
+            };
             config.edge_sites = edge_site;
             config.edge_cache_bytes = edge_memory_mib.saturating_mul(1024 * 1024);
             config.edge_read_ahead = edge_read_ahead;

@@ -87,6 +87,8 @@ pub struct StackConfig {
     pub database_url: Option<String>,
     /// Re-seal every content key under a new master key at start.
     pub rotate_master_key: bool,
+    /// Edge-token key changes made at start, in this order (see [`TokenKeyChanges`]).
+    pub token_keys: TokenKeyChanges,
     /// Edges elsewhere that grants may list after this stack's own, with the countries each
     /// serves.
     pub edge_sites: Vec<EdgeSite>,
@@ -120,6 +122,7 @@ impl StackConfig {
             s3: None,
             database_url: None,
             rotate_master_key: false,
+            token_keys: TokenKeyChanges::default(),
             edge_sites: Vec::new(),
             edge_probe_every: Duration::from_secs(5),
         }
@@ -324,9 +327,123 @@ pub async fn run_worker(data: &Path, lease: Duration, shutdown: Shutdown) -> any
 
 /// The edge-token signing key of the stack whose data directory is `data` (operator tools).
 pub fn signing_key(data: &Path) -> anyhow::Result<SigningKey> {
-    let path = data.join("keys").join("edge-token-k1.pk8");
+    let keys = data.join("keys");
+    let kid = signing_kid(&keys)?;
+    read_token_key(&keys, &kid)
+}
+
+/// Changes to the stack's edge-token keys, made at start in this order: a rotation is three
+/// starts, with the edges told of the new key between the first and the second (its public
+/// half is in `cluster.json`'s `token_keys` from the first), and the old key's tokens left to
+/// expire before the third.
+#[derive(Debug, Clone, Default)]
+pub struct TokenKeyChanges {
+    /// Make the next key (`k2` after `k1`) and publish it; the signing key stays.
+    pub add: bool,
+    /// Sign tokens with this key from now on.
+    pub sign_with: Option<String>,
+    /// Delete this key; it must not be the signing key.
+    pub drop: Option<String>,
+}
+
+const TOKEN_KEY_PREFIX: &str = "edge-token-";
+/// The file naming the key that signs (absent: `k1`, the first key).
+const SIGNING_KID_FILE: &str = "edge-token-signing";
+
+fn token_key_path(keys: &Path, kid: &str) -> PathBuf {
+    keys.join(format!("{TOKEN_KEY_PREFIX}{kid}.pk8"))
+}
+
+fn read_token_key(keys: &Path, kid: &str) -> anyhow::Result<SigningKey> {
+    let path = token_key_path(keys, kid);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(SigningKey::from_pkcs8("k1", &bytes)?)
+    Ok(SigningKey::from_pkcs8(kid, &bytes)?)
+}
+
+fn signing_kid(keys: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(keys.join(SIGNING_KID_FILE)) {
+        Ok(kid) => Ok(kid.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("k1".to_owned()),
+        Err(e) => Err(e).context("reading the signing key's id"),
+    }
+}
+
+/// The ids of the token keys in `keys`, `k1`, `k2`, … in order.
+fn token_kids(keys: &Path) -> anyhow::Result<Vec<String>> {
+    let mut kids: Vec<(u64, String)> = Vec::new();
+    for entry in std::fs::read_dir(keys).with_context(|| format!("reading {}", keys.display()))? {
+        let name = entry?.file_name();
+        let Some(kid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TOKEN_KEY_PREFIX))
+            .and_then(|n| n.strip_suffix(".pk8"))
+        else {
+            continue;
+        };
+        if let Some(n) = kid.strip_prefix('k').and_then(|n| n.parse().ok()) {
+            kids.push((n, kid.to_owned()));
+        }
+    }
+    kids.sort();
+    Ok(kids.into_iter().map(|(_, kid)| kid).collect())
+}
+
+/// The stack's token keys after `changes`: the one that signs, and every one an edge should
+/// accept (the signing key, keys added ahead of a rotation, and keys not yet dropped).
+fn load_token_keys(
+    data: &Path,
+    changes: &TokenKeyChanges,
+) -> anyhow::Result<(SigningKey, Vec<SigningKey>)> {
+    let keys = data.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let mut kids = token_kids(&keys)?;
+    let made = (kids.is_empty() || changes.add).then(|| {
+        let next = kids
+            .last()
+            .and_then(|k| k[1..].parse::<u64>().ok())
+            .map_or(1, |n| n + 1);
+        format!("k{next}")
+    });
+    kids.extend(made.clone());
+    // Every change is checked before any is made, so a refused start changes nothing.
+    let signing = match &changes.sign_with {
+        Some(kid) => {
+            anyhow::ensure!(
+                kids.contains(kid),
+                "no token key {kid:?} to sign with (keys: {kids:?})"
+            );
+            kid.clone()
+        }
+        None => signing_kid(&keys)?,
+    };
+    if let Some(kid) = &changes.drop {
+        anyhow::ensure!(
+            *kid != signing,
+            "token key {kid:?} signs tokens: sign with another first (--token-key-sign)"
+        );
+        anyhow::ensure!(
+            kids.contains(kid),
+            "no token key {kid:?} to drop (keys: {kids:?})"
+        );
+    }
+    if let Some(kid) = &made {
+        let (_, doc) = SigningKey::generate(kid)?;
+        write_private(&token_key_path(&keys, kid), &doc)?;
+        tracing::info!(kid, "edge-token key made");
+    }
+    if changes.sign_with.is_some() {
+        write_private(&keys.join(SIGNING_KID_FILE), signing.as_bytes())?;
+    }
+    if let Some(kid) = &changes.drop {
+        std::fs::remove_file(token_key_path(&keys, kid))?;
+        kids.retain(|k| k != kid);
+    }
+    let all = kids
+        .iter()
+        .map(|kid| read_token_key(&keys, kid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let signer = read_token_key(&keys, &signing)?;
+    Ok((signer, all))
 }
 
 /// The service token of the stack whose data directory is `data` (operator tools).
@@ -454,18 +571,6 @@ pub(crate) fn load_or_create_cert(data: &Path) -> anyhow::Result<(CertPem, PathB
     Ok((pem, cert_path))
 }
 
-fn load_or_create_signing_key(data: &Path) -> anyhow::Result<SigningKey> {
-    let dir = data.join("keys");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("edge-token-k1.pk8");
-    if path.exists() {
-        return Ok(SigningKey::from_pkcs8("k1", &std::fs::read(&path)?)?);
-    }
-    let (key, doc) = SigningKey::generate("k1")?;
-    write_private(&path, &doc)?;
-    Ok(key)
-}
-
 async fn listener(ip: IpAddr, base: u16, offset: u16) -> anyhow::Result<TcpListener> {
     let port = if base == 0 { 0 } else { base + offset };
     TcpListener::bind(SocketAddr::new(ip, port))
@@ -486,9 +591,11 @@ impl Stack {
         let (cert, ca_path) = load_or_create_cert(data)?;
         let server_tls = tls::server_config(&cert)?;
         let client = https_client(tls::client_config(cert.cert.as_bytes())?);
-        let signing = load_or_create_signing_key(data)?;
+        let (signing, accepted) = load_token_keys(data, &config.token_keys)?;
         let mut keys = VerifyingKeys::default();
-        keys.insert(signing.kid(), signing.public_key());
+        for key in &accepted {
+            keys.insert(key.kid(), key.public_key());
+        }
 
         let (control_l, origin_l, edge_l, admin_l) = (
             listener(config.listen, config.port_base, 0).await?,
@@ -513,7 +620,10 @@ impl Stack {
                 Some(l) => Some(format!("http://{}", l.local_addr()?)),
                 None => None,
             },
-            token_keys: [(signing.kid().to_owned(), hex_encode(&signing.public_key()))].into(),
+            token_keys: accepted
+                .iter()
+                .map(|k| (k.kid().to_owned(), hex_encode(&k.public_key())))
+                .collect(),
             listener: None,
             data_dir: Some(data.clone()),
         };

@@ -775,6 +775,105 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
     stack.shutdown().await;
 }
 
+/// The stack's half of a rotation, in three starts: a next key made and published (the old
+/// one still signs), then signing with it, then the old one dropped; the stack's own edge
+/// accepts what cluster.json lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_rotates_its_token_key_in_three_starts() {
+    use cadenza::stack::TokenKeyChanges;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |changes: TokenKeyChanges| {
+        let mut config = StackConfig::new(dir.path());
+        config.port_base = 0;
+        config.workers = 0;
+        config.token_keys = changes;
+        Stack::start(config)
+    };
+    let published = || {
+        let mut kids: Vec<String> = join_info(dir.path()).unwrap().token_keys.ids();
+        kids.sort();
+        kids
+    };
+    let stack = start(TokenKeyChanges::default()).await.unwrap();
+    let id = put(&stack, dir.path(), bytes(13, 20 * 1024)).await;
+    let first = signing_key(dir.path()).unwrap();
+    assert_eq!((first.kid(), published()), ("k1", vec!["k1".to_owned()]));
+    let by_first = token_by(&first, &id);
+    stack.shutdown().await;
+
+    let status = |stack: &Stack, token: &str| {
+        let (client, url) = (
+            stack.client().unwrap(),
+            format!("{}/a/{id}", stack.info.edge),
+        );
+        let token = token.to_owned();
+        async move { get(&client, &url, &token).await.0 }
+    };
+    // 1. Added: published beside k1, which still signs.
+    let stack = start(TokenKeyChanges {
+        add: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(published(), ["k1", "k2"]);
+    assert_eq!(signing_key(dir.path()).unwrap().kid(), "k1");
+    assert_eq!(status(&stack, &by_first).await, StatusCode::OK);
+    stack.shutdown().await;
+
+    // 2. k2 signs; k1's tokens are still good.
+    let stack = start(TokenKeyChanges {
+        sign_with: Some("k2".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let second = signing_key(dir.path()).unwrap();
+    assert_eq!(second.kid(), "k2");
+    assert_eq!(
+        status(&stack, &token(dir.path(), &id)).await,
+        StatusCode::OK
+    );
+    assert_eq!(status(&stack, &by_first).await, StatusCode::OK);
+    stack.shutdown().await;
+
+    // The signing key cannot be dropped, nor a key signed with that does not exist.
+    for refused in [
+        TokenKeyChanges {
+            drop: Some("k2".into()),
+            ..Default::default()
+        },
+        TokenKeyChanges {
+            sign_with: Some("k9".into()),
+            ..Default::default()
+        },
+    ] {
+        let Err(e) = start(refused).await else {
+            panic!("a refused key change started the stack")
+        };
+        assert!(e.to_string().contains("token key"), "{e:#}");
+    }
+    // Refused, they changed nothing.
+    assert_eq!(signing_key(dir.path()).unwrap().kid(), "k2");
+    let keys = dir.path().join("keys");
+    assert!(keys.join("edge-token-k1.pk8").exists() && keys.join("edge-token-k2.pk8").exists());
+
+    // 3. k1 dropped: no longer published, and its tokens are refused.
+    let stack = start(TokenKeyChanges {
+        drop: Some("k1".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(published(), ["k2"]);
+    assert_eq!(status(&stack, &by_first).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(&stack, &token(dir.path(), &id)).await,
+        StatusCode::OK
+    );
+    stack.shutdown().await;
+}
+
 /// A child process killed when dropped, so a failing test leaves no server behind (nor its
 /// stderr, which the test shares, open under `cargo test | …`).
 struct Reaped(std::process::Child);

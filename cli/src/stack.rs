@@ -8,7 +8,8 @@
 //! | `cluster.json` | URLs, label key, CA path and the local listener's login, for `cadenza ingest` / `play` (mode 0600) |
 //! | `secrets.json` | service, label and edge credentials, master keys (mode 0600) |
 //! | `tls/cert.pem`, `tls/key.pem` | the self-signed certificate every service presents |
-//! | `keys/edge-token-k1.pk8` | the Ed25519 key that signs edge tokens (mode 0600) |
+//! | `keys/edge-token-kN.pk8` | the Ed25519 keys of edge tokens, `k1` first (mode 0600); all are published in `cluster.json` |
+//! | `keys/edge-token-signing` | the id of the one that signs (absent: `k1`); see [`TokenKeyChanges`] |
 //! | `catalogue.sqlite` | the control plane's database |
 //! | `objects/` | the object store (masters, renditions), its staging area and the resumable uploads in progress (`.uploads/`) |
 //! | `scratch/` | the transcode worker's working files |

@@ -735,6 +735,20 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
     until(by_new.clone(), StatusCode::OK, "the new key taken").await;
     assert_eq!(status(by_old.clone()).await, StatusCode::OK);
 
+    // The metrics tell which keys the edge holds, so a fleet can be checked before the
+    // control plane signs with the new one.
+    let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+    let admin = about["admin_token"].as_str().unwrap().to_owned();
+    let scraped = || {
+        let (client, metrics, admin) = (client.clone(), metrics.clone(), admin.clone());
+        async move { String::from_utf8(get(&client, &metrics, &admin).await.1).unwrap() }
+    };
+    let text = scraped().await;
+    for kid in [old.kid(), new.kid()] {
+        let held = format!("cadenza_edge_token_keys{{kid=\"{kid}\"}} 1");
+        assert!(text.contains(&held), "{held} in\n{text}");
+    }
+
     // It ends: the old key withdrawn. Its token was verified and remembered; it is refused.
     std::fs::write(&keys, line(&new)).unwrap();
     hup();
@@ -745,6 +759,8 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
     )
     .await;
     assert_eq!(status(by_new.clone()).await, StatusCode::OK);
+    let text = scraped().await;
+    assert!(!text.contains(&format!("kid=\"{}\"", old.kid())), "{text}");
 
     // A damaged file (and an empty one) is refused; the keys in service stay.
     for damaged in ["k-next=not hex\n", "# nothing\n"] {

@@ -44,6 +44,8 @@ pub struct EdgeMetrics {
     pub cache_bytes: IntGauge,
     /// Open connections by listener, read from each listener's slots when scraped.
     open_connections: IntGaugeVec,
+    /// 1 for each token key in service, by key id.
+    token_keys: IntGaugeVec,
     /// Clients turned away because their listener was full, by listener.
     refused_connections: IntCounterVec,
     /// Idle connections closed to make room for new clients, by listener.
@@ -187,8 +189,28 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            token_keys: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "token_keys",
+                        "Token-signing keys this edge accepts (1 each), by key id",
+                    ),
+                    &["kid"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             listeners: Arc::default(),
             registry: r,
+        }
+    }
+
+    /// Reports `kids` as the token keys in service (and no others), so a fleet's readiness
+    /// for a key rotation can be read from its metrics.
+    pub fn token_keys_in_service(&self, kids: &[String]) {
+        self.token_keys.reset();
+        for kid in kids {
+            self.token_keys.with_label_values(&[kid.as_str()]).set(1);
         }
     }
 

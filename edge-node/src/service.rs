@@ -103,6 +103,7 @@ fn token_refused(e: &TokenError) -> ApiError {
 impl Edge {
     /// An edge answering from `cache`.
     pub fn new(config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
+        cache.metrics().token_keys_in_service(&config.keys.ids());
         Self {
             keys: std::sync::RwLock::new((0, Arc::new(config.keys.clone()))),
             config,
@@ -115,8 +116,10 @@ impl Edge {
     /// rotation's new key added; later the old one withdrawn). Tokens already verified are
     /// checked again against the new set.
     pub fn replace_token_keys(&self, keys: VerifyingKeys) {
+        let ids = keys.ids();
         let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
         *current = (current.0 + 1, Arc::new(keys));
+        self.cache.metrics().token_keys_in_service(&ids);
     }
 
     fn current_keys(&self) -> (u64, Arc<VerifyingKeys>) {

@@ -84,7 +84,9 @@ pub struct EdgeArgs {
     #[arg(long, default_value = "cadenza-edge-data", env = "CADENZA_EDGE_DATA")]
     pub data: PathBuf,
     /// Join the `cadenza up` stack in this data directory: its origin, certificate, edge
-    /// key, token keys and admin token, unless given below.
+    /// key, token keys and admin token, unless given below. Its token keys are followed
+    /// (cluster.json looked at every 10 s and on SIGHUP), so a key the stack adds is taken
+    /// without a restart.
     #[arg(long, value_name = "DIR")]
     pub join: Option<PathBuf>,
     /// Origin base URL; repeat for failover, in preference order.

@@ -11,6 +11,7 @@ use cadenza_transcoder::{TranscodeOptions, seal, transcode};
 use cadenza_common::http::client::call_json;
 
 use crate::cli::{Cli, Command, EdgeArgs, LabelAction};
+use crate::edge_node::TokenKeySource;
 use crate::ingest::{Release, TrackMeta, ingest_file};
 use crate::stack::{ClusterInfo, Stack, StackConfig};
 use crate::synth;
@@ -393,7 +394,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         .or_else(|| joined.as_ref().map(|j| j.edge_key.clone()))
         .context("no edge key: pass --edge-key or CADENZA_EDGE_KEY (or --join DIR)")?;
     let token_keys = match (&args.token_keys_file, &args.token_keys[..], &joined) {
-        (Some(path), _, _) => crate::edge_node::read_token_keys(path)?,
+        (Some(path), _, _) => TokenKeySource::File(path.clone()).read()?,
         (None, [], Some(j)) => j.token_keys.clone(),
         (None, [], None) => bail!(
             "no token key: pass --token-key KID=HEX or --token-keys-file FILE (or --join DIR)"
@@ -427,7 +428,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         )?);
         config.geo = Some(geo);
     }
-    if args.cert.is_none() && args.geoip.is_none() && args.token_keys_file.is_none() {
+    let keys_followed =
+        args.token_keys_file.is_some() || (args.token_keys.is_empty() && args.join.is_some());
+    if args.cert.is_none() && args.geoip.is_none() && !keys_followed {
         // Nothing to look at again, but `systemctl reload` must not stop the edge (SIGHUP's
         // default is to exit).
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -499,10 +502,17 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     let region = config.region.clone();
     let node = crate::edge_node::start(config, listeners, shutdown.clone()).await?;
-    if let Some(path) = &args.token_keys_file {
+    // Keys from a file, or from the joined stack's cluster.json, are followed; keys given
+    // on the command line are for the process's life.
+    let key_source = match (&args.token_keys_file, &args.token_keys[..], &args.join) {
+        (Some(path), _, _) => Some(TokenKeySource::File(path.clone())),
+        (None, [], Some(dir)) => Some(TokenKeySource::Cluster(dir.clone())),
+        _ => None,
+    };
+    if let Some(source) = key_source {
         reloaders.push(crate::edge_node::spawn_token_key_reloader(
             node.edge.clone(),
-            path.clone(),
+            source,
             Duration::from_secs(10),
             shutdown,
         )?);

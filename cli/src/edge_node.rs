@@ -320,13 +320,53 @@ pub fn read_token_keys(path: &Path) -> anyhow::Result<VerifyingKeys> {
     Ok(keys)
 }
 
-/// Follows the token-key file at `path` until `shutdown`: every `every`, and at once on
-/// SIGHUP, a changed file is read and its keys put in service for the next request (tokens
-/// signed with a key no longer listed are refused from then on); one that does not parse or
-/// holds no key is logged and the keys in service stay.
+/// Where an edge's token keys come from, and are looked at again.
+#[derive(Debug, Clone)]
+pub enum TokenKeySource {
+    /// A file of `KID=HEX` lines (`--token-keys-file`, [`read_token_keys`]).
+    File(PathBuf),
+    /// The `token_keys` of the `cluster.json` in a stack's data directory (`--join`): a
+    /// stack started with `--token-key-add` publishes its next key there, and the edge takes
+    /// it without a restart.
+    Cluster(PathBuf),
+}
+
+impl TokenKeySource {
+    /// The file to watch.
+    fn file(&self) -> PathBuf {
+        match self {
+            Self::File(path) => path.clone(),
+            Self::Cluster(dir) => dir.join("cluster.json"),
+        }
+    }
+
+    /// The keys it holds now; at least one.
+    pub fn read(&self) -> anyhow::Result<VerifyingKeys> {
+        match self {
+            Self::File(path) => read_token_keys(path),
+            Self::Cluster(dir) => {
+                let info = crate::stack::ClusterInfo::load(dir)?;
+                let keys = crate::stack::parse_token_keys(
+                    info.token_keys.iter().map(|(k, v)| format!("{k}={v}")),
+                )?;
+                anyhow::ensure!(
+                    !keys.is_empty(),
+                    "{} lists no token key",
+                    self.file().display()
+                );
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// Follows `source` until `shutdown`: every `every`, and at once on SIGHUP, a changed file
+/// is read and its keys put in service for the next request (tokens signed with a key no
+/// longer listed are refused from then on); one that does not parse or holds no key is
+/// logged and the keys in service stay.
 pub fn spawn_token_key_reloader(
     edge: Arc<Edge>,
-    path: PathBuf,
+    source: TokenKeySource,
     every: Duration,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -335,19 +375,21 @@ pub fn spawn_token_key_reloader(
             .ok()
             .map(|m| (m.modified().ok(), m.len()))
     };
-    let seen = std::sync::Mutex::new(stamp(&path));
-    spawn_follower("the token-key file", every, shutdown, move || {
-        let now = stamp(&path);
+    let file = source.file();
+    let seen = std::sync::Mutex::new(stamp(&file));
+    spawn_follower("the token keys' file", every, shutdown, move || {
+        let now = stamp(&file);
         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         if now == *seen {
             return;
         }
         *seen = now;
-        match read_token_keys(&path) {
+        match source.read() {
             Ok(keys) => {
                 let ids = keys.ids();
-                edge.replace_token_keys(keys);
-                tracing::info!(keys = ?ids, "token keys reloaded");
+                if edge.replace_token_keys(keys) {
+                    tracing::info!(keys = ?ids, "token keys reloaded");
+                }
             }
             Err(e) => tracing::error!(
                 error = format!("{e:#}"),

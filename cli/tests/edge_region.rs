@@ -874,6 +874,62 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     let keys = dir.path().join("keys");
     assert!(keys.join("edge-token-k1.pk8").exists() && keys.join("edge-token-k2.pk8").exists());
 
+    // An edge joined to the stack follows its cluster.json: a key the stack adds is taken
+    // without the edge's restart (and a rewrite with the same keys changes nothing).
+    let edge_dir = tempfile::tempdir().unwrap();
+    let mut joined = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(edge_dir.path())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--disk-gib", "0"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut joined, edge_dir.path()).await;
+    let holds = |kid: &str| {
+        let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+        let admin = about["admin_token"].as_str().unwrap().to_owned();
+        let held = format!("cadenza_edge_token_keys{{kid=\"{kid}\"}} 1");
+        let client = client::https_client(
+            cadenza_common::http::tls::client_config(
+                join_info(dir.path()).unwrap().cert.cert.as_bytes(),
+            )
+            .unwrap(),
+        );
+        async move {
+            String::from_utf8(get(&client, &metrics, &admin).await.1)
+                .unwrap()
+                .contains(&held)
+        }
+    };
+    assert!(holds("k2").await && !holds("k3").await);
+    let stack = start(TokenKeyChanges {
+        add: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(published(), ["k1", "k2", "k3"]);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &joined.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holds("k3").await {
+        assert!(Instant::now() < deadline, "the joined edge did not take k3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(holds("k1").await && holds("k2").await);
+    drop(joined);
+    stack.shutdown().await;
+
     // 3. k1 dropped: no longer published, and its tokens are refused.
     let stack = start(TokenKeyChanges {
         drop: Some("k1".into()),
@@ -881,7 +937,7 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     })
     .await
     .unwrap();
-    assert_eq!(published(), ["k2"]);
+    assert_eq!(published(), ["k2", "k3"]);
     assert_eq!(status(&stack, &by_first).await, StatusCode::FORBIDDEN);
     assert_eq!(
         status(&stack, &token(dir.path(), &id)).await,

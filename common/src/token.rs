@@ -145,7 +145,7 @@ impl SigningKey {
 }
 
 /// The public keys an edge accepts, by key id.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyingKeys {
     keys: HashMap<String, Vec<u8>>,
 }

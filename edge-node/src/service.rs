@@ -114,12 +114,17 @@ impl Edge {
 
     /// Puts `keys` in service in place of the token keys before, for the next request (a
     /// rotation's new key added; later the old one withdrawn). Tokens already verified are
-    /// checked again against the new set.
-    pub fn replace_token_keys(&self, keys: VerifyingKeys) {
+    /// checked again against the new set. False, and nothing done, when `keys` are the keys
+    /// in service.
+    pub fn replace_token_keys(&self, keys: VerifyingKeys) -> bool {
         let ids = keys.ids();
         let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if *current.1 == keys {
+            return false;
+        }
         *current = (current.0 + 1, Arc::new(keys));
         self.cache.metrics().token_keys_in_service(&ids);
+        true
     }
 
     fn current_keys(&self) -> (u64, Arc<VerifyingKeys>) {

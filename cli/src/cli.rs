@@ -282,7 +282,8 @@ pub enum Command {
         /// of a rotation, before the edges are given the new key.
         #[arg(long)]
         token_key_add: bool,
-        /// Sign edge tokens with key KID from this start on (once every edge accepts it).
+        /// Sign edge tokens with key KID from this start on. Refused while an --edge-site that
+        /// answers does not list KID among its token keys (its /healthz).
         #[arg(long, value_name = "KID")]
         token_key_sign: Option<String>,
         /// Delete edge-token key KID at start (once its tokens have expired); it must not be

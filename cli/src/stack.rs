@@ -333,6 +333,11 @@ pub fn signing_key(data: &Path) -> anyhow::Result<SigningKey> {
     read_token_key(&keys, &kid)
 }
 
+/// The stack's edge-token key `kid`, signing or not (operator tools).
+pub fn signing_key_named(data: &Path, kid: &str) -> anyhow::Result<SigningKey> {
+    read_token_key(&data.join("keys"), kid)
+}
+
 /// Changes to the stack's edge-token keys, made at start in this order: a rotation is three
 /// starts, with the edges told of the new key between the first and the second (its public
 /// half is in `cluster.json`'s `token_keys` from the first), and the old key's tokens left to
@@ -387,6 +392,53 @@ fn token_kids(keys: &Path) -> anyhow::Result<Vec<String>> {
     }
     kids.sort();
     Ok(kids.into_iter().map(|(_, kid)| kid).collect())
+}
+
+/// Checks that every edge grants may list (`sites`) accepts token key `kid` (its `/healthz`
+/// lists the keys in service) before the stack signs with it: an edge without it would
+/// refuse every play it is sent. An edge that does not answer is warned about, not waited
+/// for (it reads its keys when it starts again).
+async fn edges_accept(client: &HttpClient, sites: &[EdgeSite], kid: &str) -> anyhow::Result<()> {
+    use cadenza_common::http::client;
+    let probes = sites.iter().map(|site| async move {
+        let url = format!("{}/healthz", site.url);
+        let held: Result<serde_json::Value, client::ClientError> = client::call_json(
+            client,
+            http::Method::GET,
+            &url,
+            None,
+            None::<&()>,
+            Duration::from_secs(3),
+        )
+        .await;
+        (site, held)
+    });
+    let mut lacking = Vec::new();
+    for (site, held) in futures_util::future::join_all(probes).await {
+        match held {
+            Ok(health) => {
+                let ids: Vec<&str> = health["token_keys"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|k| k.as_str()).collect())
+                    .unwrap_or_default();
+                if !ids.contains(&kid) {
+                    lacking.push(format!("{} (holds {ids:?})", site.url));
+                }
+            }
+            Err(e) => tracing::warn!(
+                edge = %site.url,
+                error = %e,
+                "edge not reached; it is not known to accept token key {kid}"
+            ),
+        }
+    }
+    anyhow::ensure!(
+        lacking.is_empty(),
+        "not signing with token key {kid:?}: edges that do not accept it yet: {}; give them \
+         the key (`--token-keys-file`, then reload) first",
+        lacking.join(", ")
+    );
+    Ok(())
 }
 
 /// The stack's token keys after `changes`: the one that signs, and every one an edge should
@@ -592,6 +644,9 @@ impl Stack {
         let (cert, ca_path) = load_or_create_cert(data)?;
         let server_tls = tls::server_config(&cert)?;
         let client = https_client(tls::client_config(cert.cert.as_bytes())?);
+        if let Some(kid) = &config.token_keys.sign_with {
+            edges_accept(&client, &config.edge_sites, kid).await?;
+        }
         let (signing, accepted) = load_token_keys(data, &config.token_keys)?;
         let mut keys = VerifyingKeys::default();
         for key in &accepted {

@@ -798,13 +798,15 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
 async fn the_stack_rotates_its_token_key_in_three_starts() {
     use cadenza::stack::TokenKeyChanges;
     let dir = tempfile::tempdir().unwrap();
-    let start = |changes: TokenKeyChanges| {
+    let start_listing = |changes: TokenKeyChanges, edges: Vec<String>| {
         let mut config = StackConfig::new(dir.path());
         config.port_base = 0;
         config.workers = 0;
         config.token_keys = changes;
+        config.edge_sites = edges.iter().map(|url| url.parse().unwrap()).collect();
         Stack::start(config)
     };
+    let start = |changes: TokenKeyChanges| start_listing(changes, Vec::new());
     let published = || {
         let mut kids: Vec<String> = join_info(dir.path()).unwrap().token_keys.ids();
         kids.sort();
@@ -927,7 +929,76 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(holds("k1").await && holds("k2").await);
-    drop(joined);
+    stack.shutdown().await;
+
+    // The stack signs with a key only once every edge grants may list accepts it (their
+    // `/healthz` lists the keys in service): an edge that follows a file still without k3
+    // stops the switch, and is named.
+    let file_edge_dir = tempfile::tempdir().unwrap();
+    let keys_file = file_edge_dir.path().join("token-keys");
+    let info = join_info(dir.path()).unwrap();
+    let line = |kid: &str| {
+        let key = cadenza::stack::signing_key_named(dir.path(), kid).unwrap();
+        format!("{kid}={}\n", hex_encode(&key.public_key()))
+    };
+    std::fs::write(&keys_file, line("k1") + &line("k2")).unwrap();
+    let mut file_edge = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(file_edge_dir.path())
+            .arg("--token-keys-file")
+            .arg(&keys_file)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--disk-gib", "0"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let file_about = edge_started(&mut file_edge, file_edge_dir.path()).await;
+    let sites = vec![
+        about["edge"].as_str().unwrap().to_owned(),
+        file_about["edge"].as_str().unwrap().to_owned(),
+    ];
+    let sign_k3 = || TokenKeyChanges {
+        sign_with: Some("k3".into()),
+        ..Default::default()
+    };
+    let Err(e) = start_listing(sign_k3(), sites.clone()).await else {
+        panic!("signed with a key an edge does not accept")
+    };
+    let said = format!("{e:#}");
+    assert!(
+        said.contains(file_about["edge"].as_str().unwrap())
+            && !said.contains(about["edge"].as_str().unwrap()),
+        "{said}"
+    );
+    assert_eq!(signing_key(dir.path()).unwrap().kid(), "k2");
+    // Given k3 (and reloaded), the edge no longer stands in the way.
+    std::fs::write(&keys_file, line("k1") + &line("k2") + &line("k3")).unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &file_edge.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let healthz = format!("{}/healthz", file_about["edge"].as_str().unwrap());
+    let client = client::https_client(
+        cadenza_common::http::tls::client_config(info.cert.cert.as_bytes()).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8(get(&client, &healthz, "").await.1)
+        .unwrap()
+        .contains("\"k3\"")
+    {
+        assert!(Instant::now() < deadline, "the file edge did not take k3");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stack = start_listing(sign_k3(), sites).await.unwrap();
+    assert_eq!(signing_key(dir.path()).unwrap().kid(), "k3");
+    drop((joined, file_edge));
     stack.shutdown().await;
 
     // 3. k1 dropped: no longer published, and its tokens are refused.
@@ -938,6 +1009,7 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     .await
     .unwrap();
     assert_eq!(published(), ["k2", "k3"]);
+    assert_eq!(signing_key(dir.path()).unwrap().kid(), "k3");
     assert_eq!(status(&stack, &by_first).await, StatusCode::FORBIDDEN);
     assert_eq!(
         status(&stack, &token(dir.path(), &id)).await,

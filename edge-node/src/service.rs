@@ -4,15 +4,15 @@
 //! |---|---|
 //! | `GET, HEAD /a/{file_id}` | rendition bytes by range; token in `Authorization: Bearer` or `?t=` |
 //! | `GET, HEAD /v1/objects/{file_id}` | the same bytes for the region's other edges (shield tier); the edge key in `Authorization: Bearer` |
-//! | `GET /healthz` | liveness |
+//! | `GET /healthz` | liveness, and the ids of the token keys in service (`{"ok": true, "token_keys": [..]}`) |
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cadenza_common::http::{
-    ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, health, plan_span, range_plan,
-    ranged_response,
+    ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, json_response, plan_span,
+    range_plan, ranged_response,
 };
 use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims, explicit_span};
 use cadenza_geo::{Cidr, ReloadingGeo, client_ip};
@@ -309,7 +309,12 @@ impl Edge {
         let result = match (&req.method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, conn, id).await,
             (&Method::GET | &Method::HEAD, ["v1", "objects", id]) => self.serve_peer(req, id).await,
-            (&Method::GET, ["healthz"]) => Ok(health()),
+            // Liveness, with the token keys in service: the control plane reads them before
+            // it signs with a new key.
+            (&Method::GET, ["healthz"]) => Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"ok": true, "token_keys": self.current_keys().1.ids()}),
+            )),
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };

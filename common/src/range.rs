@@ -39,6 +39,24 @@ impl ByteRange {
     pub fn content_range(&self, complete_len: u64) -> String {
         format!("bytes {}-{}/{}", self.start, self.end, complete_len)
     }
+
+    /// The range and complete length a 206's `Content-Range` value (`bytes a-b/LEN`) states,
+    /// the inverse of [`ByteRange::content_range`]; `None` for anything else, including an
+    /// unknown length (`/*`), `bytes */LEN`, signs or spaces inside a number, and a range
+    /// that is not a ≤ b < LEN. What an upstream answers is checked against what was asked
+    /// with this one parser (edge, origin, player).
+    pub fn from_content_range(value: &str) -> Option<(ByteRange, u64)> {
+        let (span, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        let number = |s: &str| -> Option<u64> {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let (start, end, total) = (number(first)?, number(last)?, number(total)?);
+        (start <= end && end < total).then_some((ByteRange { start, end }, total))
+    }
 }
 
 /// What to answer a request with.
@@ -155,6 +173,33 @@ fn digits(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_range_is_read_back_only_when_it_states_a_range_within_its_length() {
+        let r = ByteRange { start: 0, end: 9 };
+        assert_eq!(
+            ByteRange::from_content_range(&r.content_range(100)),
+            Some((r, 100))
+        );
+        assert_eq!(
+            ByteRange::from_content_range(" bytes 5-5/6 "),
+            Some((ByteRange { start: 5, end: 5 }, 6))
+        );
+        for refused in [
+            "bytes 0-9/*",
+            "bytes */100",
+            "bytes 9-0/100",
+            "bytes 0-100/100",
+            "bytes -1-9/100",
+            "bytes +0-9/100",
+            "bytes 0-9/1 00",
+            "items 0-9/100",
+            "bytes 0-9",
+            "",
+        ] {
+            assert_eq!(ByteRange::from_content_range(refused), None, "{refused:?}");
+        }
+    }
 
     #[test]
     fn the_first_byte_is_known_only_for_ranges_that_start_somewhere() {

@@ -665,14 +665,6 @@ enum Source {
 /// `Content-Range: bytes a-b/LEN` as (a, b, LEN), when it is one: a ≤ b < LEN.
 fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64, u64)> {
     let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let (span, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (first, last) = span.split_once('-')?;
-    let number = |s: &str| -> Option<u64> {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let (first, last, total) = (number(first)?, number(last)?, number(total)?);
-    (first <= last && last < total).then_some((first, last, total))
+    let (range, total) = cadenza_common::ByteRange::from_content_range(value)?;
+    Some((range.start, range.end, total))
 }

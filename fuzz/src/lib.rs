@@ -182,14 +182,10 @@ fn walk_responses(mut out: &[u8], methods: &[Method]) -> usize {
             }
             206 if !head_request => {
                 let range = header("content-range").expect("a 206 has Content-Range");
-                let (span, len) = range
-                    .strip_prefix("bytes ")
-                    .and_then(|r| r.split_once('/'))
-                    .expect("bytes a-b/len");
-                let (start, end) = span.split_once('-').expect("a-b");
-                let (start, end): (usize, usize) = (start.parse().unwrap(), end.parse().unwrap());
-                assert_eq!(len, OBJECT_LEN.to_string());
-                assert!(start <= end && end < OBJECT_LEN, "{range}");
+                let (span, len) = cadenza_common::ByteRange::from_content_range(range)
+                    .unwrap_or_else(|| panic!("{range}: not bytes a-b/len with a ≤ b < len"));
+                assert_eq!(len, OBJECT_LEN as u64, "{range}");
+                let (start, end) = (span.start as usize, span.end as usize);
                 assert_eq!(body.len(), end - start + 1, "{range}");
                 assert!(
                     body.iter()

@@ -275,11 +275,6 @@ impl S3Store {
     }
 }
 
-/// `bytes a-b/total` → total.
-fn total_from_content_range(range: &str) -> Option<u64> {
-    range.rsplit('/').next()?.trim().parse().ok()
-}
-
 /// The object's size from a GetObject answer to `bytes={offset}-…`, once the answer is known
 /// to start where asked: a store that ignored the Range header (a 200 with the whole object)
 /// or answered another range would have its bytes served as the requested ones.
@@ -299,18 +294,12 @@ fn ranged_size(
             .and_then(|n| u64::try_from(n).ok())
             .ok_or_else(|| StoreError::Backend("GetObject gave no length".into()));
     };
-    let first = range
-        .trim()
-        .strip_prefix("bytes ")
-        .and_then(|r| r.split_once('-'))
-        .and_then(|(first, _)| first.trim().parse::<u64>().ok());
-    if first != Some(offset) {
-        return Err(StoreError::Backend(format!(
+    match cadenza_common::ByteRange::from_content_range(range) {
+        Some((answered, total)) if answered.start == offset => Ok(total),
+        _ => Err(StoreError::Backend(format!(
             "GetObject answered a range from byte {offset} with {range}"
-        )));
+        ))),
     }
-    total_from_content_range(range)
-        .ok_or_else(|| StoreError::Backend(format!("GetObject gave no length in {range}")))
 }
 
 impl ObjectStore for S3Store {
@@ -385,13 +374,6 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_totals() {
-        assert_eq!(total_from_content_range("bytes 0-9/100"), Some(100));
-        assert_eq!(total_from_content_range("bytes */100"), Some(100));
-        assert_eq!(total_from_content_range("bytes 0-9/*"), None);
-    }
 
     #[test]
     fn a_read_is_taken_only_from_where_it_was_asked() {

@@ -158,10 +158,8 @@ async fn fetch_range(
 /// Whether `content_range` (a 206's `Content-Range`) is `bytes start-end/…`.
 fn answers_range(content_range: Option<&str>, start: u64, end: u64) -> bool {
     content_range
-        .and_then(|v| v.trim().strip_prefix("bytes "))
-        .and_then(|v| v.split_once('/'))
-        .and_then(|(span, _)| span.split_once('-'))
-        .is_some_and(|(a, b)| a.parse() == Ok(start) && b.parse() == Ok(end))
+        .and_then(cadenza_common::ByteRange::from_content_range)
+        .is_some_and(|(range, _)| range == cadenza_common::ByteRange { start, end })
 }
 
 #[cfg(test)]

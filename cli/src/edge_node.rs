@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cadenza_common::VerifyingKeys;
+use cadenza_common::follow::{file_stamp, spawn_follower};
 use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ServerLimits, Shutdown, serve_on};
@@ -370,58 +371,33 @@ pub fn spawn_token_key_reloader(
     every: Duration,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
-    };
     let file = source.file();
-    let seen = std::sync::Mutex::new(stamp(&file));
-    spawn_follower("the token keys' file", every, shutdown, move || {
-        let now = stamp(&file);
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        if now == *seen {
-            return;
-        }
-        *seen = now;
-        match source.read() {
-            Ok(keys) => {
-                let ids = keys.ids();
-                if edge.replace_token_keys(keys) {
-                    tracing::info!(keys = ?ids, "token keys reloaded");
+    let seen = std::sync::Mutex::new(file_stamp(&file));
+    Ok(spawn_follower(
+        "the token keys' file",
+        every,
+        shutdown,
+        move || {
+            let now = file_stamp(&file);
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if now == *seen {
+                return;
+            }
+            *seen = now;
+            match source.read() {
+                Ok(keys) => {
+                    let ids = keys.ids();
+                    if edge.replace_token_keys(keys) {
+                        tracing::info!(keys = ?ids, "token keys reloaded");
+                    }
                 }
+                Err(e) => tracing::error!(
+                    error = format!("{e:#}"),
+                    "token-key reload refused; the keys in service stay"
+                ),
             }
-            Err(e) => tracing::error!(
-                error = format!("{e:#}"),
-                "token-key reload refused; the keys in service stay"
-            ),
-        }
-    })
-}
-
-/// Runs `check` (off the async threads) every `every` and at once on SIGHUP, until
-/// `shutdown`: how the edge follows files an operator replaces in place.
-fn spawn_follower(
-    what: &'static str,
-    every: Duration,
-    mut shutdown: Shutdown,
-    check: impl Fn() + Send + Sync + 'static,
-) -> anyhow::Result<JoinHandle<()>> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let check = Arc::new(check);
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(every) => {}
-                _ = hangup.recv() => tracing::info!("SIGHUP: checking {what}"),
-            }
-            let check = check.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || check()).await {
-                tracing::error!(error = %e, "checking {what} failed");
-            }
-        }
-    }))
+        },
+    )?)
 }
 
 /// How often the certificate files are looked at (a `stat` of each).
@@ -436,7 +412,7 @@ fn spawn_cert_reloader(
     every: Duration,
     shutdown: Shutdown,
 ) -> anyhow::Result<JoinHandle<()>> {
-    spawn_follower(
+    Ok(spawn_follower(
         "the certificate files",
         every,
         shutdown,
@@ -448,5 +424,5 @@ fn spawn_cert_reloader(
                 "TLS certificate reload refused; the certificate in service stays"
             ),
         },
-    )
+    )?)
 }

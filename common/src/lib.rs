@@ -7,6 +7,7 @@
 //! catalogues, caches or codecs.
 
 mod crypto;
+pub mod follow;
 pub mod http;
 mod ids;
 pub mod mapped;

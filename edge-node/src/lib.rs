@@ -35,25 +35,16 @@ pub use upstream::{Breaker, Upstreams};
 pub fn spawn_geo_reloader(
     geo: std::sync::Arc<cadenza_geo::ReloadingGeo>,
     every: std::time::Duration,
-    mut shutdown: cadenza_common::http::Shutdown,
+    shutdown: cadenza_common::http::Shutdown,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(every) => {}
-                _ = hangup.recv() => {}
-            }
-            let geo = geo.clone();
-            match tokio::task::spawn_blocking(move || geo.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!("GeoIP database reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "GeoIP reload refused; the previous database stays in service")
-                }
-                Err(e) => tracing::error!(error = %e, "GeoIP reload task failed"),
-            }
-        }
-    }))
+    cadenza_common::follow::spawn_follower("the GeoIP database", every, shutdown, move || match geo
+        .reload_if_changed()
+    {
+        Ok(true) => tracing::info!("GeoIP database reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(
+            error = %e,
+            "GeoIP reload refused; the previous database stays in service"
+        ),
+    })
 }

@@ -3,13 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use rustls::RootCertStore;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::follow::{FileStamp, file_stamp};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +93,8 @@ pub struct ServingCert {
 struct CertFiles {
     cert: PathBuf,
     key: PathBuf,
-    seen: Mutex<(Stamp, Stamp)>,
+    seen: Mutex<(FileStamp, FileStamp)>,
 }
-
-type Stamp = Option<(SystemTime, u64)>;
 
 impl std::fmt::Debug for ServingCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,14 +103,6 @@ impl std::fmt::Debug for ServingCert {
             None => f.write_str("ServingCert(..)"),
         }
     }
-}
-
-fn stamp(path: &Path) -> Stamp {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((
-        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        meta.len(),
-    ))
 }
 
 fn read_pem(path: &Path) -> Result<String, TlsError> {
@@ -150,7 +141,7 @@ impl ServingCert {
     /// Presents the chain in `cert` with the key in `key` (PEM files), both good now, and
     /// follows them through [`ServingCert::reload_if_changed`].
     pub fn watch(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
-        let seen = (stamp(cert), stamp(key));
+        let seen = (file_stamp(cert), file_stamp(key));
         let pem = CertPem {
             cert: read_pem(cert)?,
             key: read_pem(key)?,
@@ -194,7 +185,7 @@ impl ServingCert {
         let Some(files) = &self.files else {
             return Ok(false);
         };
-        let now = (stamp(&files.cert), stamp(&files.key));
+        let now = (file_stamp(&files.cert), file_stamp(&files.key));
         {
             let mut seen = files.seen.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {

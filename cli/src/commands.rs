@@ -393,13 +393,19 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| joined.as_ref().map(|j| j.edge_key.clone()))
         .context("no edge key: pass --edge-key or CADENZA_EDGE_KEY (or --join DIR)")?;
-    let token_keys = match (&args.token_keys_file, &args.token_keys[..], &joined) {
-        (Some(path), _, _) => TokenKeySource::File(path.clone()).read()?,
-        (None, [], Some(j)) => j.token_keys.clone(),
-        (None, [], None) => bail!(
+    // Keys from a file, or from the joined stack's cluster.json, are followed while the edge
+    // runs; keys given on the command line are for the process's life.
+    let key_source = match (&args.token_keys_file, &args.token_keys[..], &args.join) {
+        (Some(path), _, _) => Some(TokenKeySource::File(path.clone())),
+        (None, [], Some(dir)) => Some(TokenKeySource::Cluster(dir.clone())),
+        _ => None,
+    };
+    let token_keys = match (&key_source, &args.token_keys[..]) {
+        (Some(source), _) => source.read()?,
+        (None, []) => bail!(
             "no token key: pass --token-key KID=HEX or --token-keys-file FILE (or --join DIR)"
         ),
-        (None, given, _) => crate::stack::parse_token_keys(given.iter().cloned())?,
+        (None, given) => crate::stack::parse_token_keys(given.iter().cloned())?,
     };
     let admin_token = args
         .admin_token
@@ -428,9 +434,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         )?);
         config.geo = Some(geo);
     }
-    let keys_followed =
-        args.token_keys_file.is_some() || (args.token_keys.is_empty() && args.join.is_some());
-    if args.cert.is_none() && args.geoip.is_none() && !keys_followed {
+    if args.cert.is_none() && args.geoip.is_none() && key_source.is_none() {
         // Nothing to look at again, but `systemctl reload` must not stop the edge (SIGHUP's
         // default is to exit).
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -502,13 +506,6 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     let region = config.region.clone();
     let node = crate::edge_node::start(config, listeners, shutdown.clone()).await?;
-    // Keys from a file, or from the joined stack's cluster.json, are followed; keys given
-    // on the command line are for the process's life.
-    let key_source = match (&args.token_keys_file, &args.token_keys[..], &args.join) {
-        (Some(path), _, _) => Some(TokenKeySource::File(path.clone())),
-        (None, [], Some(dir)) => Some(TokenKeySource::Cluster(dir.clone())),
-        _ => None,
-    };
     if let Some(source) = key_source {
         reloaders.push(crate::edge_node::spawn_token_key_reloader(
             node.edge.clone(),

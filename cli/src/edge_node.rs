@@ -3,7 +3,7 @@
 //! runs one beside the other services; `cadenza edge` runs one alone, pointed at origins
 //! elsewhere, as operators deploy them per region.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -301,30 +301,11 @@ fn sendfile_budget(config: &EdgeNodeConfig) -> usize {
     usize::try_from(files).unwrap_or(usize::MAX)
 }
 
-/// Reads a token-key file: one `KID=HEX` a line (an Ed25519 public key in hex), blank lines
-/// and `#` comments skipped. At least one key, or every play would be refused.
-pub fn read_token_keys(path: &Path) -> anyhow::Result<VerifyingKeys> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token keys from {}", path.display()))?;
-    let specs = text
-        .lines()
-        .map(|line| {
-            line.split_once('#')
-                .map_or(line, |(before, _)| before)
-                .trim()
-        })
-        .filter(|line| !line.is_empty())
-        .map(str::to_owned);
-    let keys = crate::stack::parse_token_keys(specs)
-        .with_context(|| format!("token keys in {}", path.display()))?;
-    anyhow::ensure!(!keys.is_empty(), "{} holds no token key", path.display());
-    Ok(keys)
-}
-
 /// Where an edge's token keys come from, and are looked at again.
 #[derive(Debug, Clone)]
 pub enum TokenKeySource {
-    /// A file of `KID=HEX` lines (`--token-keys-file`, [`read_token_keys`]).
+    /// A file of `KID=HEX` lines, an Ed25519 public key in hex each (`--token-keys-file`);
+    /// blank lines and `#` comments skipped.
     File(PathBuf),
     /// The `token_keys` of the `cluster.json` in a stack's data directory (`--join`): a
     /// stack started with `--token-key-add` publishes its next key there, and the edge takes
@@ -341,23 +322,29 @@ impl TokenKeySource {
         }
     }
 
-    /// The keys it holds now; at least one.
+    /// The keys it holds now; at least one, or every play would be refused.
     pub fn read(&self) -> anyhow::Result<VerifyingKeys> {
-        match self {
-            Self::File(path) => read_token_keys(path),
-            Self::Cluster(dir) => {
-                let info = crate::stack::ClusterInfo::load(dir)?;
-                let keys = crate::stack::parse_token_keys(
-                    info.token_keys.iter().map(|(k, v)| format!("{k}={v}")),
-                )?;
-                anyhow::ensure!(
-                    !keys.is_empty(),
-                    "{} lists no token key",
-                    self.file().display()
-                );
-                Ok(keys)
+        let file = self.file();
+        let keys = match self {
+            Self::File(_) => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading token keys from {}", file.display()))?;
+                let specs = text
+                    .lines()
+                    .map(|line| {
+                        line.split_once('#')
+                            .map_or(line, |(before, _)| before)
+                            .trim()
+                    })
+                    .filter(|line| !line.is_empty())
+                    .map(str::to_owned);
+                crate::stack::parse_token_keys(specs)
             }
+            Self::Cluster(dir) => crate::stack::ClusterInfo::load(dir)?.verifying_keys(),
         }
+        .with_context(|| format!("token keys in {}", file.display()))?;
+        anyhow::ensure!(!keys.is_empty(), "{} holds no token key", file.display());
+        Ok(keys)
     }
 }
 

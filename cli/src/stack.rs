@@ -160,6 +160,11 @@ pub struct ClusterInfo {
 }
 
 impl ClusterInfo {
+    /// The public token keys it lists, for an edge to accept.
+    pub fn verifying_keys(&self) -> anyhow::Result<VerifyingKeys> {
+        parse_token_keys(self.token_keys.iter().map(|(k, v)| format!("{k}={v}")))
+    }
+
     /// Reads `cluster.json` from a data directory.
     pub fn load(data: &Path) -> anyhow::Result<Self> {
         let path = data.join("cluster.json");
@@ -331,11 +336,6 @@ pub fn signing_key(data: &Path) -> anyhow::Result<SigningKey> {
     let keys = data.join("keys");
     let kid = signing_kid(&keys)?;
     read_token_key(&keys, &kid)
-}
-
-/// The stack's edge-token key `kid`, signing or not (operator tools).
-pub fn signing_key_named(data: &Path, kid: &str) -> anyhow::Result<SigningKey> {
-    read_token_key(&data.join("keys"), kid)
 }
 
 /// Changes to the stack's edge-token keys, made at start in this order: a rotation is three
@@ -522,6 +522,7 @@ pub struct JoinInfo {
 /// Reads [`JoinInfo`] from a `cadenza up` data directory.
 pub fn join_info(data: &Path) -> anyhow::Result<JoinInfo> {
     let info = ClusterInfo::load(data)?;
+    let token_keys = info.verifying_keys()?;
     let secrets: Secrets = serde_json::from_str(
         &std::fs::read_to_string(data.join("secrets.json")).context("reading secrets.json")?,
     )?;
@@ -530,7 +531,7 @@ pub fn join_info(data: &Path) -> anyhow::Result<JoinInfo> {
         origin: info.origin,
         cert,
         edge_key: secrets.edge_key,
-        token_keys: parse_token_keys(info.token_keys.iter().map(|(k, v)| format!("{k}={v}")))?,
+        token_keys,
         admin_token: secrets.admin_token,
     })
 }

@@ -317,24 +317,10 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     );
 
     let mut child = Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(edge_dir.path())
+        edge_command(dir.path(), edge_dir.path())
             .arg("--tls-ticket-key")
             .arg(&ticket_key)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--disk-gib",
-                "0",
-                "--max-connections",
-                "1",
-            ])
-            .stdout(std::process::Stdio::null())
+            .args(["--max-connections", "1"])
             .spawn()
             .unwrap(),
     );
@@ -472,6 +458,21 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
 
 /// What a `cadenza edge` child writes to `{data}/edge.json` once it serves (its URLs and admin
 /// token), waited for up to 30 s.
+/// `cadenza edge --join stack --data data` on free loopback ports, memory cache only, its
+/// standard output discarded; callers add their flags and spawn it.
+fn edge_command(stack: &Path, data: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"));
+    command
+        .args(["edge", "--join"])
+        .arg(stack)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--disk-gib", "0"])
+        .stdout(std::process::Stdio::null());
+    command
+}
+
 async fn edge_started(child: &mut Reaped, data: &Path) -> serde_json::Value {
     let about = data.join("edge.json");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -553,20 +554,13 @@ async fn a_renewed_certificate_and_geoip_database_are_taken_without_a_restart() 
     let log = edge_dir.path().join("edge.log");
     let state = edge_dir.path().join("state");
     let mut child = Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(&state)
+        edge_command(dir.path(), &state)
             .arg("--cert")
             .arg(&cert)
             .arg("--key")
             .arg(&key)
             .arg("--geoip")
             .arg(&geoip)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--disk-gib", "0"])
-            .stdout(std::process::Stdio::null())
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -678,17 +672,10 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
     let log = edge_dir.path().join("edge.log");
     let state = edge_dir.path().join("state");
     let edge = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(&state)
+        edge_command(dir.path(), &state)
             .arg("--token-keys-file")
             .arg(&keys)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--disk-gib", "0"])
             .args(extra)
-            .stdout(std::process::Stdio::null())
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -879,18 +866,7 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     // An edge joined to the stack follows its cluster.json: a key the stack adds is taken
     // without the edge's restart (and a rewrite with the same keys changes nothing).
     let edge_dir = tempfile::tempdir().unwrap();
-    let mut joined = Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(edge_dir.path())
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--disk-gib", "0"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut joined = Reaped(edge_command(dir.path(), edge_dir.path()).spawn().unwrap());
     let about = edge_started(&mut joined, edge_dir.path()).await;
     let holds = |kid: &str| {
         let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
@@ -937,22 +913,15 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     let file_edge_dir = tempfile::tempdir().unwrap();
     let keys_file = file_edge_dir.path().join("token-keys");
     let info = join_info(dir.path()).unwrap();
-    let line = |kid: &str| {
-        let key = cadenza::stack::signing_key_named(dir.path(), kid).unwrap();
-        format!("{kid}={}\n", hex_encode(&key.public_key()))
-    };
+    let published_hex = cadenza::stack::ClusterInfo::load(dir.path())
+        .unwrap()
+        .token_keys;
+    let line = |kid: &str| format!("{kid}={}\n", published_hex[kid]);
     std::fs::write(&keys_file, line("k1") + &line("k2")).unwrap();
     let mut file_edge = Reaped(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(file_edge_dir.path())
+        edge_command(dir.path(), file_edge_dir.path())
             .arg("--token-keys-file")
             .arg(&keys_file)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--disk-gib", "0"])
-            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );

@@ -36,7 +36,8 @@ pub enum UnknownCountry {
 /// How the edge checks requests.
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
-    /// Public keys of the control plane's token signers.
+    /// Public keys of the control plane's token signers the edge starts with (taken by
+    /// [`Edge::new`]; [`Edge::replace_token_keys`] changes them after).
     pub keys: VerifyingKeys,
     /// How far past expiry a token is still accepted.
     pub token_leeway: Duration,
@@ -65,9 +66,12 @@ pub struct EdgeConfig {
 pub struct Edge {
     config: EdgeConfig,
     cache: Arc<SliceCache>,
-    /// The token keys in service, starting as `config.keys`; replaced whole by
-    /// [`Edge::replace_token_keys`], each set numbered.
-    keys: std::sync::RwLock<(u64, Arc<VerifyingKeys>)>,
+    /// The token keys in service, replaced whole by [`Edge::replace_token_keys`]; read only
+    /// to check a signature not remembered.
+    keys: std::sync::RwLock<VerifyingKeys>,
+    /// The number of the key set in service, raised under `keys`' write lock at each
+    /// replacement: a remembered token is checked against it with one load, no lock.
+    key_set: std::sync::atomic::AtomicU64,
     /// Tokens whose signature was checked, by their text, with the number of the key set
     /// that checked it: an entry of an older set is checked again, so a key withdrawn stops
     /// working at once. Entries live at most [`VERIFIED_TTL`]; expiry and file are checked
@@ -102,10 +106,12 @@ fn token_refused(e: &TokenError) -> ApiError {
 
 impl Edge {
     /// An edge answering from `cache`.
-    pub fn new(config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
-        cache.metrics().token_keys_in_service(&config.keys.ids());
+    pub fn new(mut config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
+        let keys = std::mem::take(&mut config.keys);
+        cache.metrics().token_keys_in_service(&keys.ids());
         Self {
-            keys: std::sync::RwLock::new((0, Arc::new(config.keys.clone()))),
+            keys: std::sync::RwLock::new(keys),
+            key_set: std::sync::atomic::AtomicU64::new(0),
             config,
             cache,
             verified: crate::memo::Memo::new(VERIFIED_TOKENS, Some(VERIFIED_TTL)),
@@ -117,19 +123,19 @@ impl Edge {
     /// checked again against the new set. False, and nothing done, when `keys` are the keys
     /// in service.
     pub fn replace_token_keys(&self, keys: VerifyingKeys) -> bool {
-        let ids = keys.ids();
         let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        if *current.1 == keys {
+        if *current == keys {
             return false;
         }
-        *current = (current.0 + 1, Arc::new(keys));
-        self.cache.metrics().token_keys_in_service(&ids);
+        self.cache.metrics().token_keys_in_service(&keys.ids());
+        *current = keys;
+        self.key_set
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         true
     }
 
-    fn current_keys(&self) -> (u64, Arc<VerifyingKeys>) {
-        let current = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        (current.0, current.1.clone())
+    fn current_keys(&self) -> std::sync::RwLockReadGuard<'_, VerifyingKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The slice cache, for stats and tests.
@@ -148,13 +154,18 @@ impl Edge {
             .unwrap_or("");
         // A player sends the same token with every range of a track: its signature is checked
         // once and remembered; expiry and file are checked on every request.
-        let (set, keys) = self.current_keys();
+        let set = self.key_set.load(std::sync::atomic::Ordering::Acquire);
         let claims = match self.verified.get(token) {
             Some((checked_by, claims)) if checked_by == set => claims,
             _ => {
+                // Under the read lock the set cannot change, so the number read with it
+                // is the one that checked.
+                let keys = self.current_keys();
+                let set = self.key_set.load(std::sync::atomic::Ordering::Acquire);
                 let claims = keys
                     .verify_signature(token)
                     .map_err(|e| token_refused(&e))?;
+                drop(keys);
                 self.verified
                     .insert(token.to_owned(), (set, claims.clone()));
                 claims
@@ -313,7 +324,7 @@ impl Edge {
             // it signs with a new key.
             (&Method::GET, ["healthz"]) => Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({"ok": true, "token_keys": self.current_keys().1.ids()}),
+                &serde_json::json!({"ok": true, "token_keys": self.current_keys().ids()}),
             )),
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),

@@ -141,23 +141,18 @@ fn refused(reason: impl Into<String>) -> TranscodeError {
     TranscodeError::Refused(reason.into())
 }
 
-/// How a refusal for a decoder panic begins.
-const DECODER_FAILED: &str = "the decoder failed on this file";
-
 /// Runs `f`; a panic inside it (symphonia's, on a file it does not expect: the `master` fuzz
-/// target found a WAV header whose channel count overflows its arithmetic) becomes a refusal
-/// that says so, rather than the end of the worker's task and a retry of the same file.
-fn guarded<T>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, TranscodeError>,
-) -> Result<T, TranscodeError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+/// target found a WAV header whose channel count overflows its arithmetic) comes back as the
+/// reason to refuse the master with, rather than ending the worker's task and having the same
+/// file retried.
+fn catch_decoder_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
         let why = panic
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_owned());
-        Err(refused(format!("{DECODER_FAILED} while {what} ({why})")))
+        format!("the decoder failed on this file while {what} ({why})")
     })
 }
 
@@ -196,9 +191,10 @@ impl MasterDecoder {
         ext: Option<&str>,
         limits: &DecodeLimits,
     ) -> Result<Self, TranscodeError> {
-        guarded("reading its headers", || {
+        catch_decoder_panic("reading its headers", || {
             Self::open_unguarded(source, file_len, ext, limits)
         })
+        .unwrap_or_else(|reason| Err(refused(reason)))
     }
 
     fn open_unguarded(
@@ -333,13 +329,10 @@ impl MasterDecoder {
         if let Some(reason) = &self.broken {
             return Err(refused(reason.clone()));
         }
-        let result = guarded(what, || f(self));
-        if let Err(TranscodeError::Refused(reason)) = &result
-            && reason.starts_with(DECODER_FAILED)
-        {
+        catch_decoder_panic(what, || f(self)).unwrap_or_else(|reason| {
             self.broken = Some(reason.clone());
-        }
-        result
+            Err(refused(reason))
+        })
     }
 
     fn next_block_unguarded(

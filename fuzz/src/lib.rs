@@ -206,6 +206,27 @@ fn walk_responses(mut out: &[u8], methods: &[Method]) -> usize {
     count
 }
 
+/// The client's side of a connection: writes `data` to `stream` in writes of `piece` bytes,
+/// then shuts its write half, while reading everything until the other end closes (or the
+/// read fails: what came before counts). What was read.
+async fn converse<S: AsyncRead + AsyncWrite>(stream: S, data: &[u8], piece: usize) -> Vec<u8> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let write = async move {
+        for chunk in data.chunks(piece) {
+            if writer.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    };
+    let read = async move {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out).await;
+        out
+    };
+    tokio::join!(write, read).1
+}
+
 /// A whole connection: `data` arrives at the edge's HTTP/1.1 loop in pieces (the first byte
 /// sets their size), then the client half-closes, reading everything the loop writes.
 /// Returns how many responses it wrote.
@@ -240,23 +261,9 @@ pub fn h1_conn(data: &[u8]) -> usize {
             false,
             None,
         );
-        let (mut reader, mut writer) = tokio::io::split(client);
-        let write = async move {
-            for chunk in data.chunks(piece) {
-                if writer.write_all(chunk).await.is_err() {
-                    break;
-                }
-            }
-            let _ = writer.shutdown().await;
-        };
-        let read = async move {
-            let mut out = Vec::new();
-            let _ = reader.read_to_end(&mut out).await;
-            out
-        };
-        let all = async { tokio::join!(serve, write, read) };
+        let all = async { tokio::join!(serve, converse(client, data, piece)) };
         match tokio::time::timeout(Duration::from_secs(5), all).await {
-            Ok((_, (), out)) => out,
+            Ok((_, out)) => out,
             Err(_) => panic!("the connection did not end within 5 s"),
         }
     });
@@ -726,23 +733,9 @@ pub fn tls_conn(data: &[u8]) -> usize {
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
             let connector = tokio_rustls::TlsConnector::from(client_config.clone());
             let stream = connector.connect(name, io).await.unwrap();
-            let (mut reader, mut writer) = tokio::io::split(stream);
-            let write = async move {
-                for chunk in data.chunks(record) {
-                    if writer.write_all(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = writer.shutdown().await;
-            };
-            let read = async move {
-                let mut out = Vec::new();
-                // The edge may close without close_notify once it has answered a refused
-                // head; what was read before counts.
-                let _ = reader.read_to_end(&mut out).await;
-                out
-            };
-            tokio::join!(write, read).1
+            // The edge may close without close_notify once it has answered a refused head;
+            // what was read before counts.
+            converse(stream, data, record).await
         };
         let all = async { tokio::join!(serve, talk) };
         match tokio::time::timeout(Duration::from_secs(5), all).await {

@@ -374,8 +374,8 @@ fn signing_kid(keys: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// The ids of the token keys in `keys`, `k1`, `k2`, … in order.
-fn token_kids(keys: &Path) -> anyhow::Result<Vec<String>> {
+/// The token keys in `keys`, `k1`, `k2`, … in order: their numbers and ids.
+fn token_kids(keys: &Path) -> anyhow::Result<Vec<(u64, String)>> {
     let mut kids: Vec<(u64, String)> = Vec::new();
     for entry in std::fs::read_dir(keys).with_context(|| format!("reading {}", keys.display()))? {
         let name = entry?.file_name();
@@ -391,7 +391,7 @@ fn token_kids(keys: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     kids.sort();
-    Ok(kids.into_iter().map(|(_, kid)| kid).collect())
+    Ok(kids)
 }
 
 /// Checks that every edge grants may list (`sites`) accepts token key `kid` (its `/healthz`
@@ -449,14 +449,10 @@ fn load_token_keys(
 ) -> anyhow::Result<(SigningKey, Vec<SigningKey>)> {
     let keys = data.join("keys");
     std::fs::create_dir_all(&keys)?;
-    let mut kids = token_kids(&keys)?;
-    let made = (kids.is_empty() || changes.add).then(|| {
-        let next = kids
-            .last()
-            .and_then(|k| k[1..].parse::<u64>().ok())
-            .map_or(1, |n| n + 1);
-        format!("k{next}")
-    });
+    let numbered = token_kids(&keys)?;
+    let made = (numbered.is_empty() || changes.add)
+        .then(|| format!("k{}", numbered.last().map_or(1, |(n, _)| n + 1)));
+    let mut kids: Vec<String> = numbered.into_iter().map(|(_, kid)| kid).collect();
     kids.extend(made.clone());
     // Every change is checked before any is made, so a refused start changes nothing.
     let signing = match &changes.sign_with {

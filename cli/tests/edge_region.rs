@@ -421,14 +421,7 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     drive.abort();
 
     // SIGHUP (`systemctl reload`) with no --cert or --geoip to look at again: the edge stays.
-    let pid = child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    hup(child.id());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -439,7 +432,7 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
 
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap()
             .success()
@@ -458,6 +451,15 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
 
 /// What a `cadenza edge` child writes to `{data}/edge.json` once it serves (its URLs and admin
 /// token), waited for up to 30 s.
+/// Sends SIGHUP (`systemctl reload`) to process `pid`.
+fn hup(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -HUP {pid}: {sent}");
+}
+
 /// `cadenza edge --join stack --data data` on free loopback ports, memory cache only, its
 /// standard output discarded; callers add their flags and spawn it.
 fn edge_command(stack: &Path, data: &Path) -> std::process::Command {
@@ -590,15 +592,6 @@ async fn a_renewed_certificate_and_geoip_database_are_taken_without_a_restart() 
     std::fs::write(&cert, &new.cert).unwrap();
     std::fs::copy(fixtures.join("GeoLite2-Country-Test.mmdb"), &geoip).unwrap();
     let hupped = Instant::now();
-    let hup = |pid: u32| {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
     hup(child.id());
     let deadline = Instant::now() + Duration::from_secs(5);
     while presented_tcp(&main, &roots).await.0 != der(&new) {
@@ -696,15 +689,6 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
     };
     assert_eq!(status(by_old.clone()).await, StatusCode::OK);
     assert_eq!(status(by_new.clone()).await, StatusCode::FORBIDDEN);
-    let hup = || {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
     let until = |token: String, want: StatusCode, what: &'static str| {
         let status = &status;
         async move {
@@ -718,7 +702,7 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
 
     // The rotation begins: both keys.
     std::fs::write(&keys, format!("{}{}", line(&old), line(&new))).unwrap();
-    hup();
+    hup(child.id());
     until(by_new.clone(), StatusCode::OK, "the new key taken").await;
     assert_eq!(status(by_old.clone()).await, StatusCode::OK);
 
@@ -738,7 +722,7 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
 
     // It ends: the old key withdrawn. Its token was verified and remembered; it is refused.
     std::fs::write(&keys, line(&new)).unwrap();
-    hup();
+    hup(child.id());
     until(
         by_old.clone(),
         StatusCode::FORBIDDEN,
@@ -756,7 +740,7 @@ async fn a_token_key_rotation_is_taken_without_a_restart() {
             .unwrap()
             .matches("token-key reload refused")
             .count();
-        hup();
+        hup(child.id());
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::read_to_string(&log)
             .unwrap()
@@ -892,13 +876,7 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     .await
     .unwrap();
     assert_eq!(published(), ["k1", "k2", "k3"]);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &joined.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    hup(joined.id());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !holds("k3").await {
         assert!(Instant::now() < deadline, "the joined edge did not take k3");
@@ -946,13 +924,7 @@ async fn the_stack_rotates_its_token_key_in_three_starts() {
     assert_eq!(signing_key(dir.path()).unwrap().kid(), "k2");
     // Given k3 (and reloaded), the edge no longer stands in the way.
     std::fs::write(&keys_file, line("k1") + &line("k2") + &line("k3")).unwrap();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &file_edge.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    hup(file_edge.id());
     let healthz = format!("{}/healthz", file_about["edge"].as_str().unwrap());
     let client = client::https_client(
         cadenza_common::http::tls::client_config(info.cert.cert.as_bytes()).unwrap(),

@@ -206,6 +206,21 @@ fn walk_responses(mut out: &[u8], methods: &[Method]) -> usize {
     count
 }
 
+/// The responses in `out` to `methods` (checked by [`walk_responses`]): one for each request,
+/// and none more unless a head was refused (its answer closes the connection). How many.
+fn answered_all(out: &[u8], methods: &[Method], refused: bool) -> usize {
+    let count = walk_responses(out, methods);
+    assert!(
+        count >= methods.len(),
+        "{count} responses to {} requests",
+        methods.len()
+    );
+    if !refused {
+        assert_eq!(count, methods.len(), "a response to no request");
+    }
+    count
+}
+
 /// The client's side of a connection: writes `data` to `stream` in writes of `piece` bytes,
 /// then shuts its write half, while reading everything until the other end closes (or the
 /// read fails: what came before counts). What was read.
@@ -267,16 +282,7 @@ pub fn h1_conn(data: &[u8]) -> usize {
             Err(_) => panic!("the connection did not end within 5 s"),
         }
     });
-    let count = walk_responses(&out, &methods);
-    assert!(
-        count >= methods.len(),
-        "{count} responses to {} requests",
-        methods.len()
-    );
-    if !refused {
-        assert_eq!(count, methods.len(), "a response to no request");
-    }
-    count
+    answered_all(&out, &methods, refused)
 }
 
 /// Splits `data` at `0xff` bytes into at most `n` fields.
@@ -743,16 +749,7 @@ pub fn tls_conn(data: &[u8]) -> usize {
             Err(_) => panic!("the TLS connection did not end within 5 s"),
         }
     });
-    let count = walk_responses(&out, &methods);
-    assert!(
-        count >= methods.len(),
-        "{count} responses to {} requests",
-        methods.len()
-    );
-    if !refused {
-        assert_eq!(count, methods.len(), "a response to no request");
-    }
-    count
+    answered_all(&out, &methods, refused)
 }
 
 /// The public half of the key that signed the tokens in `seeds/h3_request` (its private half

@@ -16,9 +16,11 @@ use tokio::task::JoinHandle;
 
 use crate::service::Edge;
 
+mod bounds;
 mod quic;
 mod transport;
 
+pub use bounds::{FrameTooLong, FrameWatch};
 pub use transport::body_bytes;
 
 /// Concurrent requests a connection may open before it shows it wants more: 16 bidirectional
@@ -26,6 +28,11 @@ pub use transport::body_bytes;
 /// (10,000 idle connections: +300.5 → +261.5 MiB, benches/README.md); a player asks one
 /// range at a time.
 pub const FIRST_STREAMS: u32 = 16;
+
+/// What a client may send on one stream before the edge has read it.
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// What a client may send on all its streams before the edge has read it.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Limits for HTTP/3 connections.
 #[derive(Debug, Clone)]
@@ -60,6 +67,10 @@ pub struct H3Limits {
     /// driver encrypts and decrypts every packet of its connections on one core at a time.
     /// `0` is one per core this process may run on.
     pub drivers: usize,
+    /// Largest request header section, bytes as RFC 9114 counts them (each field's name
+    /// and value plus 32): advertised in SETTINGS, answered 431 past it. A request stream
+    /// may deliver about twice this before it is stopped ([`bounds::ReadBounds`]).
+    pub max_field_section: u64,
 }
 
 impl Default for H3Limits {
@@ -73,6 +84,7 @@ impl Default for H3Limits {
             ack_every: Some(10),
             min_send_rate: ServerLimits::default().min_send_rate,
             drivers: 0,
+            max_field_section: ServerLimits::default().max_header_bytes as u64,
         }
     }
 }
@@ -118,6 +130,12 @@ pub fn serve_h3(
     let mut transport = quinn_proto::TransportConfig::default();
     transport.max_concurrent_bidi_streams(limits.max_streams.min(FIRST_STREAMS).into());
     transport.max_concurrent_uni_streams(8u32.into());
+    // Requests are a few hundred bytes and the edge reads no request body: what a client may
+    // send ahead of the edge's reading is kept small (quinn's defaults: 1.25 MB a stream and
+    // no bound for the connection), so a stream left unread (a request's body, QPACK streams
+    // h3 never reads) pins little.
+    transport.stream_receive_window(STREAM_WINDOW.into());
+    transport.receive_window(CONNECTION_WINDOW.into());
     transport.max_idle_timeout(limits.idle_timeout.try_into().ok());
     let mut mtu = quinn_proto::MtuDiscoveryConfig::default();
     mtu.upper_bound(limits.max_udp_payload);
@@ -194,10 +212,11 @@ async fn accept(
         };
         let edge = edge.clone();
         let min_rate = limits.min_send_rate;
+        let field_section = limits.max_field_section;
         let (counted, shutdown) = (open.start(), shutdown.clone());
         tokio::spawn(async move {
             let _counted = counted;
-            if let Err(e) = connection(conn, edge, min_rate, shutdown).await {
+            if let Err(e) = connection(conn, edge, min_rate, field_section, shutdown).await {
                 tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
             }
         });
@@ -219,6 +238,7 @@ async fn connection(
     conn: quic::Connection,
     edge: Arc<Edge>,
     min_rate: MinRate,
+    field_section: u64,
     mut shutdown: Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tokio::select! {
@@ -236,8 +256,14 @@ async fn connection(
     let quic = conn.clone();
     // Boxed: the set-up future (2,200 B) would otherwise keep its room in every idle
     // connection's task.
-    let mut h3: h3::server::Connection<transport::Connection, Bytes> =
-        Box::pin(h3::server::builder().build(transport::Connection::new(conn))).await?;
+    let transport =
+        transport::Connection::new(conn, bounds::ReadBounds::for_field_section(field_section));
+    let mut h3: h3::server::Connection<transport::Connection, Bytes> = Box::pin(
+        h3::server::builder()
+            .max_field_section_size(field_section)
+            .build(transport),
+    )
+    .await?;
     let answering = Arc::new(InFlight::default());
     let mut going_away = false;
     loop {
@@ -357,7 +383,7 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, without calling it.
-    fn returned_size<A, B, C, D, R>(_: fn(A, B, C, D) -> R) -> usize {
+    fn returned_size<A, B, C, D, E, R>(_: fn(A, B, C, D, E) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 

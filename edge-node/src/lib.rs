@@ -22,7 +22,9 @@ mod upstream;
 pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig, slice_capacity};
 pub use disk::DiskTier;
-pub use h3::{H3Error, H3Limits, H3Listening, body_bytes as h3_body_bytes, serve_h3};
+pub use h3::{
+    FrameTooLong, FrameWatch, H3Error, H3Limits, H3Listening, body_bytes as h3_body_bytes, serve_h3,
+};
 pub use metrics::EdgeMetrics;
 pub use service::{Edge, EdgeConfig, UnknownCountry};
 pub use shield::Shield;

@@ -16,6 +16,7 @@
 //! | `tls_hello` | a TLS client's first flight, to the edge's HTTP/1.1 TLS layer | the ALPN peek reads only what is there; the handshake ends, refused or waiting |
 //! | `tls_conn` | a whole connection's requests over TLS, in records and segments of any size, to the lean TLS layer and the HTTP/1.1 loop | as `h1_conn`, through the TLS layer's buffering |
 //! | `h3_request` | one HTTP/3 request stream's bytes (frames, QPACK) to a running edge over QUIC | the edge answers or resets the stream and keeps serving; it never panics |
+//! | `h3_control` | a client's HTTP/3 control stream, in pieces of any size, to the edge's frame watch | it refuses exactly the first frame declared longer than the bound, from its header, however the bytes are split |
 //! | `coalesce` | a script of writes, flushes and sends, over a socket taking what it likes | the bytes leave whole and in order, and all of them by the end |
 //! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
 
@@ -899,4 +900,62 @@ pub fn h3_request(data: &[u8]) -> Option<usize> {
             }
         }
     })
+}
+
+/// A client's HTTP/3 control stream, read in pieces, through the edge's [`FrameWatch`]: the
+/// first byte picks the bound (0–255 bytes, so refusals are reached) and the size of the
+/// pieces; the rest is the stream. The watch must refuse the stream exactly when a frame
+/// declared longer than the bound is first reached, naming that frame, whatever the
+/// pieces, as a whole-stream reading ([`control_stream_reading`]) says. Returns the refusal.
+pub fn h3_control(data: &[u8]) -> Option<(u64, u64)> {
+    let (&knobs, stream) = data.split_first()?;
+    let max = u64::from(knobs);
+    let expected = control_stream_reading(stream, max);
+    let mut widths = [1, 2, 3, 5, 8, 13, 64, 4096]
+        .into_iter()
+        .cycle()
+        .skip(usize::from(knobs % 8));
+    let mut watch = cadenza_edge::FrameWatch::new(max);
+    let mut rest = stream;
+    let mut got = None;
+    while !rest.is_empty() {
+        let (piece, after) = rest.split_at(widths.next().unwrap().min(rest.len()));
+        rest = after;
+        if let Err(e) = watch.feed(piece) {
+            got = Some((e.frame_type, e.length));
+            break;
+        }
+    }
+    assert_eq!(got, expected, "the watch and a whole reading disagree");
+    got
+}
+
+/// The first frame of control stream `stream` declared longer than `max`, as (type, length),
+/// read from the whole stream at once; `None` when no frame is (or it is not a control
+/// stream, or the bytes end first).
+fn control_stream_reading(stream: &[u8], max: u64) -> Option<(u64, u64)> {
+    /// The varint at `at`, moving past it.
+    fn varint(stream: &[u8], at: &mut usize) -> Option<u64> {
+        let first = *stream.get(*at)?;
+        let len = 1usize << (first >> 6);
+        let bytes = stream.get(*at..at.checked_add(len)?)?;
+        *at += len;
+        Some(
+            bytes[1..]
+                .iter()
+                .fold(u64::from(first & 0x3f), |v, b| v << 8 | u64::from(*b)),
+        )
+    }
+    let mut at = 0;
+    if varint(stream, &mut at)? != 0 {
+        return None;
+    }
+    loop {
+        let frame_type = varint(stream, &mut at)?;
+        let length = varint(stream, &mut at)?;
+        if length > max {
+            return Some((frame_type, length));
+        }
+        at = at.checked_add(usize::try_from(length).ok()?)?;
+    }
 }

@@ -167,3 +167,17 @@ fn h3_request() {
     assert!((1..500).contains(&answered("head")), "{requests:?}");
     assert!((1..500).contains(&answered("no_token")), "{requests:?}");
 }
+
+#[test]
+fn h3_control() {
+    let streams = replay("h3_control", cadenza_fuzz::h3_control);
+    assert_eq!(*said(&streams, "settings_then_grease"), None);
+    assert_eq!(
+        *said(&streams, "long_reserved_frame"),
+        Some((0x21, 1 << 30))
+    );
+    // A 16-byte frame at a bound of 19 passes; the 20-byte one after it, in two-byte
+    // varints, does not.
+    assert_eq!(*said(&streams, "long_after_short"), Some((0x21, 20)));
+    assert_eq!(*said(&streams, "qpack_encoder"), None);
+}

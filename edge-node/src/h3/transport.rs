@@ -26,6 +26,7 @@ use h3::error::Code;
 use h3::quic::{self as h3q, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn_proto::{ConnectionError, Dir, StreamId as QuicStreamId, VarInt};
 
+use super::bounds::{EXCESSIVE_LOAD, FrameWatch, ReadBounds};
 use super::quic;
 
 thread_local! {
@@ -80,11 +81,13 @@ pub async fn delivered(
 /// A connection as h3 sees it.
 pub struct Connection {
     conn: quic::Connection,
+    bounds: ReadBounds,
 }
 
 impl Connection {
-    pub fn new(conn: quic::Connection) -> Self {
-        Self { conn }
+    /// `conn` for h3, its peer's streams held to `bounds`.
+    pub fn new(conn: quic::Connection, bounds: ReadBounds) -> Self {
+        Self { conn, bounds }
     }
 }
 
@@ -97,7 +100,8 @@ impl h3q::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let id = ready!(self.conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
-        Poll::Ready(Ok(RecvStream::lasting(self.conn.clone(), id)))
+        let watch = FrameWatch::new(self.bounds.control_frame);
+        Poll::Ready(Ok(RecvStream::lasting(self.conn.clone(), id, watch)))
     }
 
     fn poll_accept_bidi(
@@ -105,12 +109,13 @@ impl h3q::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, ConnectionErrorIncoming>> {
         let id = ready!(self.conn.poll_accept(cx, Dir::Bi)).map_err(connection_error)?;
-        Poll::Ready(Ok(BidiStream::new(&self.conn, id)))
+        Poll::Ready(Ok(BidiStream::new(&self.conn, id, self.bounds.request)))
     }
 
     fn opener(&self) -> Opener {
         Opener {
             conn: self.conn.clone(),
+            bounds: self.bounds,
         }
     }
 }
@@ -123,7 +128,7 @@ impl h3q::OpenStreams<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        open_bidi(&self.conn, cx)
+        open_bidi(&self.conn, self.bounds, cx)
     }
 
     fn poll_open_send(
@@ -140,10 +145,11 @@ impl h3q::OpenStreams<Bytes> for Connection {
 
 fn open_bidi(
     conn: &quic::Connection,
+    bounds: ReadBounds,
     cx: &mut Context<'_>,
 ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
     let id = ready!(conn.poll_open(cx, Dir::Bi)).map_err(lost)?;
-    Poll::Ready(Ok(BidiStream::new(conn, id)))
+    Poll::Ready(Ok(BidiStream::new(conn, id, bounds.request)))
 }
 
 fn open_send(
@@ -158,6 +164,7 @@ fn open_send(
 #[derive(Clone)]
 pub struct Opener {
     conn: quic::Connection,
+    bounds: ReadBounds,
 }
 
 impl h3q::OpenStreams<Bytes> for Opener {
@@ -168,7 +175,7 @@ impl h3q::OpenStreams<Bytes> for Opener {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        open_bidi(&self.conn, cx)
+        open_bidi(&self.conn, self.bounds, cx)
     }
 
     fn poll_open_send(
@@ -190,10 +197,11 @@ pub struct BidiStream {
 }
 
 impl BidiStream {
-    fn new(conn: &quic::Connection, id: QuicStreamId) -> Self {
+    /// Both halves of stream `id`, whose peer may send `budget` bytes in all.
+    fn new(conn: &quic::Connection, id: QuicStreamId, budget: u64) -> Self {
         Self {
             send: SendStream::new(conn.clone(), id),
-            recv: RecvStream::new(conn.clone(), id),
+            recv: RecvStream::new(conn.clone(), id, Guard::Budget(budget)),
         }
     }
 }
@@ -347,15 +355,25 @@ pub struct RecvStream {
     /// Whether each chunk read is copied out of the datagram it arrived in (see
     /// [`RecvStream::lasting`]).
     copy: bool,
+    guard: Guard,
+}
+
+/// What a stream may still deliver ([`super::bounds`]).
+enum Guard {
+    /// This many bytes more (a request stream).
+    Budget(u64),
+    /// Frames no longer than the watch allows (the peer's control stream).
+    Frames(Box<FrameWatch>),
 }
 
 impl RecvStream {
-    fn new(conn: quic::Connection, id: QuicStreamId) -> Self {
+    fn new(conn: quic::Connection, id: QuicStreamId, guard: Guard) -> Self {
         Self {
             conn,
             id,
             closed: false,
             copy: false,
+            guard,
         }
     }
 
@@ -363,10 +381,42 @@ impl RecvStream {
     /// a few bytes each. h3 keeps what it has read of them buffered, and a chunk as read is
     /// a view of the whole received datagram (about 1.4 KB), so each idle connection would
     /// keep one alive; their chunks are copied instead.
-    fn lasting(conn: quic::Connection, id: QuicStreamId) -> Self {
-        let mut stream = Self::new(conn, id);
+    fn lasting(conn: quic::Connection, id: QuicStreamId, watch: FrameWatch) -> Self {
+        let mut stream = Self::new(conn, id, Guard::Frames(Box::new(watch)));
         stream.copy = true;
         stream
+    }
+
+    /// Checks `chunk` against the stream's guard; past it, the stream (a request) or the
+    /// connection (a control stream is critical) is closed with H3_EXCESSIVE_LOAD.
+    fn guard(&mut self, chunk: &[u8]) -> Result<(), StreamErrorIncoming> {
+        let refused = match &mut self.guard {
+            Guard::Budget(left) => match left.checked_sub(chunk.len() as u64) {
+                Some(rest) => {
+                    *left = rest;
+                    return Ok(());
+                }
+                None => {
+                    self.conn.stop(self.id, varint(EXCESSIVE_LOAD));
+                    "a request stream sent more than its head may take"
+                }
+            },
+            Guard::Frames(watch) => match watch.feed(chunk) {
+                Ok(()) => return Ok(()),
+                Err(too_long) => {
+                    tracing::debug!(
+                        frame_type = too_long.frame_type,
+                        length = too_long.length,
+                        "HTTP/3 control frame too long; connection closed"
+                    );
+                    self.conn
+                        .close(varint(EXCESSIVE_LOAD), b"control frame too long");
+                    "a control frame longer than the edge takes"
+                }
+            },
+        };
+        self.closed = true;
+        Err(StreamErrorIncoming::Unknown(refused.into()))
     }
 }
 
@@ -387,8 +437,14 @@ impl h3q::RecvStream for RecvStream {
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         let read = ready!(self.conn.poll_read(cx, self.id));
         match read {
-            Ok(Some(chunk)) if self.copy => Poll::Ready(Ok(Some(Bytes::copy_from_slice(&chunk)))),
-            Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk))),
+            Ok(Some(chunk)) => {
+                self.guard(&chunk)?;
+                let chunk = match self.copy {
+                    true => Bytes::copy_from_slice(&chunk),
+                    false => chunk,
+                };
+                Poll::Ready(Ok(Some(chunk)))
+            }
             read => {
                 self.closed = true;
                 Poll::Ready(read.map_err(stream_error))

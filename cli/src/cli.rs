@@ -1,6 +1,7 @@
 //! Command-line definitions.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cadenza_common::{Quality, Territories, TrackId};
 use clap::{Parser, Subcommand};
@@ -192,6 +193,120 @@ pub struct EdgeArgs {
     /// the first seals new tickets, all open them. Without it each process makes its own.
     #[arg(long = "tls-ticket-key", value_name = "FILE")]
     pub tls_ticket_keys: Vec<PathBuf>,
+    #[command(flatten)]
+    pub limits: EdgeLimitArgs,
+}
+
+/// `cadenza edge`'s timeouts and limits (deploy/README.md lists nginx's names for them).
+/// Durations are written `500ms`, `30s`, `5m`, `1h`, or as seconds alone.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Timeouts and limits")]
+pub struct EdgeLimitArgs {
+    /// How far past its expiry a token is still accepted, for clocks that disagree (at most
+    /// 1h).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = leeway)]
+    pub token_leeway: Duration,
+    /// Time allowed for one slice fetch from one origin or region peer, before the next is
+    /// tried.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub upstream_timeout: Duration,
+    /// Failures in a row after which an origin or region peer is asked last (its circuit
+    /// breaker opens) for --upstream-cooldown.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_failures: u32,
+    /// How long an upstream whose breaker opened is asked last.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub upstream_cooldown: Duration,
+    /// Time allowed for a TLS handshake over TCP.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+    /// Time allowed for an HTTP/1.1 request's head to arrive once it has begun.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+    /// A TCP connection that moves no byte this long is closed (a keep-alive connection
+    /// waiting for its next request included). Set it above a load balancer's own idle
+    /// timeout, so the balancer, not the edge, closes first.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// How long one write may wait for a client that is not reading.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub send_timeout: Duration,
+    /// The slowest a client may take a response, bytes per second, judged over
+    /// --min-send-window: a slower one is cut off (0: no minimum). The default is a third of
+    /// the lowest rendition's bitrate.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub min_send_rate: u64,
+    /// The span --min-send-rate is judged over: room for a slow start and a mobile link's
+    /// stalls.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = positive_duration)]
+    pub min_send_window: Duration,
+    /// Largest request head (request line and headers), bytes, at least 8 KiB; a larger one
+    /// is answered 431 (HTTP/1.1) or refused by HTTP/2's and HTTP/3's header-list limits.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..=1 << 20))]
+    pub max_header_bytes: u32,
+    /// Concurrent requests (streams) per HTTP/2 connection.
+    #[arg(long, value_name = "N", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub h2_max_streams: u32,
+    /// Concurrent requests (streams) per HTTP/3 connection; each starts with at most 16 and
+    /// is allowed this many once it uses half of those.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub h3_max_streams: u32,
+    /// An HTTP/3 connection silent this long is closed (the client may ask for less).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub h3_idle_timeout: Duration,
+    /// On SIGTERM, time given to requests under way to finish before their connections close.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Longest duration a flag takes: beyond it a timeout is a mistake.
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration as operators write it: `500ms`, `30s`, `5m`, `1h` (decimals allowed), or
+/// seconds alone; at most a day.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let not_one = || format!("{text:?} is not a duration like 500ms, 30s, 5m or 1h");
+    if number.is_empty() {
+        return Err(not_one());
+    }
+    let seconds = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m or h")),
+    };
+    let value: f64 = number.parse().map_err(|_| not_one())?;
+    match Duration::try_from_secs_f64(value * seconds) {
+        Ok(d) if d <= LONGEST => Ok(d),
+        _ => Err(format!("{text:?} is longer than 24h")),
+    }
+}
+
+/// A [`duration`] that is not zero.
+pub fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// A token leeway: a [`duration`] of at most an hour (clock skew is seconds; more would
+/// make expiry meaningless).
+fn leeway(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d <= Duration::from_secs(3600) => Ok(d),
+        _ => Err("at most 1h".into()),
+    }
 }
 
 /// What to do with labels.
@@ -392,4 +507,28 @@ pub enum Command {
         #[arg(long, default_value = "fitted")]
         mode: cadenza_transcoder::BitrateMode,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_as_operators_write_them() {
+        let secs = Duration::from_secs;
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("30"), Ok(secs(30)));
+        assert_eq!(duration(" 30s "), Ok(secs(30)));
+        assert_eq!(duration("1.5m"), Ok(secs(90)));
+        assert_eq!(duration("24h"), Ok(secs(86_400)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for wrong in [
+            "", "s", "-1s", "1h30m", "1e3s", "1..5s", "5 x", "25h", "1e400",
+        ] {
+            assert!(duration(wrong).is_err(), "{wrong:?} was taken");
+        }
+        assert!(positive_duration("0ms").is_err());
+        assert_eq!(leeway("1h"), Ok(secs(3600)));
+        assert!(leeway("61m").is_err());
+    }
 }

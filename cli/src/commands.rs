@@ -458,6 +458,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.slice_bytes = args.slice_kib.clamp(4, 16 * 1024) * 1024;
     config.read_ahead = args.read_ahead;
     config.access_log = args.access_log;
+    apply_limits(&mut config, &args.limits);
     config.limits.max_connections = args.max_connections.max(1);
     config.h3.max_connections = args
         .h3_max_connections
@@ -540,6 +541,33 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// The operator's timeouts and limits (`cadenza edge`'s "Timeouts and limits" flags).
+fn apply_limits(config: &mut crate::edge_node::EdgeNodeConfig, args: &crate::cli::EdgeLimitArgs) {
+    let rate = cadenza_common::http::MinRate {
+        bytes_per_sec: args.min_send_rate,
+        window: args.min_send_window,
+    };
+    config.token_leeway = args.token_leeway;
+    config.upstream_timeout = args.upstream_timeout;
+    config.breaker_threshold = args.upstream_failures;
+    config.breaker_cooldown = args.upstream_cooldown;
+    let tcp = &mut config.limits;
+    tcp.handshake_timeout = args.handshake_timeout;
+    tcp.header_read_timeout = args.header_timeout;
+    tcp.idle_timeout = args.idle_timeout;
+    tcp.send_timeout = args.send_timeout;
+    tcp.min_send_rate = rate;
+    tcp.max_header_bytes = args.max_header_bytes as usize;
+    tcp.max_h2_streams = args.h2_max_streams;
+    tcp.drain_timeout = args.drain_timeout;
+    let quic = &mut config.h3;
+    quic.min_send_rate = rate;
+    quic.max_streams = args.h3_max_streams;
+    quic.idle_timeout = args.h3_idle_timeout;
+    quic.drain_timeout = args.drain_timeout;
+    quic.max_field_section = u64::from(args.max_header_bytes);
 }
 
 async fn up(

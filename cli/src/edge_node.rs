@@ -61,6 +61,13 @@ pub struct EdgeNodeConfig {
     pub region: Option<(String, Vec<String>)>,
     /// Time allowed for one slice fetch from one upstream.
     pub upstream_timeout: Duration,
+    /// Consecutive failures that open an upstream's (origin's or region peer's) circuit
+    /// breaker: it is then asked last.
+    pub breaker_threshold: u32,
+    /// How long an open breaker keeps its upstream asked last.
+    pub breaker_cooldown: Duration,
+    /// How far past its expiry a token is still accepted (clocks that disagree).
+    pub token_leeway: Duration,
     /// Connection limits and timeouts.
     pub limits: ServerLimits,
     /// HTTP/3 limits and QUIC tuning.
@@ -103,6 +110,9 @@ impl EdgeNodeConfig {
             access_log: false,
             region: None,
             upstream_timeout: Duration::from_secs(10),
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(10),
+            token_leeway: cadenza_common::verify_leeway_default(),
             limits: ServerLimits::default(),
             h3: H3Limits::default(),
             ticket_keys: None,
@@ -175,8 +185,7 @@ pub async fn start(
             "cleartext HTTP/1.1 sends cached slices by sendfile"
         );
     }
-    let breaker_threshold = 3;
-    let breaker_cooldown = Duration::from_secs(10);
+    let (breaker_threshold, breaker_cooldown) = (config.breaker_threshold, config.breaker_cooldown);
     let mut cache = SliceCache::new(
         SliceMath::new(config.slice_bytes),
         config.memory_bytes,
@@ -223,7 +232,7 @@ pub async fn start(
     let edge = Arc::new(Edge::new(
         EdgeConfig {
             keys: config.token_keys.clone(),
-            token_leeway: cadenza_common::verify_leeway_default(),
+            token_leeway: config.token_leeway,
             geo: config.geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             unknown_country: config.unknown_country,

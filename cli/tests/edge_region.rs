@@ -52,6 +52,12 @@ async fn put(stack: &Stack, dir: &Path, data: Vec<u8>) -> FileId {
 }
 
 fn token(dir: &Path, id: &FileId) -> String {
+    token_expiring(dir, id, 600)
+}
+
+/// A token of the stack in `dir` for `id` that expires `in_secs` from now (in the past if
+/// negative).
+fn token_expiring(dir: &Path, id: &FileId, in_secs: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -60,7 +66,7 @@ fn token(dir: &Path, id: &FileId) -> String {
         .unwrap()
         .sign(&TokenClaims {
             file_id: id.clone(),
-            expires_at: now + 600,
+            expires_at: now.saturating_add_signed(in_secs),
             territories: Territories::worldwide(),
         })
         .0
@@ -1474,6 +1480,273 @@ async fn a_front_to_back_read_is_read_ahead_and_a_seek_or_a_purged_file_is_not()
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(cache.prefetches(), 3, "a purged file counted as held");
     assert!(held(1), "the slice fetched again is held");
+
+    edge.stop().await;
+    stack.shutdown().await;
+}
+
+/// Sends `request` on a new connection to `addr` and reads until the edge closes it (at most
+/// 10 s); returns what came back and how long after the request the close came.
+async fn until_closed(addr: &str, request: &[u8]) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(request).await.unwrap();
+    let sent = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "still open 10 s after {:?}",
+        String::from_utf8_lossy(&request[..20])
+    );
+    (got, sent.elapsed())
+}
+
+/// `cadenza edge`'s timeouts and limits are the operator's: each flag set below changes what
+/// the edge does from its default. A token past its expiry by more than --token-leeway is
+/// refused where the default leeway (the stack's edge) takes it; a head slower than
+/// --header-timeout, a keep-alive connection idle past --idle-timeout and an HTTP/3 connection
+/// silent past --h3-idle-timeout are closed in about that time, not the defaults' 10 s, 75 s
+/// and 30 s; a head over --max-header-bytes is answered 431 where 16 KiB would pass; an origin
+/// that never answers costs --upstream-timeout, not 10 s. Values that make no sense are
+/// refused at start, naming the flag and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edges_timeouts_and_limits_are_the_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    for (flag, value, why) in [
+        ("--header-timeout", "0s", "must be more than 0"),
+        ("--idle-timeout", "5x", "unknown unit"),
+        ("--send-timeout", "-1s", "is not a duration"),
+        ("--drain-timeout", "25h", "longer than 24h"),
+        ("--token-leeway", "2h", "at most 1h"),
+        ("--max-header-bytes", "100", "8192"),
+        ("--upstream-failures", "0", "1.."),
+    ] {
+        let refused = edge_command(dir.path(), &edge_dir.path().join("refused"))
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{flag} {value} was taken");
+        assert!(
+            said.contains(flag) && said.contains(why),
+            "{flag} {value}: {said}"
+        );
+    }
+
+    // An origin that takes connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let data = edge_dir.path().join("edge");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .args(["--origin", &silent_url, "--cleartext-listen", "127.0.0.1:0"])
+            .args(["--token-leeway", "2s", "--upstream-timeout", "1s"])
+            .args(["--header-timeout", "1s", "--idle-timeout", "2s"])
+            .args(["--h3-idle-timeout", "1s", "--max-header-bytes", "8192"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let edge = about["edge"].as_str().unwrap();
+    let clear = about["edge_cleartext"].as_str().unwrap();
+    let clear_addr = clear.trim_start_matches("http://");
+    let client = stack.client().unwrap();
+
+    // Expired 10 s ago: inside the default 30 s leeway, outside 2 s.
+    let id = put(&stack, dir.path(), bytes(21, 10_000)).await;
+    let late = token_expiring(dir.path(), &id, -10);
+    let (status, _) = get(&client, &format!("{}/a/{id}", stack.info.edge), &late).await;
+    assert_eq!(status, StatusCode::OK, "the stack's edge, default leeway");
+    let (status, body) = get(&client, &format!("{edge}/a/{id}"), &late).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("token_expired"));
+
+    // The origin is silent: the answer comes after about a second per try, not ten.
+    let asked = Instant::now();
+    let (status, _) = get(&client, &format!("{edge}/a/{id}"), &token(dir.path(), &id)).await;
+    let took = asked.elapsed();
+    assert!(status.is_server_error(), "{status}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the silent origin took {took:?}"
+    );
+
+    let (got, took) = until_closed(clear_addr, b"GET /healthz HTTP/1.1\r\nHost: e\r\n").await;
+    assert!(!got.starts_with(b"HTTP/1.1 200"));
+    let slow_head = Duration::from_millis(900)..Duration::from_secs(5);
+    assert!(
+        slow_head.contains(&took),
+        "an unfinished head closed after {took:?}"
+    );
+
+    let (got, took) = until_closed(clear_addr, b"GET /healthz HTTP/1.1\r\nHost: e\r\n\r\n").await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let idle = Duration::from_millis(1800)..Duration::from_secs(6);
+    assert!(
+        idle.contains(&took),
+        "an idle keep-alive connection closed after {took:?}"
+    );
+
+    let pad = "a".repeat(10_000);
+    let big = format!("GET /healthz HTTP/1.1\r\nHost: e\r\nX-Pad: {pad}\r\n\r\n");
+    let (got, _) = until_closed(clear_addr, big.as_bytes()).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let join = join_info(dir.path()).unwrap();
+    let udp: std::net::SocketAddr = edge.trim_start_matches("https://").parse().unwrap();
+    // Over HTTP/3 the header limit is the edge's SETTINGS_MAX_FIELD_SECTION_SIZE: h3's client
+    // keeps to it (a client that does not is answered 431 by h3 on the edge).
+    let (mut h3, drive) = h3_client(&join, udp).await;
+    let healthz = format!("https://localhost:{}/healthz", udp.port());
+    let mut stream = h3
+        .send_request(http::Request::get(&healthz).body(()).unwrap())
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(
+        stream.recv_response().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let big = http::Request::get(&healthz)
+        .header("x-pad", &pad)
+        .body(())
+        .unwrap();
+    match h3.send_request(big).await {
+        Err(h3::error::StreamError::HeaderTooBig { max_size, .. }) => assert_eq!(max_size, 8192),
+        other => panic!("a 10 KB header over HTTP/3: {:?}", other.map(|_| ())),
+    }
+    drive.abort();
+
+    // quinn's client asks for a 30 s idle timeout; the two sides take the lower.
+    let conn = quic_endpoint(&join)
+        .connect(udp, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    let took = opened.elapsed();
+    assert!(
+        matches!(closed, Ok(quinn::ConnectionError::TimedOut)),
+        "{closed:?}"
+    );
+    let quiet = Duration::from_millis(900)..Duration::from_secs(5);
+    assert!(
+        quiet.contains(&took),
+        "a silent HTTP/3 connection closed after {took:?}"
+    );
+
+    holding.abort();
+    stack.shutdown().await;
+}
+
+/// `value` as a QUIC variable-length integer in its 8-byte form.
+fn varint8(value: u64) -> [u8; 8] {
+    (value | 0xc0 << 56).to_be_bytes()
+}
+
+/// A client's HTTP/3 streams cannot make the edge hold what they send. h3 buffers a frame
+/// whole before it reads it, whatever length it declares, and QUIC gives a client more
+/// credit as the edge reads: a request whose HEADERS frame claims a gigabyte used to be read
+/// and kept for as long as the client sent. Now such a stream is stopped (H3_EXCESSIVE_LOAD)
+/// after about twice the header limit, and the connection goes on serving; a control-stream
+/// frame claiming a gigabyte closes the connection at its header; and an unread stream takes
+/// no more than the edge's 64 KiB stream window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_client_cannot_make_the_edge_hold_what_it_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let join = join_info(dir.path()).unwrap();
+    let (main, base) = bind_main().await;
+    let addr = main.local_addr().unwrap();
+    let edge = start_edge(&join, (main, base), |_| {}).await;
+    let client = quic_endpoint(&join);
+    let connect = || async { client.connect(addr, "localhost").unwrap().await.unwrap() };
+    let junk = vec![0x5a_u8; 4 << 20];
+    let one_gigabyte = varint8(1 << 30);
+
+    // A HEADERS frame (type 1) that never ends.
+    let conn = connect().await;
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0x01]).await.unwrap();
+    send.write_all(&one_gigabyte).await.unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(10), send.write_all(&junk)).await;
+    match sent {
+        Ok(Err(quinn::WriteError::Stopped(code))) => assert_eq!(code.into_inner(), 0x107),
+        other => panic!("4 MiB of one HEADERS frame: {other:?}"),
+    }
+    assert!(
+        conn.stats().udp_tx.bytes < 1 << 20,
+        "the client sent {} bytes before the stop",
+        conn.stats().udp_tx.bytes
+    );
+    // The connection serves on (h3's client opens its control stream now).
+    let (mut h3, drive) = h3_over(conn.clone()).await;
+    let req = http::Request::get(format!("https://localhost:{}/healthz", addr.port()))
+        .body(())
+        .unwrap();
+    let mut stream = h3.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(
+        stream.recv_response().await.unwrap().status(),
+        StatusCode::OK
+    );
+    drive.abort();
+
+    // A request under way, whose response the client does not read: the edge reads no
+    // request body, and the client may send only what the stream window allows (quinn's
+    // default would have let 1.25 MB sit in the edge's memory per stream).
+    let id = put(&stack, dir.path(), bytes(23, 8 << 20)).await;
+    let conn = connect().await;
+    let (mut h3, drive) = h3_over(conn.clone()).await;
+    let req = http::Request::get(format!("https://localhost:{}/a/{id}", addr.port()))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token(dir.path(), &id)),
+        )
+        .body(())
+        .unwrap();
+    let mut stream = h3.send_request(req).await.unwrap();
+    let body = bytes::Bytes::from(junk.clone());
+    let unread = tokio::time::timeout(Duration::from_secs(2), stream.send_data(body)).await;
+    assert!(unread.is_err(), "4 MiB of body was taken: {unread:?}");
+    let sent = conn.stats().udp_tx.bytes;
+    assert!(sent < 256 << 10, "{sent} bytes sent on an unread stream");
+    drop(stream);
+    drive.abort();
+
+    // A reserved frame type on the control stream, claiming a gigabyte.
+    let conn = connect().await;
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&[0x00, 0x04, 0x00, 0x21]).await.unwrap();
+    control.write_all(&one_gigabyte).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), control.write_all(&junk[..1 << 16])).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the connection stayed open");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code.into_inner(), 0x107, "{close:?}")
+        }
+        other => panic!("{other:?}"),
+    }
 
     edge.stop().await;
     stack.shutdown().await;

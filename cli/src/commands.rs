@@ -93,8 +93,9 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             lease_secs,
         } => {
             let (trigger, shutdown) = cadenza_common::http::Shutdown::new();
+            let stop = stop_signals(true);
             tokio::spawn(async move {
-                shutdown_signal(true).await;
+                stop.await;
                 trigger.trigger();
             });
             crate::stack::run_worker(
@@ -298,11 +299,15 @@ fn print_play(r: &PlayReport) {
     );
 }
 
-/// Ctrl-C or SIGTERM; with `hangup_stops`, SIGHUP too. `cadenza up` and `cadenza worker`
-/// run in a terminal, whose closing sends SIGHUP: they stop as on SIGTERM (plays written, a
-/// job under way finished) rather than die by the signal's default. `cadenza edge` takes SIGHUP as
-/// "look at the certificate and GeoIP files again" and never stops on it.
-async fn shutdown_signal(hangup_stops: bool) {
+/// Listens, from now on, for Ctrl-C (SIGINT) and SIGTERM, and with `hangup_stops` SIGHUP too;
+/// the future resolves when one comes. `cadenza up` and `cadenza worker` run in a terminal,
+/// whose closing sends SIGHUP: they stop as on SIGTERM (plays written, a job under way
+/// finished) rather than die by the signal's default. `cadenza edge` takes SIGHUP as "look at
+/// the certificate, GeoIP and key files again" and never stops on it: here it is only kept
+/// from killing the process. Each is registered at once, before a command starts its work:
+/// until then a signal kills by its default action, so one sent during start-up cut the
+/// start short; now the command stops cleanly once it is up.
+fn stop_signals(hangup_stops: bool) -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     async fn recv(sig: Option<tokio::signal::unix::Signal>) {
         match sig {
@@ -312,16 +317,16 @@ async fn shutdown_signal(hangup_stops: bool) {
             None => std::future::pending::<()>().await,
         }
     }
+    let interrupt = signal(SignalKind::interrupt()).ok();
     let term = signal(SignalKind::terminate()).ok();
-    let hangup = if hangup_stops {
-        signal(SignalKind::hangup()).ok()
-    } else {
-        None
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = recv(term) => {}
-        _ = recv(hangup) => tracing::info!("SIGHUP: stopping"),
+    // Registered either way; dropped, it leaves tokio's handler in place, which ignores it.
+    let hangup = signal(SignalKind::hangup()).ok().filter(|_| hangup_stops);
+    async move {
+        tokio::select! {
+            _ = recv(interrupt) => {}
+            _ = recv(term) => {}
+            _ = recv(hangup) => tracing::info!("SIGHUP: stopping"),
+        }
     }
 }
 
@@ -346,6 +351,7 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
 async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     use crate::edge_node::{EdgeListeners, EdgeNodeConfig};
+    let stop = stop_signals(false);
     // Made only when something goes in it, so a refused start leaves no directory behind.
     let make_data = || {
         std::fs::create_dir_all(&args.data)
@@ -435,8 +441,8 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         config.geo = Some(geo);
     }
     if args.cert.is_none() && args.geoip.is_none() && key_source.is_none() {
-        // Nothing to look at again, but `systemctl reload` must not stop the edge (SIGHUP's
-        // default is to exit).
+        // Nothing to look at again; `systemctl reload` is answered in the log (it cannot stop
+        // the edge: `stop_signals` has SIGHUP's handler in place).
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut stop = shutdown.clone();
         reloaders.push(tokio::spawn(async move {
@@ -535,7 +541,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     if let Some((me, peers)) = &region {
         println!("  region         {me} among {} peer(s)", peers.len());
     }
-    shutdown_signal(false).await;
+    stop.await;
     trigger.trigger();
     for task in node.tasks.into_iter().chain(reloaders) {
         let _ = task.await;
@@ -577,6 +583,8 @@ async fn up(
 ) -> anyhow::Result<()> {
     let data = config.data.clone();
     let workers = config.workers;
+    let mut stop = tokio::spawn(stop_signals(true));
+    tracing::info!(data = %data.display(), "cadenza up: starting");
     let stack = Stack::start(config).await?;
     println!("cadenza is up (data in {})", data.display());
     println!("  control plane  {}", stack.info.control_plane);
@@ -592,6 +600,7 @@ async fn up(
     println!("  transcoder     {workers} worker(s) in process");
     println!("  trust          {}", stack.info.ca.display());
     if let Some(dir) = demo
+        && !stop.is_finished()
         && let Err(e) = run_demo(&stack, &data, dir).await
     {
         stack.shutdown().await;
@@ -599,7 +608,7 @@ async fn up(
     }
     if !exit_after_demo {
         println!("serving; Ctrl-C to stop");
-        shutdown_signal(true).await;
+        let _ = (&mut stop).await;
     }
     stack.shutdown().await;
     Ok(())

@@ -478,7 +478,8 @@ async fn an_origin_killed_mid_upload_loses_nothing() {
 }
 
 /// A terminal's closing sends SIGHUP: `cadenza up` stops as on SIGTERM (its shutdown runs and
-/// it exits 0) instead of dying by the signal's default, and starts again on the same data.
+/// it exits 0) instead of dying by the signal's default, whether it is serving or still
+/// starting, and starts again on the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cadenza_up_stops_cleanly_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +503,50 @@ async fn cadenza_up_stops_cleanly_on_sighup() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0), "cadenza up after SIGHUP: {status}");
+
+    // Sent while it is still starting: it finishes starting, then stops the same way (before,
+    // no handler was in place yet and the signal's default killed it mid-start).
+    let mut starting = Command::new(env!("CARGO_BIN_EXE_cadenza"))
+        .args(["up", "--port-base", "0", "--workers", "0", "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = starting.stderr.take().unwrap();
+    let (began, beginning) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("cadenza up: starting") {
+                let _ = began.send(());
+            }
+        }
+    });
+    let said = beginning.recv_timeout(Duration::from_secs(30));
+    if said.is_err() {
+        let _ = starting.kill();
+        panic!("cadenza up never said it was starting");
+    }
+    let sent = Command::new("kill")
+        .args(["-HUP", &starting.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = starting.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = starting.kill();
+            panic!("cadenza up still running 60 s after SIGHUP during its start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "SIGHUP during start-up: {status}");
 
     let mut again = start_up(&data);
     wait_up(&data, None).await;

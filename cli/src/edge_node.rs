@@ -210,6 +210,11 @@ pub async fn start(
         config.admin_token.clone(),
         true,
     ));
+    // The edge reads no request body but the admin API's few bytes: what an HTTP/2 client
+    // may send ahead of its reading is kept to one window (hyper's 1 MiB would wait in memory
+    // behind each response in progress).
+    let mut limits = config.limits.clone();
+    limits.h2_receive_window = Some(EDGE_H2_WINDOW);
     let metrics = cache.metrics().clone();
     let mut listening = |name: &str, l: cadenza_common::http::Listening| {
         metrics.count_connections(name, l.connections);
@@ -220,7 +225,7 @@ pub async fn start(
         serve_on(
             listeners.admin,
             Some(server_tls.clone()),
-            config.limits.clone(),
+            limits.clone(),
             admin,
             shutdown.clone(),
         )?,
@@ -248,7 +253,7 @@ pub async fn start(
         serve_on(
             listeners.main,
             Some(server_tls),
-            config.limits.clone(),
+            limits.clone(),
             edge.clone(),
             shutdown.clone(),
         )?,
@@ -256,13 +261,7 @@ pub async fn start(
     if let Some(l) = listeners.cleartext {
         listening(
             "cleartext",
-            serve_on(
-                l,
-                None,
-                config.limits.clone(),
-                edge.clone(),
-                shutdown.clone(),
-            )?,
+            serve_on(l, None, limits.clone(), edge.clone(), shutdown.clone())?,
         );
     }
     let h3_tls = tls::quic_server_config(&serving)?;
@@ -280,6 +279,10 @@ pub async fn start(
     }
     Ok(EdgeNode { edge, tasks })
 }
+
+/// What an HTTP/2 client may send the edge ahead of its reading, per stream and per
+/// connection.
+const EDGE_H2_WINDOW: u32 = 64 * 1024;
 
 /// How many memory files (one per rendition with slices in the memory tier, each an open
 /// descriptor) may exist: what the descriptor limit leaves after a full listener's

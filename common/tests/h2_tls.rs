@@ -525,3 +525,80 @@ impl Frames {
         reply
     }
 }
+
+/// A server with `h2_receive_window` lets an HTTP/2 client send no more than that ahead of
+/// its reading, on a stream and on the connection: a request body behind a response in
+/// progress (the handler reads none) waits in that much memory, not hyper's 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_request_body_is_held_to_the_receive_window() {
+    for (window, tls) in [
+        (Some(64 * 1024), true),
+        (Some(64 * 1024), false),
+        (None, true),
+    ] {
+        let server = start_on(
+            ServerLimits {
+                h2_receive_window: window,
+                ..ServerLimits::default()
+            },
+            tls,
+        )
+        .await;
+        let granted = body_credit(&server).await;
+        server.stop.trigger();
+        match window {
+            // 65,535: the connection's window stays HTTP/2's initial one.
+            Some(w) => assert!(
+                (60_000..=w as usize).contains(&granted),
+                "tls {tls}: {granted}"
+            ),
+            // hyper's 1 MiB, of which h2's client lets itself buffer 400 KiB.
+            None => assert!(granted >= 400 << 10, "hyper's default: {granted}"),
+        }
+    }
+}
+
+/// How much request body an h2 client may send on a stream whose response (endless chunks)
+/// it does not read, once the server's SETTINGS are in: the credit it is given, asking for
+/// 4 MiB, after a second of no change.
+async fn body_credit(server: &Server) -> usize {
+    async fn credit<IO>(io: IO) -> usize
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (client, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        // A first exchange, so the server's SETTINGS and window updates have come.
+        let (first, _) = client.send_request(get_h2("/bytes/10"), true).unwrap();
+        first.await.unwrap().into_body().data().await;
+        let (_response, mut body) = client
+            .send_request(get_h2("/chunks/100000"), false)
+            .unwrap();
+        body.reserve_capacity(4 << 20);
+        let mut granted = 0;
+        while let Ok(Some(Ok(now))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            std::future::poll_fn(|cx| body.poll_capacity(cx)),
+        )
+        .await
+        {
+            granted = now;
+            if now >= 4 << 20 {
+                break;
+            }
+        }
+        granted
+    }
+    if server.client.is_some() {
+        credit(connect(server, None).await).await
+    } else {
+        credit(TcpStream::connect(server.addr).await.unwrap()).await
+    }
+}
+
+fn get_h2(path: &str) -> Request<()> {
+    Request::get(format!("https://localhost{path}"))
+        .body(())
+        .unwrap()
+}

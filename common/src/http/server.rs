@@ -79,6 +79,10 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// What an HTTP/2 client may send ahead of the server's reading, on each stream and on
+    /// the whole connection: a request body no handler reads waits in up to this much
+    /// memory. `None` keeps hyper's 1 MiB, which uploads want.
+    pub h2_receive_window: Option<u32>,
     /// Time given to open connections to finish after shutdown is signalled.
     pub drain_timeout: Duration,
     /// How long a write may wait for a peer that is not reading (nginx's `send_timeout`).
@@ -102,6 +106,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_h2_streams: 128,
+            h2_receive_window: None,
             drain_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
@@ -232,6 +237,12 @@ async fn accept_loop<H: Handler>(
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256));
+    if let Some(window) = limits.h2_receive_window {
+        builder
+            .http2()
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window);
+    }
     let serving = Arc::new(Serving {
         tls,
         builder,

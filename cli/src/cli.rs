@@ -242,7 +242,7 @@ pub struct EdgeLimitArgs {
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = positive_duration)]
     pub min_send_window: Duration,
     /// Largest request head (request line and headers), bytes, at least 8 KiB; a larger one
-    /// is answered 431 (HTTP/1.1) or refused by HTTP/2's and HTTP/3's header-list limits.
+    /// is answered 431 (HTTP/1.1, HTTP/3) or refused by HTTP/2's header-list limit.
     #[arg(long, value_name = "BYTES", default_value_t = 16 * 1024,
           value_parser = clap::value_parser!(u32).range(8192..=1 << 20))]
     pub max_header_bytes: u32,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cadenza_common::http::{ConnInfo, MinRate, OpenConnections, ServerLimits, Shutdown};
+use cadenza_common::http::{ApiError, ConnInfo, MinRate, OpenConnections, ServerLimits, Shutdown};
 use http::Response;
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
@@ -68,8 +68,9 @@ pub struct H3Limits {
     /// `0` is one per core this process may run on.
     pub drivers: usize,
     /// Largest request header section, bytes as RFC 9114 counts them (each field's name
-    /// and value plus 32): advertised in SETTINGS, answered 431 past it. A request stream
-    /// may deliver about twice this before it is stopped ([`bounds::ReadBounds`]).
+    /// and value plus 32): answered 431 past it. A request stream may deliver about twice
+    /// this before it is stopped ([`bounds::ReadBounds`]), which is also what SETTINGS
+    /// advertises (h3 enforces what it advertises, and its own refusal ends in a reset).
     pub max_field_section: u64,
 }
 
@@ -256,12 +257,14 @@ async fn connection(
     let quic = conn.clone();
     // Boxed: the set-up future (2,200 B) would otherwise keep its room in every idle
     // connection's task.
-    let transport =
-        transport::Connection::new(conn, bounds::ReadBounds::for_field_section(field_section));
+    let bounds = bounds::ReadBounds::for_field_section(field_section);
+    // h3 answers a header section over its limit with a 431 head and then drops the stream,
+    // which the transport resets (a response cut short): the limit it enforces is the one
+    // the stream's bytes are held to, and `request` answers 431 itself past the operator's.
     let mut h3: h3::server::Connection<transport::Connection, Bytes> = Box::pin(
         h3::server::builder()
-            .max_field_section_size(field_section)
-            .build(transport),
+            .max_field_section_size(bounds.request)
+            .build(transport::Connection::new(conn, bounds)),
     )
     .await?;
     let answering = Arc::new(InFlight::default());
@@ -273,7 +276,8 @@ async fn connection(
                     let (edge, quic, counted) = (edge.clone(), quic.clone(), answering.start());
                     tokio::spawn(async move {
                         let _counted = counted;
-                        if let Err(e) = request(resolver, edge, info, min_rate, &quic).await {
+                        let answered = request(resolver, edge, info, min_rate, field_section, &quic);
+                        if let Err(e) = answered.await {
                             tracing::debug!(error = %e, "HTTP/3 request failed");
                         }
                     });
@@ -343,11 +347,22 @@ async fn request(
     edge: Arc<Edge>,
     info: ConnInfo,
     min_rate: MinRate,
+    field_section: u64,
     quic: &quic::Connection,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (req, mut stream) = resolver.resolve_request().await?;
     let (parts, ()) = req.into_parts();
-    let resp = edge.respond(&parts, info, "h3").await;
+    let size = field_section_size(&parts);
+    let resp = if size > field_section {
+        ApiError::new(
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's header section is {size} bytes, over {field_section}"),
+        )
+        .into_response()
+    } else {
+        edge.respond(&parts, info, "h3").await
+    };
     let (head, mut body) = resp.into_parts();
     stream.send_response(Response::from_parts(head, ())).await?;
     while let Some(frame) = body.frame().await {
@@ -370,6 +385,26 @@ async fn request(
     // is going away stays open for it).
     transport::delivered(&stream, quic).await;
     Ok(())
+}
+
+/// A request's header section as RFC 9114 §4.2.2 sizes it: each field's name and value,
+/// pseudo-header fields included, plus 32 bytes for each.
+fn field_section_size(parts: &http::request::Parts) -> u64 {
+    let field = |name: usize, value: usize| (name + value + 32) as u64;
+    let uri = &parts.uri;
+    let pseudo = field(":method".len(), parts.method.as_str().len())
+        + uri
+            .scheme_str()
+            .map_or(0, |s| field(":scheme".len(), s.len()))
+        + uri
+            .authority()
+            .map_or(0, |a| field(":authority".len(), a.as_str().len()))
+        + uri
+            .path_and_query()
+            .map_or(0, |p| field(":path".len(), p.as_str().len()));
+    parts.headers.iter().fold(pseudo, |sum, (name, value)| {
+        sum + field(name.as_str().len(), value.len())
+    })
 }
 
 /// How long a chunk of `len` bytes may take to be accepted at `rate`; `None` without a rate.

@@ -107,6 +107,12 @@ impl FrameWatch {
         }
     }
 
+    /// Whether the stream is still followed: false once its type shows it is not a control
+    /// stream.
+    pub fn watching(&self) -> bool {
+        self.stage != Stage::Unwatched
+    }
+
     /// Follows `bytes`, the next ones read from the stream.
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), FrameTooLong> {
         while let Some((&byte, rest)) = bytes.split_first() {
@@ -227,8 +233,9 @@ mod tests {
         stream.extend(varint(0x21, 1));
         stream.extend(varint(1 << 40, 8));
         let mut watch = FrameWatch::new(16);
+        assert!(watch.watching());
         assert_eq!(watch.feed(&stream), Ok(()));
-        assert_eq!(watch.stage, Stage::Unwatched);
+        assert!(!watch.watching());
         // A reserved stream type in its longest encoding.
         let mut watch = FrameWatch::new(16);
         assert_eq!(watch.feed(&varint(0x1f * 7 + 0x21, 8)), Ok(()));

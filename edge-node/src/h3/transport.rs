@@ -402,7 +402,13 @@ impl RecvStream {
                 }
             },
             Guard::Frames(watch) => match watch.feed(chunk) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if !watch.watching() {
+                        // A QPACK stream: nothing to follow, and the watch's memory goes.
+                        self.guard = Guard::Budget(u64::MAX);
+                    }
+                    return Ok(());
+                }
                 Err(too_long) => {
                     tracing::debug!(
                         frame_type = too_long.frame_type,

@@ -477,6 +477,26 @@ async fn an_origin_killed_mid_upload_loses_nothing() {
     up.wait().unwrap();
 }
 
+/// Sends `child` SIGHUP and waits (60 s at most) for it to exit.
+async fn hung_up(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 60 s after SIGHUP");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A terminal's closing sends SIGHUP: `cadenza up` stops as on SIGTERM (its shutdown runs and
 /// it exits 0) instead of dying by the signal's default, whether it is serving or still
 /// starting, and starts again on the same data.
@@ -486,22 +506,7 @@ async fn cadenza_up_stops_cleanly_on_sighup() {
     let data = dir.path().join("data");
     let mut up = start_up(&data);
     wait_up(&data, None).await;
-    let sent = Command::new("kill")
-        .args(["-HUP", &up.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = up.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = up.kill();
-            panic!("cadenza up still running 30 s after SIGHUP");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = hung_up(&mut up).await;
     assert_eq!(status.code(), Some(0), "cadenza up after SIGHUP: {status}");
 
     // Sent while it is still starting: it finishes starting, then stops the same way (before,
@@ -530,22 +535,7 @@ async fn cadenza_up_stops_cleanly_on_sighup() {
         let _ = starting.kill();
         panic!("cadenza up never said it was starting");
     }
-    let sent = Command::new("kill")
-        .args(["-HUP", &starting.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = starting.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = starting.kill();
-            panic!("cadenza up still running 60 s after SIGHUP during its start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = hung_up(&mut starting).await;
     assert_eq!(status.code(), Some(0), "SIGHUP during start-up: {status}");
 
     let mut again = start_up(&data);

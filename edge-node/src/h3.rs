@@ -432,6 +432,18 @@ mod tests {
     }
 
     #[test]
+    fn a_header_section_is_sized_as_rfc_9114_counts_it() {
+        let req = http::Request::get("https://edge.example/a/0011?t=v1")
+            .header("range", "bytes=0-99")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        // :method GET, :scheme https, :authority edge.example, :path /a/0011?t=v1, range.
+        let expected = (7 + 3) + (7 + 5) + (10 + 12) + (5 + 12) + (5 + 10) + 5 * 32;
+        assert_eq!(field_section_size(&parts), expected);
+    }
+
+    #[test]
     fn a_chunk_gets_the_window_plus_its_share_of_the_rate() {
         let rate = MinRate {
             bytes_per_sec: 4096,

@@ -1552,6 +1552,7 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
             .args(["--token-leeway", "2s", "--upstream-timeout", "1s"])
             .args(["--header-timeout", "1s", "--idle-timeout", "2s"])
             .args(["--h3-idle-timeout", "1s", "--max-header-bytes", "8192"])
+            .args(["--handshake-timeout", "1s", "--h2-max-streams", "3"])
             .spawn()
             .unwrap(),
     );
@@ -1611,6 +1612,16 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
 
     let join = join_info(dir.path()).unwrap();
     let udp: std::net::SocketAddr = edge.trim_start_matches("https://").parse().unwrap();
+    // A TCP client that never starts its TLS handshake is closed after --handshake-timeout.
+    let (_, took) = until_closed(&udp.to_string(), b"").await;
+    let shy = Duration::from_millis(900)..Duration::from_secs(5);
+    assert!(
+        shy.contains(&took),
+        "a silent TLS client closed after {took:?}"
+    );
+    // HTTP/2's SETTINGS carry --h2-max-streams.
+    assert_eq!(h2_max_streams(&join, udp).await, 3);
+
     // Over HTTP/3 a header section over --max-header-bytes (as RFC 9114 sizes it) is
     // answered 431 too, whether or not the client has the edge's SETTINGS yet.
     let (mut h3, drive) = h3_client(&join, udp).await;
@@ -1654,14 +1665,29 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
     stack.shutdown().await;
 }
 
-/// The request-body credit an HTTP/2 client gets from the edge at `addr` on a GET of `path`
-/// whose response it does not read: asking for 4 MiB, what it has after a second of no change.
-async fn h2_body_credit(
+/// The concurrent streams the edge at `addr` allows an HTTP/2 client, read from its SETTINGS
+/// once a first request is answered.
+async fn h2_max_streams(join: &JoinInfo, addr: std::net::SocketAddr) -> usize {
+    let (mut client, mut conn) = h2::client::handshake(h2_tls(join, addr).await)
+        .await
+        .unwrap();
+    let get = http::Request::get(format!("https://localhost:{}/healthz", addr.port()))
+        .body(())
+        .unwrap();
+    let (answered, _) = client.send_request(get, true).unwrap();
+    let status = tokio::select! {
+        resp = answered => resp.unwrap().status(),
+        ended = &mut conn => panic!("the HTTP/2 connection ended: {ended:?}"),
+    };
+    assert_eq!(status, StatusCode::OK);
+    conn.max_concurrent_send_streams()
+}
+
+/// A TLS connection to `addr` trusting `join`'s certificate that agreed on h2.
+async fn h2_tls(
     join: &JoinInfo,
     addr: std::net::SocketAddr,
-    path: &str,
-    token: &str,
-) -> usize {
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut tls =
         (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
     tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -1671,7 +1697,21 @@ async fn h2_body_credit(
         .connect(name, tcp)
         .await
         .unwrap();
-    let (client, conn) = h2::client::handshake(io).await.unwrap();
+    assert_eq!(io.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    io
+}
+
+/// The request-body credit an HTTP/2 client gets from the edge at `addr` on a GET of `path`
+/// whose response it does not read: asking for 4 MiB, what it has after a second of no change.
+async fn h2_body_credit(
+    join: &JoinInfo,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> usize {
+    let (client, conn) = h2::client::handshake(h2_tls(join, addr).await)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut client = client.ready().await.unwrap();
     let get = |path: &str| {

@@ -69,7 +69,7 @@ pub struct H3Limits {
     pub drivers: usize,
     /// Largest request header section, bytes as RFC 9114 counts them (each field's name
     /// and value plus 32): answered 431 past it. A request stream may deliver about twice
-    /// this before it is stopped ([`bounds::ReadBounds`]), which is also what SETTINGS
+    /// this before it is stopped ([`bounds::request_budget`]), which is also what SETTINGS
     /// advertises (h3 enforces what it advertises, and its own refusal ends in a reset).
     pub max_field_section: u64,
 }
@@ -257,14 +257,14 @@ async fn connection(
     let quic = conn.clone();
     // Boxed: the set-up future (2,200 B) would otherwise keep its room in every idle
     // connection's task.
-    let bounds = bounds::ReadBounds::for_field_section(field_section);
+    let budget = bounds::request_budget(field_section);
     // h3 answers a header section over its limit with a 431 head and then drops the stream,
     // which the transport resets (a response cut short): the limit it enforces is the one
     // the stream's bytes are held to, and `request` answers 431 itself past the operator's.
     let mut h3: h3::server::Connection<transport::Connection, Bytes> = Box::pin(
         h3::server::builder()
-            .max_field_section_size(bounds.request)
-            .build(transport::Connection::new(conn, bounds)),
+            .max_field_section_size(budget)
+            .build(transport::Connection::new(conn, budget)),
     )
     .await?;
     let answering = Arc::new(InFlight::default());

@@ -5,9 +5,9 @@
 //! frame type on the control stream, would have the edge read and keep every byte the
 //! client cared to send (QUIC's flow control gives the client more credit as the bytes are
 //! read). The transport ([`super::transport`]) therefore counts what it hands h3: a request
-//! stream may deliver its head and little more ([`ReadBounds::request`]; the edge reads no
+//! stream may deliver its head and little more ([`request_budget`]; the edge reads no
 //! request body), and each frame on the peer's control stream is watched from its header
-//! ([`FrameWatch`]), so one declared longer than [`ReadBounds::control_frame`] is refused
+//! ([`FrameWatch`]), so one declared longer than [`CONTROL_FRAME_MAX`] is refused
 //! before its payload is read.
 
 /// HTTP/3's `H3_EXCESSIVE_LOAD` (RFC 9114 §8.1): what a peer is told when a stream of its
@@ -18,28 +18,13 @@ pub const EXCESSIVE_LOAD: u64 = 0x107;
 /// GOAWAY, MAX_PUSH_ID, PRIORITY_UPDATE, reserved frames) is a few dozen bytes.
 pub const CONTROL_FRAME_MAX: u64 = 64 * 1024;
 
-/// How much a peer's streams may deliver to h3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadBounds {
-    /// Bytes a request stream may deliver in all: its HEADERS frame and any frames before
-    /// it.
-    pub request: u64,
-    /// The longest frame on the peer's control stream.
-    pub control_frame: u64,
-}
-
-impl ReadBounds {
-    /// Bounds for requests whose decoded header section may be up to `field_section` bytes
-    /// (h3's own limit, which answers 431 past it). QPACK's encoding of a field is shorter
-    /// than the 32 bytes RFC 9114 adds to each field's name and value in that count, but a
-    /// literal without Huffman coding can be a little longer than its text: twice the
-    /// section and a kilobyte leave room for any honest encoding.
-    pub fn for_field_section(field_section: u64) -> Self {
-        Self {
-            request: field_section.saturating_mul(2).saturating_add(1024),
-            control_frame: CONTROL_FRAME_MAX,
-        }
-    }
+/// Bytes a request stream may deliver in all (its HEADERS frame and any frames before it),
+/// for requests whose decoded header section may be up to `field_section` bytes. QPACK's
+/// encoding of a field is shorter than the 32 bytes RFC 9114 adds to each field's name and
+/// value in that count, but a literal without Huffman coding can be a little longer than its
+/// text: twice the section and a kilobyte leave room for any honest encoding.
+pub fn request_budget(field_section: u64) -> u64 {
+    field_section.saturating_mul(2).saturating_add(1024)
 }
 
 /// Follows a unidirectional stream's bytes as they are read: its type, then, on a control
@@ -244,12 +229,7 @@ mod tests {
 
     #[test]
     fn request_bounds_leave_room_for_any_honest_encoding() {
-        let bounds = ReadBounds::for_field_section(16 * 1024);
-        assert_eq!(bounds.request, 33 * 1024);
-        assert_eq!(
-            ReadBounds::for_field_section(u64::MAX).request,
-            u64::MAX,
-            "saturates"
-        );
+        assert_eq!(request_budget(16 * 1024), 33 * 1024);
+        assert_eq!(request_budget(u64::MAX), u64::MAX, "saturates");
     }
 }

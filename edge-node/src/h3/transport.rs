@@ -26,7 +26,7 @@ use h3::error::Code;
 use h3::quic::{self as h3q, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn_proto::{ConnectionError, Dir, StreamId as QuicStreamId, VarInt};
 
-use super::bounds::{EXCESSIVE_LOAD, FrameWatch, ReadBounds};
+use super::bounds::{CONTROL_FRAME_MAX, EXCESSIVE_LOAD, FrameWatch};
 use super::quic;
 
 thread_local! {
@@ -81,13 +81,15 @@ pub async fn delivered(
 /// A connection as h3 sees it.
 pub struct Connection {
     conn: quic::Connection,
-    bounds: ReadBounds,
+    /// Bytes each request stream may deliver ([`super::bounds::request_budget`]).
+    budget: u64,
 }
 
 impl Connection {
-    /// `conn` for h3, its peer's streams held to `bounds`.
-    pub fn new(conn: quic::Connection, bounds: ReadBounds) -> Self {
-        Self { conn, bounds }
+    /// `conn` for h3, each request stream of its peer held to `budget` bytes and its control
+    /// stream to frames of [`CONTROL_FRAME_MAX`].
+    pub fn new(conn: quic::Connection, budget: u64) -> Self {
+        Self { conn, budget }
     }
 }
 
@@ -100,7 +102,7 @@ impl h3q::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let id = ready!(self.conn.poll_accept(cx, Dir::Uni)).map_err(connection_error)?;
-        let watch = FrameWatch::new(self.bounds.control_frame);
+        let watch = FrameWatch::new(CONTROL_FRAME_MAX);
         Poll::Ready(Ok(RecvStream::lasting(self.conn.clone(), id, watch)))
     }
 
@@ -109,13 +111,13 @@ impl h3q::Connection<Bytes> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, ConnectionErrorIncoming>> {
         let id = ready!(self.conn.poll_accept(cx, Dir::Bi)).map_err(connection_error)?;
-        Poll::Ready(Ok(BidiStream::new(&self.conn, id, self.bounds.request)))
+        Poll::Ready(Ok(BidiStream::new(&self.conn, id, self.budget)))
     }
 
     fn opener(&self) -> Opener {
         Opener {
             conn: self.conn.clone(),
-            bounds: self.bounds,
+            budget: self.budget,
         }
     }
 }
@@ -128,7 +130,7 @@ impl h3q::OpenStreams<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        open_bidi(&self.conn, self.bounds, cx)
+        open_bidi(&self.conn, self.budget, cx)
     }
 
     fn poll_open_send(
@@ -145,11 +147,11 @@ impl h3q::OpenStreams<Bytes> for Connection {
 
 fn open_bidi(
     conn: &quic::Connection,
-    bounds: ReadBounds,
+    budget: u64,
     cx: &mut Context<'_>,
 ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
     let id = ready!(conn.poll_open(cx, Dir::Bi)).map_err(lost)?;
-    Poll::Ready(Ok(BidiStream::new(conn, id, bounds.request)))
+    Poll::Ready(Ok(BidiStream::new(conn, id, budget)))
 }
 
 fn open_send(
@@ -164,7 +166,7 @@ fn open_send(
 #[derive(Clone)]
 pub struct Opener {
     conn: quic::Connection,
-    bounds: ReadBounds,
+    budget: u64,
 }
 
 impl h3q::OpenStreams<Bytes> for Opener {
@@ -175,7 +177,7 @@ impl h3q::OpenStreams<Bytes> for Opener {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream, StreamErrorIncoming>> {
-        open_bidi(&self.conn, self.bounds, cx)
+        open_bidi(&self.conn, self.budget, cx)
     }
 
     fn poll_open_send(

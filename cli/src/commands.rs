@@ -745,3 +745,44 @@ async fn transcode_cmd(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The "Timeouts and limits" flags repeat the library's defaults so `--help` can show
+    /// them; given none, `cadenza edge` must end up with exactly the library's values.
+    #[test]
+    fn the_limit_flags_default_to_the_librarys_values() {
+        let Command::Edge(args) = Cli::parse_from(["cadenza", "edge"]).command else {
+            panic!("not the edge command");
+        };
+        let library = crate::edge_node::EdgeNodeConfig::new(
+            cadenza_common::http::tls::CertPem {
+                cert: String::new(),
+                key: String::new(),
+            },
+            Vec::new(),
+            Vec::new(),
+            String::new(),
+            String::new(),
+            cadenza_common::VerifyingKeys::default(),
+        );
+        let mut flagged = library.clone();
+        apply_limits(&mut flagged, &args.limits);
+        let settings = |c: &crate::edge_node::EdgeNodeConfig| {
+            format!(
+                "{:?} {:?} {:?} {} {:?} {:?}",
+                c.limits,
+                c.h3,
+                c.token_leeway,
+                c.breaker_threshold,
+                c.breaker_cooldown,
+                c.upstream_timeout
+            )
+        };
+        assert_eq!(settings(&flagged), settings(&library));
+    }
+}

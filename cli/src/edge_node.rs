@@ -210,11 +210,11 @@ pub async fn start(
         config.admin_token.clone(),
         true,
     ));
-    // The edge reads no request body but the admin API's few bytes: what an HTTP/2 client
-    // may send ahead of its reading is kept to one window (hyper's 1 MiB would wait in memory
-    // behind each response in progress).
+    // The edge reads no request body but the admin API's few bytes: unless the configuration
+    // says otherwise, what an HTTP/2 client may send ahead of its reading is kept to one
+    // window (hyper's 1 MiB would wait in memory behind each response in progress).
     let mut limits = config.limits.clone();
-    limits.h2_receive_window = Some(EDGE_H2_WINDOW);
+    limits.h2_receive_window.get_or_insert(EDGE_H2_WINDOW);
     let metrics = cache.metrics().clone();
     let mut listening = |name: &str, l: cadenza_common::http::Listening| {
         metrics.count_connections(name, l.connections);

@@ -504,16 +504,25 @@ async fn presented_tcp(
     Vec<u8>,
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) {
-    let mut tls = (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let conn = tls_to(addr, roots, b"http/1.1").await;
     let cert = conn.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     (cert, conn)
+}
+
+/// A TLS connection to `addr` from a client trusting `roots` (PEM) and offering `alpn`.
+async fn tls_to(
+    addr: &str,
+    roots: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap()
 }
 
 /// The end-entity certificate `addr` presents over QUIC to a client trusting `roots` (PEM).
@@ -1688,15 +1697,7 @@ async fn h2_tls(
     join: &JoinInfo,
     addr: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut tls =
-        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let io = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let io = tls_to(&addr.to_string(), &join.cert.cert, b"h2").await;
     assert_eq!(io.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
     io
 }

@@ -1506,7 +1506,7 @@ async fn until_closed(addr: &str, request: &[u8]) -> (Vec<u8>, Duration) {
     assert!(
         read.is_ok(),
         "still open 10 s after {:?}",
-        String::from_utf8_lossy(&request[..20])
+        String::from_utf8_lossy(&request[..request.len().min(40)])
     );
     (got, sent.elapsed())
 }

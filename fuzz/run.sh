@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_EACH:-60}
-all=(h1_head h1_conn tls_conn h3_request h3_control ranges client_fields geoip master tls_hello tus_headers coalesce)
+all=(h1_head h1_conn tls_conn h3_request h3_control proxy_header ranges client_fields geoip master tls_hello tus_headers coalesce)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
@@ -28,6 +28,7 @@ max_len() {
         h1_head) echo 4096 ;;
         h1_conn | tls_conn) echo 8192 ;;
         ranges | client_fields | tus_headers | h3_control) echo 1024 ;;
+        proxy_header) echo 2048 ;;
         tls_hello | coalesce | h3_request) echo 4096 ;;
         geoip) echo 32768 ;;
         master) echo 65536 ;;

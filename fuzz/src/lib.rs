@@ -17,6 +17,7 @@
 //! | `tls_conn` | a whole connection's requests over TLS, in records and segments of any size, to the lean TLS layer and the HTTP/1.1 loop | as `h1_conn`, through the TLS layer's buffering |
 //! | `h3_request` | one HTTP/3 request stream's bytes (frames, QPACK) to a running edge over QUIC | the edge answers or resets the stream and keeps serving; it never panics |
 //! | `h3_control` | a client's HTTP/3 control stream, in pieces of any size, to the edge's frame watch | it refuses exactly the first frame declared longer than the bound, from its header, however the bytes are split |
+//! | `proxy_header` | the first bytes of a connection on a PROXY protocol listener, to the header parser | bytes past its bound change nothing; a full bound of bytes is always decided; a decision, once reached, stays as more bytes come; a header lies within the bytes and reads the same alone |
 //! | `coalesce` | a script of writes, flushes and sends, over a socket taking what it likes | the bytes leave whole and in order, and all of them by the end |
 //! | `tus_headers` | a label's tus upload headers, to the origin | no panic; what parses stays in bounds and its metadata reads back the same |
 
@@ -30,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cadenza_common::http::h1::{self, SendFile, parse_head};
+use cadenza_common::http::proxy_protocol;
 use cadenza_common::http::{
     Body, ConnInfo, Handler, ServerLimits, Shutdown, full, plan_span, range_plan, ranged_response,
 };
@@ -328,6 +330,50 @@ pub fn ranges(data: &[u8]) {
             "span {start}+{count} of {len}"
         );
     }
+}
+
+/// The first bytes of a connection on a PROXY protocol listener, as a load balancer (or
+/// anyone) sends them: the parser looks at no more than its bound, decides once it has that
+/// many bytes (so the listener's peek never waits on a full buffer), and what it decides from
+/// a prefix stays decided as more bytes come, whatever they are. Returns what all the bytes
+/// said.
+pub fn proxy_header(
+    data: &[u8],
+) -> Result<Option<proxy_protocol::ProxyHeader>, proxy_protocol::ProxyHeaderError> {
+    use proxy_protocol::{MAX_HEADER, parse};
+    let whole = parse(data);
+    let bound = data.len().min(MAX_HEADER);
+    assert_eq!(
+        parse(&data[..bound]),
+        whole,
+        "looked past {MAX_HEADER} bytes"
+    );
+    if data.len() >= MAX_HEADER {
+        assert_ne!(whole, Ok(None), "{MAX_HEADER} bytes and still undecided");
+    }
+    if let Ok(Some(header)) = whole {
+        assert!(header.len <= bound, "a header longer than the bytes");
+        assert_eq!(
+            parse(&data[..header.len]),
+            whole,
+            "the header alone reads otherwise"
+        );
+    }
+    // Every prefix up to 128 bytes, then every 61st: undecided until a decision, which holds.
+    let mut before = Ok(None);
+    for n in (0..=bound.min(128)).chain((129..=bound).step_by(61)) {
+        let now = parse(&data[..n]);
+        if before != Ok(None) {
+            assert_eq!(
+                now,
+                before,
+                "{n} bytes changed what {} bytes decided",
+                n - 1
+            );
+        }
+        before = now;
+    }
+    whole
 }
 
 /// What a player or a proxy in front of the edge writes into fields the edge reads: a token,

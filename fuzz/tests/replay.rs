@@ -69,6 +69,25 @@ fn ranges() {
 }
 
 #[test]
+fn proxy_header() {
+    let headers = replay("proxy_header", cadenza_fuzz::proxy_header);
+    let source = |name: &str| match said(&headers, name) {
+        Ok(Some(header)) => header.source.map(|s| s.to_string()),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(source("v1_tcp4").as_deref(), Some("81.2.69.142:56324"));
+    assert_eq!(source("v1_tcp6").as_deref(), Some("[2001:218::1]:1234"));
+    assert_eq!(source("v1_unknown"), None);
+    assert_eq!(
+        source("v2_tcp4_tlv").as_deref(),
+        Some("89.160.20.112:40000")
+    );
+    assert_eq!(source("v2_tcp6").as_deref(), Some("[2001:218::1]:40000"));
+    assert_eq!(source("v2_local"), None);
+    assert!(said(&headers, "client_hello").is_err());
+}
+
+#[test]
 fn client_fields() {
     assert!(!replay("client_fields", cadenza_fuzz::client_fields).is_empty());
 }

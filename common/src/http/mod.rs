@@ -15,6 +15,7 @@ mod error;
 pub mod h1;
 mod idle;
 pub mod lean_tls;
+pub mod proxy_protocol;
 mod ranges;
 mod server;
 mod shutdown;
@@ -27,6 +28,7 @@ pub use body::{
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
 pub use idle::IdleQueue;
+pub use proxy_protocol::ProxyProtocol;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
 pub use server::{ConnInfo, Handler, Listening, OpenConnections, ServerLimits, serve_on};
 pub use shutdown::{Shutdown, ShutdownTrigger};

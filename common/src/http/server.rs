@@ -22,6 +22,7 @@ use super::deadline::{Deadlines, MinRate};
 use super::h1;
 use super::idle::{Activity, IdleQueue, Open};
 use super::lean_tls;
+use super::proxy_protocol::{self, ProxyHeader, ProxyHeaderError, ProxyProtocol};
 use super::{Body, Shutdown};
 
 /// What a handler learns about the connection a request came on.
@@ -96,6 +97,10 @@ pub struct ServerLimits {
     /// check sees the peer's pace, not the kernel's buffer, and idle readers pin less kernel
     /// memory. `None` leaves the system default.
     pub tcp_notsent_lowat: Option<u32>,
+    /// Every connection opens with a PROXY protocol header naming its client, from peers
+    /// trusted to send one (load balancers passing TCP through); others are closed at
+    /// accept. `None`: the peer is the client.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl Default for ServerLimits {
@@ -117,6 +122,7 @@ impl Default for ServerLimits {
                 window: Duration::from_secs(20),
             },
             tcp_notsent_lowat: Some(128 * 1024),
+            proxy_protocol: None,
         }
     }
 }
@@ -147,6 +153,7 @@ pub struct OpenConnections {
 struct CapTally {
     refused: AtomicU64,
     reclaimed: AtomicU64,
+    unproxied: AtomicU64,
 }
 
 impl OpenConnections {
@@ -183,6 +190,18 @@ impl OpenConnections {
     /// Notes an idle connection closed to give its slot to a new client.
     pub fn note_reclaimed(&self) {
         self.tally.reclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes a connection closed on a PROXY protocol listener: from a peer not trusted to
+    /// send the header, or without a header this listener takes.
+    pub fn note_unproxied(&self) {
+        self.tally.unproxied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for their PROXY protocol header (or its absence, or their peer),
+    /// since the listener started.
+    pub fn unproxied(&self) -> u64 {
+        self.tally.unproxied.load(Ordering::Relaxed)
     }
 
     /// Clients turned away at the cap, since the listener started.
@@ -249,11 +268,13 @@ async fn accept_loop<H: Handler>(
         limits: limits.clone(),
         handler,
         idle: IdleQueue::default(),
+        slots: slots.clone(),
     });
     let graceful = GracefulShutdown::new();
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
     // connection of a flood: when it last did, and the count it gave.
     let mut warned: Option<(std::time::Instant, u64)> = None;
+    let mut untrusted_warned: Option<std::time::Instant> = None;
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -268,6 +289,22 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
+        if let Some(proxy) = &limits.proxy_protocol
+            && !proxy.trusts(peer.ip())
+        {
+            // Only the balancers may say who the client is; anyone else reaching this
+            // listener is not one of its clients.
+            slots.note_unproxied();
+            if untrusted_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(
+                    %peer,
+                    "a peer not trusted to send a PROXY protocol header connected; closing \
+                     (every peer of this listener must be a trusted proxy)"
+                );
+                untrusted_warned = Some(std::time::Instant::now());
+            }
+            continue;
+        }
         let drain = [graceful.watcher(), graceful.watcher()];
         if let Some(slot) = slots.take() {
             start(stream, peer, slot, &serving, drain, &shutdown);
@@ -347,13 +384,92 @@ fn start<H: Handler>(
     // One task type per path, so a cleartext connection's task is not sized for TLS.
     if serving.tls.is_some() {
         tokio::spawn(async move {
+            let mut conn_shutdown = conn_shutdown;
+            let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
+                return;
+            };
             serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
         });
     } else {
         tokio::spawn(async move {
+            let mut conn_shutdown = conn_shutdown;
+            let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
+                return;
+            };
             serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
         });
     }
+}
+
+/// The connection as its client's: on a PROXY protocol listener, read off the header the
+/// balancer opens it with (within the handshake timeout), leaving the client's own bytes;
+/// elsewhere as it came. `None`: close it (no header this listener takes, or told to stop).
+async fn client_of<H: Handler>(
+    stream: &Deadlines<TcpStream>,
+    conn: ConnInfo,
+    serving: &Serving<H>,
+    shutdown: &mut Shutdown,
+) -> Option<ConnInfo> {
+    if serving.limits.proxy_protocol.is_none() {
+        return Some(conn);
+    }
+    // Boxed: a served connection's task is not sized for the header's reading.
+    let limit = serving.limits.handshake_timeout;
+    let read = Box::pin(async {
+        tokio::select! {
+            read = tokio::time::timeout(limit, read_proxy_header(stream.get_ref())) => Some(read),
+            () = shutdown.wait() => None,
+        }
+    });
+    let refused = |why: &dyn std::fmt::Display| {
+        serving.slots.note_unproxied();
+        tracing::debug!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
+        None
+    };
+    match read.await? {
+        Ok(Ok(Ok(header))) => {
+            let source = header.source.unwrap_or(conn.peer);
+            Some(ConnInfo {
+                peer: SocketAddr::new(source.ip().to_canonical(), source.port()),
+                ..conn
+            })
+        }
+        Ok(Ok(Err(e))) => refused(&e),
+        // Connected and left: a balancer's plain TCP health check does so.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "reading the PROXY protocol header failed");
+            None
+        }
+        Err(_) => refused(&"no complete header within the handshake timeout"),
+    }
+}
+
+/// Peeks at a connection's first bytes until they hold a whole PROXY protocol header (or
+/// cannot), then reads exactly the header, so the socket holds what follows it.
+async fn read_proxy_header(
+    stream: &TcpStream,
+) -> std::io::Result<Result<ProxyHeader, ProxyHeaderError>> {
+    let header = peek_until::<{ proxy_protocol::MAX_HEADER }, _>(stream, |first| {
+        proxy_protocol::parse(first).transpose()
+    })
+    .await?;
+    let Ok(header) = header else {
+        return Ok(header);
+    };
+    let mut taken = 0;
+    while taken < header.len {
+        // The peek saw these bytes, so they are in the socket already.
+        let mut room = [0u8; proxy_protocol::MAX_HEADER];
+        stream.readable().await?;
+        match stream.try_read(&mut room[..header.len - taken]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => taken += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Ok(header))
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -375,6 +491,9 @@ struct Serving<H> {
     /// Connections with no request open (HTTP/1.1 on Cadenza's own loop, and HTTP/2), so a
     /// full listener can close the one idle longest for a new client.
     idle: IdleQueue,
+    /// The listener's slots, whose tallies count connections refused for their PROXY
+    /// protocol header.
+    slots: OpenConnections,
 }
 
 /// hyper's service for a connection: every request to the handler, boxed so a kept-alive
@@ -1031,6 +1150,7 @@ mod tests {
             limits: ServerLimits::default(),
             handler: Arc::new(Lean),
             idle: IdleQueue::default(),
+            slots: OpenConnections::new(1),
         }
     }
 

@@ -6,6 +6,17 @@ use std::time::Duration;
 use cadenza_common::{Quality, Territories, TrackId};
 use clap::{Parser, Subcommand};
 
+/// The player listeners that take a PROXY protocol header first (`--proxy-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyListeners {
+    /// The TLS listener (`--listen`, TCP).
+    Tls,
+    /// The cleartext listener (`--cleartext-listen`).
+    Cleartext,
+    /// Both.
+    Both,
+}
+
 /// Cadenza: recorded audio delivery — origin, transcoder, edges and control plane.
 #[derive(Debug, Parser)]
 #[command(name = "cadenza", version, about)]
@@ -147,9 +158,18 @@ pub struct EdgeArgs {
     /// a changed file that verifies replaces the one in service).
     #[arg(long, value_name = "MMDB")]
     pub geoip: Option<PathBuf>,
-    /// A proxy (IP or CIDR) whose X-Forwarded-For is believed; repeatable.
+    /// A proxy (IP or CIDR) whose X-Forwarded-For is believed (and, with --proxy-protocol,
+    /// whose PROXY header); repeatable.
     #[arg(long, value_name = "CIDR")]
     pub trusted_proxy: Vec<cadenza_geo::Cidr>,
+    /// Player TCP listeners behind a load balancer that passes TCP through (HAProxy
+    /// `send-proxy`/`send-proxy-v2`, AWS NLB, nginx `proxy_protocol on`): each connection
+    /// opens with a PROXY protocol header (v1 or v2) naming the client, whose address is then
+    /// the one placed by GeoIP and logged. `tls`, `cleartext` or `both`. Only --trusted-proxy
+    /// peers may connect to those listeners; a connection without a valid header is closed.
+    /// HTTP/3 is not affected
+    #[arg(long, value_enum, value_name = "LISTENERS", requires = "trusted_proxy")]
+    pub proxy_protocol: Option<ProxyListeners>,
     /// Refuse (451) listeners the GeoIP database cannot place, instead of serving them.
     #[arg(long)]
     pub deny_unknown_country: bool,

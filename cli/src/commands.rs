@@ -457,6 +457,16 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         }));
     }
     config.trusted_proxies = args.trusted_proxy.clone();
+    if let Some(listeners) = args.proxy_protocol {
+        use crate::cli::ProxyListeners::{Both, Cleartext, Tls};
+        config.proxy_protocol_tls = matches!(listeners, Tls | Both);
+        config.proxy_protocol_cleartext = matches!(listeners, Cleartext | Both);
+        if config.proxy_protocol_cleartext && args.cleartext_listen.is_none() {
+            bail!(
+                "--proxy-protocol cleartext (or both) needs the cleartext listener: pass --cleartext-listen too"
+            );
+        }
+    }
     if args.deny_unknown_country {
         config.unknown_country = cadenza_edge::UnknownCountry::Deny;
     }

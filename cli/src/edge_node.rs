@@ -12,7 +12,7 @@ use cadenza_common::VerifyingKeys;
 use cadenza_common::follow::{file_stamp, spawn_follower};
 use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
-use cadenza_common::http::{ServerLimits, Shutdown, serve_on};
+use cadenza_common::http::{ProxyProtocol, ServerLimits, Shutdown, serve_on};
 use cadenza_edge::{
     DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache, SliceMath,
     UnknownCountry, UpstreamConfig, serve_h3,
@@ -44,6 +44,11 @@ pub struct EdgeNodeConfig {
     pub geo: Option<Arc<ReloadingGeo>>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// The TLS listener's connections open with a PROXY protocol header, sent by one of
+    /// `trusted_proxies` (the only peers it then admits).
+    pub proxy_protocol_tls: bool,
+    /// The same for the cleartext listener.
+    pub proxy_protocol_cleartext: bool,
     /// Policy for listeners the database does not place.
     pub unknown_country: UnknownCountry,
     /// Slice size.
@@ -102,6 +107,8 @@ impl EdgeNodeConfig {
             token_keys,
             geo: None,
             trusted_proxies: Vec::new(),
+            proxy_protocol_tls: false,
+            proxy_protocol_cleartext: false,
             unknown_country: UnknownCountry::Allow,
             slice_bytes: 256 * 1024,
             memory_bytes: 256 * 1024 * 1024,
@@ -248,20 +255,32 @@ pub async fn start(
         },
         cache,
     ));
+    let proxies = Arc::new(config.trusted_proxies.clone());
+    let behind_proxy = |on: bool| {
+        let mut limits = limits.clone();
+        if on {
+            let proxies = proxies.clone();
+            limits.proxy_protocol = Some(ProxyProtocol::trusting(move |ip| {
+                proxies.iter().any(|proxy| proxy.contains(ip))
+            }));
+        }
+        limits
+    };
     listening(
         "tls",
         serve_on(
             listeners.main,
             Some(server_tls),
-            limits.clone(),
+            behind_proxy(config.proxy_protocol_tls),
             edge.clone(),
             shutdown.clone(),
         )?,
     );
     if let Some(l) = listeners.cleartext {
+        let limits = behind_proxy(config.proxy_protocol_cleartext);
         listening(
             "cleartext",
-            serve_on(l, None, limits.clone(), edge.clone(), shutdown.clone())?,
+            serve_on(l, None, limits, edge.clone(), shutdown.clone())?,
         );
     }
     let h3_tls = tls::quic_server_config(&serving)?;

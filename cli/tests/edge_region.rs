@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/peers.rs"]
+mod peers;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -1834,5 +1837,279 @@ async fn a_client_cannot_make_the_edge_hold_what_it_sends() {
     }
 
     edge.stop().await;
+    stack.shutdown().await;
+}
+
+/// A PROXY protocol v1 line naming `client` (IPv4 or IPv6) as the connection's source.
+fn proxy_v1(client: &str) -> Vec<u8> {
+    let ip: std::net::IpAddr = client.parse().unwrap();
+    let (family, to) = if ip.is_ipv4() {
+        ("TCP4", "10.0.0.1")
+    } else {
+        ("TCP6", "2001:db8::1")
+    };
+    format!("PROXY {family} {client} {to} 40000 443\r\n").into_bytes()
+}
+
+/// A PROXY protocol v2 header: PROXY naming `client` over TCP, or LOCAL when `None`.
+fn proxy_v2(client: Option<&str>) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    let (command, family, block) = match client.map(|c| c.parse::<std::net::IpAddr>().unwrap()) {
+        None => (0x20, 0x00, Vec::new()),
+        Some(std::net::IpAddr::V4(ip)) => {
+            let block = [&ip.octets()[..], &[10, 0, 0, 1], &[0x9c, 0x40, 0x01, 0xbb]].concat();
+            (0x21, 0x11, block)
+        }
+        Some(std::net::IpAddr::V6(ip)) => {
+            let to = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap();
+            let block = [&ip.octets()[..], &to.octets(), &[0x9c, 0x40, 0x01, 0xbb]].concat();
+            (0x21, 0x21, block)
+        }
+    };
+    header.extend_from_slice(&[command, family]);
+    header.extend_from_slice(&(block.len() as u16).to_be_bytes());
+    header.extend_from_slice(&block);
+    header
+}
+
+/// The status of a `GET path` (bytes 0-9, `Authorization: Bearer token`, and `extra` header
+/// lines) on a new connection to `addr` that opens with `first` and then speaks TLS (trusting
+/// `roots`) or, without roots, cleartext HTTP/1.1; `None` when the edge closes it unanswered.
+async fn status_after(
+    addr: &str,
+    first: &[u8],
+    roots: Option<&str>,
+    path: &str,
+    token: &str,
+    extra: &str,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(first).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Range: bytes=0-9\r\n{extra}Connection: close\r\n\r\n"
+    );
+    let mut answer = Vec::new();
+    let read = async {
+        match roots {
+            Some(roots) => {
+                let mut tls =
+                    (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+                    .connect(name, tcp)
+                    .await?;
+                tls.write_all(request.as_bytes()).await?;
+                tls.read_to_end(&mut answer).await
+            }
+            None => {
+                tcp.write_all(request.as_bytes()).await?;
+                tcp.read_to_end(&mut answer).await
+            }
+        }
+    };
+    let read = tokio::time::timeout(Duration::from_secs(20), read).await;
+    assert!(read.is_ok(), "no answer nor close from {addr} within 20 s");
+    let head = String::from_utf8_lossy(&answer);
+    head.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok())
+}
+
+/// A free loopback TCP port (bound and let go: a peer binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(11, 64 * 1024)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Licensed in Britain and Sweden; the test database places 89.160.20.112 in Sweden,
+    // 2.125.160.216 in Britain and 2001:218::1 in Japan, and not 127.0.0.1.
+    let token = signing_key(dir.path())
+        .unwrap()
+        .sign(&TokenClaims {
+            file_id: id.clone(),
+            expires_at: now + 600,
+            territories: "GB,SE".parse().unwrap(),
+        })
+        .0;
+    let geoip = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb");
+
+    // Refused at start: the header would be believed from anyone; a listener not there.
+    for (args, why) in [
+        (&["--proxy-protocol", "tls"][..], "--trusted-proxy"),
+        (
+            &["--proxy-protocol", "both", "--trusted-proxy", "127.0.0.1"],
+            "--cleartext-listen",
+        ),
+    ] {
+        let refused = edge_command(dir.path(), &edge_dir.path().join("refused"))
+            .args(args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?} was taken");
+        assert!(said.contains(why), "{args:?}: {said}");
+    }
+
+    let data = edge_dir.path().join("edge");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .arg("--geoip")
+            .arg(&geoip)
+            .args(["--cleartext-listen", "127.0.0.1:0"])
+            .args(["--proxy-protocol", "both", "--trusted-proxy", "127.0.0.1"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let main = about["edge"].as_str().unwrap()["https://".len()..].to_owned();
+    let clear = about["edge_cleartext"].as_str().unwrap()["http://".len()..].to_owned();
+    let roots = std::fs::read_to_string(dir.path().join("tls/cert.pem")).unwrap();
+    let path = format!("/a/{id}");
+    let tls = Some(roots.as_str());
+    let sweden = "89.160.20.112";
+    let japan = "2001:218::1";
+
+    // Over TLS and in the clear, both versions: the header's client is the one placed.
+    for (listener, roots) in [(&main, tls), (&clear, None)] {
+        for (first, want) in [
+            (proxy_v2(Some(sweden)), Some(206)),
+            (proxy_v2(Some(japan)), Some(451)),
+            (proxy_v1("2.125.160.216"), Some(206)),
+            (proxy_v1(japan), Some(451)),
+            // The balancer's own connection: the peer (127.0.0.1, placed nowhere) is served.
+            (proxy_v2(None), Some(206)),
+            // No header, or a broken one: closed unanswered.
+            (Vec::new(), None),
+            (b"PROXY TCP4 89.160.20.112\r\n".to_vec(), None),
+        ] {
+            let status = status_after(listener, &first, roots, &path, &token, "").await;
+            assert_eq!(
+                status,
+                want,
+                "{listener} after \"{}\"",
+                first.escape_ascii()
+            );
+        }
+    }
+    // The named client is not a trusted proxy, so its X-Forwarded-For claims nothing.
+    let spoofed = format!("X-Forwarded-For: {sweden}\r\n");
+    let status = status_after(&clear, &proxy_v1(japan), None, &path, &token, &spoofed).await;
+    assert_eq!(status, Some(451));
+
+    // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
+    let curl = |url: &str| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--haproxy-protocol"])
+            .args(["-o", "/dev/null", "-w", "%{http_code}", "-r", "0-9"])
+            .arg("--cacert")
+            .arg(dir.path().join("tls/cert.pem"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {token}"))
+            .arg(url)
+            .output()
+            .expect("curl runs")
+    };
+    for url in [
+        format!("https://{main}{path}"),
+        format!("http://{clear}{path}"),
+    ] {
+        let out = curl(&url);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "206",
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // HAProxy passing TLS through (`mode tcp`, `send-proxy-v2`), as a regional balancer
+    // would; its frontends stand in for clients in Sweden and Japan by rewriting the source.
+    let haproxy_ok = std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if haproxy_ok {
+        let (se_port, jp_port) = (free_port(), free_port());
+        let config = edge_dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  \
+                 timeout server 30s\n\
+                 frontend sweden\n  bind 127.0.0.1:{se_port}\n  \
+                 tcp-request connection set-src ipv4({sweden})\n  default_backend edge\n\
+                 frontend japan\n  bind 127.0.0.1:{jp_port}\n  \
+                 tcp-request connection set-src ipv6({japan})\n  default_backend edge\n\
+                 backend edge\n  server edge {main} send-proxy-v2\n"
+            ),
+        )
+        .unwrap();
+        let _haproxy = Reaped(
+            std::process::Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        for (port, want) in [(se_port, "206"), (jp_port, "451")] {
+            let url = format!("https://localhost:{port}{path}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let out = loop {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
+                    .args(["-w", "%{http_code}", "-r", "0-9"])
+                    .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+                    .arg("--cacert")
+                    .arg(dir.path().join("tls/cert.pem"))
+                    .arg("-H")
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .arg(&url)
+                    .output()
+                    .expect("curl runs");
+                // HAProxy may not listen yet: curl's "couldn't connect" (7).
+                if out.status.code() != Some(7) || Instant::now() > deadline {
+                    break out;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                want,
+                "through HAProxy on {port}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        peers::skip_or_fail("haproxy");
+    }
+
+    // What was closed is counted, per listener: the two header-less and two broken.
+    let client = stack.client().unwrap();
+    let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+    let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&text);
+    for listener in ["tls", "cleartext"] {
+        let line = format!("cadenza_edge_proxy_header_refused_total{{listener=\"{listener}\"}} 2");
+        assert!(text.contains(&line), "no {line} in\n{text}");
+    }
+    drop(child);
     stack.shutdown().await;
 }

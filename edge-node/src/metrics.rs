@@ -50,6 +50,8 @@ pub struct EdgeMetrics {
     refused_connections: IntCounterVec,
     /// Idle connections closed to make room for new clients, by listener.
     reclaimed_connections: IntCounterVec,
+    /// Connections closed on a PROXY protocol listener for their header or their peer.
+    proxy_refused: IntCounterVec,
     listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
 
@@ -189,6 +191,18 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            proxy_refused: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "proxy_header_refused_total",
+                        "Connections closed on a PROXY protocol listener, by listener: from a \
+                         peer not trusted to send the header, or without a header it takes",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             token_keys: register(
                 &r,
                 IntGaugeVec::new(
@@ -235,6 +249,7 @@ impl EdgeMetrics {
                 for (counter, tally) in [
                     (&self.refused_connections, connections.refused()),
                     (&self.reclaimed_connections, connections.reclaimed()),
+                    (&self.proxy_refused, connections.unproxied()),
                 ] {
                     let counter = counter.with_label_values(&[listener.as_str()]);
                     counter.inc_by(tally.saturating_sub(counter.get()));

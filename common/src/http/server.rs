@@ -368,7 +368,7 @@ fn start<H: Handler>(
     };
     let serving = serving.clone();
     let [held, watcher] = drain;
-    let conn_shutdown = shutdown.clone();
+    let mut conn_shutdown = shutdown.clone();
     // Under TLS, so a peer that stops reading is noticed whatever the protocol. The
     // connection's slot and a place in the drain go with the stream: a connection closed
     // while its peer may still be writing lingers after its task ends, and keeps both
@@ -384,7 +384,6 @@ fn start<H: Handler>(
     // One task type per path, so a cleartext connection's task is not sized for TLS.
     if serving.tls.is_some() {
         tokio::spawn(async move {
-            let mut conn_shutdown = conn_shutdown;
             let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
                 return;
             };
@@ -392,7 +391,6 @@ fn start<H: Handler>(
         });
     } else {
         tokio::spawn(async move {
-            let mut conn_shutdown = conn_shutdown;
             let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
                 return;
             };

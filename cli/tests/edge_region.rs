@@ -2013,10 +2013,11 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     assert_eq!(status, Some(451));
 
     // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
-    let curl = |url: &str| {
+    let curl = |url: &str, args: &[&str]| {
         std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10", "--haproxy-protocol"])
-            .args(["-o", "/dev/null", "-w", "%{http_code}", "-r", "0-9"])
+            .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}", "-r", "0-9"])
+            .args(args)
             .arg("--cacert")
             .arg(dir.path().join("tls/cert.pem"))
             .arg("-H")
@@ -2029,7 +2030,7 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
         format!("https://{main}{path}"),
         format!("http://{clear}{path}"),
     ] {
-        let out = curl(&url);
+        let out = curl(&url, &["--haproxy-protocol"]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "206",
@@ -2070,19 +2071,10 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
         );
         for (port, want) in [(se_port, "206"), (jp_port, "451")] {
             let url = format!("https://localhost:{port}{path}");
+            let resolve = format!("localhost:{port}:127.0.0.1");
             let deadline = Instant::now() + Duration::from_secs(10);
             let out = loop {
-                let out = std::process::Command::new("curl")
-                    .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
-                    .args(["-w", "%{http_code}", "-r", "0-9"])
-                    .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-                    .arg("--cacert")
-                    .arg(dir.path().join("tls/cert.pem"))
-                    .arg("-H")
-                    .arg(format!("Authorization: Bearer {token}"))
-                    .arg(&url)
-                    .output()
-                    .expect("curl runs");
+                let out = curl(&url, &["--resolve", &resolve]);
                 // HAProxy may not listen yet: curl's "couldn't connect" (7).
                 if out.status.code() != Some(7) || Instant::now() > deadline {
                     break out;

@@ -165,9 +165,10 @@ pub struct EdgeArgs {
     /// Player TCP listeners behind a load balancer that passes TCP through (HAProxy
     /// `send-proxy`/`send-proxy-v2`, AWS NLB, nginx `proxy_protocol on`): each connection
     /// opens with a PROXY protocol header (v1 or v2) naming the client, whose address is then
-    /// the one placed by GeoIP and logged. `tls`, `cleartext` or `both`. Only --trusted-proxy
-    /// peers may connect to those listeners; a connection without a valid header is closed.
-    /// HTTP/3 is not affected
+    /// the one placed by GeoIP and logged. `tls`, `cleartext` or `both`. A --trusted-proxy
+    /// peer's connections must open with one (else they are closed); other peers (clients
+    /// reaching the edge directly, the region's other edges) are served as themselves, and
+    /// closed if they send one. HTTP/3 is not affected
     #[arg(long, value_enum, value_name = "LISTENERS", requires = "trusted_proxy")]
     pub proxy_protocol: Option<ProxyListeners>,
     /// Refuse (451) listeners the GeoIP database cannot place, instead of serving them.

@@ -1873,10 +1873,11 @@ fn proxy_v2(client: Option<&str>) -> Vec<u8> {
 }
 
 /// The status of a `GET path` (bytes 0-9, `Authorization: Bearer token`, and `extra` header
-/// lines) on a new connection to `addr` that opens with `first` and then speaks TLS (trusting
-/// `roots`) or, without roots, cleartext HTTP/1.1; `None` when the edge closes it unanswered.
+/// lines) on a new connection from loopback address `from` to `addr` that opens with `first`
+/// and then speaks TLS (trusting `roots`) or, without roots, cleartext HTTP/1.1; `None` when
+/// the edge closes it unanswered.
 async fn status_after(
-    addr: &str,
+    (from, addr): (&str, &str),
     first: &[u8],
     roots: Option<&str>,
     path: &str,
@@ -1884,7 +1885,9 @@ async fn status_after(
     extra: &str,
 ) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
     tcp.write_all(first).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
@@ -1986,30 +1989,37 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     let japan = "2001:218::1";
 
     // Over TLS and in the clear, both versions: the header's client is the one placed.
+    // 127.0.0.1 is the trusted balancer; 127.0.0.2 reaches the edge directly.
+    let (balancer, direct) = ("127.0.0.1", "127.0.0.2");
     for (listener, roots) in [(&main, tls), (&clear, None)] {
-        for (first, want) in [
-            (proxy_v2(Some(sweden)), Some(206)),
-            (proxy_v2(Some(japan)), Some(451)),
-            (proxy_v1("2.125.160.216"), Some(206)),
-            (proxy_v1(japan), Some(451)),
-            // The balancer's own connection: the peer (127.0.0.1, placed nowhere) is served.
-            (proxy_v2(None), Some(206)),
-            // No header, or a broken one: closed unanswered.
-            (Vec::new(), None),
-            (b"PROXY TCP4 89.160.20.112\r\n".to_vec(), None),
+        for (from, first, want) in [
+            (balancer, proxy_v2(Some(sweden)), Some(206)),
+            (balancer, proxy_v2(Some(japan)), Some(451)),
+            (balancer, proxy_v1("2.125.160.216"), Some(206)),
+            (balancer, proxy_v1(japan), Some(451)),
+            // The balancer's own connection: the peer (placed nowhere) is served.
+            (balancer, proxy_v2(None), Some(206)),
+            // From the balancer, no header or a broken one: closed unanswered.
+            (balancer, Vec::new(), None),
+            (balancer, b"PROXY TCP4 89.160.20.112\r\n".to_vec(), None),
+            // Anyone else is served as itself (a region's other edges fetch so), and may
+            // not name a client.
+            (direct, Vec::new(), Some(206)),
+            (direct, proxy_v2(Some(sweden)), None),
         ] {
-            let status = status_after(listener, &first, roots, &path, &token, "").await;
+            let status = status_after((from, listener), &first, roots, &path, &token, "").await;
             assert_eq!(
                 status,
                 want,
-                "{listener} after \"{}\"",
+                "{listener} from {from} after \"{}\"",
                 first.escape_ascii()
             );
         }
     }
     // The named client is not a trusted proxy, so its X-Forwarded-For claims nothing.
     let spoofed = format!("X-Forwarded-For: {sweden}\r\n");
-    let status = status_after(&clear, &proxy_v1(japan), None, &path, &token, &spoofed).await;
+    let first = proxy_v1(japan);
+    let status = status_after((balancer, &clear), &first, None, &path, &token, &spoofed).await;
     assert_eq!(status, Some(451));
 
     // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
@@ -2092,14 +2102,15 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
         peers::skip_or_fail("haproxy");
     }
 
-    // What was closed is counted, per listener: the two header-less and two broken.
+    // What was closed is counted, per listener: the balancer's connections without a
+    // header or with a broken one, and the header from a peer not trusted to send it.
     let client = stack.client().unwrap();
     let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
     let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&text);
     for listener in ["tls", "cleartext"] {
-        let line = format!("cadenza_edge_proxy_header_refused_total{{listener=\"{listener}\"}} 2");
+        let line = format!("cadenza_edge_proxy_header_refused_total{{listener=\"{listener}\"}} 3");
         assert!(text.contains(&line), "no {line} in\n{text}");
     }
     drop(child);

@@ -185,9 +185,10 @@ fn v2(bytes: &[u8]) -> Result<Option<ProxyHeader>, ProxyHeaderError> {
     Ok(Some(ProxyHeader { len, source }))
 }
 
-/// A listener that takes a PROXY protocol header first on every connection, from peers it
-/// trusts to send one (the load balancers' addresses); a connection from any other peer is
-/// closed before a byte is read, so no one else can name the client.
+/// A listener's PROXY protocol policy: a connection from a peer it trusts (a load balancer's
+/// address) must open with a header, whose client it is then served as; any other peer is
+/// served as itself and may not send one, so no one but the balancers can name a client.
+/// (A region's other edges and clients that reach the listener directly need no header.)
 #[derive(Clone)]
 pub struct ProxyProtocol {
     trusted: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
@@ -201,7 +202,7 @@ impl ProxyProtocol {
         }
     }
 
-    /// Whether `peer` may send a header (and so connect at all).
+    /// Whether `peer` is a balancer: its connections must open with a header.
     pub fn trusts(&self, peer: IpAddr) -> bool {
         (self.trusted)(peer.to_canonical())
     }

@@ -97,9 +97,9 @@ pub struct ServerLimits {
     /// check sees the peer's pace, not the kernel's buffer, and idle readers pin less kernel
     /// memory. `None` leaves the system default.
     pub tcp_notsent_lowat: Option<u32>,
-    /// Every connection opens with a PROXY protocol header naming its client, from peers
-    /// trusted to send one (load balancers passing TCP through); others are closed at
-    /// accept. `None`: the peer is the client.
+    /// Connections from peers trusted to send one (load balancers passing TCP through) open
+    /// with a PROXY protocol header naming their client; other peers are their own clients,
+    /// and closed if they send one. `None`: every peer is its own client.
     pub proxy_protocol: Option<ProxyProtocol>,
 }
 
@@ -269,12 +269,12 @@ async fn accept_loop<H: Handler>(
         handler,
         idle: IdleQueue::default(),
         slots: slots.clone(),
+        proxy_warned: Default::default(),
     });
     let graceful = GracefulShutdown::new();
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
     // connection of a flood: when it last did, and the count it gave.
     let mut warned: Option<(std::time::Instant, u64)> = None;
-    let mut untrusted_warned: Option<std::time::Instant> = None;
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -289,22 +289,6 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
-        if let Some(proxy) = &limits.proxy_protocol
-            && !proxy.trusts(peer.ip())
-        {
-            // Only the balancers may say who the client is; anyone else reaching this
-            // listener is not one of its clients.
-            slots.note_unproxied();
-            if untrusted_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                tracing::warn!(
-                    %peer,
-                    "a peer not trusted to send a PROXY protocol header connected; closing \
-                     (every peer of this listener must be a trusted proxy)"
-                );
-                untrusted_warned = Some(std::time::Instant::now());
-            }
-            continue;
-        }
         let drain = [graceful.watcher(), graceful.watcher()];
         if let Some(slot) = slots.take() {
             start(stream, peer, slot, &serving, drain, &shutdown);
@@ -399,18 +383,20 @@ fn start<H: Handler>(
     }
 }
 
-/// The connection as its client's: on a PROXY protocol listener, read off the header the
-/// balancer opens it with (within the handshake timeout), leaving the client's own bytes;
-/// elsewhere as it came. `None`: close it (no header this listener takes, or told to stop).
+/// The connection as its client's. On a PROXY protocol listener a trusted peer (a balancer)
+/// opens with a header naming the client, read off within the handshake timeout so the
+/// client's own bytes follow; any other peer is served as itself and may not send one (it
+/// would name a client of its choosing). Elsewhere the connection is as it came. `None`:
+/// close it (a header missing, refused or broken, or told to stop).
 async fn client_of<H: Handler>(
     stream: &Deadlines<TcpStream>,
     conn: ConnInfo,
     serving: &Serving<H>,
     shutdown: &mut Shutdown,
 ) -> Option<ConnInfo> {
-    if serving.limits.proxy_protocol.is_none() {
+    let Some(proxy) = &serving.limits.proxy_protocol else {
         return Some(conn);
-    }
+    };
     // Boxed: a served connection's task is not sized for the header's reading.
     let limit = serving.limits.handshake_timeout;
     let read = Box::pin(async {
@@ -419,27 +405,41 @@ async fn client_of<H: Handler>(
             () = shutdown.wait() => None,
         }
     });
-    let refused = |why: &dyn std::fmt::Display| {
+    let trusted = proxy.trusts(conn.peer.ip());
+    let refused = |why: &dyn std::fmt::Display, warn: bool| {
         serving.slots.note_unproxied();
-        tracing::debug!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
+        let mut warned = serving
+            .proxy_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if warn && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *warned = Some(std::time::Instant::now());
+            tracing::warn!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
+        } else {
+            tracing::debug!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
+        }
         None
     };
     match read.await? {
-        Ok(Ok(Ok(header))) => {
+        Ok(Ok(Ok(header))) if trusted => {
             let source = header.source.unwrap_or(conn.peer);
             Some(ConnInfo {
                 peer: SocketAddr::new(source.ip().to_canonical(), source.port()),
                 ..conn
             })
         }
-        Ok(Ok(Err(e))) => refused(&e),
+        Ok(Ok(Ok(_))) => refused(&"a PROXY header from a peer not trusted to send one", true),
+        Ok(Ok(Err(ProxyHeaderError::Missing))) if !trusted => Some(conn),
+        // A balancer that sends none is misconfigured, and would put every client in its
+        // own place.
+        Ok(Ok(Err(e))) => refused(&e, trusted),
         // Connected and left: a balancer's plain TCP health check does so.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
         Ok(Err(e)) => {
             tracing::debug!(peer = %conn.peer, error = %e, "reading the PROXY protocol header failed");
             None
         }
-        Err(_) => refused(&"no complete header within the handshake timeout"),
+        Err(_) => refused(&"no complete header within the handshake timeout", false),
     }
 }
 
@@ -492,6 +492,9 @@ struct Serving<H> {
     /// The listener's slots, whose tallies count connections refused for their PROXY
     /// protocol header.
     slots: OpenConnections,
+    /// When a refused PROXY protocol header was last logged as a warning: at most one each
+    /// 10 s, not one for each connection of a misconfigured balancer.
+    proxy_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// hyper's service for a connection: every request to the handler, boxed so a kept-alive
@@ -1149,6 +1152,7 @@ mod tests {
             handler: Arc::new(Lean),
             idle: IdleQueue::default(),
             slots: OpenConnections::new(1),
+            proxy_warned: Default::default(),
         }
     }
 

@@ -11,7 +11,8 @@
 # servers taking turns. Prints connections per second and server CPU-milliseconds per
 # thousand handshakes for each, and edge / nginx.
 #
-# Needs: nginx, openssl, curl, python3, taskset. Knobs: DURATION (10), ROUNDS (2).
+# Needs: nginx, openssl, curl, python3, taskset. Knobs: DURATION (10), ROUNDS (2),
+# EDGE_ARGS (more `cadenza edge` flags, split on spaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,8 @@ bench_needs nginx openssl curl python3 taskset
 bench_init
 bench_up --edge-memory-mib 16
 taskset -a -cp 1 "$up_pid" >/dev/null
-bench_edge 0 "$(free_port)" --memory-mib 64
+# shellcheck disable=SC2086 # EDGE_ARGS is a list of flags
+bench_edge 0 "$(free_port)" --memory-mib 64 ${EDGE_ARGS:-}
 edge_port=${edge_main##*:}
 
 nginx_port=$(free_port)

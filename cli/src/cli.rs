@@ -171,6 +171,11 @@ pub struct EdgeArgs {
     /// closed if they send one. HTTP/3 is not affected
     #[arg(long, value_enum, value_name = "LISTENERS", requires = "trusted_proxy")]
     pub proxy_protocol: Option<ProxyListeners>,
+    /// A web origin whose pages' scripts may read the edge's responses (CORS), as
+    /// `https://player.example.com`; repeat. Without it any page may
+    /// (`Access-Control-Allow-Origin: *`): the token, not the page, opens a file
+    #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
+    pub cors_origin: Vec<String>,
     /// Refuse (451) listeners the GeoIP database cannot place, instead of serving them.
     #[arg(long)]
     pub deny_unknown_country: bool,
@@ -530,6 +535,22 @@ pub enum Command {
     },
 }
 
+/// A web origin as browsers send it in `Origin`: `scheme://host[:port]`, nothing after.
+fn web_origin(text: &str) -> Result<String, String> {
+    let refused = || format!("{text:?} is not a web origin like https://player.example.com");
+    let (scheme, authority) = text.split_once("://").ok_or_else(refused)?;
+    let scheme_ok = scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http");
+    // Host and optional port only: no user, path, query or fragment.
+    let bare = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !scheme_ok || !bare || authority.parse::<http::uri::Authority>().is_err() {
+        return Err(refused());
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,5 +572,29 @@ mod tests {
         assert!(positive_duration("0ms").is_err());
         assert_eq!(leeway("1h"), Ok(secs(3600)));
         assert!(leeway("61m").is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_read_as_browsers_send_them() {
+        assert_eq!(
+            web_origin("https://Player.Example.com"),
+            Ok("https://player.example.com".into())
+        );
+        assert_eq!(
+            web_origin("http://localhost:8080"),
+            Ok("http://localhost:8080".into())
+        );
+        for wrong in [
+            "player.example.com",
+            "https://player.example.com/",
+            "https://player.example.com/app",
+            "https://player.example.com?x=1",
+            "ftp://player.example.com",
+            "https://user@player.example.com",
+            "*",
+            "",
+        ] {
+            assert!(web_origin(wrong).is_err(), "{wrong:?} was taken");
+        }
     }
 }

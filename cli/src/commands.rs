@@ -467,6 +467,9 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if !args.cors_origin.is_empty() {
+        config.cors = cadenza_edge::CorsOrigins::Only(args.cors_origin.clone());
+    }
     if args.deny_unknown_country {
         config.unknown_country = cadenza_edge::UnknownCountry::Deny;
     }

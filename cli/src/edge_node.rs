@@ -14,8 +14,8 @@ use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ProxyProtocol, ServerLimits, Shutdown, serve_on};
 use cadenza_edge::{
-    DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache, SliceMath,
-    UnknownCountry, UpstreamConfig, serve_h3,
+    CorsOrigins, DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache,
+    SliceMath, UnknownCountry, UpstreamConfig, serve_h3,
 };
 use cadenza_geo::{Cidr, ReloadingGeo};
 use tokio::net::TcpListener;
@@ -49,6 +49,8 @@ pub struct EdgeNodeConfig {
     pub proxy_protocol_tls: bool,
     /// The same for the cleartext listener.
     pub proxy_protocol_cleartext: bool,
+    /// Web pages whose scripts may read rendition responses (CORS).
+    pub cors: CorsOrigins,
     /// Policy for listeners the database does not place.
     pub unknown_country: UnknownCountry,
     /// Slice size.
@@ -109,6 +111,7 @@ impl EdgeNodeConfig {
             trusted_proxies: Vec::new(),
             proxy_protocol_tls: false,
             proxy_protocol_cleartext: false,
+            cors: CorsOrigins::Any,
             unknown_country: UnknownCountry::Allow,
             slice_bytes: 256 * 1024,
             memory_bytes: 256 * 1024 * 1024,
@@ -252,6 +255,7 @@ pub async fn start(
             alt_svc,
             access_log: config.access_log,
             peer_key: config.region.is_some().then(|| config.edge_key.clone()),
+            cors: config.cors.clone(),
         },
         cache,
     ));

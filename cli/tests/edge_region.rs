@@ -2116,3 +2116,137 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     drop(child);
     stack.shutdown().await;
 }
+
+/// The status and headers (names lowercased) curl gets for `url` with `args` added.
+fn curl_head(url: &str, ca: &Path, args: &[&str]) -> (u16, Vec<(String, String)>) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", "-o", "/dev/null"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no answer from {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(12, 64 * 1024)).await;
+    let token = token(dir.path(), &id);
+    let ca = dir.path().join("tls/cert.pem");
+    let bearer = format!("Authorization: Bearer {token}");
+    let preflight = [
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Access-Control-Request-Method: GET",
+        "-H",
+        "Access-Control-Request-Headers: authorization, range",
+    ];
+
+    let refused = edge_command(dir.path(), &edge_dir.path().join("refused"))
+        .args(["--cors-origin", "https://player.example/app"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("--cors-origin"),
+        "{said}"
+    );
+
+    // By default any page may read: the token opens the file, not the page.
+    let data = edge_dir.path().join("any");
+    let mut any = Reaped(edge_command(dir.path(), &data).spawn().unwrap());
+    let about = edge_started(&mut any, &data).await;
+    let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    let from_app = ["-H", "Origin: https://app.example"];
+    let (status, h) = curl_head(&url, &ca, &[&from_app[..], &preflight[..]].concat());
+    assert_eq!(status, 204, "{h:?}");
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
+    let methods = header(&h, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("GET") && methods.contains("HEAD"), "{h:?}");
+    let allowed = header(&h, "access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed.contains("Authorization") && allowed.contains("Range"),
+        "{h:?}"
+    );
+    assert_eq!(header(&h, "access-control-max-age"), Some("86400"));
+    let (status, h) = curl_head(
+        &url,
+        &ca,
+        &[&from_app[..], &["-H", &bearer, "-r", "0-9"]].concat(),
+    );
+    assert_eq!(status, 206, "{h:?}");
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
+    let exposed = header(&h, "access-control-expose-headers").unwrap_or_default();
+    assert!(
+        exposed.contains("Content-Range") && exposed.contains("ETag"),
+        "{h:?}"
+    );
+    // An error too, so the player's script can read why.
+    let bad = ["-H", "Authorization: Bearer v1.k1.bad.token"];
+    let (status, h) = curl_head(&url, &ca, &[&from_app[..], &bad[..]].concat());
+    assert_eq!(status, 403);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
+    drop(any);
+
+    // Restricted to the operator's players: each echoed back to itself, others not served.
+    let data = edge_dir.path().join("only");
+    let mut only = Reaped(
+        edge_command(dir.path(), &data)
+            .args(["--cors-origin", "https://player.example"])
+            .args(["--cors-origin", "http://localhost:8080"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut only, &data).await;
+    let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    for origin in ["https://player.example", "http://localhost:8080"] {
+        let from = format!("Origin: {origin}");
+        let (status, h) = curl_head(&url, &ca, &["-H", &from, "-H", &bearer, "-r", "0-9"]);
+        assert_eq!(status, 206);
+        assert_eq!(header(&h, "access-control-allow-origin"), Some(origin));
+        assert_eq!(header(&h, "vary"), Some("Origin"));
+        let (status, _) = curl_head(&url, &ca, &[&["-H", &from][..], &preflight[..]].concat());
+        assert_eq!(status, 204);
+    }
+    let from_other = ["-H", "Origin: https://elsewhere.example"];
+    let (status, h) = curl_head(
+        &url,
+        &ca,
+        &[&from_other[..], &["-H", &bearer, "-r", "0-9"]].concat(),
+    );
+    assert_eq!(status, 206, "the token still opens the file");
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
+    assert_eq!(header(&h, "vary"), Some("Origin"));
+    let (status, _) = curl_head(&url, &ca, &[&from_other[..], &preflight[..]].concat());
+    assert_eq!(status, 403);
+    drop(only);
+    stack.shutdown().await;
+}

@@ -26,7 +26,7 @@ pub use h3::{
     FrameTooLong, FrameWatch, H3Error, H3Limits, H3Listening, body_bytes as h3_body_bytes, serve_h3,
 };
 pub use metrics::EdgeMetrics;
-pub use service::{Edge, EdgeConfig, UnknownCountry};
+pub use service::{CorsOrigins, Edge, EdgeConfig, UnknownCountry};
 pub use shield::Shield;
 pub use slices::SliceMath;
 pub use upstream::{Breaker, Upstreams};

@@ -5,6 +5,10 @@
 //! | `GET, HEAD /a/{file_id}` | rendition bytes by range; token in `Authorization: Bearer` or `?t=` |
 //! | `GET, HEAD /v1/objects/{file_id}` | the same bytes for the region's other edges (shield tier); the edge key in `Authorization: Bearer` |
 //! | `GET /healthz` | liveness, and the ids of the token keys in service (`{"ok": true, "token_keys": [..]}`) |
+//! | `OPTIONS /a/{file_id}` | a browser's CORS preflight for a web player (no token asked) |
+//!
+//! Every answer under `/a/` (errors included, so a web player's script can read the reason)
+//! carries CORS headers for the origins [`CorsOrigins`] allows.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,6 +63,58 @@ pub struct EdgeConfig {
     /// The key the region's other edges present to fetch slices of files this edge owns
     /// (`/v1/objects/{id}`, the origin's object API); `None` serves no peers.
     pub peer_key: Option<String>,
+    /// Web pages whose scripts may read rendition responses (CORS).
+    pub cors: CorsOrigins,
+}
+
+/// The web origins whose scripts may read the edge's rendition responses (CORS): a web
+/// player on `https://player.example.com` fetching ranges from the edge's host, as Media
+/// Source Extensions players do, can read them only if the edge says so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// Any page (`Access-Control-Allow-Origin: *`). The token, not the page, is what opens a
+    /// file: a page holding one could play it through an `<audio>` element without CORS.
+    #[default]
+    Any,
+    /// Only these origins (`https://player.example.com`), each echoed back to itself, with
+    /// `Vary: Origin` on every answer so shared caches keep them apart.
+    Only(Vec<String>),
+}
+
+/// What a web player's script may send and read, besides the CORS-safelisted headers.
+const CORS_REQUEST_HEADERS: &str = "Authorization, Range, If-Range, If-None-Match";
+const CORS_EXPOSED_HEADERS: &str = "Content-Range, Accept-Ranges, ETag";
+/// How long a browser may keep a preflight's answer (Firefox's cap; Chrome keeps 2 h).
+const CORS_MAX_AGE: &str = "86400";
+
+impl CorsOrigins {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it may read.
+    fn allow(&self, origin: Option<&http::HeaderValue>) -> Option<http::HeaderValue> {
+        match self {
+            Self::Any => Some(http::HeaderValue::from_static("*")),
+            Self::Only(allowed) => origin
+                .filter(|o| allowed.iter().any(|a| a.as_bytes() == o.as_bytes()))
+                .cloned(),
+        }
+    }
+
+    /// Adds the CORS headers for a request from `origin` to `resp`.
+    fn apply(&self, origin: Option<&http::HeaderValue>, resp: &mut Response<Body>) {
+        use http::header::{
+            ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue, VARY,
+        };
+        let headers = resp.headers_mut();
+        if matches!(self, Self::Only(_)) {
+            headers.append(VARY, HeaderValue::from_static("Origin"));
+        }
+        if let Some(allowed) = self.allow(origin) {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+            headers.insert(
+                ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSED_HEADERS),
+            );
+        }
+    }
 }
 
 /// The edge service.
@@ -306,6 +362,41 @@ fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Res
 }
 
 impl Edge {
+    /// A browser's CORS preflight (or any OPTIONS) for a rendition: what a web player's
+    /// script may send. It carries no token; the GET that follows does. An origin the
+    /// edge does not serve is told so (403) rather than left to guess from missing headers.
+    fn preflight(&self, req: &Parts) -> Result<Response<Body>, ApiError> {
+        use http::header::{
+            ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE,
+            ALLOW, HeaderValue,
+        };
+        let origin = req.headers.get(http::header::ORIGIN);
+        if origin.is_some() && self.config.cors.allow(origin).is_none() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cors_origin_not_allowed",
+                "this edge does not serve web players from that origin",
+            ));
+        }
+        let mut resp = Response::new(cadenza_common::http::empty());
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let headers = resp.headers_mut();
+        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_REQUEST_HEADERS),
+        );
+        headers.insert(
+            ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(CORS_MAX_AGE),
+        );
+        Ok(resp)
+    }
+
     /// Answers one request, whatever the protocol it came on (`protocol` labels metrics).
     pub async fn respond(
         &self,
@@ -326,10 +417,15 @@ impl Edge {
                 StatusCode::OK,
                 &serde_json::json!({"ok": true, "token_keys": self.current_keys().ids()}),
             )),
+            (&Method::OPTIONS, ["a", _]) => self.preflight(req),
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };
         let mut resp = result.unwrap_or_else(ApiError::into_response);
+        if let ["a", _] = segments.as_slice() {
+            let origin = req.headers.get(http::header::ORIGIN);
+            self.config.cors.apply(origin, &mut resp);
+        }
         if let Some(alt_svc) = self.config.alt_svc.as_ref().filter(|_| protocol != "h3") {
             resp.headers_mut()
                 .insert(http::header::ALT_SVC, alt_svc.clone());
@@ -402,6 +498,7 @@ mod tests {
             alt_svc: None,
             access_log: false,
             peer_key: None,
+            cors: CorsOrigins::Any,
         }
     }
 

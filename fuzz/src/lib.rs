@@ -867,6 +867,7 @@ fn h3_harness() -> &'static H3Harness {
                 alt_svc: None,
                 access_log: false,
                 peer_key: None,
+                cors: Default::default(),
             };
             let edge = Arc::new(cadenza_edge::Edge::new(config, Arc::new(cache)));
             let h3 = cadenza_edge::serve_h3(

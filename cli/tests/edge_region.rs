@@ -1013,6 +1013,7 @@ async fn h3_read(
 ) -> (usize, bool) {
     let req = http::Request::get(url)
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::ORIGIN, "https://player.example")
         .body(())
         .unwrap();
     let mut stream = send.send_request(req).await.unwrap();
@@ -1021,6 +1022,11 @@ async fn h3_read(
     assert_eq!(resp.status(), StatusCode::OK);
     // Alt-Svc is for clients on TCP; one already on HTTP/3 is not told again.
     assert!(!resp.headers().contains_key(http::header::ALT_SVC));
+    // A web player's script may read it over HTTP/3 as over TCP (any origin by default).
+    assert_eq!(
+        resp.headers()[http::header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "*"
+    );
     tokio::time::sleep(stall).await;
     let (got, ended) = h3_rest(&mut stream).await;
     (got, ended.is_ok())

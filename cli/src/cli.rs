@@ -176,6 +176,11 @@ pub struct EdgeArgs {
     /// (`Access-Control-Allow-Origin: *`): the token, not the page, opens a file
     #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
     pub cors_origin: Vec<String>,
+    /// The UDP port clients are told to reach HTTP/3 on (`Alt-Svc: h3=":PORT"`), when a
+    /// balancer forwards another port to --listen's (as 443 to 7743); 0 advertises no HTTP/3.
+    /// Default: --listen's port
+    #[arg(long, value_name = "PORT")]
+    pub alt_svc_port: Option<u16>,
     /// Refuse (451) listeners the GeoIP database cannot place, instead of serving them.
     #[arg(long)]
     pub deny_unknown_country: bool,

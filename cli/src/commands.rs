@@ -467,6 +467,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    config.alt_svc_port = args.alt_svc_port;
     if !args.cors_origin.is_empty() {
         config.cors = cadenza_edge::CorsOrigins::Only(args.cors_origin.clone());
     }

@@ -51,6 +51,9 @@ pub struct EdgeNodeConfig {
     pub proxy_protocol_cleartext: bool,
     /// Web pages whose scripts may read rendition responses (CORS).
     pub cors: CorsOrigins,
+    /// The UDP port `Alt-Svc` names for HTTP/3: `None`, the listener's own; `Some(0)`, none
+    /// (HTTP/3 is not advertised).
+    pub alt_svc_port: Option<u16>,
     /// Policy for listeners the database does not place.
     pub unknown_country: UnknownCountry,
     /// Slice size.
@@ -112,6 +115,7 @@ impl EdgeNodeConfig {
             proxy_protocol_tls: false,
             proxy_protocol_cleartext: false,
             cors: CorsOrigins::Any,
+            alt_svc_port: None,
             unknown_country: UnknownCountry::Allow,
             slice_bytes: 256 * 1024,
             memory_bytes: 256 * 1024 * 1024,
@@ -241,9 +245,16 @@ pub async fn start(
         )?,
     );
     let main_addr = listeners.main.local_addr()?;
-    // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port.
-    let alt_svc =
-        http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", main_addr.port())).ok();
+    // Alt-Svc (RFC 7838) tells clients the same origin speaks HTTP/3 on this UDP port, or on
+    // the one a balancer in front of the edge forwards to it.
+    let alt_svc = match config.alt_svc_port {
+        Some(0) => None,
+        port => http::HeaderValue::from_str(&format!(
+            "h3=\":{}\"; ma=86400",
+            port.unwrap_or(main_addr.port())
+        ))
+        .ok(),
+    };
     let edge = Arc::new(Edge::new(
         EdgeConfig {
             keys: config.token_keys.clone(),

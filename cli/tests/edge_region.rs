@@ -2230,6 +2230,7 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
         edge_command(dir.path(), &data)
             .args(["--cors-origin", "https://player.example"])
             .args(["--cors-origin", "http://localhost:8080"])
+            .args(["--alt-svc-port", "443"])
             .spawn()
             .unwrap(),
     );
@@ -2241,6 +2242,8 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
         assert_eq!(status, 206);
         assert_eq!(header(&h, "access-control-allow-origin"), Some(origin));
         assert_eq!(header(&h, "vary"), Some("Origin"));
+        // (And HTTP/3 is where the balancer in front forwards it: --alt-svc-port.)
+        assert_eq!(header(&h, "alt-svc"), Some("h3=\":443\"; ma=86400"));
         let (status, _) = curl_head(&url, &ca, &[&["-H", &from][..], &preflight[..]].concat());
         assert_eq!(status, 204);
     }
@@ -2256,5 +2259,32 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
     let (status, _) = curl_head(&url, &ca, &[&from_other[..], &preflight[..]].concat());
     assert_eq!(status, 403);
     drop(only);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alt_svc_names_the_port_clients_reach_http3_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let join = join_info(dir.path()).unwrap();
+    let id = put(&stack, dir.path(), bytes(13, 1024)).await;
+    let bearer = format!("Authorization: Bearer {}", token(dir.path(), &id));
+    let ca = dir.path().join("tls/cert.pem");
+    // Its own port by default; a balancer's (443 forwarded to it) when told; none with 0.
+    for port in [None, Some(443), Some(0)] {
+        let main = bind_main().await;
+        let own = main.0.local_addr().unwrap().port();
+        let want = match port {
+            None => Some(own),
+            Some(0) => None,
+            Some(p) => Some(p),
+        }
+        .map(|p| format!("h3=\":{p}\"; ma=86400"));
+        let edge = start_edge(&join, main, |c| c.alt_svc_port = port).await;
+        let (status, h) = curl_head(&format!("{}/a/{id}", edge.url), &ca, &["-H", &bearer]);
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "alt-svc").map(str::to_owned), want, "{port:?}");
+        edge.stop().await;
+    }
     stack.shutdown().await;
 }

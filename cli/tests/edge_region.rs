@@ -1976,12 +1976,15 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     }
 
     let data = edge_dir.path().join("edge");
+    let log = edge_dir.path().join("edge.log");
     let mut child = Reaped(
         edge_command(dir.path(), &data)
             .arg("--geoip")
             .arg(&geoip)
             .args(["--cleartext-listen", "127.0.0.1:0"])
             .args(["--proxy-protocol", "both", "--trusted-proxy", "127.0.0.1"])
+            .args(["--access-log", "--log-json"])
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -2027,6 +2030,37 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     let first = proxy_v1(japan);
     let status = status_after((balancer, &clear), &first, None, &path, &token, &spoofed).await;
     assert_eq!(status, Some(451));
+    // One naming another trusted proxy has that proxy's X-Forwarded-For walked.
+    let forwarded = "X-Forwarded-For: 2.125.160.216\r\n";
+    let first = proxy_v1(balancer);
+    let status = status_after((balancer, &clear), &first, None, &path, &token, forwarded).await;
+    assert_eq!(status, Some(206));
+
+    // The JSON access log names the client as placed, and the connection's peer.
+    let logged: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|event: &serde_json::Value| event["target"] == "access")
+        .map(|event| event["fields"].clone())
+        .collect();
+    for (client, peer, status) in [
+        (sweden, "89.160.20.112:40000", 206),
+        ("2001:218::1", "[2001:218::1]:40000", 451),
+        ("2.125.160.216", "127.0.0.1:40000", 206),
+        ("127.0.0.2", "127.0.0.2:", 206),
+    ] {
+        assert!(
+            logged.iter().any(|f| f["client"] == client
+                && f["peer"].as_str().is_some_and(|p| p.starts_with(peer))
+                && f["status"] == status
+                && f["path"] == path.as_str()
+                && f["method"] == "GET"
+                && f["bytes"].is_u64()
+                && f["ms"].is_f64()),
+            "no access log line for {client} via {peer} ({status}) in {logged:#?}"
+        );
+    }
 
     // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
     let curl = |url: &str, args: &[&str]| {

@@ -57,7 +57,8 @@ pub struct EdgeConfig {
     /// `Alt-Svc` value advertising HTTP/3, when the edge serves it (on TCP responses only:
     /// a client already on HTTP/3 has no use for it).
     pub alt_svc: Option<http::HeaderValue>,
-    /// Log every request (target `access`: method, path, status, bytes, protocol, client,
+    /// Log every request (target `access`: method, path, status, bytes, protocol, client —
+    /// the address the territory check places —, peer — the connection's, with its port —,
     /// milliseconds).
     pub access_log: bool,
     /// The key the region's other edges present to fetch slices of files this edge owns
@@ -446,6 +447,13 @@ impl Edge {
         };
         m.bytes_served.inc_by(sent);
         if self.config.access_log {
+            // The client as the territory check places it (past trusted proxies' headers),
+            // and the connection's peer (a balancer, when they differ).
+            let forwarded = req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
             tracing::info!(
                 target: "access",
                 method = %req.method,
@@ -453,7 +461,8 @@ impl Edge {
                 status = resp.status().as_u16(),
                 bytes = sent,
                 protocol,
-                client = %conn.peer.ip(),
+                client = %client,
+                peer = %conn.peer,
                 ms = elapsed.as_secs_f64() * 1000.0,
             );
         }

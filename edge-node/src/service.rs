@@ -236,18 +236,13 @@ impl Edge {
     async fn serve_file(
         &self,
         req: &Parts,
-        conn: ConnInfo,
+        client: IpAddr,
         id: &str,
     ) -> Result<Response<Body>, ApiError> {
         let id: FileId = id
             .parse()
             .map_err(|e: cadenza_common::IdError| ApiError::bad_request("bad_id", e.to_string()))?;
         let claims = self.check_token(req, &id).await?;
-        let forwarded = req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         check_territory(&self.config, &claims, client)?;
         self.serve_bytes(req, id, true).await
     }
@@ -409,8 +404,15 @@ impl Edge {
         let is_get = req.method == Method::GET;
         let path = req.uri.path();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // The client past trusted proxies' headers: what the territory check places, and what
+        // the access log names.
+        let forwarded = req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
         let result = match (&req.method, segments.as_slice()) {
-            (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, conn, id).await,
+            (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, client, id).await,
             (&Method::GET | &Method::HEAD, ["v1", "objects", id]) => self.serve_peer(req, id).await,
             // Liveness, with the token keys in service: the control plane reads them before
             // it signs with a new key.
@@ -447,13 +449,6 @@ impl Edge {
         };
         m.bytes_served.inc_by(sent);
         if self.config.access_log {
-            // The client as the territory check places it (past trusted proxies' headers),
-            // and the connection's peer (a balancer, when they differ).
-            let forwarded = req
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
             tracing::info!(
                 target: "access",
                 method = %req.method,

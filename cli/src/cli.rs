@@ -169,7 +169,13 @@ pub struct EdgeArgs {
     /// peer's connections must open with one (else they are closed); other peers (clients
     /// reaching the edge directly, the region's other edges) are served as themselves, and
     /// closed if they send one. HTTP/3 is not affected
-    #[arg(long, value_enum, value_name = "LISTENERS", requires = "trusted_proxy")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LISTENERS",
+        requires = "trusted_proxy",
+        requires_ifs = [("cleartext", "cleartext_listen"), ("both", "cleartext_listen")]
+    )]
     pub proxy_protocol: Option<ProxyListeners>,
     /// A web origin whose pages' scripts may read the edge's responses (CORS), as
     /// `https://player.example.com`; repeat. Without it any page may

@@ -461,11 +461,6 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         use crate::cli::ProxyListeners::{Both, Cleartext, Tls};
         config.proxy_protocol_tls = matches!(listeners, Tls | Both);
         config.proxy_protocol_cleartext = matches!(listeners, Cleartext | Both);
-        if config.proxy_protocol_cleartext && args.cleartext_listen.is_none() {
-            bail!(
-                "--proxy-protocol cleartext (or both) needs the cleartext listener: pass --cleartext-listen too"
-            );
-        }
     }
     config.alt_svc_port = args.alt_svc_port;
     if !args.cors_origin.is_empty() {

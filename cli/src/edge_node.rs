@@ -44,8 +44,8 @@ pub struct EdgeNodeConfig {
     pub geo: Option<Arc<ReloadingGeo>>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
-    /// The TLS listener's connections open with a PROXY protocol header, sent by one of
-    /// `trusted_proxies` (the only peers it then admits).
+    /// The TLS listener's connections from `trusted_proxies` open with a PROXY protocol
+    /// header naming the client; other peers are served as themselves.
     pub proxy_protocol_tls: bool,
     /// The same for the cleartext listener.
     pub proxy_protocol_cleartext: bool,

@@ -50,7 +50,7 @@ pub struct EdgeMetrics {
     refused_connections: IntCounterVec,
     /// Idle connections closed to make room for new clients, by listener.
     reclaimed_connections: IntCounterVec,
-    /// Connections closed on a PROXY protocol listener for their header or their peer.
+    /// Connections closed on a PROXY protocol listener for their header.
     proxy_refused: IntCounterVec,
     listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
@@ -196,8 +196,9 @@ impl EdgeMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "proxy_header_refused_total",
-                        "Connections closed on a PROXY protocol listener, by listener: from a \
-                         peer not trusted to send the header, or without a header it takes",
+                        "Connections closed on a PROXY protocol listener for their header, by \
+                         listener: one from a peer not trusted to send it, or a trusted peer's \
+                         missing, broken or late one",
                     ),
                     &["listener"],
                 )

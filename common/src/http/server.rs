@@ -192,14 +192,14 @@ impl OpenConnections {
         self.tally.reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Notes a connection closed on a PROXY protocol listener: from a peer not trusted to
-    /// send the header, or without a header this listener takes.
+    /// Notes a connection closed on a PROXY protocol listener for its header: one from a peer
+    /// not trusted to send it, or a trusted peer's missing, broken or late one.
     pub fn note_unproxied(&self) {
         self.tally.unproxied.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Connections closed for their PROXY protocol header (or its absence, or their peer),
-    /// since the listener started.
+    /// Connections closed for their PROXY protocol header (see
+    /// [`OpenConnections::note_unproxied`]), since the listener started.
     pub fn unproxied(&self) -> u64 {
         self.tally.unproxied.load(Ordering::Relaxed)
     }
@@ -406,14 +406,21 @@ async fn client_of<H: Handler>(
         }
     });
     let trusted = proxy.trusts(conn.peer.ip());
+    // `warn`: the refusal points at a misconfiguration, worth a warning (one each 10 s).
     let refused = |why: &dyn std::fmt::Display, warn: bool| {
         serving.slots.note_unproxied();
-        let mut warned = serving
-            .proxy_warned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if warn && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            *warned = Some(std::time::Instant::now());
+        let warn = warn && {
+            let mut warned = serving
+                .proxy_warned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+            if due {
+                *warned = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if warn {
             tracing::warn!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
         } else {
             tracing::debug!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");

@@ -61,18 +61,21 @@ fn token(dir: &Path, id: &FileId) -> String {
 /// A token of the stack in `dir` for `id` that expires `in_secs` from now (in the past if
 /// negative).
 fn token_expiring(dir: &Path, id: &FileId, in_secs: i64) -> String {
+    let claims = claims_for(id, in_secs, Territories::worldwide());
+    signing_key(dir).unwrap().sign(&claims).0
+}
+
+/// Claims for `id` in `territories`, expiring `in_secs` from now (in the past if negative).
+fn claims_for(id: &FileId, in_secs: i64, territories: Territories) -> TokenClaims {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    signing_key(dir)
-        .unwrap()
-        .sign(&TokenClaims {
-            file_id: id.clone(),
-            expires_at: now.saturating_add_signed(in_secs),
-            territories: Territories::worldwide(),
-        })
-        .0
+    TokenClaims {
+        file_id: id.clone(),
+        expires_at: now.saturating_add_signed(in_secs),
+        territories,
+    }
 }
 
 async fn get(client: &HttpClient, url: &str, token: &str) -> (StatusCode, Vec<u8>) {
@@ -518,14 +521,22 @@ async fn tls_to(
     roots: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tls_over(tcp, roots, alpn).await.unwrap()
+}
+
+/// TLS to `localhost` over `tcp`, trusting `roots` (PEM) and offering `alpn`.
+async fn tls_over(
+    tcp: tokio::net::TcpStream,
+    roots: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut tls = (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect(name, tcp)
         .await
-        .unwrap()
 }
 
 /// The end-entity certificate `addr` presents over QUIC to a client trusting `roots` (PEM).
@@ -653,16 +664,7 @@ async fn a_renewed_certificate_and_geoip_database_are_taken_without_a_restart() 
 
 /// A token for `id` signed by `key`, good for ten minutes anywhere.
 fn token_by(key: &cadenza_common::SigningKey, id: &FileId) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    key.sign(&TokenClaims {
-        file_id: id.clone(),
-        expires_at: now + 600,
-        territories: Territories::worldwide(),
-    })
-    .0
+    key.sign(&claims_for(id, 600, Territories::worldwide())).0
 }
 
 /// A token-signing key rotated on a running `cadenza edge`: the new key is added to
@@ -1903,13 +1905,7 @@ async fn status_after(
     let read = async {
         match roots {
             Some(roots) => {
-                let mut tls =
-                    (*cadenza_common::http::tls::client_config(roots.as_bytes()).unwrap()).clone();
-                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-                    .connect(name, tcp)
-                    .await?;
+                let mut tls = tls_over(tcp, roots, b"http/1.1").await?;
                 tls.write_all(request.as_bytes()).await?;
                 tls.read_to_end(&mut answer).await
             }
@@ -1941,20 +1937,10 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     let edge_dir = tempfile::tempdir().unwrap();
     let stack = start_stack(dir.path()).await;
     let id = put(&stack, dir.path(), bytes(11, 64 * 1024)).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     // Licensed in Britain and Sweden; the test database places 89.160.20.112 in Sweden,
     // 2.125.160.216 in Britain and 2001:218::1 in Japan, and not 127.0.0.1.
-    let token = signing_key(dir.path())
-        .unwrap()
-        .sign(&TokenClaims {
-            file_id: id.clone(),
-            expires_at: now + 600,
-            territories: "GB,SE".parse().unwrap(),
-        })
-        .0;
+    let claims = claims_for(&id, 600, "GB,SE".parse().unwrap());
+    let token = signing_key(dir.path()).unwrap().sign(&claims).0;
     let geoip = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/geoip/GeoIP2-Country-Test.mmdb");
 
@@ -2063,30 +2049,15 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
     }
 
     // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
-    let curl = |url: &str, args: &[&str]| {
-        std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
-            .args(["-w", "%{http_code}", "-r", "0-9"])
-            .args(args)
-            .arg("--cacert")
-            .arg(dir.path().join("tls/cert.pem"))
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .arg(url)
-            .output()
-            .expect("curl runs")
-    };
+    let ca = dir.path().join("tls/cert.pem");
+    let bearer = format!("Authorization: Bearer {token}");
+    let ranged = ["-H", bearer.as_str(), "-r", "0-9"];
     for url in [
         format!("https://{main}{path}"),
         format!("http://{clear}{path}"),
     ] {
-        let out = curl(&url, &["--haproxy-protocol"]);
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "206",
-            "{url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (status, _) = curl_head(&url, &ca, &[&ranged[..], &["--haproxy-protocol"]].concat());
+        assert_eq!(status, 206, "{url}");
     }
     // HAProxy passing TLS through (`mode tcp`, `send-proxy-v2`), as a regional balancer
     // would; its frontends stand in for clients in Sweden and Japan by rewriting the source.
@@ -2119,24 +2090,21 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
                 .spawn()
                 .unwrap(),
         );
-        for (port, want) in [(se_port, "206"), (jp_port, "451")] {
+        for (port, want) in [(se_port, 206), (jp_port, 451)] {
+            // Once HAProxy listens (both frontends bind before it serves either).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "HAProxy never listened on {port}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let url = format!("https://localhost:{port}{path}");
             let resolve = format!("localhost:{port}:127.0.0.1");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let out = loop {
-                let out = curl(&url, &["--resolve", &resolve]);
-                // HAProxy may not listen yet: curl's "couldn't connect" (7).
-                if out.status.code() != Some(7) || Instant::now() > deadline {
-                    break out;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                want,
-                "through HAProxy on {port}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (status, _) =
+                curl_head(&url, &ca, &[&ranged[..], &["--resolve", &resolve]].concat());
+            assert_eq!(status, want, "through HAProxy on {port}");
         }
     } else {
         peers::skip_or_fail("haproxy");

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/h2_credit.rs"]
+mod h2_credit;
 #[path = "../../tests/support/peers.rs"]
 mod peers;
 
@@ -1736,17 +1738,7 @@ async fn h2_body_credit(
     let (first, _) = client.send_request(get("/healthz"), true).unwrap();
     assert_eq!(first.await.unwrap().status(), StatusCode::OK);
     let (_response, mut body) = client.send_request(get(path), false).unwrap();
-    body.reserve_capacity(4 << 20);
-    let mut credit = 0;
-    while let Ok(Some(Ok(now))) = tokio::time::timeout(
-        Duration::from_secs(1),
-        std::future::poll_fn(|cx| body.poll_capacity(cx)),
-    )
-    .await
-    {
-        credit = now;
-    }
-    credit
+    h2_credit::settled(&mut body).await
 }
 
 /// `value` as a QUIC variable-length integer in its 8-byte form.

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/h2_credit.rs"]
+mod h2_credit;
 mod support;
 
 use std::sync::Arc;
@@ -575,20 +577,7 @@ async fn body_credit(server: &Server) -> usize {
         let (_response, mut body) = client
             .send_request(get_h2("/chunks/100000"), false)
             .unwrap();
-        body.reserve_capacity(4 << 20);
-        let mut granted = 0;
-        while let Ok(Some(Ok(now))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            std::future::poll_fn(|cx| body.poll_capacity(cx)),
-        )
-        .await
-        {
-            granted = now;
-            if now >= 4 << 20 {
-                break;
-            }
-        }
-        granted
+        h2_credit::settled(&mut body).await
     }
     if server.client.is_some() {
         credit(connect(server, None).await).await

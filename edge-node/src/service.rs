@@ -405,14 +405,20 @@ impl Edge {
         let path = req.uri.path();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         // The client past trusted proxies' headers: what the territory check places, and what
-        // the access log names.
-        let forwarded = req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies);
+        // the access log names. Worked out once, and only for a request that needs it.
+        let client_of = || {
+            let forwarded = req
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            client_ip(conn.peer.ip(), forwarded, &self.config.trusted_proxies)
+        };
+        let mut client = None;
         let result = match (&req.method, segments.as_slice()) {
-            (&Method::GET | &Method::HEAD, ["a", id]) => self.serve_file(req, client, id).await,
+            (&Method::GET | &Method::HEAD, ["a", id]) => {
+                let client = *client.get_or_insert_with(client_of);
+                self.serve_file(req, client, id).await
+            }
             (&Method::GET | &Method::HEAD, ["v1", "objects", id]) => self.serve_peer(req, id).await,
             // Liveness, with the token keys in service: the control plane reads them before
             // it signs with a new key.
@@ -449,6 +455,7 @@ impl Edge {
         };
         m.bytes_served.inc_by(sent);
         if self.config.access_log {
+            let client = client.unwrap_or_else(client_of);
             tracing::info!(
                 target: "access",
                 method = %req.method,

@@ -210,6 +210,14 @@ pub struct EdgeArgs {
     /// keeps QUIC's memory in hand; idle ones give way to new clients.
     #[arg(long, value_name = "N")]
     pub h3_max_connections: Option<usize>,
+    /// Connections one client may hold at once, across the player listeners (nginx's
+    /// `limit_conn` on the client's address): an IPv4 address or an IPv6 /64, as placed
+    /// through --proxy-protocol; --trusted-proxy peers themselves are not counted. One past
+    /// it is closed at accept (HTTP/3: refused). Leave room for clients that share an
+    /// address (carrier-grade NAT, offices) and for the region's other edges. Default: no
+    /// limit but --max-connections
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: Option<u32>,
     /// Largest UDP payload HTTP/3's path MTU discovery probes for (1200–65527).
     #[arg(long, default_value_t = 1452)]
     pub h3_max_udp_payload: u16,

@@ -478,6 +478,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.h3.max_connections = args
         .h3_max_connections
         .map_or(config.limits.max_connections, |n| n.max(1));
+    config.max_connections_per_client = args.max_connections_per_client;
     config.h3.max_udp_payload = args.h3_max_udp_payload.clamp(1200, 65527);
     config.h3.ack_every = (args.h3_ack_every > 2).then_some(args.h3_ack_every);
     config.h3.drivers = args.h3_drivers;

@@ -12,7 +12,7 @@ use cadenza_common::VerifyingKeys;
 use cadenza_common::follow::{file_stamp, spawn_follower};
 use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
-use cadenza_common::http::{ProxyProtocol, ServerLimits, Shutdown, serve_on};
+use cadenza_common::http::{ClientCap, ProxyProtocol, ServerLimits, Shutdown, serve_on};
 use cadenza_edge::{
     CorsOrigins, DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache,
     SliceMath, UnknownCountry, UpstreamConfig, serve_h3,
@@ -80,6 +80,9 @@ pub struct EdgeNodeConfig {
     pub token_leeway: Duration,
     /// Connection limits and timeouts.
     pub limits: ServerLimits,
+    /// Connections one client (an IPv4 address or IPv6 /64, `trusted_proxies` not counted)
+    /// may hold at once across the player listeners, TCP and QUIC. `None`: no such limit.
+    pub max_connections_per_client: Option<u32>,
     /// HTTP/3 limits and QUIC tuning.
     pub h3: H3Limits,
     /// Session-ticket keys shared with the region's other edges, so a player resumes its TLS
@@ -128,6 +131,7 @@ impl EdgeNodeConfig {
             breaker_cooldown: Duration::from_secs(10),
             token_leeway: cadenza_common::verify_leeway_default(),
             limits: ServerLimits::default(),
+            max_connections_per_client: None,
             h3: H3Limits::default(),
             ticket_keys: None,
             sendfile: true,
@@ -271,8 +275,17 @@ pub async fn start(
         cache,
     ));
     let proxies = Arc::new(config.trusted_proxies.clone());
+    // One count for the player listeners, so a client's TLS, cleartext and HTTP/3
+    // connections add up. Balancers speak for many clients and are not counted themselves.
+    let client_cap = config.max_connections_per_client.map(|max| {
+        let proxies = proxies.clone();
+        ClientCap::new(max, move |ip| {
+            proxies.iter().any(|proxy| proxy.contains(ip))
+        })
+    });
     let behind_proxy = |on: bool| {
         let mut limits = limits.clone();
+        limits.client_cap = client_cap.clone();
         if on {
             let proxies = proxies.clone();
             limits.proxy_protocol = Some(ProxyProtocol::trusting(move |ip| {
@@ -299,13 +312,9 @@ pub async fn start(
         );
     }
     let h3_tls = tls::quic_server_config(&serving)?;
-    let h3 = serve_h3(
-        main_addr,
-        h3_tls,
-        config.h3.clone(),
-        edge.clone(),
-        shutdown.clone(),
-    )?;
+    let mut h3_limits = config.h3.clone();
+    h3_limits.client_cap = client_cap;
+    let h3 = serve_h3(main_addr, h3_tls, h3_limits, edge.clone(), shutdown.clone())?;
     metrics.count_connections("quic", h3.connections);
     tasks.push(h3.task);
     if config.cert_files.is_some() {

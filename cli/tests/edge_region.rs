@@ -1545,6 +1545,7 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
         ("--token-leeway", "2h", "at most 1h"),
         ("--max-header-bytes", "100", "8192"),
         ("--upstream-failures", "0", "1.."),
+        ("--max-connections-per-client", "0", "1.."),
     ] {
         let refused = edge_command(dir.path(), &edge_dir.path().join("refused"))
             .arg(format!("{flag}={value}"))
@@ -1885,10 +1886,7 @@ async fn status_after(
     extra: &str,
 ) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
-    tcp.write_all(first).await.unwrap();
+    let mut tcp = connect_from(from, addr, first).await;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
          Range: bytes=0-9\r\n{extra}Connection: close\r\n\r\n"
@@ -1912,6 +1910,16 @@ async fn status_after(
     let head = String::from_utf8_lossy(&answer);
     head.strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3)?.parse().ok())
+}
+
+/// A TCP connection from loopback address `from` to `addr` that has sent `first`.
+async fn connect_from(from: &str, addr: &str, first: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(addr.parse().unwrap()).await.unwrap();
+    tcp.write_all(first).await.unwrap();
+    tcp
 }
 
 /// A free loopback TCP port (bound and let go: a peer binds it next).
@@ -2280,5 +2288,191 @@ async fn alt_svc_names_the_port_clients_reach_http3_on() {
         assert_eq!(header(&h, "alt-svc").map(str::to_owned), want, "{port:?}");
         edge.stop().await;
     }
+    stack.shutdown().await;
+}
+
+/// A connection from loopback address `from` to `addr` that opens with `first`, speaks TLS
+/// (trusting `roots`) or, without roots, cleartext HTTP/1.1, and has had bytes 0-9 of `path`
+/// answered 206; kept alive for the caller to hold open.
+async fn held_open(
+    (from, addr): (&str, &str),
+    first: &[u8],
+    roots: Option<&str>,
+    path: &str,
+    token: &str,
+) -> Box<dyn HeldConnection> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = connect_from(from, addr, first).await;
+    let mut conn: Box<dyn HeldConnection> = match roots {
+        Some(roots) => Box::new(tls_over(tcp, roots, b"http/1.1").await.unwrap()),
+        None => Box::new(tcp),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+         Range: bytes=0-9\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    // The head, then the ten bytes asked for.
+    let mut answer = Vec::new();
+    let read = async {
+        loop {
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{addr} closed the connection from {from}");
+            answer.extend_from_slice(&buf[..n]);
+            let head = answer.windows(4).position(|w| w == b"\r\n\r\n");
+            if head.is_some_and(|end| answer.len() >= end + 4 + 10) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("an answer within 20 s");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 206 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    conn
+}
+
+trait HeldConnection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> HeldConnection for T {}
+
+/// Whether an HTTP/3 connection from 127.0.0.1 to `addr` is let in and answers a request for
+/// bytes 0-9 of `path` with 206; false when it is refused or closed. The connection, if any,
+/// is kept open in what is returned.
+async fn h3_let_in(
+    join: &JoinInfo,
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> (bool, Option<(quinn::Endpoint, quinn::Connection)>) {
+    let endpoint = quic_endpoint(join);
+    let connecting = endpoint.connect(addr, "localhost").unwrap();
+    let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            println!("HTTP/3 refused: {e}");
+            return (false, None);
+        }
+        Err(_) => panic!("no HTTP/3 handshake nor refusal within 10 s"),
+    };
+    let asked = async {
+        let (mut send, _drive) = h3_over(conn.clone()).await;
+        let req = http::Request::get(format!("https://localhost:{}{path}", addr.port()))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::RANGE, "bytes=0-9")
+            .body(())
+            .unwrap();
+        let mut stream = send.send_request(req).await.ok()?;
+        stream.finish().await.ok()?;
+        let resp = stream.recv_response().await.ok()?;
+        Some(resp.status())
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), asked)
+        .await
+        .expect("an HTTP/3 answer or close within 10 s");
+    match status {
+        Some(StatusCode::PARTIAL_CONTENT) => (true, Some((endpoint, conn))),
+        Some(other) => panic!("HTTP/3 answered {other}"),
+        None => {
+            println!("HTTP/3 closed: {:?}", conn.close_reason());
+            (false, None)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_its_share_of_the_edges_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(12, 64 * 1024)).await;
+    let token = token(dir.path(), &id);
+    let join = join_info(dir.path()).unwrap();
+    let data = edge_dir.path().join("edge");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .args(["--cleartext-listen", "127.0.0.1:0"])
+            .args(["--max-connections-per-client", "2"])
+            .args(["--proxy-protocol", "tls", "--trusted-proxy", "127.0.0.3"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let main = about["edge"].as_str().unwrap()["https://".len()..].to_owned();
+    let clear = about["edge_cleartext"].as_str().unwrap()["http://".len()..].to_owned();
+    let udp: std::net::SocketAddr = main.parse().unwrap();
+    let roots = std::fs::read_to_string(dir.path().join("tls/cert.pem")).unwrap();
+    let tls = Some(roots.as_str());
+    let path = format!("/a/{id}");
+    let (me, neighbour, balancer) = ("127.0.0.1", "127.0.0.2", "127.0.0.3");
+
+    // Two connections, one per listener: the client's share, counted across both.
+    let first = held_open((me, &main), b"", tls, &path, &token).await;
+    let second = held_open((me, &clear), b"", None, &path, &token).await;
+    // A third is closed unanswered on either listener, and refused over HTTP/3.
+    for (listener, roots) in [(&main, tls), (&clear, None)] {
+        let status = status_after((me, listener), b"", roots, &path, &token, "").await;
+        assert_eq!(status, None, "a third connection to {listener}");
+    }
+    assert!(
+        !h3_let_in(&join, udp, &path, &token).await.0,
+        "a third over HTTP/3"
+    );
+    // Another client is not held back by it.
+    let status = status_after((neighbour, &main), b"", tls, &path, &token, "").await;
+    assert_eq!(status, Some(206), "another client");
+
+    // One closed gives its place back; HTTP/3 then takes it, and TCP is full again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Refusals while the closed connection's place is on its way back are counted too.
+    let mut h3_refused = 1;
+    let quic = loop {
+        if let (true, conn) = h3_let_in(&join, udp, &path, &token).await {
+            break conn;
+        }
+        h3_refused += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let status = status_after((me, &clear), b"", None, &path, &token, "").await;
+    assert_eq!(status, None, "full again with the HTTP/3 connection");
+    drop((quic, second));
+
+    // Behind a balancer, the clients its PROXY headers name are counted, not the balancer.
+    let named = Some("192.0.2.9");
+    let _a = held_open((balancer, &main), &proxy_v2(named), tls, &path, &token).await;
+    let _b = held_open((balancer, &main), &proxy_v2(named), tls, &path, &token).await;
+    let status = status_after((balancer, &main), &proxy_v2(named), tls, &path, &token, "").await;
+    assert_eq!(status, None, "a third connection for the same client");
+    let other = proxy_v2(Some("192.0.2.10"));
+    let status = status_after((balancer, &main), &other, tls, &path, &token, "").await;
+    assert_eq!(status, Some(206), "another client of the balancer");
+    // The balancer's own connections (LOCAL) are its, and it is not counted.
+    let mut own = Vec::new();
+    for _ in 0..3 {
+        own.push(held_open((balancer, &main), &proxy_v2(None), tls, &path, &token).await);
+    }
+
+    // Counted per listener: TLS closed two (one directly, one behind the balancer), the
+    // cleartext listener two, HTTP/3 refused one (and any while a place came back).
+    let client = stack.client().unwrap();
+    let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+    let (status, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&text);
+    for (listener, count) in [("tls", 2), ("cleartext", 2), ("quic", h3_refused)] {
+        let line =
+            format!("cadenza_edge_client_cap_refused_total{{listener=\"{listener}\"}} {count}");
+        assert!(text.contains(&line), "no {line} in\n{text}");
+    }
+    drop(child);
     stack.shutdown().await;
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cadenza_common::http::{ApiError, ConnInfo, MinRate, OpenConnections, ServerLimits, Shutdown};
+use cadenza_common::http::{
+    ApiError, ClientCap, ConnInfo, MinRate, OpenConnections, ServerLimits, Shutdown,
+};
 use http::Response;
 use http_body_util::BodyExt;
 use tokio::task::JoinHandle;
@@ -72,6 +74,12 @@ pub struct H3Limits {
     /// this before it is stopped ([`bounds::request_budget`]), which is also what SETTINGS
     /// advertises (h3 enforces what it advertises, and its own refusal ends in a reset).
     pub max_field_section: u64,
+    /// At most so many connections at once from one client (shared with the TCP listeners,
+    /// so counted across them). Counted once the handshake completes, so packets with a
+    /// spoofed source cannot use up a client's allowance; a client at it is refused
+    /// (CONNECTION_REFUSED), one whose handshakes raced past it closed with
+    /// H3_EXCESSIVE_LOAD.
+    pub client_cap: Option<ClientCap>,
 }
 
 impl Default for H3Limits {
@@ -86,6 +94,7 @@ impl Default for H3Limits {
             min_send_rate: ServerLimits::default().min_send_rate,
             drivers: 0,
             max_field_section: ServerLimits::default().max_header_bytes as u64,
+            client_cap: None,
         }
     }
 }
@@ -155,7 +164,8 @@ pub fn serve_h3(
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
-    let connections = OpenConnections::new(limits.max_connections);
+    let connections =
+        OpenConnections::new(limits.max_connections).with_client_cap(limits.client_cap.clone());
     let endpoints = quic::bind(
         addr,
         drivers,

@@ -52,6 +52,8 @@ pub struct EdgeMetrics {
     reclaimed_connections: IntCounterVec,
     /// Connections closed on a PROXY protocol listener for their header.
     proxy_refused: IntCounterVec,
+    /// Connections closed because their client held as many as it may, by listener.
+    client_cap_refused: IntCounterVec,
     listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
 
@@ -204,6 +206,18 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            client_cap_refused: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "client_cap_refused_total",
+                        "Connections closed because their client held as many as the \
+                         per-client limit allows, by listener",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             token_keys: register(
                 &r,
                 IntGaugeVec::new(
@@ -251,6 +265,7 @@ impl EdgeMetrics {
                     (&self.refused_connections, connections.refused()),
                     (&self.reclaimed_connections, connections.reclaimed()),
                     (&self.proxy_refused, connections.unproxied()),
+                    (&self.client_cap_refused, connections.over_client_cap()),
                 ] {
                     let counter = counter.with_label_values(&[listener.as_str()]);
                     counter.inc_by(tally.saturating_sub(counter.get()));

@@ -9,6 +9,7 @@
 
 mod body;
 pub mod client;
+mod client_cap;
 pub mod coalesce;
 mod deadline;
 mod error;
@@ -25,6 +26,7 @@ pub use body::{
     Body, BoxError, bearer_token, empty, file_body, full, health, json_response, read_body,
     read_json, require_bearer, secrets_match,
 };
+pub use client_cap::{ClientAtLimit, ClientCap, ClientSlot};
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
 pub use idle::IdleQueue;

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use super::client_cap::{ClientCap, ClientSlot};
 use super::coalesce::{Coalesced, Outbox, coalesce};
 use super::deadline::{Deadlines, MinRate};
 use super::h1;
@@ -101,6 +102,10 @@ pub struct ServerLimits {
     /// with a PROXY protocol header naming their client; other peers are their own clients,
     /// and closed if they send one. `None`: every peer is its own client.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// At most so many connections at once from one client, counted across every listener
+    /// sharing the cap; a connection past it is closed at accept (behind a PROXY protocol
+    /// balancer, once the header names its client). `None`: no limit but the listener's.
+    pub client_cap: Option<ClientCap>,
 }
 
 impl Default for ServerLimits {
@@ -123,6 +128,7 @@ impl Default for ServerLimits {
             },
             tcp_notsent_lowat: Some(128 * 1024),
             proxy_protocol: None,
+            client_cap: None,
         }
     }
 }
@@ -147,6 +153,7 @@ pub struct OpenConnections {
     slots: Arc<Semaphore>,
     max: usize,
     tally: Arc<CapTally>,
+    clients: Option<ClientCap>,
 }
 
 #[derive(Debug, Default)]
@@ -154,6 +161,7 @@ struct CapTally {
     refused: AtomicU64,
     reclaimed: AtomicU64,
     unproxied: AtomicU64,
+    over_client_cap: AtomicU64,
 }
 
 impl OpenConnections {
@@ -164,7 +172,18 @@ impl OpenConnections {
             slots: Arc::new(Semaphore::new(max)),
             max,
             tally: Arc::default(),
+            clients: None,
         }
+    }
+
+    /// The same, each client also held to `clients` (which other listeners may share).
+    pub fn with_client_cap(self, clients: Option<ClientCap>) -> Self {
+        Self { clients, ..self }
+    }
+
+    /// The cap each client is held to, if any.
+    pub fn client_cap(&self) -> Option<&ClientCap> {
+        self.clients.as_ref()
     }
 
     /// A slot for one more connection, given back when dropped; `None` when all are taken.
@@ -198,6 +217,16 @@ impl OpenConnections {
         self.tally.unproxied.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Notes a connection closed because its client held as many as it may.
+    pub fn note_over_client_cap(&self) {
+        self.tally.over_client_cap.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed at their client's own cap, since the listener started.
+    pub fn over_client_cap(&self) -> u64 {
+        self.tally.over_client_cap.load(Ordering::Relaxed)
+    }
+
     /// Connections closed for their PROXY protocol header (see
     /// [`OpenConnections::note_unproxied`]), since the listener started.
     pub fn unproxied(&self) -> u64 {
@@ -225,7 +254,8 @@ pub fn serve_on<H: Handler>(
     shutdown: Shutdown,
 ) -> std::io::Result<Listening> {
     let addr = listener.local_addr()?;
-    let connections = OpenConnections::new(limits.max_connections);
+    let connections =
+        OpenConnections::new(limits.max_connections).with_client_cap(limits.client_cap.clone());
     let slots = connections.clone();
     let task = tokio::spawn(accept_loop(listener, tls, limits, handler, slots, shutdown));
     Ok(Listening {
@@ -270,6 +300,7 @@ async fn accept_loop<H: Handler>(
         idle: IdleQueue::default(),
         slots: slots.clone(),
         proxy_warned: Default::default(),
+        client_warned: Default::default(),
     });
     let graceful = GracefulShutdown::new();
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
@@ -289,9 +320,21 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
+        // A client at its own cap is closed before it costs a slot (or an idle connection
+        // its slot); a balancer's client is counted once the header names it.
+        let client = match serving.limits.client_cap.as_ref() {
+            Some(cap) if !serving.names_clients(peer) => match cap.admit(peer.ip()) {
+                Ok(place) => place,
+                Err(e) => {
+                    serving.over_client_cap(peer, &e);
+                    continue;
+                }
+            },
+            _ => None,
+        };
         let drain = [graceful.watcher(), graceful.watcher()];
         if let Some(slot) = slots.take() {
-            start(stream, peer, slot, &serving, drain, &shutdown);
+            start(stream, peer, (slot, client), &serving, drain, &shutdown);
         } else if serving.idle.reclaim() {
             // The connection idle longest closes at once and gives its slot back; this one
             // waits for it (for another's, if one ends first: the slots go in turn).
@@ -299,7 +342,9 @@ async fn accept_loop<H: Handler>(
             let (slots, serving, shutdown) = (slots.clone(), serving.clone(), shutdown.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(RECLAIM_WAIT, slots.wait()).await {
-                    Ok(Some(slot)) => start(stream, peer, slot, &serving, drain, &shutdown),
+                    Ok(Some(slot)) => {
+                        start(stream, peer, (slot, client), &serving, drain, &shutdown);
+                    }
                     _ => {
                         slots.note_refused();
                         tracing::debug!(%peer, "no slot came free in time; closing");
@@ -330,13 +375,13 @@ async fn accept_loop<H: Handler>(
 /// closes; a connection chosen just as its next request arrived answers that request first.
 const RECLAIM_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves an accepted connection that holds `slot`, in a task of its own. `drain` is its two
-/// places in the graceful drain: one goes with the slot (kept while the connection lingers
-/// after its task), one with the task.
+/// Serves an accepted connection that holds `slot` (and its place in its client's count, when
+/// counted), in a task of its own. `drain` is its two places in the graceful drain: one goes
+/// with the slot (kept while the connection lingers after its task), one with the task.
 fn start<H: Handler>(
     stream: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: (OwnedSemaphorePermit, Option<ClientSlot>),
     serving: &Arc<Serving<H>>,
     drain: [Watcher; 2],
     shutdown: &Shutdown,
@@ -368,14 +413,18 @@ fn start<H: Handler>(
     // One task type per path, so a cleartext connection's task is not sized for TLS.
     if serving.tls.is_some() {
         tokio::spawn(async move {
-            let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
+            let Some((conn, _counted)) =
+                client_of(&stream, conn, &serving, &mut conn_shutdown).await
+            else {
                 return;
             };
             serve_tls(stream, conn, &serving, watcher, conn_shutdown).await;
         });
     } else {
         tokio::spawn(async move {
-            let Some(conn) = client_of(&stream, conn, &serving, &mut conn_shutdown).await else {
+            let Some((conn, _counted)) =
+                client_of(&stream, conn, &serving, &mut conn_shutdown).await
+            else {
                 return;
             };
             serve_clear(stream, conn, &serving, watcher, conn_shutdown).await;
@@ -386,16 +435,18 @@ fn start<H: Handler>(
 /// The connection as its client's. On a PROXY protocol listener a trusted peer (a balancer)
 /// opens with a header naming the client, read off within the handshake timeout so the
 /// client's own bytes follow; any other peer is served as itself and may not send one (it
-/// would name a client of its choosing). Elsewhere the connection is as it came. `None`:
-/// close it (a header missing, refused or broken, or told to stop).
+/// would name a client of its choosing). Elsewhere the connection is as it came. A client
+/// named by a header is counted under the client cap here, its place held by the task (not
+/// through the connection's lingering, as a place taken at accept is). `None`: close it (a
+/// header missing, refused or broken, a client at its cap, or told to stop).
 async fn client_of<H: Handler>(
     stream: &Deadlines<TcpStream>,
     conn: ConnInfo,
     serving: &Serving<H>,
     shutdown: &mut Shutdown,
-) -> Option<ConnInfo> {
+) -> Option<(ConnInfo, Option<ClientSlot>)> {
     let Some(proxy) = &serving.limits.proxy_protocol else {
-        return Some(conn);
+        return Some((conn, None));
     };
     // Boxed: a served connection's task is not sized for the header's reading.
     let limit = serving.limits.handshake_timeout;
@@ -409,18 +460,7 @@ async fn client_of<H: Handler>(
     // `warn`: the refusal points at a misconfiguration, worth a warning (one each 10 s).
     let refused = |why: &dyn std::fmt::Display, warn: bool| {
         serving.slots.note_unproxied();
-        let warn = warn && {
-            let mut warned = serving
-                .proxy_warned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let due = warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
-            if due {
-                *warned = Some(std::time::Instant::now());
-            }
-            due
-        };
-        if warn {
+        if warn && warning_due(&serving.proxy_warned) {
             tracing::warn!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
         } else {
             tracing::debug!(peer = %conn.peer, %why, "PROXY protocol header refused; closing");
@@ -430,13 +470,27 @@ async fn client_of<H: Handler>(
     match read.await? {
         Ok(Ok(Ok(header))) if trusted => {
             let source = header.source.unwrap_or(conn.peer);
-            Some(ConnInfo {
+            let counted = match serving
+                .limits
+                .client_cap
+                .as_ref()
+                .map(|cap| cap.admit(source.ip()))
+            {
+                Some(Err(e)) => {
+                    serving.over_client_cap(source, &e);
+                    return None;
+                }
+                Some(Ok(place)) => place,
+                None => None,
+            };
+            let conn = ConnInfo {
                 peer: SocketAddr::new(source.ip().to_canonical(), source.port()),
                 ..conn
-            })
+            };
+            Some((conn, counted))
         }
         Ok(Ok(Ok(_))) => refused(&"a PROXY header from a peer not trusted to send one", true),
-        Ok(Ok(Err(ProxyHeaderError::Missing))) if !trusted => Some(conn),
+        Ok(Ok(Err(ProxyHeaderError::Missing))) if !trusted => Some((conn, None)),
         // A balancer that sends none is misconfigured, and would put every client in its
         // own place.
         Ok(Ok(Err(e))) => refused(&e, trusted),
@@ -502,6 +556,39 @@ struct Serving<H> {
     /// When a refused PROXY protocol header was last logged as a warning: at most one each
     /// 10 s, not one for each connection of a misconfigured balancer.
     proxy_warned: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The same for connections closed at their client's cap.
+    client_warned: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl<H> Serving<H> {
+    /// Whether `peer` is a balancer whose connections open with a header naming their
+    /// client.
+    fn names_clients(&self, peer: SocketAddr) -> bool {
+        self.limits
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|proxy| proxy.trusts(peer.ip()))
+    }
+
+    /// Counts and logs a connection closed because `client` holds its cap.
+    fn over_client_cap(&self, client: SocketAddr, why: &super::ClientAtLimit) {
+        self.slots.note_over_client_cap();
+        if warning_due(&self.client_warned) {
+            tracing::warn!(%client, %why, "per-client connection limit reached; closing");
+        } else {
+            tracing::debug!(%client, %why, "per-client connection limit reached; closing");
+        }
+    }
+}
+
+/// Whether a warning throttled to one each 10 s may be logged now (and, if so, notes it).
+fn warning_due(last: &std::sync::Mutex<Option<std::time::Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
 }
 
 /// hyper's service for a connection: every request to the handler, boxed so a kept-alive
@@ -1160,6 +1247,7 @@ mod tests {
             idle: IdleQueue::default(),
             slots: OpenConnections::new(1),
             proxy_warned: Default::default(),
+            client_warned: Default::default(),
         }
     }
 

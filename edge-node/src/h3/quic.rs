@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use cadenza_common::http::OpenConnections;
+use cadenza_common::http::{ClientSlot, OpenConnections};
 use quinn_proto::{
     self as proto, ConnectionError, ConnectionHandle, DatagramEvent, Dir, StreamEvent, StreamId,
     VarInt,
@@ -41,6 +41,9 @@ const RECEIVES_PER_TURN: usize = 16;
 /// The code a connection is closed with when its last handle, or its endpoint, is dropped
 /// without an explicit close: HTTP/3's H3_NO_ERROR, the only protocol this endpoint carries.
 pub const NO_ERROR: VarInt = VarInt::from_u32(0x100);
+
+/// HTTP/3's H3_EXCESSIVE_LOAD: the code a connection past its client's cap is closed with.
+const EXCESSIVE_LOAD: VarInt = VarInt::from_u32(0x107);
 /// Socket buffer sizes asked for (the kernel caps them at `net.core.rmem_max` and
 /// `wmem_max`). One socket carries every client's ACKs and requests, and every response
 /// batch; at the 208 KiB default a burst of ACKs can overflow it, and each one lost costs a
@@ -168,6 +171,7 @@ impl Endpoint {
             blocked: None,
             due: Vec::new(),
             closed: false,
+            client_cap_warned: None,
         };
         let driver = tokio::spawn(driver.run());
         Ok(Self {
@@ -404,6 +408,9 @@ struct ConnInner {
     /// Its slot under the endpoint's connection cap, given back when its driver lets it go,
     /// or handed to a new client when it is closed for being idle at the cap.
     slot: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Its place in its client's count under the client cap, from the handshake's end until
+    /// its driver lets it go.
+    counted: Mutex<Option<ClientSlot>>,
 }
 
 impl ConnInner {
@@ -789,6 +796,9 @@ struct Driver {
     /// Connections to drive this turn.
     due: Vec<ConnectionHandle>,
     closed: bool,
+    /// When a client at its cap was last logged as a warning: one each 10 s, not one for
+    /// each connection of a flood.
+    client_cap_warned: Option<Instant>,
 }
 
 impl Driver {
@@ -897,6 +907,16 @@ impl Driver {
                 }
             }
             Some(DatagramEvent::NewConnection(incoming)) => {
+                // A client holding as many connections as it may is turned away before it
+                // costs a handshake. Only completed handshakes are counted, so one whose
+                // source is spoofed counts against nobody.
+                let client = incoming.remote_address().ip();
+                if self.cap.client_cap().is_some_and(|c| c.is_full(client)) && !self.closed {
+                    self.over_client_cap(remote, "refused");
+                    let t = self.endpoint.refuse(incoming, &mut response);
+                    self.respond(&t, &response);
+                    return;
+                }
                 let free = if self.closed { None } else { self.cap.take() };
                 let slot = match free {
                     Some(slot) => Some(slot),
@@ -952,6 +972,7 @@ impl Driver {
             touched: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             slot: Mutex::new(Some(slot)),
+            counted: Mutex::new(None),
         });
         lock(&self.shared.members).insert((began, ch.0), inner.clone());
         self.conns.insert(
@@ -1109,6 +1130,10 @@ impl Driver {
             }
         }
         while let Some(event) = st.conn.poll() {
+            if matches!(event, proto::Event::Connected) && !self.count_client(&inner, &mut st, now)
+            {
+                continue;
+            }
             st.dispatch(event);
         }
         if drained || st.conn.is_drained() {
@@ -1131,6 +1156,46 @@ impl Driver {
         more
     }
 
+    /// A connection whose handshake has just completed takes its place in its client's
+    /// count; false if the client holds its cap already (handshakes that raced past the
+    /// look at accept), and the connection is closed.
+    fn count_client(&mut self, inner: &ConnInner, st: &mut ConnState, now: Instant) -> bool {
+        let Some(clients) = self.cap.client_cap() else {
+            return true;
+        };
+        match clients.admit(inner.remote.ip()) {
+            Ok(place) => {
+                *lock(&inner.counted) = place;
+                true
+            }
+            Err(_) => {
+                self.over_client_cap(inner.remote, "closed");
+                st.close(
+                    now,
+                    EXCESSIVE_LOAD,
+                    Bytes::from_static(b"too many connections from this client"),
+                );
+                false
+            }
+        }
+    }
+
+    /// Counts and logs a connection from `client` refused or closed (`what`) at the
+    /// client's cap.
+    fn over_client_cap(&mut self, client: SocketAddr, what: &str) {
+        self.cap.note_over_client_cap();
+        let now = Instant::now();
+        if self
+            .client_cap_warned
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(10))
+        {
+            self.client_cap_warned = Some(now);
+            tracing::warn!(%client, what, "per-client connection limit reached over HTTP/3");
+        } else {
+            tracing::debug!(%client, what, "per-client connection limit reached over HTTP/3");
+        }
+    }
+
     /// The socket failed: every connection is lost.
     fn lose_all(&mut self) {
         for entry in std::mem::take(&mut self.conns).into_values() {
@@ -1149,6 +1214,7 @@ impl Driver {
         lock(&self.shared.members).remove(&(st.last_active, inner.handle.0));
         drop(st);
         drop(lock(&inner.slot).take());
+        drop(lock(&inner.counted).take());
     }
 }
 
@@ -1461,6 +1527,59 @@ mod tests {
         let third = connect().await.expect("a place came free");
         assert_eq!(fetch(&third, 9, 70_000).await, pattern(9, 70_000));
         assert_eq!(fetch(&second, 4, 100).await, pattern(4, 100));
+    }
+
+    #[tokio::test]
+    async fn a_client_at_its_own_cap_is_refused_and_handshakes_racing_past_it_are_closed() {
+        let (server, client_config) = configs();
+        let clients = cadenza_common::http::ClientCap::new(1, |_| false);
+        let cap = OpenConnections::new(usize::MAX).with_client_cap(Some(clients.clone()));
+        let (addr, _) = serve_port(server, 1, &cap);
+        let client = client(client_config);
+        let connect = || async { client.connect(addr, "localhost").unwrap().await };
+        // Both handshakes begin before either ends, so both are let in; the one to finish
+        // second finds the client's place taken and is closed.
+        let (a, b) = tokio::join!(connect(), connect());
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let first_closed = async {
+            tokio::select! {
+                e = a.closed() => (e, b),
+                e = b.closed() => (e, a),
+            }
+        };
+        let (why, kept) = tokio::time::timeout(Duration::from_secs(5), first_closed)
+            .await
+            .expect("one of two racing connections closed");
+        match why {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, EXCESSIVE_LOAD);
+            }
+            other => panic!("the racing connection ended with {other:?}"),
+        }
+        assert_eq!(fetch(&kept, 3, 5000).await, pattern(3, 5000));
+        // At its cap, the client's next connection is refused before a handshake.
+        match connect().await {
+            Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+                assert_eq!(
+                    close.error_code,
+                    proto::TransportErrorCode::CONNECTION_REFUSED
+                );
+            }
+            other => panic!("a connection past the client's cap got {other:?}"),
+        }
+        assert_eq!(cap.over_client_cap(), 2);
+        assert_eq!(cap.refused(), 0, "the listener's own cap refused nobody");
+        kept.close(0u32.into(), b"");
+        let freed = async {
+            while clients.clients() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), freed)
+            .await
+            .expect("a closed connection gives its client's place back");
+        let again = connect().await.expect("the client's place came back");
+        assert_eq!(fetch(&again, 4, 100).await, pattern(4, 100));
     }
 
     #[tokio::test]

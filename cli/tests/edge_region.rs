@@ -2214,6 +2214,8 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
     );
     assert_eq!(status, 206, "{h:?}");
     assert_eq!(header(&h, "access-control-allow-origin"), Some("*"));
+    // Its Resource Timing entry may be read in full by the same pages.
+    assert_eq!(header(&h, "timing-allow-origin"), Some("*"));
     let exposed = header(&h, "access-control-expose-headers").unwrap_or_default();
     assert!(
         exposed.contains("Content-Range") && exposed.contains("ETag"),
@@ -2243,6 +2245,7 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
         let (status, h) = curl_head(&url, &ca, &["-H", &from, "-H", &bearer, "-r", "0-9"]);
         assert_eq!(status, 206);
         assert_eq!(header(&h, "access-control-allow-origin"), Some(origin));
+        assert_eq!(header(&h, "timing-allow-origin"), Some(origin));
         assert_eq!(header(&h, "vary"), Some("Origin"));
         // (And HTTP/3 is where the balancer in front forwards it: --alt-svc-port.)
         assert_eq!(header(&h, "alt-svc"), Some("h3=\":443\"; ma=86400"));
@@ -2257,6 +2260,7 @@ async fn web_players_may_read_the_edge_from_the_origins_it_allows() {
     );
     assert_eq!(status, 206, "the token still opens the file");
     assert_eq!(header(&h, "access-control-allow-origin"), None);
+    assert_eq!(header(&h, "timing-allow-origin"), None);
     assert_eq!(header(&h, "vary"), Some("Origin"));
     let (status, _) = curl_head(&url, &ca, &[&from_other[..], &preflight[..]].concat());
     assert_eq!(status, 403);

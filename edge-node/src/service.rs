@@ -85,6 +85,8 @@ pub enum CorsOrigins {
 /// What a web player's script may send and read, besides the CORS-safelisted headers.
 const CORS_REQUEST_HEADERS: &str = "Authorization, Range, If-Range, If-None-Match";
 const CORS_EXPOSED_HEADERS: &str = "Content-Range, Accept-Ranges, ETag";
+/// Resource Timing's counterpart of `Access-Control-Allow-Origin` (W3C Resource Timing).
+const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 /// How long a browser may keep a preflight's answer (Firefox's cap; Chrome keeps 2 h).
 const CORS_MAX_AGE: &str = "86400";
 
@@ -109,6 +111,10 @@ impl CorsOrigins {
             headers.append(VARY, HeaderValue::from_static("Origin"));
         }
         if let Some(allowed) = self.allow(origin) {
+            // The same pages may read the response's Resource Timing in full (a player's
+            // or a monitoring script's time to first byte, bytes transferred); without it a
+            // cross-origin entry has them zeroed.
+            headers.insert(TIMING_ALLOW_ORIGIN, allowed.clone());
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
             headers.insert(
                 ACCESS_CONTROL_EXPOSE_HEADERS,

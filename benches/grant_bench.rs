@@ -182,6 +182,7 @@ async fn run(
             geo: None,
             trusted_proxies: Vec::new(),
             auth: Default::default(),
+            cors: Default::default(),
         },
         store.clone(),
         signing,

@@ -402,6 +402,12 @@ pub enum Command {
         /// A proxy (IP or CIDR) whose X-Forwarded-For the edge believes; repeatable.
         #[arg(long, value_name = "CIDR")]
         trusted_proxy: Vec<cadenza_geo::Cidr>,
+        /// A web origin whose pages' scripts may call the control plane's public API (sign
+        /// in, search, grants) and read the edge's answers (CORS), as
+        /// `https://player.example.com`; repeat. Without it any page may: bearer tokens, not
+        /// cookies, open them
+        #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]
+        cors_origin: Vec<String>,
         /// Also serve the edge without TLS (HTTP/1.1, h2c) on the fifth port.
         #[arg(long)]
         edge_cleartext: bool,

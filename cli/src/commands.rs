@@ -50,6 +50,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             lease_secs,
             geoip,
             trusted_proxy,
+            cors_origin,
             edge_cleartext,
             access_log,
             edge_memory_mib,
@@ -79,6 +80,9 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             config.s3 = s3.config()?;
             config.geoip = geoip;
             config.trusted_proxies = trusted_proxy;
+            if !cors_origin.is_empty() {
+                config.cors = cadenza_control_plane::CorsOrigins::Only(cors_origin);
+            }
             config.edge_cleartext = edge_cleartext;
             config.edge_sendfile = !edge_no_sendfile;
             config.access_log = access_log;
@@ -464,7 +468,7 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     }
     config.alt_svc_port = args.alt_svc_port;
     if !args.cors_origin.is_empty() {
-        config.cors = cadenza_edge::CorsOrigins::Only(args.cors_origin.clone());
+        config.cors = cadenza_common::http::CorsOrigins::Only(args.cors_origin.clone());
     }
     if args.deny_unknown_country {
         config.unknown_country = cadenza_edge::UnknownCountry::Deny;

@@ -70,6 +70,9 @@ pub struct StackConfig {
     pub geoip: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` the edge believes.
     pub trusted_proxies: Vec<cadenza_geo::Cidr>,
+    /// Web pages whose scripts may call the control plane's public API and read the edge's
+    /// renditions (CORS); any by default.
+    pub cors: cadenza_control_plane::CorsOrigins,
     /// Also serve the edge without TLS (HTTP/1.1 and h2c) on the fifth port, for
     /// deployments behind a TLS-terminating load balancer.
     pub edge_cleartext: bool,
@@ -115,6 +118,7 @@ impl StackConfig {
             job_retry_backoff: Duration::from_secs(5),
             geoip: None,
             trusted_proxies: Vec::new(),
+            cors: Default::default(),
             edge_cleartext: false,
             edge_sendfile: true,
             access_log: false,
@@ -774,6 +778,7 @@ impl Stack {
                     access_token_key: secrets.access_token_key.as_bytes().to_vec(),
                     ..AuthConfig::default()
                 },
+                cors: config.cors.clone(),
             },
             store,
             signing,
@@ -860,6 +865,7 @@ impl Stack {
         );
         edge_config.geo = geo.clone();
         edge_config.trusted_proxies = config.trusted_proxies.clone();
+        edge_config.cors = config.cors.clone();
         edge_config.slice_bytes = config.slice_bytes;
         edge_config.memory_bytes = config.edge_cache_bytes;
         edge_config.read_ahead = config.edge_read_ahead;

@@ -1182,3 +1182,129 @@ async fn grants_list_the_listeners_healthy_edges_first() {
     }
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_player_on_an_allowed_origin_gets_a_grant_and_the_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StackConfig::new(dir.path());
+    config.port_base = 0;
+    config.cors = cadenza_control_plane::CorsOrigins::Only(vec!["https://player.example".into()]);
+    let stack = Stack::start(config).await.unwrap();
+    let (client, player, view) = ready_track(&stack, "mono.flac", "Web").await;
+    let access = player.access_token().await.unwrap();
+    let service = cadenza::stack::service_token(dir.path()).unwrap();
+    let (ours, theirs) = ("https://player.example", "https://elsewhere.example");
+    // A request as a page's script makes it: with its origin, and what the caller adds.
+    let send =
+        |method: Method, url: String, origin: &str, extra: Vec<(&'static str, String)>, body| {
+            let client = client.clone();
+            let origin = origin.to_owned();
+            async move {
+                let mut req =
+                    client::request(method, &url, None, cadenza_common::http::full(body)).unwrap();
+                req.headers_mut()
+                    .insert(header::ORIGIN, origin.parse().unwrap());
+                for (name, value) in extra {
+                    req.headers_mut().insert(
+                        name.parse::<header::HeaderName>().unwrap(),
+                        value.parse().unwrap(),
+                    );
+                }
+                let resp = client.request(req).await.unwrap();
+                let (parts, body) = resp.into_parts();
+                let bytes = client::read_all(body, &url).await.unwrap();
+                (parts.status, parts.headers, bytes)
+            }
+        };
+    let allowed = |h: &http::HeaderMap| {
+        h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let playback = format!("{}/v1/playback", stack.info.control_plane);
+    let grant_body = serde_json::to_vec(&serde_json::json!({ "track_id": view.track_id })).unwrap();
+    let bearer = ("authorization", format!("Bearer {access}"));
+    let json = ("content-type", "application/json".to_owned());
+
+    // The browser's preflight for the grant: no token, and the page's script may send one
+    // with a JSON body.
+    let asks = vec![
+        ("access-control-request-method", "POST".to_owned()),
+        (
+            "access-control-request-headers",
+            "authorization,content-type".to_owned(),
+        ),
+    ];
+    let (status, h, _) = send(
+        Method::OPTIONS,
+        playback.clone(),
+        ours,
+        asks.clone(),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&h).as_deref(), Some(ours));
+    assert_eq!(h[header::VARY], "Origin");
+    let methods = h[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = h[header::ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap();
+    assert!(headers.contains("Authorization") && headers.contains("Content-Type"));
+    // The grant, readable by the page; then the audio from the edge it names, likewise.
+    let extra = vec![bearer.clone(), json.clone()];
+    let (status, h, body) = send(
+        Method::POST,
+        playback.clone(),
+        ours,
+        extra,
+        grant_body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(allowed(&h).as_deref(), Some(ours));
+    let grant: PlaybackGrant = serde_json::from_slice(&body).unwrap();
+    let audio = format!("{}/a/{}", grant.edges[0], grant.file_id);
+    let ranged = vec![
+        ("authorization", format!("Bearer {}", grant.token.0)),
+        ("range", "bytes=0-99".to_owned()),
+    ];
+    let (status, h, bytes) = send(Method::GET, audio.clone(), ours, ranged.clone(), vec![]).await;
+    assert_eq!((status, bytes.len()), (StatusCode::PARTIAL_CONTENT, 100));
+    assert_eq!(allowed(&h).as_deref(), Some(ours));
+    // An error is readable too, so the script can show why.
+    let forged = vec![
+        ("authorization", "Bearer at1.forged.x".to_owned()),
+        json.clone(),
+    ];
+    let (status, h, _) = send(
+        Method::POST,
+        playback.clone(),
+        ours,
+        forged,
+        grant_body.clone(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(allowed(&h).as_deref(), Some(ours));
+
+    // Another origin's page is told no at the preflight, and is not let read (the token
+    // still works from anywhere that is not a browser page).
+    let (status, h, body) = send(Method::OPTIONS, playback.clone(), theirs, asks, vec![]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("cors_origin_not_allowed"));
+    assert_eq!(allowed(&h), None);
+    let extra = vec![bearer.clone(), json.clone()];
+    let (status, h, _) = send(Method::POST, playback.clone(), theirs, extra, grant_body).await;
+    assert_eq!((status, allowed(&h)), (StatusCode::OK, None));
+    let (status, h, _) = send(Method::GET, audio, theirs, ranged, vec![]).await;
+    assert_eq!((status, allowed(&h)), (StatusCode::PARTIAL_CONTENT, None));
+
+    // The services' endpoints are never offered to pages.
+    let edges = format!("{}/internal/v1/edges", stack.info.control_plane);
+    let (status, h, _) = send(Method::OPTIONS, edges.clone(), ours, vec![], vec![]).await;
+    assert_ne!(status, StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&h), None);
+    let as_service = vec![("authorization", format!("Bearer {service}"))];
+    let (status, h, _) = send(Method::GET, edges, ours, as_service, vec![]).await;
+    assert_eq!((status, allowed(&h)), (StatusCode::OK, None));
+    stack.shutdown().await;
+}

@@ -17,7 +17,7 @@ mod store;
 
 pub use fleet::{EdgeSite, Fleet};
 pub use grant::GrantPolicy;
-pub use service::{ControlPlane, ControlPlaneConfig};
+pub use service::{ControlPlane, ControlPlaneConfig, CorsOrigins};
 pub use store::{
     Backend, ClientKind, KeyRing, MasterKey, NewClient, Refreshed, Registered, Released, Store,
     StoreError, TrackCursor, UserExport, name_key, retry_delay,

@@ -24,13 +24,19 @@
 //! | `POST /internal/v1/oauth-clients` | operator tools | an OAuth client (`first_party` or `service`) |
 //! | `GET /healthz` | anyone | liveness |
 //! | `GET /openapi.json` | anyone | the OpenAPI 3.1 description of the public endpoints |
+//! | `OPTIONS` any public path | browsers | a CORS preflight for a web player (no token asked) |
+//!
+//! Every answer outside `/internal/` (errors included, so a web player's script can read the
+//! reason) carries CORS headers for the origins [`CorsOrigins`] allows.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+pub use cadenza_common::http::CorsOrigins;
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, empty, health, json_response, read_json, require_bearer,
+    ApiError, Body, ConnInfo, Cors, Handler, empty, health, json_response, read_json,
+    require_bearer,
 };
 use cadenza_common::{
     AlbumId, ArtistId, IngestResponse, JobId, JobOutcome, PlaybackRequest, Quality, SigningKey,
@@ -70,6 +76,10 @@ pub struct ControlPlaneConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// Accounts, OAuth tokens and their rate limits.
     pub auth: AuthConfig,
+    /// Web pages whose scripts may call the public endpoints (CORS): a web player signing
+    /// in, searching and asking for grants from its own origin. `/internal/` is never
+    /// offered to pages.
+    pub cors: CorsOrigins,
 }
 
 /// The control plane service.
@@ -86,6 +96,8 @@ pub struct ControlPlane {
     jobs_queued: Notify,
     /// The edges grants list, with what the probes have seen of each.
     fleet: crate::fleet::Fleet,
+    /// CORS for the public endpoints, from `config.cors`.
+    cors: Cors,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -97,6 +109,13 @@ impl std::fmt::Debug for ControlPlane {
 }
 
 const JSON_LIMIT: usize = 1024 * 1024;
+
+/// What a web player's script may send to the public endpoints and read from their answers,
+/// besides the CORS-safelisted headers: bearer tokens and JSON bodies in, a rate limit's
+/// `Retry-After` out.
+const CORS_METHODS: &str = "GET, POST, DELETE";
+const CORS_REQUEST_HEADERS: &str = "Authorization, Content-Type";
+const CORS_EXPOSED_HEADERS: &str = "Retry-After";
 
 #[derive(serde::Deserialize)]
 struct NewLabel {
@@ -152,8 +171,15 @@ impl ControlPlane {
         let token_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
         let signup_limiter = RateLimiter::new(auth.token_burst, auth.token_rate);
         let fleet = crate::fleet::Fleet::new(config.grants.edges.clone());
+        let cors = Cors::new(
+            config.cors.clone(),
+            CORS_METHODS,
+            CORS_REQUEST_HEADERS,
+            CORS_EXPOSED_HEADERS,
+        );
         Self {
             fleet,
+            cors,
             config,
             store,
             signing,
@@ -796,9 +822,22 @@ fn wait_param(query: Option<&str>) -> Duration {
 
 impl Handler for ControlPlane {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
-        match self.route(req, conn).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
+        // The public endpoints are for players, web ones included (a preflight carries no
+        // token; the request after it does); `/internal/` is for Cadenza's own services.
+        if req.uri().path().starts_with("/internal/") {
+            return self
+                .route(req, conn)
+                .await
+                .unwrap_or_else(ApiError::into_response);
         }
+        let origin = req.headers().get(http::header::ORIGIN).cloned();
+        let answer = if req.method() == Method::OPTIONS {
+            self.cors.preflight(origin.as_ref())
+        } else {
+            self.route(req, conn).await
+        };
+        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        self.cors.apply(origin.as_ref(), &mut resp);
+        resp
     }
 }

@@ -14,8 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use cadenza_common::http::CorsOrigins;
 use cadenza_common::http::{
-    ApiError, Body, BoxError, ConnInfo, Handler, bearer_token, json_response, plan_span,
+    ApiError, Body, BoxError, ConnInfo, Cors, Handler, bearer_token, json_response, plan_span,
     range_plan, ranged_response,
 };
 use cadenza_common::{FileId, TokenClaims, TokenError, VerifyingKeys, check_claims, explicit_span};
@@ -68,67 +69,18 @@ pub struct EdgeConfig {
     pub cors: CorsOrigins,
 }
 
-/// The web origins whose scripts may read the edge's rendition responses (CORS): a web
-/// player on `https://player.example.com` fetching ranges from the edge's host, as Media
-/// Source Extensions players do, can read them only if the edge says so.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CorsOrigins {
-    /// Any page (`Access-Control-Allow-Origin: *`). The token, not the page, is what opens a
-    /// file: a page holding one could play it through an `<audio>` element without CORS.
-    #[default]
-    Any,
-    /// Only these origins (`https://player.example.com`), each echoed back to itself, with
-    /// `Vary: Origin` on every answer so shared caches keep them apart.
-    Only(Vec<String>),
-}
-
 /// What a web player's script may send and read, besides the CORS-safelisted headers.
+const CORS_METHODS: &str = "GET, HEAD";
 const CORS_REQUEST_HEADERS: &str = "Authorization, Range, If-Range, If-None-Match";
 const CORS_EXPOSED_HEADERS: &str = "Content-Range, Accept-Ranges, ETag";
-/// Resource Timing's counterpart of `Access-Control-Allow-Origin` (W3C Resource Timing).
-const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
-/// How long a browser may keep a preflight's answer (Firefox's cap; Chrome keeps 2 h).
-const CORS_MAX_AGE: &str = "86400";
-
-impl CorsOrigins {
-    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it may read.
-    fn allow(&self, origin: Option<&http::HeaderValue>) -> Option<http::HeaderValue> {
-        match self {
-            Self::Any => Some(http::HeaderValue::from_static("*")),
-            Self::Only(allowed) => origin
-                .filter(|o| allowed.iter().any(|a| a.as_bytes() == o.as_bytes()))
-                .cloned(),
-        }
-    }
-
-    /// Adds the CORS headers for a request from `origin` to `resp`.
-    fn apply(&self, origin: Option<&http::HeaderValue>, resp: &mut Response<Body>) {
-        use http::header::{
-            ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue, VARY,
-        };
-        let headers = resp.headers_mut();
-        if matches!(self, Self::Only(_)) {
-            headers.append(VARY, HeaderValue::from_static("Origin"));
-        }
-        if let Some(allowed) = self.allow(origin) {
-            // The same pages may read the response's Resource Timing in full (a player's
-            // or a monitoring script's time to first byte, bytes transferred); without it a
-            // cross-origin entry has them zeroed.
-            headers.insert(TIMING_ALLOW_ORIGIN, allowed.clone());
-            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
-            headers.insert(
-                ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(CORS_EXPOSED_HEADERS),
-            );
-        }
-    }
-}
 
 /// The edge service.
 #[derive(Debug)]
 pub struct Edge {
     config: EdgeConfig,
     cache: Arc<SliceCache>,
+    /// CORS for `/a/`, from `config.cors`.
+    cors: Cors,
     /// The token keys in service, replaced whole by [`Edge::replace_token_keys`]; read only
     /// to check a signature not remembered.
     keys: std::sync::RwLock<VerifyingKeys>,
@@ -172,10 +124,17 @@ impl Edge {
     pub fn new(mut config: EdgeConfig, cache: Arc<SliceCache>) -> Self {
         let keys = std::mem::take(&mut config.keys);
         cache.metrics().token_keys_in_service(&keys.ids());
+        let cors = Cors::new(
+            config.cors.clone(),
+            CORS_METHODS,
+            CORS_REQUEST_HEADERS,
+            CORS_EXPOSED_HEADERS,
+        );
         Self {
             keys: std::sync::RwLock::new(keys),
             key_set: std::sync::atomic::AtomicU64::new(0),
             config,
+            cors,
             cache,
             verified: crate::memo::Memo::new(VERIFIED_TOKENS, Some(VERIFIED_TTL)),
         }
@@ -364,41 +323,6 @@ fn check_territory(config: &EdgeConfig, claims: &TokenClaims, ip: IpAddr) -> Res
 }
 
 impl Edge {
-    /// A browser's CORS preflight (or any OPTIONS) for a rendition: what a web player's
-    /// script may send. It carries no token; the GET that follows does. An origin the
-    /// edge does not serve is told so (403) rather than left to guess from missing headers.
-    fn preflight(&self, req: &Parts) -> Result<Response<Body>, ApiError> {
-        use http::header::{
-            ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE,
-            ALLOW, HeaderValue,
-        };
-        let origin = req.headers.get(http::header::ORIGIN);
-        if origin.is_some() && self.config.cors.allow(origin).is_none() {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cors_origin_not_allowed",
-                "this edge does not serve web players from that origin",
-            ));
-        }
-        let mut resp = Response::new(cadenza_common::http::empty());
-        *resp.status_mut() = StatusCode::NO_CONTENT;
-        let headers = resp.headers_mut();
-        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-        headers.insert(
-            ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, HEAD"),
-        );
-        headers.insert(
-            ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(CORS_REQUEST_HEADERS),
-        );
-        headers.insert(
-            ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static(CORS_MAX_AGE),
-        );
-        Ok(resp)
-    }
-
     /// Answers one request, whatever the protocol it came on (`protocol` labels metrics).
     pub async fn respond(
         &self,
@@ -432,14 +356,17 @@ impl Edge {
                 StatusCode::OK,
                 &serde_json::json!({"ok": true, "token_keys": self.current_keys().ids()}),
             )),
-            (&Method::OPTIONS, ["a", _]) => self.preflight(req),
+            // A web player's preflight carries no token; the GET that follows does.
+            (&Method::OPTIONS, ["a", _]) => {
+                self.cors.preflight(req.headers.get(http::header::ORIGIN))
+            }
             (_, ["a", _]) => Err(ApiError::method_not_allowed()),
             _ => Err(ApiError::not_found("no such endpoint")),
         };
         let mut resp = result.unwrap_or_else(ApiError::into_response);
         if let ["a", _] = segments.as_slice() {
-            let origin = req.headers.get(http::header::ORIGIN);
-            self.config.cors.apply(origin, &mut resp);
+            self.cors
+                .apply(req.headers.get(http::header::ORIGIN), &mut resp);
         }
         if let Some(alt_svc) = self.config.alt_svc.as_ref().filter(|_| protocol != "h3") {
             resp.headers_mut()

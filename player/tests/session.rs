@@ -42,6 +42,7 @@ async fn the_session_renews_by_refresh_token_one_renewal_at_a_time() {
                 token_burst: 50,
                 ..AuthConfig::default()
             },
+            cors: Default::default(),
         },
         store,
         signing,

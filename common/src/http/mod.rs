@@ -11,6 +11,7 @@ mod body;
 pub mod client;
 mod client_cap;
 pub mod coalesce;
+mod cors;
 mod deadline;
 mod error;
 pub mod h1;
@@ -27,6 +28,7 @@ pub use body::{
     read_json, require_bearer, secrets_match,
 };
 pub use client_cap::{ClientAtLimit, ClientCap, ClientSlot};
+pub use cors::{Cors, CorsOrigins};
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
 pub use idle::IdleQueue;

@@ -353,6 +353,22 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
+/// The listener for `addr`: the socket the service manager passed for it, else one bound now.
+async fn tcp_listener(
+    inherited: &mut cadenza_common::listen_fds::Inherited,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match inherited.tcp(addr) {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(listener)?)
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}")),
+    }
+}
+
 async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     use crate::edge_node::{EdgeListeners, EdgeNodeConfig};
     let stop = stop_signals(false);
@@ -502,19 +518,26 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         ));
     }
     make_data()?;
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))
-    };
+    // Sockets a service manager holds for the edge (systemd socket activation) are taken
+    // for the listeners whose addresses they are bound to; the rest are bound here.
+    let mut inherited = cadenza_common::listen_fds::Inherited::from_env()?;
     let listeners = EdgeListeners {
-        main: bind(args.listen).await?,
-        admin: bind(args.admin_listen).await?,
+        main: tcp_listener(&mut inherited, args.listen).await?,
+        admin: tcp_listener(&mut inherited, args.admin_listen).await?,
         cleartext: match args.cleartext_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(tcp_listener(&mut inherited, addr).await?),
             None => None,
         },
+        udp: inherited.udp(args.listen),
     };
+    let (tcp, udp) = inherited.left();
+    if !tcp.is_empty() || !udp.is_empty() {
+        bail!(
+            "the service manager passed sockets no listener takes (TCP {tcp:?}, UDP {udp:?}): \
+             --listen (TCP and UDP), --admin-listen and --cleartext-listen must name their \
+             addresses exactly"
+        );
+    }
     let main_url = format!("https://{}", listeners.main.local_addr()?);
     let admin_url = format!("https://{}", listeners.admin.local_addr()?);
     let cleartext_url = match &listeners.cleartext {

@@ -163,6 +163,9 @@ pub struct EdgeListeners {
     pub admin: TcpListener,
     /// Players without TLS, behind a load balancer that terminates it.
     pub cleartext: Option<TcpListener>,
+    /// HTTP/3's socket on `main`'s port, when the service manager passed one; else it is
+    /// bound at start.
+    pub udp: Option<std::net::UdpSocket>,
 }
 
 /// A running edge node.
@@ -314,7 +317,13 @@ pub async fn start(
     let h3_tls = tls::quic_server_config(&serving)?;
     let mut h3_limits = config.h3.clone();
     h3_limits.client_cap = client_cap;
-    let h3 = serve_h3(main_addr, h3_tls, h3_limits, edge.clone(), shutdown.clone())?;
+    let h3 = serve_h3(
+        (main_addr, listeners.udp),
+        h3_tls,
+        h3_limits,
+        edge.clone(),
+        shutdown.clone(),
+    )?;
     metrics.count_connections("quic", h3.connections);
     tasks.push(h3.task);
     if config.cert_files.is_some() {

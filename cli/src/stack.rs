@@ -881,6 +881,7 @@ impl Stack {
                 main: edge_l,
                 admin: admin_l,
                 cleartext: cleartext_l,
+                udp: None,
             },
             shutdown.clone(),
         )

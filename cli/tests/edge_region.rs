@@ -153,6 +153,7 @@ async fn start_edge(
         main,
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         cleartext: None,
+        udp: None,
     };
     let node = edge_node::start(config, listeners, shutdown).await.unwrap();
     RegionEdge { url, node, trigger }
@@ -1392,6 +1393,7 @@ async fn cleartext_http1_sends_cached_slices_by_sendfile_byte_exact() {
         main: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         cleartext: Some(cleartext),
+        udp: None,
     };
     let node = edge_node::start(edge_config, listeners, shutdown)
         .await
@@ -2478,5 +2480,124 @@ async fn one_client_holds_at_most_its_share_of_the_edges_connections() {
         assert!(text.contains(&line), "no {line} in\n{text}");
     }
     drop(child);
+    stack.shutdown().await;
+}
+
+/// `cadenza edge` run by systemd's `systemd-socket-activate`, which holds `ports` (TCP on
+/// 127.0.0.1) and starts the edge, handing them over, once the first client connects; and
+/// what the two have written to stderr so far, returned once the ports are held.
+async fn socket_activated(
+    stack: &Path,
+    data: &Path,
+    ports: &[u16],
+    edge_args: &[&str],
+) -> (Reaped, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    for port in ports {
+        command.arg(format!("--listen=127.0.0.1:{port}"));
+    }
+    command
+        .arg(env!("CARGO_BIN_EXE_cadenza"))
+        .args(["edge", "--join"])
+        .arg(stack)
+        .arg("--data")
+        .arg(data)
+        .args(["--admin-listen", "127.0.0.1:0", "--disk-gib", "0"])
+        .args(edge_args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = Reaped(command.spawn().unwrap());
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let into = said.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // Connecting to see would start the edge: the manager says when it holds each port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while said.lock().unwrap().matches("Listening on").count() < ports.len() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate never listened: {}",
+            said.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_manager_holds_the_edges_port_and_hands_it_over() {
+    if std::process::Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        peers::skip_or_fail("systemd-socket-activate");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(13, 64 * 1024)).await;
+    let token = token(dir.path(), &id);
+    let roots = std::fs::read_to_string(dir.path().join("tls/cert.pem")).unwrap();
+    let path = format!("/a/{id}");
+
+    // The manager holds the port; no edge runs until a client connects. The client's
+    // connection waits in the port's queue while the edge starts, takes the port over, and
+    // answers it (a restart under systemd looks the same to clients: queued, not refused).
+    let port = free_port();
+    let main = format!("127.0.0.1:{port}");
+    let data = edge_dir.path().join("edge");
+    let listen = format!("--listen={main}");
+    let (mut child, _) = socket_activated(dir.path(), &data, &[port], &[&listen]).await;
+    assert!(
+        !data.join("edge.json").exists(),
+        "the edge started before a client came"
+    );
+    let status = status_after(("127.0.0.1", &main), b"", Some(&roots), &path, &token, "").await;
+    assert_eq!(status, Some(206));
+    let about = edge_started(&mut child, &data).await;
+    assert_eq!(about["edge"], format!("https://{main}"));
+    // The edge bound HTTP/3 on the same port itself.
+    let join = join_info(dir.path()).unwrap();
+    let (mut send, drive) = h3_client(&join, main.parse().unwrap()).await;
+    let url = format!("https://localhost:{port}{path}");
+    assert!(h3_read(&mut send, &url, &token, Duration::ZERO).await.1);
+    drive.abort();
+    drop(child);
+
+    // A socket passed for no listener of the edge's is a mistake in the units: it stops at
+    // start, naming the address.
+    let stray = free_port();
+    let data = edge_dir.path().join("stray");
+    let edge_args = ["--listen=127.0.0.1:0"];
+    let (mut child, said) = socket_activated(dir.path(), &data, &[stray], &edge_args).await;
+    let at = format!("127.0.0.1:{stray}");
+    let _starts_it = std::net::TcpStream::connect(&at).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge ran with a stray socket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.contains("passed sockets no listener takes") && said.contains(&at),
+        "{said}"
+    );
     stack.shutdown().await;
 }

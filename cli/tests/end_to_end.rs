@@ -1111,6 +1111,7 @@ async fn grants_list_the_listeners_healthy_edges_first() {
             main: se_main,
             admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             cleartext: None,
+            udp: None,
         },
         shutdown,
     )

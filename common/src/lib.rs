@@ -10,6 +10,7 @@ mod crypto;
 pub mod follow;
 pub mod http;
 mod ids;
+pub mod listen_fds;
 pub mod mapped;
 mod range;
 mod territories;

@@ -128,7 +128,7 @@ pub struct H3Listening {
 /// Serves `edge` over HTTP/3 on UDP `addr` with `tls` (whose ALPN must be `h3`;
 /// `tls::quic_server_config` makes one that also accepts 0-RTT).
 pub fn serve_h3(
-    addr: SocketAddr,
+    (addr, inherited): (SocketAddr, Option<std::net::UdpSocket>),
     tls: Arc<rustls::ServerConfig>,
     limits: H3Limits,
     edge: Arc<Edge>,
@@ -168,6 +168,7 @@ pub fn serve_h3(
         OpenConnections::new(limits.max_connections).with_client_cap(limits.client_cap.clone());
     let endpoints = quic::bind(
         addr,
+        inherited,
         drivers,
         endpoint_config,
         Arc::new(config),

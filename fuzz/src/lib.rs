@@ -871,7 +871,7 @@ fn h3_harness() -> &'static H3Harness {
             };
             let edge = Arc::new(cadenza_edge::Edge::new(config, Arc::new(cache)));
             let h3 = cadenza_edge::serve_h3(
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                (SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), None),
                 tls::quic_server_config(&pem).unwrap(),
                 cadenza_edge::H3Limits {
                     drivers: 1,

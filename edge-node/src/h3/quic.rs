@@ -227,6 +227,18 @@ impl Drop for Endpoint {
     }
 }
 
+/// A UDP socket bound to `at` in its `SO_REUSEPORT` group.
+fn new_member(at: SocketAddr) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&at.into())?;
+    Ok(socket)
+}
+
 /// Most drivers [`bind`] starts on one port.
 pub const MAX_DRIVERS: usize = 64;
 
@@ -240,33 +252,59 @@ pub const MAX_DRIVERS: usize = 64;
 /// changes (NAT rebinding, a phone moving between networks) keeps reaching its endpoint,
 /// which the kernel's default 4-tuple hash would not ensure. With one driver, or where the
 /// program cannot be attached, this is a single plain socket.
+///
+/// `inherited`, a socket bound to `addr` already (passed by the service manager), is the
+/// first of them; the others join it only if it allows (`SO_REUSEPORT`, systemd's
+/// `ReusePort=yes`), else it is the only one.
 pub fn bind(
     addr: SocketAddr,
+    inherited: Option<std::net::UdpSocket>,
     drivers: usize,
     config: proto::EndpointConfig,
     server: Arc<proto::ServerConfig>,
     cap: &OpenConnections,
 ) -> io::Result<Vec<Endpoint>> {
-    let drivers = drivers.clamp(1, MAX_DRIVERS);
+    let mut drivers = drivers.clamp(1, MAX_DRIVERS);
+    if let Some(socket) = &inherited
+        && drivers > 1
+        && !socket2::SockRef::from(socket).reuse_port()?
+    {
+        tracing::warn!(%addr, "the HTTP/3 socket passed in does not allow SO_REUSEPORT (ReusePort=yes); one driver serves the port");
+        drivers = 1;
+    }
     if drivers == 1 {
-        let socket = std::net::UdpSocket::bind(addr)?;
+        let socket = match inherited {
+            Some(socket) => socket,
+            None => std::net::UdpSocket::bind(addr)?,
+        };
         return Ok(vec![Endpoint::new(socket, config, server, cap.clone())?]);
     }
-    if addr.port() != 0 {
+    if addr.port() != 0 && inherited.is_none() {
         // A port some other process's group holds would take these sockets in (same user)
         // rather than refuse them: a plain bind refuses, so try one first.
         drop(std::net::UdpSocket::bind(addr)?);
     }
     let mut sockets = Vec::with_capacity(drivers);
     let mut at = addr;
+    let passed_in = inherited.is_some();
+    let mut inherited = inherited;
     for i in 0..drivers {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&at.into())?;
+        let socket = match inherited.take() {
+            Some(socket) => socket2::Socket::from(socket),
+            None => match new_member(at) {
+                Ok(socket) => socket,
+                // The process may lack the privilege to bind the port the service manager
+                // bound for it (443): the socket it passed serves alone. (Its group then
+                // has one member, which the steering program's choice falls back to.)
+                Err(e) if passed_in => {
+                    tracing::warn!(error = %e, %addr, "cannot add HTTP/3 driver sockets to the port passed in; one driver serves it");
+                    sockets.truncate(1);
+                    let socket = sockets.pop().ok_or(e)?;
+                    return Ok(vec![Endpoint::new(socket, config, server, cap.clone())?]);
+                }
+                Err(e) => return Err(e),
+            },
+        };
         if i == 0 {
             // Port 0 asked for any port: the others join the one the first was given.
             at = socket.local_addr()?.as_socket().unwrap_or(at);
@@ -1353,6 +1391,7 @@ mod tests {
     ) -> (SocketAddr, Vec<Arc<Shared>>) {
         let endpoints = bind(
             "127.0.0.1:0".parse().unwrap(),
+            None,
             drivers,
             proto::EndpointConfig::default(),
             server,
@@ -1414,6 +1453,7 @@ mod tests {
         let drivers = 4;
         let endpoints = bind(
             "127.0.0.1:0".parse().unwrap(),
+            None,
             drivers,
             proto::EndpointConfig::default(),
             server,
@@ -1462,6 +1502,7 @@ mod tests {
         // A second group on the same port is refused, as a plain socket would be.
         let again = bind(
             addr,
+            None,
             drivers,
             proto::EndpointConfig::default(),
             configs().0,
@@ -1486,6 +1527,49 @@ mod tests {
         send.write_all(&[1]).await.unwrap();
         assert_eq!(fetch(conn, 9, 10).await, pattern(9, 10));
         send
+    }
+
+    #[tokio::test]
+    async fn a_socket_passed_in_serves_alone_or_leads_the_group_it_allows() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(usize::MAX);
+        let passed = |reuse_port: bool| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )
+            .unwrap();
+            socket.set_reuse_port(reuse_port).unwrap();
+            socket
+                .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            std::net::UdpSocket::from(socket)
+        };
+        for (reuse_port, want) in [(false, 1), (true, 2)] {
+            let socket = passed(reuse_port);
+            let addr = socket.local_addr().unwrap();
+            let endpoints = bind(
+                addr,
+                Some(socket),
+                2,
+                proto::EndpointConfig::default(),
+                server.clone(),
+                &cap,
+            )
+            .unwrap();
+            assert_eq!(endpoints.len(), want, "SO_REUSEPORT {reuse_port}");
+            assert!(endpoints.iter().all(|e| e.local_addr() == addr));
+            for endpoint in endpoints {
+                tokio::spawn(serve_all(endpoint, Arc::default()));
+            }
+            // Clients land on either driver; every one is served.
+            let client = client(client_config.clone());
+            for seed in 0..4 {
+                let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+                assert_eq!(fetch(&conn, seed, 3000).await, pattern(seed, 3000));
+            }
+        }
     }
 
     #[tokio::test]

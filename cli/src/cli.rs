@@ -306,6 +306,12 @@ pub struct EdgeLimitArgs {
     /// On SIGTERM, time given to requests under way to finish before their connections close.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long the edge keeps serving, and accepting, with `/readyz` answering
+    /// 503, before it closes its listeners and drains: time for a load balancer's health
+    /// checks to take it out of rotation (their interval × unhealthy threshold), so no new
+    /// client is sent to a closed port. A second SIGTERM or Ctrl-C cuts it short
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    pub drain_delay: Duration,
 }
 
 /// Longest duration a flag takes: beyond it a timeout is a mistake.

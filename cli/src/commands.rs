@@ -579,6 +579,19 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         println!("  region         {me} among {} peer(s)", peers.len());
     }
     stop.await;
+    let delay = args.limits.drain_delay;
+    if !delay.is_zero() {
+        node.admin.drain();
+        tracing::info!(
+            ?delay,
+            "stopping: /readyz says draining; serving on until the delay ends"
+        );
+        let again = stop_signals(false);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = again => tracing::info!("stopping now: signalled again"),
+        }
+    }
     trigger.trigger();
     for task in node.tasks.into_iter().chain(reloaders) {
         let _ = task.await;

@@ -173,6 +173,8 @@ pub struct EdgeListeners {
 pub struct EdgeNode {
     /// The service, for tests and stats.
     pub edge: Arc<Edge>,
+    /// The admin API, told when the node begins to drain.
+    pub admin: Arc<EdgeAdmin>,
     /// Serving tasks; each ends after shutdown once its connections drain.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -247,7 +249,7 @@ pub async fn start(
             listeners.admin,
             Some(server_tls.clone()),
             limits.clone(),
-            admin,
+            admin.clone(),
             shutdown.clone(),
         )?,
     );
@@ -329,7 +331,7 @@ pub async fn start(
     if config.cert_files.is_some() {
         tasks.push(spawn_cert_reloader(serving, CERT_CHECK_EVERY, shutdown)?);
     }
-    Ok(EdgeNode { edge, tasks })
+    Ok(EdgeNode { edge, admin, tasks })
 }
 
 /// What an HTTP/2 client may send the edge ahead of its reading, per stream and per

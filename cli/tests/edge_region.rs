@@ -445,22 +445,8 @@ async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let (status, _) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
     assert_eq!(status, StatusCode::OK);
 
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "cadenza edge ignored SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    term(&child);
+    exited(&mut child, Instant::now()).await;
     stack.shutdown().await;
 }
 
@@ -2599,5 +2585,95 @@ async fn a_service_manager_holds_the_edges_port_and_hands_it_over() {
         said.contains("passed sockets no listener takes") && said.contains(&at),
         "{said}"
     );
+    stack.shutdown().await;
+}
+
+/// Sends SIGTERM to `child`.
+fn term(child: &Reaped) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Waits up to 20 s for `child` to exit, successfully; how long after `since` it did.
+async fn exited(child: &mut Reaped, since: Instant) -> Duration {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_edge_leaves_rotation_before_it_closes_its_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(14, 64 * 1024)).await;
+    let token = token(dir.path(), &id);
+    let client = stack.client().unwrap();
+    let data = edge_dir.path().join("edge");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .args(["--drain-delay", "2s"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let ready = format!("{}/readyz", about["edge_admin"].as_str().unwrap());
+    let file = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    assert_eq!(get(&client, &ready, "").await.0, StatusCode::OK);
+
+    // Told to stop, it says so to health checks at once, and serves on (new connections
+    // included) until the delay is over; then it drains and exits.
+    let asked = Instant::now();
+    term(&child);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (status, body) = loop {
+        let (status, body) = get(&client, &ready, "").await;
+        if status != StatusCode::OK {
+            break (status, body);
+        }
+        assert!(Instant::now() < deadline, "/readyz still 200 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("draining"));
+    let fresh = stack.client().unwrap();
+    assert_eq!(get(&fresh, &file, &token).await.0, StatusCode::OK);
+    let took = exited(&mut child, asked).await;
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(15),
+        "exited {took:?} after SIGTERM"
+    );
+
+    // A second signal cuts a long delay short.
+    let data = edge_dir.path().join("impatient");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .args(["--drain-delay", "1h"])
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let ready = format!("{}/readyz", about["edge_admin"].as_str().unwrap());
+    term(&child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&client, &ready, "").await.0 == StatusCode::OK {
+        assert!(Instant::now() < deadline, "/readyz still 200 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = Instant::now();
+    term(&child);
+    assert!(exited(&mut child, asked).await < Duration::from_secs(15));
     stack.shutdown().await;
 }

@@ -4,7 +4,7 @@
 //! | route | auth | what |
 //! |---|---|---|
 //! | `GET /healthz` | — | the process is up |
-//! | `GET /readyz` | — | the edge can serve (it holds token keys) |
+//! | `GET /readyz` | — | the edge can serve (it holds token keys) and is not draining |
 //! | `GET /metrics` | — | Prometheus text exposition |
 //! | `GET /admin/v1/stats` | bearer | cache size and counters as JSON |
 //! | `POST /admin/v1/purge` | bearer | `{"file_ids": [...]}`: drop every cached slice of those files |
@@ -28,6 +28,9 @@ pub struct EdgeAdmin {
     cache: Arc<SliceCache>,
     token: String,
     ready: bool,
+    /// Set once shutdown has begun: `/readyz` then says 503, so a balancer's health check
+    /// takes the edge out of rotation while it still serves.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,7 +56,14 @@ impl EdgeAdmin {
             cache,
             token,
             ready,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on `/readyz` answers 503 `draining`.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -63,6 +73,15 @@ impl EdgeAdmin {
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => Ok(health()),
+            (&Method::GET, "/readyz")
+                if self.draining.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining",
+                    "the edge is shutting down",
+                ))
+            }
             (&Method::GET, "/readyz") if self.ready => Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"ready": true}),

@@ -409,7 +409,7 @@ pub enum Command {
         #[arg(long, value_name = "CIDR")]
         trusted_proxy: Vec<cadenza_geo::Cidr>,
         /// A web origin whose pages' scripts may call the control plane's public API (sign
-        /// in, search, grants) and read the edge's answers (CORS), as
+        /// in, search, grants), upload to the origin (tus) and read the edge's answers (CORS), as
         /// `https://player.example.com`; repeat. Without it any page may: bearer tokens, not
         /// cookies, open them
         #[arg(long, value_name = "ORIGIN", value_parser = web_origin)]

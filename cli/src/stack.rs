@@ -70,8 +70,8 @@ pub struct StackConfig {
     pub geoip: Option<PathBuf>,
     /// Proxies whose `X-Forwarded-For` the edge believes.
     pub trusted_proxies: Vec<cadenza_geo::Cidr>,
-    /// Web pages whose scripts may call the control plane's public API and read the edge's
-    /// renditions (CORS); any by default.
+    /// Web pages whose scripts may call the control plane's public API, upload to the origin
+    /// (labels' web uploaders) and read the edge's renditions (CORS); any by default.
     pub cors: cadenza_control_plane::CorsOrigins,
     /// Also serve the edge without TLS (HTTP/1.1 and h2c) on the fifth port, for
     /// deployments behind a TLS-terminating load balancer.
@@ -827,6 +827,7 @@ impl Stack {
                 max_upload_bytes: config.max_upload_bytes,
                 uploads_dir: objects.join(".uploads"),
                 upload_ttl: config.upload_ttl,
+                cors: config.cors.clone(),
             },
             store,
             client.clone(),

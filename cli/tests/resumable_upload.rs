@@ -543,3 +543,138 @@ async fn cadenza_up_stops_cleanly_on_sighup() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labels_web_uploader_speaks_tus_from_its_own_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 0);
+    config.cors =
+        cadenza_control_plane::CorsOrigins::Only(vec!["https://upload.label.example".into()]);
+    let stack = Stack::start(config).await.unwrap();
+    let c = stack.client().unwrap();
+    let (origin, key) = (stack.info.origin.as_str(), stack.info.label_key.as_str());
+    let uploads = format!("{origin}/v1/uploads");
+    let page = ("origin", "https://upload.label.example");
+    const V: (&str, &str) = ("tus-resumable", "1.0.0");
+    let allowed = |h: &HeaderMap| h.get("access-control-allow-origin").cloned();
+
+    // The browser's preflight for the creation POST: no key, and tus's headers allowed.
+    let preflight = |url: String, method: &'static str| {
+        let c = c.clone();
+        async move {
+            let mut req = client::request(Method::OPTIONS, &url, None, empty()).unwrap();
+            for (k, v) in [
+                page,
+                ("access-control-request-method", method),
+                (
+                    "access-control-request-headers",
+                    "authorization,tus-resumable,upload-length",
+                ),
+            ] {
+                req.headers_mut().insert(k, v.parse().unwrap());
+            }
+            answer(&c, req).await
+        }
+    };
+    let (st, h) = preflight(uploads.clone(), "POST").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&h).unwrap(), page.1);
+    let asked = h["access-control-allow-headers"].to_str().unwrap();
+    for name in [
+        "Authorization",
+        "Tus-Resumable",
+        "Upload-Length",
+        "Upload-Offset",
+        "Upload-Checksum",
+    ] {
+        assert!(asked.contains(name), "{name} not in {asked}");
+    }
+    // Creation: the page may read where its upload lives.
+    let (st, h) = answer(
+        &c,
+        tus_req(
+            Method::POST,
+            &uploads,
+            key,
+            &[V, page, ("upload-length", "10")],
+            empty(),
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(allowed(&h).unwrap(), page.1);
+    let exposed = h["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        exposed.contains("Location") && exposed.contains("Upload-Offset"),
+        "{exposed}"
+    );
+    let location = h["location"].to_str().unwrap().to_owned();
+    let upload = if location.starts_with("http") {
+        location
+    } else {
+        format!("{origin}{location}")
+    };
+    // The preflight for PATCH on the upload needs no key either (tus's OPTIONS discovery,
+    // without Access-Control-Request-Method, is answered as before).
+    let (st, h) = preflight(upload.clone(), "PATCH").await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("PATCH")
+    );
+    let (st, h) = answer(
+        &c,
+        tus_req(
+            Method::PATCH,
+            &upload,
+            key,
+            &[
+                V,
+                page,
+                ("upload-offset", "0"),
+                ("content-type", "application/offset+octet-stream"),
+            ],
+            cadenza_common::http::full(b"0123456789".to_vec()),
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(allowed(&h).unwrap(), page.1);
+    assert_eq!(h["upload-offset"], "10");
+    let discovery = tus_req(Method::OPTIONS, &uploads, key, &[page], empty());
+    let (st, h) = answer(&c, discovery).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(h["tus-version"], "1.0.0");
+    assert_eq!(allowed(&h).unwrap(), page.1);
+
+    // Another origin's page is refused at the preflight and not let read.
+    let mut other = client::request(Method::OPTIONS, &uploads, None, empty()).unwrap();
+    other
+        .headers_mut()
+        .insert("origin", "https://elsewhere.example".parse().unwrap());
+    other
+        .headers_mut()
+        .insert("access-control-request-method", "POST".parse().unwrap());
+    let (st, h) = answer(&c, other).await;
+    assert_eq!((st, allowed(&h)), (StatusCode::FORBIDDEN, None));
+    // The edges' and the services' endpoints are never offered to pages.
+    for path in [
+        "/v1/objects/0123456789abcdef0123456789abcdef01234567",
+        "/internal/v1/objects/x",
+    ] {
+        let mut req =
+            client::request(Method::OPTIONS, &format!("{origin}{path}"), None, empty()).unwrap();
+        req.headers_mut().insert("origin", page.1.parse().unwrap());
+        req.headers_mut()
+            .insert("access-control-request-method", "GET".parse().unwrap());
+        let (st, h) = answer(&c, req).await;
+        assert_ne!(st, StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(allowed(&h), None, "{path}");
+    }
+    stack.shutdown().await;
+}

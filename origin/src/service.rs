@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+pub use cadenza_common::http::CorsOrigins;
 use cadenza_common::http::client::{self, ClientError, HttpClient};
 use cadenza_common::http::{
-    ApiError, Body, ConnInfo, Handler, bearer_token, health, json_response, plan_span, range_plan,
-    ranged_response, read_json, require_bearer,
+    ApiError, Body, ConnInfo, Cors, Handler, bearer_token, health, json_response, plan_span,
+    range_plan, ranged_response, read_json, require_bearer,
 };
 use cadenza_common::{
     FileId, IngestRequest, IngestResponse, TrackId, TrackRegistration, UploadId, UploadReceipt,
@@ -57,6 +58,10 @@ pub struct OriginConfig {
     pub uploads_dir: PathBuf,
     /// How long an incomplete resumable upload lives after its last write.
     pub upload_ttl: Duration,
+    /// Web pages whose scripts may use the labels' endpoints (CORS): a label's web uploader
+    /// speaking tus from its own origin, as tus-js-client does. `/internal/` and the edges'
+    /// `/v1/objects/` are never offered to pages.
+    pub cors: CorsOrigins,
 }
 
 /// The origin service.
@@ -72,6 +77,8 @@ pub struct Origin {
     /// [`LABEL_KEY_TTL`], which bounds how long a revoked key keeps working here.
     label_keys: moka::future::Cache<String, String>,
     client: HttpClient,
+    /// CORS for the labels' endpoints, from `config.cors`.
+    cors: Cors,
 }
 
 impl std::fmt::Debug for Origin {
@@ -134,7 +141,14 @@ impl Origin {
     ) -> std::io::Result<Self> {
         tokio::fs::create_dir_all(&config.staging_dir).await?;
         let uploads = Uploads::open(&config.uploads_dir, config.upload_ttl).await?;
+        let cors = Cors::new(
+            config.cors.clone(),
+            CORS_METHODS,
+            CORS_REQUEST_HEADERS,
+            CORS_EXPOSED_HEADERS,
+        );
         Ok(Self {
+            cors,
             config,
             store,
             uploads,
@@ -593,13 +607,43 @@ fn is_tus(req: &Request<Incoming>) -> bool {
             && (req.method() == Method::OPTIONS || req.headers().contains_key("tus-resumable")))
 }
 
+/// What a label's web uploader may send and read, besides the CORS-safelisted headers: tus's
+/// headers both ways (tusd's lists, less the extensions this origin does not speak).
+const CORS_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE";
+const CORS_REQUEST_HEADERS: &str = "Authorization, Content-Type, Tus-Resumable, Upload-Length, \
+     Upload-Metadata, Upload-Offset, Upload-Checksum";
+const CORS_EXPOSED_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, \
+     Upload-Expires, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, \
+     Tus-Checksum-Algorithm, Retry-After";
+
+/// Whether the request is for an endpoint web pages may call: not the services' nor the
+/// edges'.
+fn offered_to_pages(req: &Request<Incoming>) -> bool {
+    let path = req.uri().path();
+    !path.starts_with("/internal/") && !path.starts_with("/v1/objects/")
+}
+
 impl Handler for Origin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
         let tus = is_tus(&req);
-        let resp = match self.route(req).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
+        let for_pages = offered_to_pages(&req);
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        // A browser's preflight names the method it asks for; tus's own OPTIONS (discovery)
+        // does not.
+        let preflight = for_pages
+            && req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let answer = if preflight {
+            self.cors.preflight(origin.as_ref())
+        } else {
+            self.route(req).await
         };
+        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        if for_pages {
+            self.cors.apply(origin.as_ref(), &mut resp);
+        }
         if tus { tus_headers(resp) } else { resp }
     }
 }

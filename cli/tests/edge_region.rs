@@ -90,20 +90,26 @@ async fn get_with(
     token: &str,
     range: Option<&str>,
 ) -> (StatusCode, Vec<u8>) {
+    let (status, _, body) = get_headed(client, url, token, range).await;
+    (status, body)
+}
+
+/// [`get_with`], with the response's headers.
+async fn get_headed(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+    range: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Vec<u8>) {
     let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
     if let Some(range) = range {
         req.headers_mut()
             .insert(http::header::RANGE, range.parse().unwrap());
     }
     let resp = client.request(req).await.unwrap();
-    let status = resp.status();
-    (
-        status,
-        client::read_all(resp.into_body(), url)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
+    let (parts, body) = resp.into_parts();
+    let body = client::read_all(body, url).await.unwrap().to_vec();
+    (parts.status, parts.headers, body)
 }
 
 struct RegionEdge {
@@ -1298,9 +1304,22 @@ async fn an_http3_response_under_way_at_shutdown_is_delivered_whole() {
 }
 
 async fn get_range(client: &HttpClient, url: &str, token: &str, range: &str) -> Vec<u8> {
-    let (status, body) = get_with(client, url, token, Some(range)).await;
+    get_range_cached(client, url, token, range).await.0
+}
+
+/// [`get_range`], and what the edge's `Cache-Status` said of it.
+async fn get_range_cached(
+    client: &HttpClient,
+    url: &str,
+    token: &str,
+    range: &str,
+) -> (Vec<u8>, String) {
+    let (status, headers, body) = get_headed(client, url, token, Some(range)).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{range}");
-    body
+    let said = headers
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (body, said.unwrap_or_default())
 }
 
 /// Random seeks into a cold file fetch their own bytes (widened to 32 KiB), not whole
@@ -1318,8 +1337,9 @@ async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
     let cache = stack.edge.cache();
     let upstream = || cache.metrics().upstream_bytes.get();
 
-    let body = get_range(&client, &url, &t, "bytes=300000-431071").await;
+    let (body, said) = get_range_cached(&client, &url, &t, "bytes=300000-431071").await;
     assert!(body == data[300_000..=431_071], "a seek served other bytes");
+    assert_eq!(said, "cadenza; fwd=miss; stored");
     let fetched = upstream();
     assert!(
         fetched <= 2 * body.len() as u64 && fetched >= body.len() as u64,
@@ -1328,13 +1348,27 @@ async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
     println!("a cold 128 KiB seek fetched {fetched} origin bytes");
 
     let before = cache.origin_fetches();
-    let crowd = (0..20).map(|_| get_range(&client, &url, &t, "bytes=700000-850000"));
-    for body in futures_util::future::join_all(crowd).await {
+    let crowd = (0..20).map(|_| get_range_cached(&client, &url, &t, "bytes=700000-850000"));
+    let mut told = std::collections::BTreeMap::<String, usize>::new();
+    for (body, said) in futures_util::future::join_all(crowd).await {
         assert!(
             body == data[700_000..=850_000],
             "a crowd member got other bytes"
         );
+        *told.entry(said).or_default() += 1;
     }
+    // One fetched the first slice; the others waited for it, or came once it was in.
+    println!("the crowd's Cache-Status: {told:?}");
+    assert_eq!(
+        told.remove("cadenza; fwd=miss; stored"),
+        Some(1),
+        "{told:?}"
+    );
+    let waited = ["cadenza; fwd=miss; stored; collapsed", "cadenza; hit"];
+    assert!(
+        told.keys().all(|said| waited.contains(&said.as_str())),
+        "{told:?}"
+    );
     assert_eq!(
         cache.origin_fetches() - before,
         2,
@@ -1348,8 +1382,9 @@ async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
         "a front-to-back read after seeks served other bytes"
     );
     let before = cache.origin_fetches();
-    let again = get_range(&client, &url, &t, "bytes=300000-431071").await;
+    let (again, said) = get_range_cached(&client, &url, &t, "bytes=300000-431071").await;
     assert!(again == data[300_000..=431_071]);
+    assert_eq!(said, "cadenza; hit");
     assert_eq!(
         cache.origin_fetches(),
         before,
@@ -2035,6 +2070,22 @@ async fn behind_a_tcp_balancer_clients_are_placed_by_the_proxy_protocol() {
             "no access log line for {client} via {peer} ({status}) in {logged:#?}"
         );
     }
+    // Each 206 says how the cache served it (its Cache-Status); a refusal says nothing.
+    let first = logged.iter().find(|f| f["status"] == 206).unwrap();
+    assert_eq!(first["cache"], "cadenza; fwd=miss; stored", "{first:#?}");
+    assert!(
+        logged
+            .iter()
+            .filter(|f| f["status"] == 206)
+            .skip(1)
+            .all(|f| f["cache"] == "cadenza; hit")
+    );
+    assert!(
+        logged
+            .iter()
+            .filter(|f| f["status"] == 451)
+            .all(|f| f["cache"] == "")
+    );
 
     // Real peers. curl's own v1 line (naming itself, 127.0.0.1) on both listeners.
     let ca = dir.path().join("tls/cert.pem");

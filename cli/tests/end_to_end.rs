@@ -737,7 +737,7 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
     )
     .unwrap();
     let slices = (stored.len() as u64).div_ceil(4096);
-    let (status, _, body) = fetch(
+    let (status, headers, body) = fetch(
         &client,
         &format!("{}/a/{}", stack.info.edge, grant.file_id),
         &grant.token.0,
@@ -745,6 +745,7 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
     )
     .await;
     assert_eq!((status, body.len()), (StatusCode::OK, stored.len()));
+    assert_eq!(headers["cache-status"], "cadenza; fwd=miss; stored");
     // Disk writes happen in the background; wait (bounded) until every slice is there.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while stack.edge.cache().disk_usage().await.map(|u| u.1) != Some(slices) {
@@ -770,9 +771,13 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
     let stack = Stack::start(config()).await.unwrap();
     let client = stack.client().unwrap();
     let url = format!("{}/a/{}", stack.info.edge, grant.file_id);
-    let (status, _, body) = fetch(&client, &url, &grant.token.0, None).await;
+    let (status, headers, body) = fetch(&client, &url, &grant.token.0, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, stored, "served bytes differ after restart");
+    // The first slice came off the disk; now it is in memory as well.
+    assert_eq!(headers["cache-status"], "cadenza; hit; detail=disk");
+    let (_, headers, _) = fetch(&client, &url, &grant.token.0, Some("bytes=0-99")).await;
+    assert_eq!(headers["cache-status"], "cadenza; hit");
     // Only the damaged slice went back to the origin.
     assert_eq!(stack.edge.cache().origin_fetches(), 1);
     assert_eq!(stack.edge.cache().metrics().disk_corrupt.get(), 1);

@@ -1,7 +1,7 @@
 //! The slice cache and the origin fetch behind it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -291,12 +291,21 @@ impl SliceCache {
 
     /// The size of a file, fetching its first slice to learn it when unknown.
     pub async fn size(self: &Arc<Self>, id: &FileId) -> Result<u64, FetchError> {
+        Ok(self.size_from(id).await?.0)
+    }
+
+    /// [`SliceCache::size`], and where the first slice came from when it was read to learn
+    /// the size.
+    async fn size_from(
+        self: &Arc<Self>,
+        id: &FileId,
+    ) -> Result<(u64, Option<Outcome>), FetchError> {
         if let Some(size) = self.sizes.get(id) {
-            return Ok(size);
+            return Ok((size, None));
         }
-        self.slice(id, 0).await?;
+        let (_, outcome) = self.slice_from(id, 0).await?;
         if let Some(size) = self.sizes.get(id) {
-            return Ok(size);
+            return Ok((size, Some(outcome)));
         }
         // Forgotten while the first slice stayed in memory: the slice knows.
         let total = self
@@ -306,21 +315,22 @@ impl SliceCache {
             .map(|held| held.total)
             .ok_or_else(|| FetchError::Upstream("origin sent no object size".into()))?;
         self.sizes.insert(id.clone(), total);
-        Ok(total)
+        Ok((total, Some(outcome)))
     }
 
     /// The object's size, learning it (when unknown) from the first bytes the request
     /// needs (`first`, and `last` when the range names it) rather than slice 0: a cold
     /// range far into a file then costs only its own bytes, as [`SliceCache::part`] fetches
     /// them. Falls back to slice 0 if that part cannot be had (it may lie past the end).
+    /// With the size, where the request's first slice came from if it was read to learn it.
     pub async fn size_via(
         self: &Arc<Self>,
         id: &FileId,
         first: u64,
         last: Option<u64>,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<(u64, Option<Outcome>), FetchError> {
         if let Some(size) = self.sizes.get(id) {
-            return Ok(size);
+            return Ok((size, None));
         }
         let slice_size = self.math.slice_size();
         let (index, skip) = (first / slice_size, first % slice_size);
@@ -333,12 +343,13 @@ impl SliceCache {
             take: take as usize,
         };
         if first > 0
-            && self.part(id, part, false).await.is_ok()
+            && let Ok((_, outcome)) = self.part_from(id, part, false).await
             && let Some(size) = self.sizes.get(id)
         {
-            return Ok(size);
+            return Ok((size, Some(outcome)));
         }
-        self.size(id).await
+        let (size, outcome) = self.size_from(id).await?;
+        Ok((size, outcome.filter(|_| index == 0)))
     }
 
     /// Whether the memory tier holds slice `index` of `id` whole (a seek's part does not
@@ -350,14 +361,23 @@ impl SliceCache {
     /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
     /// single origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
+        Ok(self.slice_from(id, index).await?.0)
+    }
+
+    /// [`SliceCache::slice`], and where it came from.
+    async fn slice_from(
+        self: &Arc<Self>,
+        id: &FileId,
+        index: u64,
+    ) -> Result<(Bytes, Outcome), FetchError> {
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return Ok(held.data);
+            return Ok((held.data, Outcome::Memory));
         }
-        let held = self.fill(id, index, None).await?;
+        let (held, outcome) = self.fill(id, index, None).await?;
         // A part a seek held is covered now.
         self.slices.invalidate(&(id.to_bytes(), index | PART)).await;
-        Ok(held.data)
+        Ok((held.data, outcome))
     }
 
     /// The bytes of `part`. From the whole slice when the memory tier has it, or when the
@@ -372,6 +392,16 @@ impl SliceCache {
         part: SlicePart,
         sequential: bool,
     ) -> Result<Bytes, FetchError> {
+        Ok(self.part_from(id, part, sequential).await?.0)
+    }
+
+    /// [`SliceCache::part`], and where it came from.
+    pub async fn part_from(
+        self: &Arc<Self>,
+        id: &FileId,
+        part: SlicePart,
+        sequential: bool,
+    ) -> Result<(Bytes, Outcome), FetchError> {
         let (index, skip, take) = (part.index, part.skip as u64, part.take as u64);
         let whole = |data: Bytes| {
             cut(0, &data, skip, take).ok_or_else(|| {
@@ -384,7 +414,7 @@ impl SliceCache {
         };
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return whole(held.data);
+            return Ok((whole(held.data)?, Outcome::Memory));
         }
         if !sequential {
             let slice_size = self.math.slice_size();
@@ -394,22 +424,23 @@ impl SliceCache {
                 Some(held) => {
                     if let Some(bytes) = held.cut(skip, take) {
                         self.metrics.hits.inc();
-                        return Ok(bytes);
+                        return Ok((bytes, Outcome::Memory));
                     }
                 }
                 None if (from > 0 || to < slice_size)
                     && !self.disk.as_ref().is_some_and(|d| d.holds(id, index)) =>
                 {
                     let span = (from, to.min(slice_size));
-                    if let Some(bytes) = self.fill(id, index, Some(span)).await?.cut(skip, take) {
-                        return Ok(bytes);
+                    let (held, outcome) = self.fill(id, index, Some(span)).await?;
+                    if let Some(bytes) = held.cut(skip, take) {
+                        return Ok((bytes, outcome));
                     }
                 }
                 None => {}
             }
         }
-        let data = self.slice(id, index).await?;
-        whole(data)
+        let (data, outcome) = self.slice_from(id, index).await?;
+        Ok((whole(data)?, outcome))
     }
 
     /// Slice `index` of `id` once in the memory tier (`span`: only those bytes of it, held
@@ -419,9 +450,10 @@ impl SliceCache {
         id: &FileId,
         index: u64,
         span: Option<(u64, u64)>,
-    ) -> Result<Held, FetchError> {
+    ) -> Result<(Held, Outcome), FetchError> {
         let this = self.clone();
-        let led = Arc::new(AtomicBool::new(false));
+        // Set by the caller whose load runs (the others wait on it): what the load was.
+        let led = Arc::new(AtomicU8::new(0));
         let leader = led.clone();
         let key = (
             id.to_bytes(),
@@ -431,9 +463,15 @@ impl SliceCache {
         let result = self
             .slices
             .try_get_with(key, async move {
-                leader.store(true, Ordering::Relaxed);
+                leader.store(LED_FETCHED, Ordering::Relaxed);
                 let held = match span {
-                    None => this.load(&id, index).await?,
+                    None => {
+                        let (held, from_disk) = this.load(&id, index).await?;
+                        if from_disk {
+                            leader.store(LED_DISK, Ordering::Relaxed);
+                        }
+                        held
+                    }
                     Some(span) => this.fetch(&id, index, Some(span)).await?,
                 };
                 this.bytes
@@ -459,27 +497,33 @@ impl SliceCache {
             })
             .await
             .map_err(|e: Arc<FetchError>| (*e).clone());
-        if led.load(Ordering::Relaxed) {
-            self.metrics.misses.inc();
-        } else {
+        let outcome = match led.load(Ordering::Relaxed) {
+            LED_DISK => Outcome::Disk,
+            LED_FETCHED => Outcome::Fetched,
+            _ => Outcome::Collapsed,
+        };
+        if outcome == Outcome::Collapsed {
             self.metrics.collapsed.inc();
+        } else {
+            self.metrics.misses.inc();
         }
-        result
+        Ok((result?, outcome))
     }
 
-    /// A slice the memory tier lacks: from disk when it is there and intact, else from an
-    /// origin (and then written to disk in the background).
-    async fn load(&self, id: &FileId, index: u64) -> Result<Held, FetchError> {
+    /// A slice the memory tier lacks: from disk when it is there and intact (true), else
+    /// from an origin (and then written to disk in the background).
+    async fn load(&self, id: &FileId, index: u64) -> Result<(Held, bool), FetchError> {
         if let Some(disk) = &self.disk {
             match disk.get(id, index).await {
                 Ok((total, data)) => {
                     self.metrics.disk_hits.inc();
                     self.sizes.insert(id.clone(), total);
-                    return Ok(Held {
+                    let held = Held {
                         skip: 0,
                         data,
                         total,
-                    });
+                    };
+                    return Ok((held, true));
                 }
                 Err(DiskMiss::Corrupt) => self.metrics.disk_corrupt.inc(),
                 Err(DiskMiss::Absent) => {}
@@ -491,7 +535,7 @@ impl SliceCache {
             let (disk, id, data, total) = (disk.clone(), id.clone(), held.data.clone(), held.total);
             tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
         }
-        Ok(held)
+        Ok((held, false))
     }
 
     /// Fetches slice `index` (`span`: only those bytes of it) from the file's owner in the
@@ -653,6 +697,35 @@ impl SliceCache {
         Ok((span, body))
     }
 }
+
+/// Where the bytes of a response's first slice came from, as its `Cache-Status` says (RFC 9211).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The memory tier held them.
+    Memory,
+    /// The disk tier held them (now in memory too).
+    Disk,
+    /// Fetched from the region's owner or an origin for this request.
+    Fetched,
+    /// Another request's fetch, in flight, was waited for.
+    Collapsed,
+}
+
+impl Outcome {
+    /// The `Cache-Status` field value (RFC 9211), this cache named `cadenza`.
+    pub fn cache_status(self) -> &'static str {
+        match self {
+            Self::Memory => "cadenza; hit",
+            Self::Disk => "cadenza; hit; detail=disk",
+            Self::Fetched => "cadenza; fwd=miss; stored",
+            Self::Collapsed => "cadenza; fwd=miss; stored; collapsed",
+        }
+    }
+}
+
+/// What the caller that ran a slice's load found ([`SliceCache::fill`]).
+const LED_FETCHED: u8 = 1;
+const LED_DISK: u8 = 2;
 
 /// Who a slice is fetched from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use crate::cache::{FetchError, SliceCache};
+use crate::cache::{FetchError, Outcome, SliceCache};
 
 /// What to do with a listener whose country the GeoIP database does not know (private
 /// addresses, new allocations).
@@ -69,10 +69,13 @@ pub struct EdgeConfig {
     pub cors: CorsOrigins,
 }
 
+/// RFC 9211's header: how the cache handled the request.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 /// What a web player's script may send and read, besides the CORS-safelisted headers.
 const CORS_METHODS: &str = "GET, HEAD";
 const CORS_REQUEST_HEADERS: &str = "Authorization, Range, If-Range, If-None-Match";
-const CORS_EXPOSED_HEADERS: &str = "Content-Range, Accept-Ranges, ETag";
+const CORS_EXPOSED_HEADERS: &str = "Content-Range, Accept-Ranges, ETag, Cache-Status";
 
 /// The edge service.
 #[derive(Debug)]
@@ -238,7 +241,9 @@ impl Edge {
         let slice_size = self.cache.math().slice_size();
         let range = req.headers.get(http::header::RANGE).map(|v| v.as_bytes());
         let (first_hint, last_hint) = explicit_span(range).unwrap_or((0, None));
-        let size = self.cache.size_via(&id, first_hint, last_hint).await?;
+        // A file whose size is not known yet is learnt from the bytes asked for, fetched
+        // now: their fetch is this request's, whatever the body's first read finds.
+        let (size, learnt_by) = self.cache.size_via(&id, first_hint, last_hint).await?;
         let plan = range_plan(&req.headers, size, id.as_str());
         let mut body = None;
         if req.method == Method::GET
@@ -256,31 +261,41 @@ impl Edge {
             }
             body = Some(self.stream(id.clone(), offset, len, sequential).await?);
         }
-        Ok(ranged_response(
-            &req.method,
-            plan,
-            size,
-            id.as_str(),
-            |_, _| body.take().unwrap_or_else(cadenza_common::http::empty),
-        ))
+        let outcome = body
+            .as_ref()
+            .map(|(_, outcome)| learnt_by.unwrap_or(*outcome));
+        let mut resp = ranged_response(&req.method, plan, size, id.as_str(), |_, _| {
+            body.take()
+                .map_or_else(cadenza_common::http::empty, |(body, _)| body)
+        });
+        // Where the first slice came from (RFC 9211): a player's developer or an operator
+        // with curl sees a hit or a miss without the metrics.
+        if let Some(outcome) = outcome {
+            resp.headers_mut().insert(
+                CACHE_STATUS,
+                http::HeaderValue::from_static(outcome.cache_status()),
+            );
+        }
+        Ok(resp)
     }
 
-    /// A body for `len` bytes from `offset`. The first slice is in hand before the response
-    /// starts, so an origin failure is a 502 rather than a cut-off body; later slices are
-    /// fetched as the client reads. A `sequential` reader gets whole slices (it will want
-    /// the rest); a random seek fetches only what it asked for when that is cold.
+    /// A body for `len` bytes from `offset`, and where its first slice came from. The first
+    /// slice is in hand before the response starts, so an origin failure is a 502 rather
+    /// than a cut-off body; later slices are fetched as the client reads. A `sequential`
+    /// reader gets whole slices (it will want the rest); a random seek fetches only what it
+    /// asked for when that is cold.
     async fn stream(
         &self,
         id: FileId,
         offset: u64,
         len: u64,
         sequential: bool,
-    ) -> Result<Body, ApiError> {
+    ) -> Result<(Body, Outcome), ApiError> {
         let mut parts = self.cache.math().parts(offset, len);
         let Some(first) = parts.next() else {
-            return Ok(cadenza_common::http::empty());
+            return Ok((cadenza_common::http::empty(), Outcome::Memory));
         };
-        let first_bytes = self.cache.part(&id, first, sequential).await?;
+        let (first_bytes, outcome) = self.cache.part_from(&id, first, sequential).await?;
         let cache = self.cache.clone();
         let rest = futures_util::stream::unfold(
             (parts, cache, id),
@@ -294,7 +309,8 @@ impl Edge {
             },
         );
         let head = futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(first_bytes))]);
-        Ok(StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync())
+        let body = StreamBody::new(futures_util::StreamExt::chain(head, rest)).boxed_unsync();
+        Ok((body, outcome))
     }
 }
 
@@ -398,6 +414,11 @@ impl Edge {
                 protocol,
                 client = %client,
                 peer = %conn.peer,
+                cache = resp
+                    .headers()
+                    .get(CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
                 ms = elapsed.as_secs_f64() * 1000.0,
             );
         }

@@ -193,6 +193,11 @@ pub struct EdgeArgs {
     /// Log every request to stderr (target `access`; JSON with --log-json).
     #[arg(long)]
     pub access_log: bool,
+    /// Log every request to this file instead of stderr (appended through a 64 KiB buffer
+    /// written out every second; SIGHUP reopens the path, for logrotate). Implies
+    /// --access-log
+    #[arg(long, value_name = "PATH")]
+    pub access_log_file: Option<PathBuf>,
     /// Another edge of this region (its player URL); repeat. With peers, each file has one
     /// owner in the region (rendezvous hashing), which alone asks the origin for it.
     #[arg(long = "region-peer", value_name = "URL")]

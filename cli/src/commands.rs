@@ -18,8 +18,11 @@ use crate::synth;
 
 /// Logs to stderr, as text or JSON lines; `RUST_LOG` overrides the level chosen by `-v`.
 /// Access-log events (target `access`) pass at every level: they are only emitted when the
-/// edge's access log is switched on.
-pub fn init_logging(verbose: u8, json: bool) {
+/// edge's access log is switched on. With `access`, they go to that file instead, in the
+/// same format, whatever `RUST_LOG` says.
+pub fn init_logging(verbose: u8, json: bool, access: Option<crate::access_file::AccessFile>) {
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::{Layer, Registry, fmt, layer::SubscriberExt, util::SubscriberInitExt};
     let default = match verbose {
         0 => "warn,access=info",
         1 => "info",
@@ -27,14 +30,33 @@ pub fn init_logging(verbose: u8, json: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let to_stderr = fmt::layer().with_writer(std::io::stderr);
+    let to_stderr = if json {
+        to_stderr.json().boxed()
     } else {
-        builder.try_init()
+        to_stderr.boxed()
     };
+    let is_access = |m: &tracing::Metadata<'_>| m.target() == "access";
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    match access {
+        None => layers.push(to_stderr.with_filter(filter).boxed()),
+        Some(file) => {
+            layers.push(
+                to_stderr
+                    .with_filter(filter.and(filter_fn(move |m| !is_access(m))))
+                    .boxed(),
+            );
+            let to_file = fmt::layer().with_ansi(false).with_writer(file.clone());
+            let to_file = if json {
+                to_file.json().boxed()
+            } else {
+                to_file.boxed()
+            };
+            layers.push(to_file.with_filter(filter_fn(is_access)).boxed());
+            crate::access_file::install(file);
+        }
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// Runs a parsed command line.
@@ -353,6 +375,41 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
+/// Writes the access log file's buffer out every second, reopens the file on SIGHUP (after
+/// logrotate has moved it), and writes the rest out at shutdown.
+fn spawn_access_file_upkeep(
+    file: crate::access_file::AccessFile,
+    mut shutdown: cadenza_common::http::Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let failed = |what: &str, e: std::io::Error| {
+            tracing::warn!(path = %file.path().display(), error = %e, "access log file: {what} failed");
+        };
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = file.flush() {
+                        failed("write", e);
+                    }
+                }
+                _ = hangup.recv() => match file.reopen() {
+                    Ok(()) => tracing::info!(path = %file.path().display(), "SIGHUP: access log file reopened"),
+                    Err(e) => failed("reopen", e),
+                },
+                _ = shutdown.wait() => break,
+            }
+        }
+        // Requests drain after the signal: give them a moment, then write out the rest.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = file.flush() {
+            failed("write", e);
+        }
+    }))
+}
+
 /// The listener for `addr`: the socket the service manager passed for it, else one bound now.
 async fn tcp_listener(
     inherited: &mut cadenza_common::listen_fds::Inherited,
@@ -460,7 +517,11 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
         )?);
         config.geo = Some(geo);
     }
-    if args.cert.is_none() && args.geoip.is_none() && key_source.is_none() {
+    if args.cert.is_none()
+        && args.geoip.is_none()
+        && key_source.is_none()
+        && args.access_log_file.is_none()
+    {
         // Nothing to look at again; `systemctl reload` is answered in the log (it cannot stop
         // the edge: `stop_signals` has SIGHUP's handler in place).
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -492,7 +553,10 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.memory_bytes = args.memory_mib.saturating_mul(1 << 20);
     config.slice_bytes = args.slice_kib.clamp(4, 16 * 1024) * 1024;
     config.read_ahead = args.read_ahead;
-    config.access_log = args.access_log;
+    config.access_log = args.access_log || args.access_log_file.is_some();
+    if let Some(file) = crate::access_file::installed() {
+        reloaders.push(spawn_access_file_upkeep(file, shutdown.clone())?);
+    }
     apply_limits(&mut config, &args.limits);
     config.limits.max_connections = args.max_connections.max(1);
     config.h3.max_connections = args
@@ -595,6 +659,10 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     trigger.trigger();
     for task in node.tasks.into_iter().chain(reloaders) {
         let _ = task.await;
+    }
+    if let Some(file) = crate::access_file::installed() {
+        file.flush()
+            .with_context(|| format!("writing {}", file.path().display()))?;
     }
     Ok(())
 }

@@ -2728,3 +2728,82 @@ async fn a_stopping_edge_leaves_rotation_before_it_closes_its_ports() {
     assert!(exited(&mut child, asked).await < Duration::from_secs(15));
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_file_is_written_each_second_and_reopened_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let id = put(&stack, dir.path(), bytes(15, 64 * 1024)).await;
+    let token = token(dir.path(), &id);
+    let client = stack.client().unwrap();
+    let data = edge_dir.path().join("edge");
+    let access = edge_dir.path().join("access.log");
+    let stderr = edge_dir.path().join("stderr.log");
+    let mut child = Reaped(
+        edge_command(dir.path(), &data)
+            .arg("--access-log-file")
+            .arg(&access)
+            .arg("--log-json")
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let about = edge_started(&mut child, &data).await;
+    let file = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+    let statuses = |path: &Path| -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .map(|event| event["fields"]["status"].as_u64().unwrap())
+            .collect()
+    };
+    let eventually_holds = |path: &Path, want: &[u64]| {
+        let (path, want) = (path.to_owned(), want.to_vec());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while statuses(&path) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{path:?} holds {:?}",
+                    statuses(&path)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // Two answers reach the file within a second or so of each other.
+    assert_eq!(get(&client, &file, &token).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&client, &file, "v1.k1.bad.token").await.0,
+        StatusCode::FORBIDDEN
+    );
+    eventually_holds(&access, &[200, 403]).await;
+    // logrotate moves it and signals: a new file takes the next lines.
+    let rotated = edge_dir.path().join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    hup(child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !access.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP made no new access log file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ranged = get_range(&client, &file, &token, "bytes=0-9").await;
+    assert_eq!(ranged.len(), 10);
+    // The last lines are written out at exit, without waiting for the second.
+    term(&child);
+    exited(&mut child, Instant::now()).await;
+    assert_eq!(statuses(&rotated), [200, 403]);
+    assert_eq!(statuses(&access), [206]);
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        !said.contains("\"target\":\"access\""),
+        "access lines on stderr: {said}"
+    );
+    stack.shutdown().await;
+}

@@ -54,6 +54,9 @@ pub struct EdgeMetrics {
     proxy_refused: IntCounterVec,
     /// Connections closed because their client held as many as it may, by listener.
     client_cap_refused: IntCounterVec,
+    /// Under the per-client cap: clients holding connections, and those holding the cap.
+    clients: IntGauge,
+    clients_at_cap: IntGauge,
     listeners: Arc<Mutex<Vec<(String, OpenConnections)>>>,
 }
 
@@ -206,6 +209,23 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            clients: register(
+                &r,
+                IntGauge::new(
+                    "clients",
+                    "Clients (IPv4 addresses, IPv6 /64s) holding connections to the player \
+                     listeners, when --max-connections-per-client counts them",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            clients_at_cap: register(
+                &r,
+                IntGauge::new(
+                    "clients_at_cap",
+                    "Clients holding as many connections as --max-connections-per-client allows",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             client_cap_refused: register(
                 &r,
                 IntCounterVec::new(
@@ -261,6 +281,13 @@ impl EdgeMetrics {
                     .with_label_values(&[listener.as_str()])
                     .set(open);
                 // The listener keeps the tallies; bring each counter up to its tally.
+                // The listeners share one count of clients; any of them reads it.
+                if let Some(cap) = connections.client_cap() {
+                    let (clients, at_cap) = cap.census();
+                    self.clients.set(i64::try_from(clients).unwrap_or(i64::MAX));
+                    self.clients_at_cap
+                        .set(i64::try_from(at_cap).unwrap_or(i64::MAX));
+                }
                 for (counter, tally) in [
                     (&self.refused_connections, connections.refused()),
                     (&self.reclaimed_connections, connections.reclaimed()),

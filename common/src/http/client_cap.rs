@@ -115,11 +115,15 @@ impl ClientCap {
 
     /// Clients holding at least one counted connection now.
     pub fn clients(&self) -> usize {
-        self.table
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.census().0
+    }
+
+    /// Clients holding at least one counted connection now, and those holding the limit
+    /// (one pass over the count, under its lock: for a scrape, not a request).
+    pub fn census(&self) -> (usize, usize) {
+        let open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        let at_cap = open.values().filter(|n| **n >= self.table.max).count();
+        (open.len(), at_cap)
     }
 }
 
@@ -179,6 +183,7 @@ mod tests {
             .expect("counted");
         assert!(!cap.is_full(ip("192.0.2.2")));
         assert_eq!(cap.clients(), 2);
+        assert_eq!(cap.census(), (2, 1));
         drop(a);
         assert!(!cap.is_full(ip("192.0.2.1")));
         let c = cap.admit(ip("192.0.2.1")).expect("a place given back");

@@ -281,13 +281,6 @@ impl EdgeMetrics {
                     .with_label_values(&[listener.as_str()])
                     .set(open);
                 // The listener keeps the tallies; bring each counter up to its tally.
-                // The listeners share one count of clients; any of them reads it.
-                if let Some(cap) = connections.client_cap() {
-                    let (clients, at_cap) = cap.census();
-                    self.clients.set(i64::try_from(clients).unwrap_or(i64::MAX));
-                    self.clients_at_cap
-                        .set(i64::try_from(at_cap).unwrap_or(i64::MAX));
-                }
                 for (counter, tally) in [
                     (&self.refused_connections, connections.refused()),
                     (&self.reclaimed_connections, connections.reclaimed()),
@@ -297,6 +290,13 @@ impl EdgeMetrics {
                     let counter = counter.with_label_values(&[listener.as_str()]);
                     counter.inc_by(tally.saturating_sub(counter.get()));
                 }
+            }
+            // The player listeners share one count of clients: read it once.
+            if let Some(cap) = listeners.iter().find_map(|(_, c)| c.client_cap()) {
+                let (clients, at_cap) = cap.census();
+                self.clients.set(i64::try_from(clients).unwrap_or(i64::MAX));
+                self.clients_at_cap
+                    .set(i64::try_from(at_cap).unwrap_or(i64::MAX));
             }
         }
         let mut out = Vec::new();

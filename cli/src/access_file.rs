@@ -7,20 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-/// The process's access log file, once logging has been set up with one.
-static INSTALLED: OnceLock<AccessFile> = OnceLock::new();
-
-/// Notes `file` as the process's access log file (the first one noted stays).
-pub fn install(file: AccessFile) {
-    let _ = INSTALLED.set(file);
-}
-
-/// The process's access log file, if logging was set up with one.
-pub fn installed() -> Option<AccessFile> {
-    INSTALLED.get().cloned()
-}
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Bytes held before a write to the file.
 const BUFFER: usize = 64 * 1024;

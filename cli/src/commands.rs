@@ -53,14 +53,14 @@ pub fn init_logging(verbose: u8, json: bool, access: Option<crate::access_file::
                 to_file.boxed()
             };
             layers.push(to_file.with_filter(filter_fn(is_access)).boxed());
-            crate::access_file::install(file);
         }
     }
     let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
-/// Runs a parsed command line.
-pub async fn run(args: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line; `access` is the edge's access log file, if logging was set
+/// up with one.
+pub async fn run(args: Cli, access: Option<crate::access_file::AccessFile>) -> anyhow::Result<()> {
     match args.command {
         Command::Up {
             data,
@@ -113,7 +113,7 @@ pub async fn run(args: Cli) -> anyhow::Result<()> {
             config.job_lease = Duration::from_secs(lease_secs.max(4));
             up(config, demo.then_some(demo_dir), exit_after_demo).await
         }
-        Command::Edge(args) => run_edge(*args).await,
+        Command::Edge(args) => run_edge(*args, access).await,
         Command::Worker {
             endpoint,
             lease_secs,
@@ -375,8 +375,8 @@ fn masters_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// `cadenza edge`: one edge node alone until SIGTERM or Ctrl-C.
-/// Writes the access log file's buffer out every second, reopens the file on SIGHUP (after
-/// logrotate has moved it), and writes the rest out at shutdown.
+/// Writes the access log file's buffer out every second and reopens the file on SIGHUP
+/// (after logrotate has moved it), until shutdown.
 fn spawn_access_file_upkeep(
     file: crate::access_file::AccessFile,
     mut shutdown: cadenza_common::http::Shutdown,
@@ -399,13 +399,8 @@ fn spawn_access_file_upkeep(
                     Ok(()) => tracing::info!(path = %file.path().display(), "SIGHUP: access log file reopened"),
                     Err(e) => failed("reopen", e),
                 },
-                _ = shutdown.wait() => break,
+                _ = shutdown.wait() => return,
             }
-        }
-        // Requests drain after the signal: give them a moment, then write out the rest.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Err(e) = file.flush() {
-            failed("write", e);
         }
     }))
 }
@@ -426,7 +421,10 @@ async fn tcp_listener(
     }
 }
 
-async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
+async fn run_edge(
+    args: EdgeArgs,
+    access: Option<crate::access_file::AccessFile>,
+) -> anyhow::Result<()> {
     use crate::edge_node::{EdgeListeners, EdgeNodeConfig};
     let stop = stop_signals(false);
     // Made only when something goes in it, so a refused start leaves no directory behind.
@@ -554,8 +552,8 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     config.slice_bytes = args.slice_kib.clamp(4, 16 * 1024) * 1024;
     config.read_ahead = args.read_ahead;
     config.access_log = args.access_log || args.access_log_file.is_some();
-    if let Some(file) = crate::access_file::installed() {
-        reloaders.push(spawn_access_file_upkeep(file, shutdown.clone())?);
+    if let Some(file) = &access {
+        reloaders.push(spawn_access_file_upkeep(file.clone(), shutdown.clone())?);
     }
     apply_limits(&mut config, &args.limits);
     config.limits.max_connections = args.max_connections.max(1);
@@ -660,7 +658,8 @@ async fn run_edge(args: EdgeArgs) -> anyhow::Result<()> {
     for task in node.tasks.into_iter().chain(reloaders) {
         let _ = task.await;
     }
-    if let Some(file) = crate::access_file::installed() {
+    // After the drain: the last requests' lines too.
+    if let Some(file) = &access {
         file.flush()
             .with_context(|| format!("writing {}", file.path().display()))?;
     }

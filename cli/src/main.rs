@@ -19,8 +19,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    cadenza::commands::init_logging(args.verbose, args.log_json, access);
-    match cadenza::commands::run(args).await {
+    cadenza::commands::init_logging(args.verbose, args.log_json, access.clone());
+    match cadenza::commands::run(args, access).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the cause chain on one line, without a backtrace.

@@ -279,23 +279,22 @@ pub async fn start(
         },
         cache,
     ));
-    let proxies = Arc::new(config.trusted_proxies.clone());
+    // The balancers: they may name their clients in a PROXY header, and are not counted
+    // against a client's share of connections themselves (they speak for many).
+    let trusted = {
+        let proxies = Arc::new(config.trusted_proxies.clone());
+        move |ip: std::net::IpAddr| proxies.iter().any(|proxy| proxy.contains(ip))
+    };
     // One count for the player listeners, so a client's TLS, cleartext and HTTP/3
-    // connections add up. Balancers speak for many clients and are not counted themselves.
-    let client_cap = config.max_connections_per_client.map(|max| {
-        let proxies = proxies.clone();
-        ClientCap::new(max, move |ip| {
-            proxies.iter().any(|proxy| proxy.contains(ip))
-        })
-    });
+    // connections add up.
+    let client_cap = config
+        .max_connections_per_client
+        .map(|max| ClientCap::new(max, trusted.clone()));
     let behind_proxy = |on: bool| {
         let mut limits = limits.clone();
         limits.client_cap = client_cap.clone();
         if on {
-            let proxies = proxies.clone();
-            limits.proxy_protocol = Some(ProxyProtocol::trusting(move |ip| {
-                proxies.iter().any(|proxy| proxy.contains(ip))
-            }));
+            limits.proxy_protocol = Some(ProxyProtocol::trusting(trusted.clone()));
         }
         limits
     };

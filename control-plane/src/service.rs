@@ -24,7 +24,7 @@
 //! | `POST /internal/v1/oauth-clients` | operator tools | an OAuth client (`first_party` or `service`) |
 //! | `GET /healthz` | anyone | liveness |
 //! | `GET /openapi.json` | anyone | the OpenAPI 3.1 description of the public endpoints |
-//! | `OPTIONS` any public path | browsers | a CORS preflight for a web player (no token asked) |
+//! | `OPTIONS` any public path, with `Access-Control-Request-Method` | browsers | a CORS preflight for a web player (no token asked) |
 //!
 //! Every answer outside `/internal/` (errors included, so a web player's script can read the
 //! reason) carries CORS headers for the origins [`CorsOrigins`] allows.
@@ -831,13 +831,9 @@ impl Handler for ControlPlane {
                 .unwrap_or_else(ApiError::into_response);
         }
         let origin = req.headers().get(http::header::ORIGIN).cloned();
-        let answer = if req.method() == Method::OPTIONS {
-            self.cors.preflight(origin.as_ref())
-        } else {
-            self.route(req, conn).await
-        };
-        let mut resp = answer.unwrap_or_else(ApiError::into_response);
-        self.cors.apply(origin.as_ref(), &mut resp);
-        resp
+        let preflight = Cors::is_preflight(req.method(), req.headers());
+        self.cors
+            .around(origin, preflight, self.route(req, conn))
+            .await
     }
 }

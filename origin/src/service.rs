@@ -626,24 +626,16 @@ fn offered_to_pages(req: &Request<Incoming>) -> bool {
 impl Handler for Origin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _conn: ConnInfo) -> Response<Body> {
         let tus = is_tus(&req);
-        let for_pages = offered_to_pages(&req);
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        // A browser's preflight names the method it asks for; tus's own OPTIONS (discovery)
-        // does not.
-        let preflight = for_pages
-            && req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        let answer = if preflight {
-            self.cors.preflight(origin.as_ref())
+        let resp = if offered_to_pages(&req) {
+            // tus's own OPTIONS (discovery) is no preflight: it names no method.
+            let origin = req.headers().get(header::ORIGIN).cloned();
+            let preflight = Cors::is_preflight(req.method(), req.headers());
+            self.cors.around(origin, preflight, self.route(req)).await
         } else {
-            self.route(req).await
+            self.route(req)
+                .await
+                .unwrap_or_else(ApiError::into_response)
         };
-        let mut resp = answer.unwrap_or_else(ApiError::into_response);
-        if for_pages {
-            self.cors.apply(origin.as_ref(), &mut resp);
-        }
         if tus { tus_headers(resp) } else { resp }
     }
 }

@@ -9,7 +9,7 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ALLOW, HeaderName, HeaderValue, VARY,
 };
-use http::{Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::{ApiError, Body};
 
@@ -88,6 +88,31 @@ impl Cors {
         }
     }
 
+    /// Whether a request is a browser's preflight: an `OPTIONS` naming the method it asks
+    /// for (a service's own `OPTIONS`, tus's discovery, names none).
+    pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+        method == Method::OPTIONS
+            && headers.contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// A request's answer with the CORS headers for its `origin`: a `preflight` answered
+    /// here ([`Cors::preflight`]; `answer` is then never run), anything else by `answer`.
+    pub async fn around(
+        &self,
+        origin: Option<HeaderValue>,
+        preflight: bool,
+        answer: impl Future<Output = Result<Response<Body>, ApiError>>,
+    ) -> Response<Body> {
+        let answer = if preflight {
+            self.preflight(origin.as_ref())
+        } else {
+            answer.await
+        };
+        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        self.apply(origin.as_ref(), &mut resp);
+        resp
+    }
+
     /// A browser's preflight (or any `OPTIONS`): what a page's script may send. It carries
     /// no credentials; the request that follows does. An origin not allowed is told so
     /// (403 `cors_origin_not_allowed`) rather than left to guess from missing headers.
@@ -114,7 +139,6 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderMap;
 
     fn from(origin: &str) -> Option<HeaderValue> {
         Some(HeaderValue::from_str(origin).unwrap())
@@ -160,6 +184,17 @@ mod tests {
             ok.headers()[ACCESS_CONTROL_ALLOW_HEADERS],
             "Authorization, Content-Type"
         );
+        let mut asks = HeaderMap::new();
+        assert!(
+            !Cors::is_preflight(&Method::OPTIONS, &asks),
+            "names no method"
+        );
+        asks.insert(
+            http::header::ACCESS_CONTROL_REQUEST_METHOD,
+            HeaderValue::from_static("POST"),
+        );
+        assert!(Cors::is_preflight(&Method::OPTIONS, &asks));
+        assert!(!Cors::is_preflight(&Method::GET, &asks));
         let refused = only
             .preflight(from("https://b.example").as_ref())
             .unwrap_err();

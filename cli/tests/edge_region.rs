@@ -470,13 +470,18 @@ fn hup(pid: u32) {
 /// `cadenza edge --join stack --data data` on free loopback ports, memory cache only, its
 /// standard output discarded; callers add their flags and spawn it.
 fn edge_command(stack: &Path, data: &Path) -> std::process::Command {
+    edge_command_on(stack, data, "127.0.0.1:0")
+}
+
+/// [`edge_command`] with its players' port at `listen`.
+fn edge_command_on(stack: &Path, data: &Path, listen: &str) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"));
     command
         .args(["edge", "--join"])
         .arg(stack)
         .arg("--data")
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
         .args(["--disk-gib", "0"])
         .stdout(std::process::Stdio::null());
     command
@@ -2527,34 +2532,32 @@ async fn one_client_holds_at_most_its_share_of_the_edges_connections() {
     stack.shutdown().await;
 }
 
-/// `cadenza edge` run by systemd's `systemd-socket-activate`, which holds `ports` (TCP on
-/// 127.0.0.1) and starts the edge, handing them over, once the first client connects; and
-/// what the two have written to stderr so far, returned once the ports are held.
+/// `edge` (an [`edge_command`]) run by systemd's `systemd-socket-activate`, which holds
+/// `ports` (TCP on 127.0.0.1) and starts the edge, handing them over, once the first client
+/// connects; what the two have written to stderr so far, returned once the ports are held;
+/// and the thread reading it, which ends when the edge does.
 async fn socket_activated(
-    stack: &Path,
-    data: &Path,
+    edge: std::process::Command,
     ports: &[u16],
-    edge_args: &[&str],
-) -> (Reaped, std::sync::Arc<std::sync::Mutex<String>>) {
+) -> (
+    Reaped,
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
     let mut command = std::process::Command::new("systemd-socket-activate");
     for port in ports {
         command.arg(format!("--listen=127.0.0.1:{port}"));
     }
     command
-        .arg(env!("CARGO_BIN_EXE_cadenza"))
-        .args(["edge", "--join"])
-        .arg(stack)
-        .arg("--data")
-        .arg(data)
-        .args(["--admin-listen", "127.0.0.1:0", "--disk-gib", "0"])
-        .args(edge_args)
+        .arg(edge.get_program())
+        .args(edge.get_args())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = Reaped(command.spawn().unwrap());
     let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let mut stderr = child.stderr.take().unwrap();
     let into = said.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
             into.lock()
@@ -2563,16 +2566,9 @@ async fn socket_activated(
         }
     });
     // Connecting to see would start the edge: the manager says when it holds each port.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while said.lock().unwrap().matches("Listening on").count() < ports.len() {
-        assert!(
-            Instant::now() < deadline,
-            "systemd-socket-activate never listened: {}",
-            said.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, said)
+    let held = || said.lock().unwrap().matches("Listening on").count() == ports.len();
+    eventually("systemd-socket-activate holds the ports", held).await;
+    (child, said, reader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2599,8 +2595,8 @@ async fn a_service_manager_holds_the_edges_port_and_hands_it_over() {
     let port = free_port();
     let main = format!("127.0.0.1:{port}");
     let data = edge_dir.path().join("edge");
-    let listen = format!("--listen={main}");
-    let (mut child, _) = socket_activated(dir.path(), &data, &[port], &[&listen]).await;
+    let edge = edge_command_on(dir.path(), &data, &main);
+    let (mut child, ..) = socket_activated(edge, &[port]).await;
     assert!(
         !data.join("edge.json").exists(),
         "the edge started before a client came"
@@ -2621,23 +2617,13 @@ async fn a_service_manager_holds_the_edges_port_and_hands_it_over() {
     // start, naming the address.
     let stray = free_port();
     let data = edge_dir.path().join("stray");
-    let edge_args = ["--listen=127.0.0.1:0"];
-    let (mut child, said) = socket_activated(dir.path(), &data, &[stray], &edge_args).await;
+    let (mut child, said, reader) =
+        socket_activated(edge_command(dir.path(), &data), &[stray]).await;
     let at = format!("127.0.0.1:{stray}");
     let _starts_it = std::net::TcpStream::connect(&at).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the edge ran with a stray socket"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!status.success());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = exit_status(&mut child, Instant::now()).await;
+    assert!(!status.success(), "the edge ran with a stray socket");
+    reader.join().unwrap();
     let said = said.lock().unwrap().clone();
     assert!(
         said.contains("passed sockets no listener takes") && said.contains(&at),
@@ -2655,20 +2641,38 @@ fn term(child: &Reaped) {
     assert!(sent.success());
 }
 
-/// Waits up to 20 s for `child` to exit, successfully; how long after `since` it did.
-async fn exited(child: &mut Reaped, since: Instant) -> Duration {
-    let status = loop {
+/// Waits until 20 s after `since` for `child` to exit; how it did.
+async fn exit_status(child: &mut Reaped, since: Instant) -> std::process::ExitStatus {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
-        assert!(
-            since.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
+        assert!(since.elapsed() < Duration::from_secs(20), "no exit");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+}
+
+/// Waits until 20 s after `since` for `child` to exit, successfully; how long after `since`
+/// it did.
+async fn exited(child: &mut Reaped, since: Instant) -> Duration {
+    let status = exit_status(child, since).await;
     assert!(status.success(), "{status}");
     since.elapsed()
+}
+
+/// Waits up to 2 s for the edge whose `/readyz` is `ready` to say 503 `draining`.
+async fn out_of_rotation(client: &HttpClient, ready: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (status, body) = loop {
+        let (status, body) = get(client, ready, "").await;
+        if status != StatusCode::OK {
+            break (status, body);
+        }
+        assert!(Instant::now() < deadline, "/readyz still 200 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&body).contains("draining"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2695,17 +2699,7 @@ async fn a_stopping_edge_leaves_rotation_before_it_closes_its_ports() {
     // included) until the delay is over; then it drains and exits.
     let asked = Instant::now();
     term(&child);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let (status, body) = loop {
-        let (status, body) = get(&client, &ready, "").await;
-        if status != StatusCode::OK {
-            break (status, body);
-        }
-        assert!(Instant::now() < deadline, "/readyz still 200 after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(String::from_utf8_lossy(&body).contains("draining"));
+    out_of_rotation(&client, &ready).await;
     let fresh = stack.client().unwrap();
     assert_eq!(get(&fresh, &file, &token).await.0, StatusCode::OK);
     let took = exited(&mut child, asked).await;
@@ -2725,11 +2719,7 @@ async fn a_stopping_edge_leaves_rotation_before_it_closes_its_ports() {
     let about = edge_started(&mut child, &data).await;
     let ready = format!("{}/readyz", about["edge_admin"].as_str().unwrap());
     term(&child);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&client, &ready, "").await.0 == StatusCode::OK {
-        assert!(Instant::now() < deadline, "/readyz still 200 after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    out_of_rotation(&client, &ready).await;
     let asked = Instant::now();
     term(&child);
     assert!(exited(&mut child, asked).await < Duration::from_secs(15));
@@ -2766,20 +2756,6 @@ async fn the_access_log_file_is_written_each_second_and_reopened_on_sighup() {
             .map(|event| event["fields"]["status"].as_u64().unwrap())
             .collect()
     };
-    let eventually_holds = |path: &Path, want: &[u64]| {
-        let (path, want) = (path.to_owned(), want.to_vec());
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while statuses(&path) != want {
-                assert!(
-                    Instant::now() < deadline,
-                    "{path:?} holds {:?}",
-                    statuses(&path)
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
 
     // Two answers reach the file within a second or so of each other.
     assert_eq!(get(&client, &file, &token).await.0, StatusCode::OK);
@@ -2787,22 +2763,19 @@ async fn the_access_log_file_is_written_each_second_and_reopened_on_sighup() {
         get(&client, &file, "v1.k1.bad.token").await.0,
         StatusCode::FORBIDDEN
     );
-    eventually_holds(&access, &[200, 403]).await;
+    eventually("the two lines in the file", || {
+        statuses(&access) == [200, 403]
+    })
+    .await;
     // logrotate moves it and signals: a new file takes the next lines.
     let rotated = edge_dir.path().join("access.log.1");
     std::fs::rename(&access, &rotated).unwrap();
     hup(child.id());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !access.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP made no new access log file"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("a new access log file after SIGHUP", || access.exists()).await;
     let ranged = get_range(&client, &file, &token, "bytes=0-9").await;
     assert_eq!(ranged.len(), 10);
-    // The last lines are written out at exit, without waiting for the second.
+    // The last lines are written out at exit (the test fails without that write: the
+    // second's tick seldom comes between the request and the exit).
     term(&child);
     exited(&mut child, Instant::now()).await;
     assert_eq!(statuses(&rotated), [200, 403]);

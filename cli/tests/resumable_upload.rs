@@ -558,13 +558,13 @@ async fn a_labels_web_uploader_speaks_tus_from_its_own_origin() {
     const V: (&str, &str) = ("tus-resumable", "1.0.0");
     let allowed = |h: &HeaderMap| h.get("access-control-allow-origin").cloned();
 
-    // The browser's preflight for the creation POST: no key, and tus's headers allowed.
-    let preflight = |url: String, method: &'static str| {
+    // The browser's preflight (no key) from a page on `from`, before a `method` request.
+    let preflight = |url: String, from: &'static str, method: &'static str| {
         let c = c.clone();
         async move {
             let mut req = client::request(Method::OPTIONS, &url, None, empty()).unwrap();
             for (k, v) in [
-                page,
+                ("origin", from),
                 ("access-control-request-method", method),
                 (
                     "access-control-request-headers",
@@ -576,7 +576,8 @@ async fn a_labels_web_uploader_speaks_tus_from_its_own_origin() {
             answer(&c, req).await
         }
     };
-    let (st, h) = preflight(uploads.clone(), "POST").await;
+    // The creation POST's: tus's headers allowed.
+    let (st, h) = preflight(uploads.clone(), page.1, "POST").await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(allowed(&h).unwrap(), page.1);
     let asked = h["access-control-allow-headers"].to_str().unwrap();
@@ -619,7 +620,7 @@ async fn a_labels_web_uploader_speaks_tus_from_its_own_origin() {
     };
     // The preflight for PATCH on the upload needs no key either (tus's OPTIONS discovery,
     // without Access-Control-Request-Method, is answered as before).
-    let (st, h) = preflight(upload.clone(), "PATCH").await;
+    let (st, h) = preflight(upload.clone(), page.1, "PATCH").await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert!(
         h["access-control-allow-methods"]
@@ -653,26 +654,14 @@ async fn a_labels_web_uploader_speaks_tus_from_its_own_origin() {
     assert_eq!(allowed(&h).unwrap(), page.1);
 
     // Another origin's page is refused at the preflight and not let read.
-    let mut other = client::request(Method::OPTIONS, &uploads, None, empty()).unwrap();
-    other
-        .headers_mut()
-        .insert("origin", "https://elsewhere.example".parse().unwrap());
-    other
-        .headers_mut()
-        .insert("access-control-request-method", "POST".parse().unwrap());
-    let (st, h) = answer(&c, other).await;
+    let (st, h) = preflight(uploads.clone(), "https://elsewhere.example", "POST").await;
     assert_eq!((st, allowed(&h)), (StatusCode::FORBIDDEN, None));
     // The edges' and the services' endpoints are never offered to pages.
     for path in [
         "/v1/objects/0123456789abcdef0123456789abcdef01234567",
         "/internal/v1/objects/x",
     ] {
-        let mut req =
-            client::request(Method::OPTIONS, &format!("{origin}{path}"), None, empty()).unwrap();
-        req.headers_mut().insert("origin", page.1.parse().unwrap());
-        req.headers_mut()
-            .insert("access-control-request-method", "GET".parse().unwrap());
-        let (st, h) = answer(&c, req).await;
+        let (st, h) = preflight(format!("{origin}{path}"), page.1, "GET").await;
         assert_ne!(st, StatusCode::NO_CONTENT, "{path}");
         assert_eq!(allowed(&h), None, "{path}");
     }

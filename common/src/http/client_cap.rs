@@ -75,11 +75,6 @@ impl ClientCap {
         }
     }
 
-    /// The most connections a client may hold.
-    pub fn max(&self) -> u32 {
-        self.table.max
-    }
-
     /// A place for one more connection from `client`: `Ok(None)` when the client is exempt,
     /// an error when it holds its limit already.
     pub fn admit(&self, client: IpAddr) -> Result<Option<ClientSlot>, ClientAtLimit> {
@@ -111,11 +106,6 @@ impl ClientCap {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&ClientKey::of(client))
                 .is_some_and(|count| *count >= table.max)
-    }
-
-    /// Clients holding at least one counted connection now.
-    pub fn clients(&self) -> usize {
-        self.census().0
     }
 
     /// Clients holding at least one counted connection now, and those holding the limit
@@ -182,14 +172,14 @@ mod tests {
             .expect("another")
             .expect("counted");
         assert!(!cap.is_full(ip("192.0.2.2")));
-        assert_eq!(cap.clients(), 2);
+        assert_eq!(cap.census().0, 2);
         assert_eq!(cap.census(), (2, 1));
         drop(a);
         assert!(!cap.is_full(ip("192.0.2.1")));
         let c = cap.admit(ip("192.0.2.1")).expect("a place given back");
         drop((b, c, other));
         // Clients with nothing open leave no entry behind.
-        assert_eq!(cap.clients(), 0);
+        assert_eq!(cap.census().0, 0);
     }
 
     #[test]
@@ -213,6 +203,6 @@ mod tests {
             assert!(cap.admit(ip("::ffff:10.0.0.1")).expect("exempt").is_none());
         }
         assert!(!cap.is_full(balancer));
-        assert_eq!(cap.clients(), 0);
+        assert_eq!(cap.census().0, 0);
     }
 }

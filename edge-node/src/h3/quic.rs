@@ -1655,7 +1655,7 @@ mod tests {
         assert_eq!(cap.refused(), 0, "the listener's own cap refused nobody");
         kept.close(0u32.into(), b"");
         let freed = async {
-            while clients.clients() > 0 {
+            while clients.census().0 > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };

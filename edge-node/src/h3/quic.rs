@@ -1956,4 +1956,211 @@ mod tests {
             .await
             .expect("the endpoint drains once its connections have closed");
     }
+
+    /// What a [`relay`] does to the datagrams it carries.
+    const CLEAR: u8 = 0;
+    /// One datagram in 20 lost, one in 25 sent twice, one in 10 held back until the next
+    /// has gone (by a fixed sequence, whichever way they travel).
+    const ROUGH: u8 = 1;
+    /// Every datagram lost.
+    const DARK: u8 = 2;
+
+    /// A UDP path between one client and a server through a relay on a local port.
+    struct Relay {
+        addr: SocketAddr,
+        weather: Arc<std::sync::atomic::AtomicU8>,
+        /// Datagrams carried, lost, sent twice and held back.
+        tally: Arc<[AtomicUsize; 4]>,
+        task: JoinHandle<()>,
+    }
+
+    impl Relay {
+        fn set(&self, weather: u8) {
+            self.weather.store(weather, Ordering::Relaxed);
+        }
+
+        fn tally(&self) -> [usize; 4] {
+            self.tally.each_ref().map(|n| n.load(Ordering::Relaxed))
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A relay to `server` on a fresh local port: the first address to send it a datagram
+    /// is the client, whose datagrams go to `server` and the server's back to it.
+    fn relay(server: SocketAddr, weather: u8) -> Relay {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let weather = Arc::new(std::sync::atomic::AtomicU8::new(weather));
+        let tally: Arc<[AtomicUsize; 4]> = Arc::default();
+        let task = tokio::spawn({
+            let (weather, tally) = (weather.clone(), tally.clone());
+            async move {
+                let mut client = None;
+                let mut held: Option<(Vec<u8>, SocketAddr)> = None;
+                let mut state = 0x9E37_79B9_7F4A_7C15u64;
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                    let to = if from == server {
+                        match client {
+                            Some(c) => c,
+                            None => continue,
+                        }
+                    } else {
+                        client = Some(from);
+                        server
+                    };
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let roll = state % 100;
+                    let datagram = &buf[..n];
+                    let mut copies = 1;
+                    match weather.load(Ordering::Relaxed) {
+                        DARK => copies = 0,
+                        ROUGH if roll < 5 => copies = 0,
+                        ROUGH if roll < 9 => copies = 2,
+                        ROUGH if roll < 19 && held.is_none() => {
+                            held = Some((datagram.to_vec(), to));
+                            tally[3].fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    match copies {
+                        0 => tally[1].fetch_add(1, Ordering::Relaxed),
+                        2 => tally[2].fetch_add(1, Ordering::Relaxed),
+                        _ => tally[0].fetch_add(1, Ordering::Relaxed),
+                    };
+                    for _ in 0..copies {
+                        let _ = socket.send_to(datagram, to).await;
+                    }
+                    if copies > 0
+                        && let Some((d, t)) = held.take()
+                    {
+                        let _ = socket.send_to(&d, t).await;
+                    }
+                }
+            }
+        });
+        Relay {
+            addr,
+            weather,
+            tally,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_byte_arrives_through_loss_duplication_and_reordering() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(usize::MAX);
+        let (addr, _) = serve_port(server, 1, &cap);
+        let path = relay(addr, ROUGH);
+        let client = client(client_config);
+        // The handshake goes through the same weather as the streams.
+        let transfers = async {
+            let conn = client
+                .connect(path.addr, "localhost")
+                .unwrap()
+                .await
+                .unwrap();
+            let sizes = [1usize, 1_400, 65_000, 300_000, 1 << 20, 2 << 20];
+            let fetches: Vec<_> = sizes
+                .iter()
+                .enumerate()
+                .map(|(seed, &len)| {
+                    let c = conn.clone();
+                    tokio::spawn(async move { (fetch(&c, seed as u8, len).await, seed, len) })
+                })
+                .collect();
+            for fetched in fetches {
+                let (got, seed, len) = fetched.await.unwrap();
+                assert!(
+                    got == pattern(seed as u8, len),
+                    "stream {seed} ({len} bytes)"
+                );
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), transfers)
+            .await
+            .expect("lost datagrams are sent again and the streams finish");
+        let [carried, lost, doubled, held] = path.tally();
+        assert!(
+            lost > 20 && doubled > 20 && held > 20,
+            "the weather was rough: {carried} carried, {lost} lost, {doubled} doubled, {held} held back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_rides_out_a_dark_spell_and_is_let_go_when_its_peer_is_gone() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(usize::MAX);
+        let (addr, _) = serve_port(server, 1, &cap);
+
+        // A transfer whose path goes dark for 1.5 s, well within the 30 s idle timeout.
+        let path = relay(addr, CLEAR);
+        let listener = client(client_config.clone());
+        let conn = listener
+            .connect(path.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let len = 6 << 20;
+        let transfer = tokio::spawn({
+            let c = conn.clone();
+            async move { fetch(&c, 5, len).await }
+        });
+        while path.tally()[0] < 300 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        path.set(DARK);
+        assert!(!transfer.is_finished(), "the path went dark mid-transfer");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!transfer.is_finished(), "nothing crosses a dark path");
+        path.set(CLEAR);
+        let got = tokio::time::timeout(Duration::from_secs(30), transfer)
+            .await
+            .expect("the transfer resumes once the path is back")
+            .unwrap();
+        assert!(got == pattern(5, len), "every byte, in order");
+
+        // A client that asked for a 2 s idle timeout goes dark for good: the edge lets the
+        // connection go and gives its place back, and the other client is still served.
+        let mut short = client_config;
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(Duration::from_secs(2).try_into().unwrap()));
+        short.transport_config(Arc::new(transport));
+        let gone_path = relay(addr, CLEAR);
+        let gone = client(short);
+        let doomed = gone
+            .connect(gone_path.addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(fetch(&doomed, 6, 1000).await, pattern(6, 1000));
+        assert_eq!(cap.count(), 2);
+        gone_path.set(DARK);
+        let went_dark = Instant::now();
+        let let_go = async {
+            while cap.count() > 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), let_go)
+            .await
+            .expect("a connection whose peer is gone is let go at its idle timeout");
+        assert!(
+            went_dark.elapsed() >= Duration::from_millis(1500),
+            "not before its idle timeout ({:?})",
+            went_dark.elapsed()
+        );
+        assert_eq!(fetch(&conn, 7, 70_000).await, pattern(7, 70_000));
+    }
 }

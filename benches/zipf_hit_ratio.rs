@@ -3,9 +3,9 @@
 //!
 //! The edge caches 256 KiB slices in moka bounded by slice count (capacity / slice size, as
 //! `slice_capacity` in `edge-node/src/cache.rs`), with moka's default policy (TinyLFU
-//! admission, LRU eviction). This program builds the same cache, the edge's earlier one (a
-//! byte weigher instead of a count), and a textbook LRU, and replays a trace of plays
-//! through each: a play picks a track by Zipf popularity and reads its slices front to back,
+//! admission, LRU eviction), and indexes its disk tier with S3-FIFO (`SliceIndex`). This
+//! program builds the same memory tier, the disk tier's index, and a textbook LRU, and
+//! replays a trace of plays through each: a play picks a track by Zipf popularity and reads its slices front to back,
 //! stopping early when the listener skips. Every cache sees every slice request; a miss
 //! inserts the slice. The first fifth of the trace warms the caches and is not counted.
 //!
@@ -136,8 +136,8 @@ async fn main() {
         warm
     );
     println!(
-        "{:>10} {:>14} {:>16} {:>14} {:>10}",
-        "cache", "moka (edge)", "moka, weigher", "plain LRU", "points"
+        "{:>10} {:>14} {:>16} {:>14} {:>10} {:>8}",
+        "cache", "moka (memory)", "S3-FIFO (disk)", "plain LRU", "memory", "disk"
     );
     for percent in [1u64, 2, 5, 10] {
         let capacity = catalogue * percent / 100;
@@ -145,27 +145,28 @@ async fn main() {
         let edge: moka::future::Cache<u64, u32> = moka::future::Cache::builder()
             .max_capacity((capacity / SLICE).max(1))
             .build();
-        // Before: byte capacity and a byte weigher.
-        let weighed: moka::future::Cache<u64, u32> = moka::future::Cache::builder()
-            .max_capacity(capacity)
-            .weigher(|_, v: &u32| *v)
-            .build();
+        // The disk tier's index, as many slices as fit.
+        let mut disk = cadenza_edge::SliceIndex::new((capacity / SLICE).max(1) as usize);
         let mut lru = Lru::new(capacity);
         let mut total = 0u64;
         let mut hits = [0u64; 3];
         for (i, &(track, slice, bytes)) in requests.iter().enumerate() {
             let k = key(track, slice);
             let mut was = [false; 3];
-            for (cache, was) in [&edge, &weighed].into_iter().zip(&mut was) {
-                *was = cache.get(&k).await.is_some();
-                if !*was {
-                    cache.insert(k, bytes).await;
-                }
-                // moka applies admission and eviction in batches; settle them at a fixed
-                // pace so the run is repeatable.
-                if i % 512 == 0 {
-                    cache.run_pending_tasks().await;
-                }
+            was[0] = edge.get(&k).await.is_some();
+            if !was[0] {
+                edge.insert(k, bytes).await;
+            }
+            // moka applies admission and eviction in batches; settle them at a fixed pace so
+            // the run is repeatable.
+            if i % 512 == 0 {
+                edge.run_pending_tasks().await;
+            }
+            let mut file = [0u8; 20];
+            file[..4].copy_from_slice(&track.to_le_bytes());
+            was[1] = disk.get(&(file, slice)).is_some();
+            if !was[1] {
+                disk.insert((file, slice), bytes);
             }
             was[2] = lru.access(k, bytes);
             if i >= warm {
@@ -175,14 +176,15 @@ async fn main() {
                 }
             }
         }
-        let [e, w, l] = hits.map(|h| 100.0 * h as f64 / total as f64);
+        let [e, d, l] = hits.map(|h| 100.0 * h as f64 / total as f64);
         println!(
-            "{:>9}% {:>13.1}% {:>15.1}% {:>13.1}% {:>+10.1}",
+            "{:>9}% {:>13.1}% {:>15.1}% {:>13.1}% {:>+10.1} {:>+8.1}",
             percent,
             e,
-            w,
+            d,
             l,
-            e - l
+            e - l,
+            d - l
         );
     }
 }

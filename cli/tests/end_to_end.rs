@@ -782,6 +782,19 @@ async fn a_restarted_edge_serves_its_disk_cache_and_refetches_a_corrupt_slice() 
     assert_eq!(stack.edge.cache().origin_fetches(), 1);
     assert_eq!(stack.edge.cache().metrics().disk_corrupt.get(), 1);
     assert_eq!(stack.edge.cache().metrics().disk_hits.get(), slices - 1);
+    // The start-up scan (run while the edge served) indexed every slice, the refetched one
+    // written back; the gauges say so.
+    let m = stack.edge.cache().metrics().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.edge.cache().disk_usage().await.map(|u| u.1) != Some(slices)
+        || m.disk_scanning.get() != 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the scan never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.disk_slices.get(), slices as i64);
+    assert!(m.disk_bytes.get() > stored.len() as i64);
+    assert!(m.disk_index_bytes.get() > 0);
     stack.shutdown().await;
 }
 

@@ -93,6 +93,7 @@ impl EdgeAdmin {
             )),
             (&Method::GET, "/metrics") => {
                 self.cache.usage().await;
+                self.cache.disk_usage().await;
                 let mut resp = Response::new(full(self.cache.metrics().render()));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -113,6 +114,8 @@ impl EdgeAdmin {
                         "slice_bytes": self.cache.math().slice_size(),
                         "disk_bytes": disk_bytes,
                         "disk_slices": disk_slices,
+                        "disk_index_bytes": m.disk_index_bytes.get(),
+                        "disk_scanning": m.disk_scanning.get() == 1,
                         "disk_hits": m.disk_hits.get(),
                         "disk_corrupt": m.disk_corrupt.get(),
                         "hits": m.hits.get(),

@@ -271,12 +271,18 @@ impl SliceCache {
         (bytes, self.slices.entry_count())
     }
 
-    /// Bytes and slices in the disk tier, when there is one.
+    /// Bytes and slices in the disk tier, when there is one (and its gauges set).
     pub async fn disk_usage(&self) -> Option<(u64, u64)> {
-        match &self.disk {
-            Some(disk) => Some(disk.usage().await),
-            None => None,
-        }
+        let disk = self.disk.as_ref()?;
+        let (bytes, slices) = disk.usage().await;
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.disk_bytes.set(gauge(bytes));
+        self.metrics.disk_slices.set(gauge(slices));
+        self.metrics
+            .disk_index_bytes
+            .set(gauge(disk.index_bytes() as u64));
+        self.metrics.disk_scanning.set(i64::from(disk.scanning()));
+        Some((bytes, slices))
     }
 
     /// The metrics this cache reports into.

@@ -6,16 +6,24 @@
 //! object's total length (u64 LE), the slice length (u32 LE), the SHA-256 of those two
 //! lengths and the slice — then the slice. Files are written to a `.tmp` name and renamed, so a crash leaves either
 //! a whole slice or a `.tmp` that the next start deletes. Names come from validated ids.
+//!
+//! What is on disk is known from [`SliceIndex`] (about 60 bytes a slice). At start the
+//! directory is scanned on a blocking thread while the edge serves: until the scan is done, a
+//! slice the index does not know yet is looked for on disk, and indexed when found, so a
+//! restarted edge with terabytes of slices serves them from its first request (nginx's cache
+//! loader works the same way).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use cadenza_common::FileId;
-use moka::future::Cache;
-use moka::notification::RemovalCause;
 use ring::digest::{Context, SHA256};
+use tokio::sync::watch;
+
+use crate::slice_index::{Key, SliceIndex};
 
 const MAGIC: &[u8; 4] = b"CZS1";
 const HEADER: usize = 4 + 8 + 4 + 32;
@@ -32,11 +40,11 @@ pub enum DiskMiss {
 /// Slices on disk.
 pub struct DiskTier {
     root: PathBuf,
-    index: Cache<(FileId, u64), u32>,
-    /// Bytes of the files in `index`: added as one goes in, taken off as one leaves.
-    bytes: Arc<AtomicU64>,
+    index: Arc<Mutex<SliceIndex>>,
     /// Bumped by every purge; a write begun before a purge must not land after it.
-    purges: AtomicU64,
+    purges: Arc<AtomicU64>,
+    /// Becomes true once the start-up scan has indexed what the directory held.
+    scanned: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -49,105 +57,132 @@ fn slice_path(root: &Path, id: &FileId, index: u64) -> PathBuf {
     root.join(id.as_str()).join(index.to_string())
 }
 
+fn key_path(root: &Path, key: &Key) -> PathBuf {
+    slice_path(root, &FileId::from_bytes(&key.0), u64::from(key.1))
+}
+
+/// The index's key for slice `index` of `id`; `None` past the 2³² slices a file may have.
+fn key_of(id: &FileId, index: u64) -> Option<Key> {
+    Some((id.to_bytes(), u32::try_from(index).ok()?))
+}
+
+fn lock(index: &Mutex<SliceIndex>) -> MutexGuard<'_, SliceIndex> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes the files of slices the index evicted, and their file's directory once empty.
+fn remove_evicted(root: &Path, evicted: &[Key]) {
+    for key in evicted {
+        let path = key_path(root, key);
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            // Fails, as it should, while the file has other slices.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 impl DiskTier {
     /// Opens (creating) the tier at `root`, bounded to `capacity_bytes` of slices of
     /// `slice_size` (bounded by count, as [`crate::cache::slice_capacity`] says why), and
-    /// indexes the slices already there.
+    /// starts indexing the slices already there.
     pub async fn open(
         root: impl Into<PathBuf>,
         capacity_bytes: u64,
         slice_size: u64,
     ) -> std::io::Result<Self> {
-        let root = root.into();
-        tokio::fs::create_dir_all(&root).await?;
-        let listener_root = root.clone();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let gone = bytes.clone();
-        let index = Cache::builder()
-            .max_capacity(crate::cache::slice_capacity(
-                capacity_bytes,
-                slice_size + HEADER as u64,
-            ))
-            .support_invalidation_closures()
-            .eviction_listener(move |key: Arc<(FileId, u64)>, len: u32, cause| {
-                gone.fetch_sub(u64::from(len), Ordering::Relaxed);
-                // A replaced entry was rewritten in place; anything else leaves for good.
-                if cause != RemovalCause::Replaced {
-                    let _ = std::fs::remove_file(slice_path(&listener_root, &key.0, key.1));
-                }
-            })
-            .build();
-        let tier = Self {
-            root,
-            index,
-            bytes,
-            purges: AtomicU64::new(0),
-        };
-        tier.scan().await?;
+        let (tier, done) = Self::unscanned(root.into(), capacity_bytes, slice_size).await?;
+        let (root, index, purges) = (tier.root.clone(), tier.index.clone(), tier.purges.clone());
+        tokio::task::spawn_blocking(move || {
+            scan(&root, &index, &purges);
+            let _ = done.send(true);
+        });
         Ok(tier)
     }
 
-    /// Rebuilds the index from the directory (a restart), deleting leftovers of crashes.
-    async fn scan(&self) -> std::io::Result<()> {
-        let mut dirs = tokio::fs::read_dir(&self.root).await?;
-        while let Some(dir) = dirs.next_entry().await? {
-            let Some(id) = dir
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<FileId>().ok())
-            else {
-                continue;
-            };
-            let mut files = tokio::fs::read_dir(dir.path()).await?;
-            while let Some(file) = files.next_entry().await? {
-                let name = file.file_name();
-                let Some(name) = name.to_str() else { continue };
-                match name.parse::<u64>() {
-                    Ok(index) => {
-                        let len = file.metadata().await?.len();
-                        self.insert((id.clone(), index), len).await;
-                    }
-                    Err(_) => {
-                        let _ = tokio::fs::remove_file(file.path()).await;
-                    }
-                }
-            }
-        }
-        Ok(())
+    /// The tier before its scan: what [`Self::open`] starts from, and tests' way to hold
+    /// the scan off (it is done when the sender says so or is dropped).
+    async fn unscanned(
+        root: PathBuf,
+        capacity_bytes: u64,
+        slice_size: u64,
+    ) -> std::io::Result<(Self, watch::Sender<bool>)> {
+        tokio::fs::create_dir_all(&root).await?;
+        let capacity = crate::cache::slice_capacity(capacity_bytes, slice_size + HEADER as u64);
+        let index = SliceIndex::new(usize::try_from(capacity).unwrap_or(usize::MAX));
+        let (done, scanned) = watch::channel(false);
+        let tier = Self {
+            root,
+            index: Arc::new(Mutex::new(index)),
+            purges: Arc::new(AtomicU64::new(0)),
+            scanned,
+        };
+        Ok((tier, done))
+    }
+
+    /// Waits for the start-up scan to have indexed what the directory held.
+    pub async fn scanned(&self) {
+        let _ = self.scanned.clone().wait_for(|done| *done).await;
+    }
+
+    /// Memory the index holds.
+    pub fn index_bytes(&self) -> usize {
+        lock(&self.index).heap_bytes()
+    }
+
+    /// Whether the start-up scan is still running.
+    pub fn scanning(&self) -> bool {
+        !*self.scanned.borrow() && self.scanned.has_changed().is_ok()
     }
 
     /// Slice `index` of `id` with its object's total length, checked against its SHA-256.
     pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
-        let key = (id.clone(), index);
-        if self.index.get(&key).await.is_none() {
+        let key = key_of(id, index).ok_or(DiskMiss::Absent)?;
+        let indexed = lock(&self.index).get(&key).is_some();
+        if !indexed && !self.scanning() {
             return Err(DiskMiss::Absent);
         }
         let path = slice_path(&self.root, id, index);
         let Ok(raw) = tokio::fs::read(&path).await else {
-            self.index.invalidate(&key).await;
+            if indexed {
+                lock(&self.index).remove(&key);
+            }
             return Err(DiskMiss::Absent);
         };
         match decode(&raw) {
-            Some(found) => Ok(found),
+            Some(found) => {
+                if !indexed {
+                    self.insert(key, raw.len() as u64).await;
+                }
+                Ok(found)
+            }
             None => {
                 tracing::warn!(file = %id, slice = index, "corrupt slice on disk; refetching");
-                self.index.invalidate(&key).await;
+                lock(&self.index).remove(&key);
                 let _ = tokio::fs::remove_file(&path).await;
                 Err(DiskMiss::Corrupt)
             }
         }
     }
 
-    /// Whether slice `index` of `id` is on disk (as far as the index knows).
+    /// Whether slice `index` of `id` is on disk (as far as the index knows, or, while the
+    /// start-up scan runs, the directory).
     pub fn holds(&self, id: &FileId, index: u64) -> bool {
-        self.index.contains_key(&(id.clone(), index))
+        let Some(key) = key_of(id, index) else {
+            return false;
+        };
+        lock(&self.index).contains(&key)
+            || (self.scanning() && slice_path(&self.root, id, index).exists())
     }
 
-    /// Indexes a slice file of `len` bytes.
-    async fn insert(&self, key: (FileId, u64), len: u64) {
+    /// Indexes a slice file of `len` bytes, removing the files of slices evicted for it.
+    async fn insert(&self, key: Key, len: u64) {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        self.bytes.fetch_add(u64::from(len), Ordering::Relaxed);
-        self.index.insert(key, len).await;
+        let evicted = lock(&self.index).insert(key, len);
+        if !evicted.is_empty() {
+            let root = self.root.clone();
+            let _ = tokio::task::spawn_blocking(move || remove_evicted(&root, &evicted)).await;
+        }
     }
 
     /// The purge epoch: take it before fetching what [`Self::put`] will store.
@@ -159,16 +194,30 @@ impl DiskTier {
     /// optimisation). If a purge happened since, nothing is stored: a takedown must not be
     /// undone by a write that was already on its way.
     pub async fn put(&self, id: &FileId, index: u64, object_len: u64, data: &Bytes, epoch: u64) {
+        let Some(key) = key_of(id, index) else {
+            return;
+        };
         if self.epoch() != epoch {
             return;
         }
         let path = slice_path(&self.root, id, index);
         let tmp = path.with_extension("tmp");
+        let record = encode(object_len, data);
         let write = async {
-            if let Some(dir) = path.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            tokio::fs::write(&tmp, encode(object_len, data)).await?;
+            let mut made_dir = false;
+            loop {
+                if let Some(dir) = path.parent() {
+                    tokio::fs::create_dir_all(dir).await?;
+                }
+                match tokio::fs::write(&tmp, &record).await {
+                    // The file's last other slice was evicted, and its directory with it,
+                    // between the two calls: once more.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !made_dir => {
+                        made_dir = true;
+                    }
+                    done => break done,
+                }
+            }?;
             tokio::fs::rename(&tmp, &path).await
         };
         match write.await {
@@ -176,10 +225,7 @@ impl DiskTier {
                 // A purge ran while this write was in flight.
                 let _ = tokio::fs::remove_file(&path).await;
             }
-            Ok(()) => {
-                self.insert((id.clone(), index), (HEADER + data.len()) as u64)
-                    .await;
-            }
+            Ok(()) => self.insert(key, record.len() as u64).await,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 tracing::warn!(file = %id, slice = index, error = %e, "cannot write slice to disk");
@@ -190,11 +236,8 @@ impl DiskTier {
     /// Drops every slice of `ids`.
     pub async fn purge(&self, ids: &[FileId]) {
         self.purges.fetch_add(1, Ordering::SeqCst);
-        let set: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
-        let _ = self
-            .index
-            .invalidate_entries_if(move |key, _| set.contains(&key.0));
-        self.index.run_pending_tasks().await;
+        let files: Vec<[u8; 20]> = ids.iter().map(FileId::to_bytes).collect();
+        lock(&self.index).remove_files(&files);
         for id in ids {
             let _ = tokio::fs::remove_dir_all(self.root.join(id.as_str())).await;
         }
@@ -202,9 +245,69 @@ impl DiskTier {
 
     /// Bytes and slices on disk.
     pub async fn usage(&self) -> (u64, u64) {
-        self.index.run_pending_tasks().await;
-        (self.bytes.load(Ordering::Relaxed), self.index.entry_count())
+        let index = lock(&self.index);
+        (index.bytes(), index.len() as u64)
     }
+}
+
+/// Indexes the slices under `root`, a file's directory at a time, deleting what a crash
+/// left (`.tmp` files) and what is not a slice of a file.
+fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64) {
+    let began = Instant::now();
+    let dirs = match std::fs::read_dir(root) {
+        Ok(dirs) => dirs,
+        Err(e) => {
+            tracing::error!(dir = %root.display(), error = %e, "cannot scan the disk tier; slices there are found as they are asked for");
+            return;
+        }
+    };
+    let mut batch = Vec::new();
+    for dir in dirs.flatten() {
+        let name = dir.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.parse::<FileId>().ok()) else {
+            continue;
+        };
+        let epoch = purges.load(Ordering::SeqCst);
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        batch.clear();
+        for file in files.flatten() {
+            let name = file.file_name();
+            match name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+                Some(slice) => {
+                    if let Ok(meta) = file.metadata() {
+                        let len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
+                        batch.push(((id.to_bytes(), slice), len));
+                    }
+                }
+                None => {
+                    let _ = std::fs::remove_file(file.path());
+                }
+            }
+        }
+        let mut evicted = Vec::new();
+        {
+            let mut index = lock(index);
+            // A purge since the directory was listed may have removed it.
+            if purges.load(Ordering::SeqCst) != epoch && !dir.path().exists() {
+                continue;
+            }
+            for &(key, len) in &batch {
+                if !index.contains(&key) {
+                    evicted.extend(index.insert(key, len));
+                }
+            }
+        }
+        remove_evicted(root, &evicted);
+    }
+    let index = lock(index);
+    tracing::info!(
+        slices = index.len(),
+        mib = index.bytes() >> 20,
+        ms = began.elapsed().as_millis() as u64,
+        "disk tier indexed"
+    );
 }
 
 /// SHA-256 over the header's lengths and the slice, so a flipped bit in either is caught.
@@ -311,6 +414,7 @@ mod tier_tests {
         tier.put(&id, 1, 100, &data, tier.epoch()).await;
         drop(tier);
         let again = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
+        again.scanned().await;
         assert_eq!(again.get(&id, 1).await, Ok((100, data)));
         assert_eq!(again.usage().await, ((HEADER + 100) as u64, 1));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -333,6 +437,84 @@ mod tier_tests {
         assert_eq!(bytes, slices * (slice + HEADER as u64));
         let files = std::fs::read_dir(dir.join(id.as_str())).unwrap().count() as u64;
         assert_eq!(files, slices, "evicted slices must leave the disk");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn slices_are_served_from_disk_before_the_start_up_scan_reaches_them() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-early-{}", std::process::id()));
+        let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
+        let (id, other) = (FileId::random(), FileId::random());
+        let data = Bytes::from(vec![3u8; 100]);
+        for (file, index) in [(&id, 0), (&id, 1), (&other, 0)] {
+            tier.put(file, index, 300, &data, tier.epoch()).await;
+        }
+        drop(tier);
+        std::fs::write(dir.join(id.as_str()).join("2.tmp"), b"half a slice").unwrap();
+
+        // A restart whose scan has not begun: what is asked for is looked for on disk.
+        let (tier, done) = DiskTier::unscanned(dir.clone(), 1 << 20, 1024)
+            .await
+            .unwrap();
+        assert_eq!(tier.usage().await, (0, 0));
+        assert!(tier.holds(&id, 1));
+        assert!(!tier.holds(&id, 2));
+        assert_eq!(tier.get(&id, 0).await, Ok((300, data.clone())));
+        assert_eq!(tier.get(&id, 2).await, Err(DiskMiss::Absent));
+        assert_eq!(
+            tier.usage().await,
+            ((HEADER + 100) as u64, 1),
+            "found, so indexed"
+        );
+        // A purge meanwhile removes what the scan has not seen too.
+        tier.purge(std::slice::from_ref(&other)).await;
+        assert!(!tier.holds(&other, 0));
+        assert_eq!(tier.get(&other, 0).await, Err(DiskMiss::Absent));
+
+        // Once the scan is over, the index alone answers.
+        let (scan_root, scan_index, scan_purges) =
+            (tier.root.clone(), tier.index.clone(), tier.purges.clone());
+        tokio::task::spawn_blocking(move || scan(&scan_root, &scan_index, &scan_purges))
+            .await
+            .unwrap();
+        done.send(true).unwrap();
+        tier.scanned().await;
+        assert_eq!(tier.usage().await, (2 * (HEADER + 100) as u64, 2));
+        assert_eq!(tier.get(&id, 1).await, Ok((300, data)));
+        assert!(
+            !dir.join(id.as_str()).join("2.tmp").exists(),
+            "the scan deletes leftovers"
+        );
+        std::fs::remove_file(slice_path(&dir, &id, 1)).unwrap();
+        assert_eq!(tier.get(&id, 1).await, Err(DiskMiss::Absent));
+        assert_eq!(
+            tier.usage().await,
+            ((HEADER + 100) as u64, 1),
+            "a vanished file is forgotten"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn evicted_slices_leave_the_disk_with_their_files_directory() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-dirs-{}", std::process::id()));
+        let slice = 1024u64;
+        let tier = DiskTier::open(&dir, 20 * (slice + HEADER as u64), slice)
+            .await
+            .unwrap();
+        tier.scanned().await;
+        let data = Bytes::from(vec![9u8; slice as usize]);
+        let ids: Vec<FileId> = (0..30).map(|_| FileId::random()).collect();
+        for id in &ids {
+            tier.put(id, 0, slice, &data, tier.epoch()).await;
+        }
+        let (_, slices) = tier.usage().await;
+        assert!(slices <= 20);
+        let dirs = std::fs::read_dir(&dir).unwrap().count() as u64;
+        assert_eq!(
+            dirs, slices,
+            "a file whose slices all left leaves no directory"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

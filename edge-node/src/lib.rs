@@ -16,6 +16,7 @@ mod metrics;
 mod resident;
 mod service;
 mod shield;
+mod slice_index;
 mod slices;
 mod upstream;
 
@@ -28,6 +29,7 @@ pub use h3::{
 pub use metrics::EdgeMetrics;
 pub use service::{CorsOrigins, Edge, EdgeConfig, UnknownCountry};
 pub use shield::Shield;
+pub use slice_index::SliceIndex;
 pub use slices::SliceMath;
 pub use upstream::{Breaker, Upstreams};
 

@@ -42,6 +42,12 @@ pub struct EdgeMetrics {
     pub ttfb_seconds: Histogram,
     /// Bytes in the memory tier.
     pub cache_bytes: IntGauge,
+    /// The disk tier: bytes and slices held, what its index holds in memory, and 1 while
+    /// the start-up scan runs. Set when scraped.
+    pub disk_bytes: IntGauge,
+    pub disk_slices: IntGauge,
+    pub disk_index_bytes: IntGauge,
+    pub disk_scanning: IntGauge,
     /// Open connections by listener, read from each listener's slots when scraped.
     open_connections: IntGaugeVec,
     /// 1 for each token key in service, by key id.
@@ -165,6 +171,32 @@ impl EdgeMetrics {
                 &r,
                 IntGauge::new("cache_bytes", "Bytes held in the memory tier")
                     .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_bytes: register(
+                &r,
+                IntGauge::new("disk_bytes", "Bytes of slice files in the disk tier")
+                    .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_slices: register(
+                &r,
+                IntGauge::new("disk_slices", "Slices in the disk tier")
+                    .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_index_bytes: register(
+                &r,
+                IntGauge::new(
+                    "disk_index_bytes",
+                    "Memory the disk tier's index of slices holds",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_scanning: register(
+                &r,
+                IntGauge::new(
+                    "disk_scanning",
+                    "1 while the disk tier's start-up scan runs (slices it has not reached are looked for on disk)",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
             ),
             open_connections: register(
                 &r,

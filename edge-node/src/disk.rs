@@ -233,13 +233,27 @@ impl DiskTier {
         }
     }
 
-    /// Drops every slice of `ids`.
+    /// Drops every slice of `ids`: those its directory holds leave the index, then the
+    /// directory goes (a write on its way sees the purge and removes what it wrote).
     pub async fn purge(&self, ids: &[FileId]) {
         self.purges.fetch_add(1, Ordering::SeqCst);
-        let files: Vec<[u8; 20]> = ids.iter().map(FileId::to_bytes).collect();
-        lock(&self.index).remove_files(&files);
         for id in ids {
-            let _ = tokio::fs::remove_dir_all(self.root.join(id.as_str())).await;
+            let dir = self.root.join(id.as_str());
+            let mut keys = Vec::new();
+            if let Ok(mut files) = tokio::fs::read_dir(&dir).await {
+                while let Ok(Some(file)) = files.next_entry().await {
+                    if let Some(slice) = file.file_name().to_str().and_then(|n| n.parse().ok()) {
+                        keys.push((id.to_bytes(), slice));
+                    }
+                }
+            }
+            {
+                let mut index = lock(&self.index);
+                for key in &keys {
+                    index.remove(key);
+                }
+            }
+            let _ = tokio::fs::remove_dir_all(&dir).await;
         }
     }
 
@@ -285,6 +299,11 @@ fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64) {
                     let _ = std::fs::remove_file(file.path());
                 }
             }
+        }
+        if batch.is_empty() {
+            // All its slices were evicted (or it was half made): it goes too.
+            let _ = std::fs::remove_dir(dir.path());
+            continue;
         }
         let mut evicted = Vec::new();
         {

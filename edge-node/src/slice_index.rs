@@ -210,20 +210,6 @@ impl SliceIndex {
         Some(slot.bytes)
     }
 
-    /// Forgets every slice whose file id is in `files`; how many it forgot.
-    pub fn remove_files(&mut self, files: &[[u8; 20]]) -> usize {
-        let gone: Vec<Key> = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s.place, Place::Small | Place::Main) && files.contains(&s.key.0))
-            .map(|s| s.key)
-            .collect();
-        for key in &gone {
-            self.remove(key);
-        }
-        gone.len()
-    }
-
     /// Takes `key` out of the hash table; its slot.
     fn unlink(&mut self, key: &Key) -> Option<u32> {
         let slots = &self.slots;
@@ -373,7 +359,8 @@ mod tests {
         }
         assert_eq!(index.len(), 8);
         let had = (0..4).filter(|&i| index.contains(&key(2, i))).count();
-        assert_eq!(index.remove_files(&[[2; 20]]), had);
+        let removed = (0..4).filter_map(|i| index.remove(&key(2, i))).count();
+        assert_eq!(removed, had);
         assert_eq!(index.remove(&key(2, 0)), None);
         assert_eq!(index.len(), 8 - had);
         assert_eq!(index.bytes(), 10 * (8 - had) as u64);

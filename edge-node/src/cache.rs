@@ -282,6 +282,8 @@ impl SliceCache {
             .disk_index_bytes
             .set(gauge(disk.index_bytes() as u64));
         self.metrics.disk_scanning.set(i64::from(disk.scanning()));
+        let errors = &self.metrics.disk_write_errors;
+        errors.inc_by(disk.write_errors().saturating_sub(errors.get()));
         Some((bytes, slices))
     }
 

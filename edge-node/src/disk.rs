@@ -45,6 +45,10 @@ pub struct DiskTier {
     purges: Arc<AtomicU64>,
     /// Becomes true once the start-up scan has indexed what the directory held.
     scanned: watch::Receiver<bool>,
+    /// Slice writes that failed (a full or failing disk), and when one was last logged: at
+    /// most one warning each 10 s, not one for every slice fetched.
+    write_errors: AtomicU64,
+    warned: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -116,6 +120,8 @@ impl DiskTier {
             index: Arc::new(Mutex::new(index)),
             purges: Arc::new(AtomicU64::new(0)),
             scanned,
+            write_errors: AtomicU64::new(0),
+            warned: Mutex::new(None),
         };
         Ok((tier, done))
     }
@@ -123,6 +129,11 @@ impl DiskTier {
     /// Waits for the start-up scan to have indexed what the directory held.
     pub async fn scanned(&self) {
         let _ = self.scanned.clone().wait_for(|done| *done).await;
+    }
+
+    /// Slice writes that failed since start.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
     }
 
     /// Memory the index holds.
@@ -149,10 +160,11 @@ impl DiskTier {
             }
             return Err(DiskMiss::Absent);
         };
-        match decode(&raw) {
+        let file_len = raw.len() as u64;
+        match decode(raw) {
             Some(found) => {
                 if !indexed {
-                    self.insert(key, raw.len() as u64).await;
+                    self.insert(key, file_len).await;
                 }
                 Ok(found)
             }
@@ -228,7 +240,19 @@ impl DiskTier {
             Ok(()) => self.insert(key, record.len() as u64).await,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                tracing::warn!(file = %id, slice = index, error = %e, "cannot write slice to disk");
+                let failed = self.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                let now = Instant::now();
+                let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.is_none_or(|at| now.duration_since(at).as_secs() >= 10) {
+                    *warned = Some(now);
+                    tracing::warn!(
+                        file = %id,
+                        slice = index,
+                        error = %e,
+                        failed_so_far = failed,
+                        "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
+                    );
+                }
             }
         }
     }
@@ -348,7 +372,9 @@ fn encode(object_len: u64, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decode(raw: &[u8]) -> Option<(u64, Bytes)> {
+/// The object's length and the slice a record holds, if it is whole and its checksum holds
+/// (the slice is a view of `raw`, not a copy).
+fn decode(raw: Vec<u8>) -> Option<(u64, Bytes)> {
     if raw.len() < HEADER || &raw[..4] != MAGIC {
         return None;
     }
@@ -358,7 +384,7 @@ fn decode(raw: &[u8]) -> Option<(u64, Bytes)> {
     if data.len() != len || checksum(&raw[4..16], data).as_ref() != &raw[16..48] {
         return None;
     }
-    Some((object_len, Bytes::copy_from_slice(data)))
+    Some((object_len, Bytes::from(raw).slice(HEADER..)))
 }
 
 #[cfg(test)]
@@ -369,14 +395,14 @@ mod tests {
     fn records_round_trip_and_any_damage_is_caught() {
         let data = vec![7u8; 1000];
         let raw = encode(5000, &data);
-        assert_eq!(decode(&raw), Some((5000, Bytes::from(data.clone()))));
+        assert_eq!(decode(raw.clone()), Some((5000, Bytes::from(data.clone()))));
         for flip in [0, 5, 13, 20, HEADER, raw.len() - 1] {
             let mut bad = raw.clone();
             bad[flip] ^= 1;
-            assert_eq!(decode(&bad), None, "flipped byte {flip} accepted");
+            assert_eq!(decode(bad), None, "flipped byte {flip} accepted");
         }
-        assert_eq!(decode(&raw[..raw.len() - 1]), None);
-        assert_eq!(decode(b"CZS1"), None);
+        assert_eq!(decode(raw[..raw.len() - 1].to_vec()), None);
+        assert_eq!(decode(b"CZS1".to_vec()), None);
     }
 
     proptest::proptest! {
@@ -391,19 +417,19 @@ mod tests {
             noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
         ) {
             let raw = encode(object_len, &data);
-            proptest::prop_assert_eq!(decode(&raw), Some((object_len, Bytes::from(data))));
+            proptest::prop_assert_eq!(decode(raw.clone()), Some((object_len, Bytes::from(data))));
             let mut damaged = raw.clone();
             for (at, change) in flips {
                 let at = at % damaged.len();
                 damaged[at] ^= change;
             }
             if damaged != raw {
-                proptest::prop_assert_eq!(decode(&damaged), None);
+                proptest::prop_assert_eq!(decode(damaged), None);
             }
-            proptest::prop_assert_eq!(decode(&raw[..cut % raw.len()]), None);
+            proptest::prop_assert_eq!(decode(raw[..cut % raw.len()].to_vec()), None);
             let mut tagged = MAGIC.to_vec();
             tagged.extend_from_slice(&noise);
-            proptest::prop_assert_eq!(decode(&tagged), None);
+            proptest::prop_assert_eq!(decode(tagged), None);
         }
     }
 }
@@ -534,6 +560,28 @@ mod tier_tests {
             dirs, slices,
             "a file whose slices all left leaves no directory"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slice_that_cannot_be_written_is_counted_and_not_indexed() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-fail-{}", std::process::id()));
+        let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
+        tier.scanned().await;
+        let (id, fine) = (FileId::random(), FileId::random());
+        // Where the file's directory should be, something else is (as a failing disk, or
+        // one full, refuses the write).
+        std::fs::write(dir.join(id.as_str()), b"in the way").unwrap();
+        let data = Bytes::from(vec![5u8; 100]);
+        for index in 0..3 {
+            tier.put(&id, index, 300, &data, tier.epoch()).await;
+        }
+        assert_eq!(tier.write_errors(), 3);
+        assert_eq!(tier.get(&id, 0).await, Err(DiskMiss::Absent));
+        assert!(!tier.holds(&id, 0));
+        tier.put(&fine, 0, 100, &data, tier.epoch()).await;
+        assert_eq!(tier.get(&fine, 0).await, Ok((100, data)));
+        assert_eq!((tier.write_errors(), tier.usage().await.1), (3, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

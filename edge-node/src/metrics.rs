@@ -25,6 +25,9 @@ pub struct EdgeMetrics {
     pub disk_hits: IntCounter,
     /// Slices found damaged on disk (refetched, never served).
     pub disk_corrupt: IntCounter,
+    /// Slice writes to the disk tier that failed (brought up to the tier's count when
+    /// scraped).
+    pub disk_write_errors: IntCounter,
     /// Slice lookups that waited on another request's fetch of the same slice.
     pub collapsed: IntCounter,
     /// Read-ahead fetches started.
@@ -115,6 +118,13 @@ impl EdgeMetrics {
                 counter(
                     "disk_corrupt_total",
                     "Slices found damaged on disk and refetched",
+                ),
+            ),
+            disk_write_errors: register(
+                &r,
+                counter(
+                    "disk_write_errors_total",
+                    "Slice writes to the disk tier that failed (a full or failing disk)",
                 ),
             ),
             collapsed: register(

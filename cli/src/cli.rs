@@ -308,6 +308,11 @@ pub struct EdgeLimitArgs {
     /// An HTTP/3 connection silent this long is closed (the client may ask for less).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
     pub h3_idle_timeout: Duration,
+    /// An HTTP/3 connection with no request open this long is closed, however its client keeps
+    /// it alive with PINGs (nginx's keepalive_timeout); the client's next request reconnects,
+    /// with 0-RTT. 0: only --h3-idle-timeout closes it.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = duration)]
+    pub h3_keepalive_timeout: Duration,
     /// On SIGTERM, time given to requests under way to finish before their connections close.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,

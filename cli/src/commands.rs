@@ -689,6 +689,7 @@ fn apply_limits(config: &mut crate::edge_node::EdgeNodeConfig, args: &crate::cli
     quic.min_send_rate = rate;
     quic.max_streams = args.h3_max_streams;
     quic.idle_timeout = args.h3_idle_timeout;
+    quic.keepalive_timeout = args.h3_keepalive_timeout;
     quic.drain_timeout = args.drain_timeout;
     quic.max_field_section = u64::from(args.max_header_bytes);
 }

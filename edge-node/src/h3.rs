@@ -50,6 +50,9 @@ pub struct H3Limits {
     pub max_streams: u32,
     /// A connection silent this long is closed.
     pub idle_timeout: Duration,
+    /// A connection with no request open this long is closed (H3_NO_ERROR), whatever PINGs
+    /// its client sends to keep it alive: nginx's `keepalive_timeout`. Zero: never.
+    pub keepalive_timeout: Duration,
     /// Time given to open connections to finish after shutdown.
     pub drain_timeout: Duration,
     /// Largest UDP payload path MTU discovery probes for (1452 fits Ethernet; quinn's
@@ -88,6 +91,7 @@ impl Default for H3Limits {
             max_connections: ServerLimits::default().max_connections,
             max_streams: 100,
             idle_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
             drain_timeout: Duration::from_secs(10),
             max_udp_payload: 1452,
             ack_every: Some(10),
@@ -177,6 +181,7 @@ pub fn serve_h3(
     .map_err(|source| H3Error::Bind { addr, source })?;
     for endpoint in &endpoints {
         endpoint.grow_streams_to(limits.max_streams);
+        endpoint.close_idle_after(limits.keepalive_timeout);
     }
     let addr = endpoints
         .first()

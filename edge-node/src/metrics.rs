@@ -59,6 +59,8 @@ pub struct EdgeMetrics {
     refused_connections: IntCounterVec,
     /// Idle connections closed to make room for new clients, by listener.
     reclaimed_connections: IntCounterVec,
+    /// Connections closed after the keep-alive time with no request open, by listener.
+    keepalive_closed: IntCounterVec,
     /// Connections closed on a PROXY protocol listener for their header.
     proxy_refused: IntCounterVec,
     /// Connections closed because their client held as many as it may, by listener.
@@ -238,6 +240,17 @@ impl EdgeMetrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            keepalive_closed: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "keepalive_closed_connections_total",
+                        "Connections closed after the keep-alive time with no request open, by listener",
+                    ),
+                    &["listener"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             proxy_refused: register(
                 &r,
                 IntCounterVec::new(
@@ -326,6 +339,7 @@ impl EdgeMetrics {
                 for (counter, tally) in [
                     (&self.refused_connections, connections.refused()),
                     (&self.reclaimed_connections, connections.reclaimed()),
+                    (&self.keepalive_closed, connections.kept_alive_out()),
                     (&self.proxy_refused, connections.unproxied()),
                     (&self.client_cap_refused, connections.over_client_cap()),
                 ] {

@@ -160,6 +160,7 @@ pub struct OpenConnections {
 struct CapTally {
     refused: AtomicU64,
     reclaimed: AtomicU64,
+    kept_alive_out: AtomicU64,
     unproxied: AtomicU64,
     over_client_cap: AtomicU64,
 }
@@ -209,6 +210,17 @@ impl OpenConnections {
     /// Notes an idle connection closed to give its slot to a new client.
     pub fn note_reclaimed(&self) {
         self.tally.reclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes connections closed for having had no request open for the keep-alive time.
+    pub fn note_kept_alive_out(&self, n: u64) {
+        self.tally.kept_alive_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Connections closed for having had no request open for the keep-alive time, since the
+    /// listener started.
+    pub fn kept_alive_out(&self) -> u64 {
+        self.tally.kept_alive_out.load(Ordering::Relaxed)
     }
 
     /// Notes a connection closed on a PROXY protocol listener for its header: one from a peer

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cadenza_common::http::{ClientSlot, OpenConnections};
@@ -101,6 +101,9 @@ struct Shared {
     /// Set by [`Endpoint::grow_streams_to`]: the most concurrent requests a connection is
     /// raised to once it uses half of what it has (0: never raised).
     stream_ceiling: AtomicU64,
+    /// Set by [`Endpoint::close_idle_after`]: milliseconds a connection may stay with no
+    /// request open (0: as long as QUIC's idle timeout lets it).
+    keepalive_ms: AtomicU64,
     /// This driver's connections, least recently active first (by [`ConnState::last_active`],
     /// then handle), for the port's drivers to look through when one of them needs room for
     /// a new client (the driver's own map is its task's alone). An entry moves only under its
@@ -154,6 +157,7 @@ impl Endpoint {
             wake: Notify::new(),
             closing: Mutex::new(None),
             stream_ceiling: AtomicU64::new(0),
+            keepalive_ms: AtomicU64::new(0),
             members: Mutex::new(BTreeMap::new()),
             siblings: OnceLock::new(),
         });
@@ -172,6 +176,7 @@ impl Endpoint {
             due: Vec::new(),
             closed: false,
             client_cap_warned: None,
+            next_sweep: None,
         };
         let driver = tokio::spawn(driver.run());
         Ok(Self {
@@ -191,6 +196,16 @@ impl Endpoint {
         self.shared
             .stream_ceiling
             .store(u64::from(ceiling), Ordering::Relaxed);
+    }
+
+    /// Closes connections that have had no request open for `keepalive` (H3_NO_ERROR, as
+    /// nginx's `keepalive_timeout` closes HTTP/3 connections), however their clients keep
+    /// them alive with PINGs: an idle connection holds some 27 KiB, and a client's next
+    /// request reconnects with 0-RTT. Zero leaves them to QUIC's idle timeout.
+    pub fn close_idle_after(&self, keepalive: std::time::Duration) {
+        let ms = u64::try_from(keepalive.as_millis()).unwrap_or(u64::MAX);
+        self.shared.keepalive_ms.store(ms, Ordering::Relaxed);
+        self.shared.wake.notify_one();
     }
 
     /// The socket's address.
@@ -837,6 +852,8 @@ struct Driver {
     /// When a client at its cap was last logged as a warning: one each 10 s, not one for
     /// each connection of a flood.
     client_cap_warned: Option<Instant>,
+    /// When connections kept alive past the keep-alive time are next looked for.
+    next_sweep: Option<Instant>,
 }
 
 impl Driver {
@@ -852,6 +869,7 @@ impl Driver {
                 }
             };
             self.collect(now);
+            self.sweep(now);
             self.drive_due(now);
             if self.closed && self.conns.is_empty() {
                 return;
@@ -864,7 +882,11 @@ impl Driver {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let deadline = self.timers.peek().map(|Reverse((t, _))| *t);
+            let deadline = match (self.timers.peek(), self.next_sweep) {
+                (Some(Reverse((t, _))), Some(sweep)) => Some((*t).min(sweep)),
+                (Some(Reverse((t, _))), None) => Some(*t),
+                (None, sweep) => sweep,
+            };
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -1066,6 +1088,52 @@ impl Driver {
             return Some(slot);
         }
         None
+    }
+
+    /// Closes this driver's connections that have had no request open for the keep-alive
+    /// time (see [`Endpoint::close_idle_after`]), looking a few times a keep-alive time,
+    /// and at most once a second.
+    fn sweep(&mut self, now: Instant) {
+        let keepalive = Duration::from_millis(self.shared.keepalive_ms.load(Ordering::Relaxed));
+        if keepalive.is_zero() || self.closed {
+            self.next_sweep = None;
+            return;
+        }
+        if self.next_sweep.is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_sweep =
+            Some(now + (keepalive / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        let Some(cutoff) = now.checked_sub(keepalive) else {
+            return;
+        };
+        // Least recently active first; the list is copied out, as a connection's state is
+        // locked before the list, never while it is held.
+        let stale: Vec<(Member, Arc<ConnInner>)> = lock(&self.shared.members)
+            .range(..(cutoff, 0))
+            .map(|(member, inner)| (*member, inner.clone()))
+            .collect();
+        let mut closed = 0;
+        for (member, inner) in stale {
+            let mut st = lock(&inner.state);
+            let idle = st.last_active == member.0
+                && !st.conn.is_handshaking()
+                && st.lost.is_none()
+                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
+            if idle {
+                st.close(now, NO_ERROR, Bytes::new());
+                drop(st);
+                self.due.push(inner.handle);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            self.cap.note_kept_alive_out(closed);
+            tracing::debug!(
+                closed,
+                "HTTP/3 connections closed after the keep-alive time"
+            );
+        }
     }
 
     /// Sends an endpoint's own reply (version negotiation, stateless reset, refusal); one
@@ -1319,7 +1387,6 @@ fn send(shared: &Shared, t: &proto::Transmit, contents: &[u8]) -> io::Result<()>
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
-    use std::time::Duration;
 
     use cadenza_common::http::tls;
 
@@ -2162,5 +2229,67 @@ mod tests {
             went_dark.elapsed()
         );
         assert_eq!(fetch(&conn, 7, 70_000).await, pattern(7, 70_000));
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_no_request_for_the_keepalive_time_is_closed_pings_or_not() {
+        let (server, client_config) = configs();
+        let cap = OpenConnections::new(usize::MAX);
+        let endpoints = bind(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            1,
+            proto::EndpointConfig::default(),
+            server,
+            &cap,
+        )
+        .unwrap();
+        let addr = endpoints[0].local_addr();
+        endpoints[0].close_idle_after(Duration::from_millis(600));
+        for endpoint in endpoints {
+            tokio::spawn(serve_all(endpoint, Arc::default()));
+        }
+        // Clients that PING every 100 ms, so QUIC's idle timeout never closes them.
+        let mut pinging = client_config;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_millis(100)));
+        pinging.transport_config(Arc::new(transport));
+        let client = client(pinging);
+        let connect = || async { client.connect(addr, "localhost").unwrap().await.unwrap() };
+        let (idle, busy, asking) = (connect().await, connect().await, connect().await);
+        assert_eq!(fetch(&idle, 1, 1000).await, pattern(1, 1000));
+        // One request open all along.
+        let _held = hold_open(&busy).await;
+        // One request every 200 ms for 2 s.
+        let began = Instant::now();
+        let asker = tokio::spawn(async move {
+            for n in 0..10 {
+                assert_eq!(fetch(&asking, n, 100).await, pattern(n, 100));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            asking
+        });
+        let closed = tokio::time::timeout(Duration::from_secs(5), idle.closed())
+            .await
+            .expect("closed once the keep-alive time passed with no request");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, NO_ERROR);
+            }
+            other => panic!("closed with {other}"),
+        }
+        assert!(
+            began.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            began.elapsed()
+        );
+        let asking = asker.await.unwrap();
+        assert!(asking.close_reason().is_none(), "a connection in use stays");
+        assert!(
+            busy.close_reason().is_none(),
+            "a connection with a request open stays"
+        );
+        assert_eq!(fetch(&busy, 3, 100).await, pattern(3, 100));
+        assert_eq!(cap.kept_alive_out(), 1);
     }
 }

@@ -274,9 +274,10 @@ pub struct EdgeLimitArgs {
     /// Time allowed for an HTTP/1.1 request's head to arrive once it has begun.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
     pub header_timeout: Duration,
-    /// A TCP connection that moves no byte this long is closed (a keep-alive connection
-    /// waiting for its next request included). Set it above a load balancer's own idle
-    /// timeout, so the balancer, not the edge, closes first.
+    /// A TCP connection that moves no byte this long is closed, and one with no request open
+    /// this long however its client PINGs (HTTP/2 is sent GOAWAY): nginx's keepalive_timeout.
+    /// Set it above a load balancer's own idle timeout, so the balancer, not the edge, closes
+    /// first.
     #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
     /// How long one write may wait for a client that is not reading.

@@ -402,6 +402,65 @@ async fn idle_http2_makes_room(tls: bool) {
     server.stop.trigger();
 }
 
+/// An HTTP/2 connection with no request open for the keep-alive time is told to go away,
+/// however often its client PINGs; one asking every so often, and one with a response open,
+/// stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_no_request_for_the_keepalive_time_goes_pings_or_not() {
+    let limits = ServerLimits {
+        idle_timeout: Duration::from_millis(800),
+        ..ServerLimits::default()
+    };
+    let server = start(limits).await;
+    let pinging = || async {
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(100))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(connect(&server, None).await))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    async fn fetch(client: &mut SendRequest<Empty<Bytes>>) -> Result<(), hyper::Error> {
+        let response = client.send_request(get("/bytes/10")).await?;
+        response.into_body().collect().await.map(|_| ())
+    }
+    let (mut idle, mut busy, mut asking) = (pinging().await, pinging().await, pinging().await);
+    fetch(&mut idle).await.unwrap();
+    // A 32 MiB response left unread holds its stream open.
+    let _held = busy.send_request(get("/chunks/2048")).await.unwrap();
+    let began = Instant::now();
+    let asker = tokio::spawn(async move {
+        for _ in 0..10 {
+            fetch(&mut asking).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        asking
+    });
+    while !idle.is_closed() {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "a connection with no request stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        began.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        began.elapsed()
+    );
+    let asking = asker.await.unwrap();
+    assert!(!asking.is_closed(), "a connection in use was closed");
+    assert!(
+        !busy.is_closed(),
+        "a connection with a response open was closed"
+    );
+    assert_eq!(server.connections.kept_alive_out(), 1);
+    server.stop.trigger();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_still_writing_after_the_goodbye_reads_the_whole_response() {
     let size = 8 * 1024 * 1024;

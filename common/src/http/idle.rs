@@ -1,9 +1,12 @@
 //! Connections waiting for their next request, idle longest first. A listener at its cap
 //! closes the first of them to give its slot to a new client, as nginx reuses its kept-alive
-//! connections, instead of turning the newcomer away while dormant clients hold every slot.
+//! connections, instead of turning the newcomer away while dormant clients hold every slot;
+//! and it closes those that have waited past the keep-alive time, however their clients keep
+//! them alive (HTTP/2 PINGs), as nginx's `keepalive_timeout` does.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -16,8 +19,8 @@ struct Waiting {
     /// The number the next place gets: places are numbered as they are taken, so the first
     /// is the connection idle longest.
     next: u64,
-    /// Each waiting connection's bell, by its place.
-    places: BTreeMap<u64, Arc<Notify>>,
+    /// Each waiting connection's bell and since when it has waited, by its place.
+    places: BTreeMap<u64, (Instant, Arc<Notify>)>,
 }
 
 /// A connection's place in the queue while it waits; it leaves when this is dropped.
@@ -45,7 +48,9 @@ impl IdleQueue {
         let mut waiting = self.waiting();
         let number = waiting.next;
         waiting.next += 1;
-        waiting.places.insert(number, bell.clone());
+        waiting
+            .places
+            .insert(number, (Instant::now(), bell.clone()));
         number
     }
 
@@ -59,12 +64,28 @@ impl IdleQueue {
     pub fn reclaim(&self) -> bool {
         let first = self.waiting().places.pop_first();
         match first {
-            Some((_, bell)) => {
+            Some((_, (_, bell))) => {
                 bell.notify_one();
                 true
             }
             None => false,
         }
+    }
+
+    /// Takes the connections that have waited since before `cutoff` out of the queue and
+    /// rings their bells, so they close; how many.
+    pub fn expire(&self, cutoff: Instant) -> u64 {
+        let mut expired = 0;
+        let mut waiting = self.waiting();
+        // Places are numbered as they are taken, so the longest waiting come first.
+        while let Some(entry) = waiting.places.first_entry() {
+            if entry.get().0 >= cutoff {
+                break;
+            }
+            entry.remove().1.notify_one();
+            expired += 1;
+        }
+        expired
     }
 
     /// Connections waiting now.
@@ -213,6 +234,29 @@ mod tests {
         assert!(queue.reclaim());
         assert!(!third.leave());
         assert!(!queue.reclaim());
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn connections_waiting_past_the_keepalive_time_are_told_to_go() {
+        let queue = IdleQueue::default();
+        let bells: Vec<_> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+        let old = queue.join(&bells[0]);
+        let older_activity = Activity::new(&queue);
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        let cutoff = Instant::now();
+        let young = queue.join(&bells[1]);
+        assert_eq!(queue.expire(cutoff), 2);
+        for bell in [&bells[0], older_activity.bell()] {
+            tokio::time::timeout(std::time::Duration::from_secs(1), bell.notified())
+                .await
+                .unwrap();
+        }
+        assert!(!old.leave(), "told to go");
+        assert_eq!(queue.expire(cutoff), 0);
+        assert!(young.leave(), "a connection that has not waited long stays");
+        // Once told, an HTTP/2 connection is not queued again after its last request.
+        drop(older_activity.begin());
         assert!(queue.is_empty());
     }
 

@@ -89,7 +89,8 @@ pub struct ServerLimits {
     pub drain_timeout: Duration,
     /// How long a write may wait for a peer that is not reading (nginx's `send_timeout`).
     pub send_timeout: Duration,
-    /// How long a connection may move no byte at all before it is closed.
+    /// How long a connection may move no byte at all, or wait with no request open (HTTP/2
+    /// PINGs notwithstanding: nginx's `keepalive_timeout`), before it is closed.
     pub idle_timeout: Duration,
     /// The slowest a peer may read while a response waits on it.
     pub min_send_rate: MinRate,
@@ -212,7 +213,8 @@ impl OpenConnections {
         self.tally.reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Notes connections closed for having had no request open for the keep-alive time.
+    /// Notes connections closed for having had no request open for the keep-alive time
+    /// (TCP: `ServerLimits::idle_timeout`, HTTP/2's PINGs notwithstanding).
     pub fn note_kept_alive_out(&self, n: u64) {
         self.tally.kept_alive_out.fetch_add(n, Ordering::Relaxed);
     }
@@ -318,10 +320,27 @@ async fn accept_loop<H: Handler>(
     // Refusals are counted in `slots`; the log says so at most every 10 s, not once for each
     // connection of a flood: when it last did, and the count it gave.
     let mut warned: Option<(std::time::Instant, u64)> = None;
+    // Connections that have waited for a request past the keep-alive time are closed, looked
+    // for a few times a keep-alive time and at most once a second. Those moving no byte at
+    // all are closed by their own deadline; this closes those kept alive by PINGs too.
+    let keepalive = limits.idle_timeout;
+    let mut sweep = tokio::time::interval(
+        (keepalive / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.wait() => break,
+            _ = sweep.tick() => {
+                if let Some(cutoff) = std::time::Instant::now().checked_sub(keepalive) {
+                    let expired = serving.idle.expire(cutoff);
+                    if expired > 0 {
+                        slots.note_kept_alive_out(expired);
+                    }
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {

@@ -282,8 +282,12 @@ impl SliceCache {
             .disk_index_bytes
             .set(gauge(disk.index_bytes() as u64));
         self.metrics.disk_scanning.set(i64::from(disk.scanning()));
-        let errors = &self.metrics.disk_write_errors;
-        errors.inc_by(disk.write_errors().saturating_sub(errors.get()));
+        for (counter, tally) in [
+            (&self.metrics.disk_write_errors, disk.write_errors()),
+            (&self.metrics.disk_writes_skipped, disk.writes_skipped()),
+        ] {
+            counter.inc_by(tally.saturating_sub(counter.get()));
+        }
         Some((bytes, slices))
     }
 
@@ -540,8 +544,7 @@ impl SliceCache {
         let epoch = self.disk.as_ref().map(|d| d.epoch());
         let held = self.fetch(id, index, None).await?;
         if let (Some(disk), Some(epoch)) = (&self.disk, epoch) {
-            let (disk, id, data, total) = (disk.clone(), id.clone(), held.data.clone(), held.total);
-            tokio::spawn(async move { disk.put(&id, index, total, &data, epoch).await });
+            disk.put_later(id.clone(), index, held.total, held.data.clone(), epoch);
         }
         Ok((held, false))
     }

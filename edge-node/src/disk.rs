@@ -26,6 +26,10 @@ use tokio::sync::watch;
 use crate::slice_index::{Key, SliceIndex};
 
 const MAGIC: &[u8; 4] = b"CZS1";
+/// Slice writes under way at once. Past it a fetched slice is not written (it is served, and
+/// kept in memory as ever): a miss storm on a slow disk would otherwise queue writes, each
+/// holding its slice, without bound.
+const WRITES_IN_FLIGHT: usize = 64;
 const HEADER: usize = 4 + 8 + 4 + 32;
 
 /// Why a slice file was not used.
@@ -49,6 +53,9 @@ pub struct DiskTier {
     /// most one warning each 10 s, not one for every slice fetched.
     write_errors: AtomicU64,
     warned: Mutex<Option<Instant>>,
+    /// Room for writes under way, and the slices not written for want of it.
+    writes: Arc<tokio::sync::Semaphore>,
+    writes_skipped: AtomicU64,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -122,6 +129,8 @@ impl DiskTier {
             scanned,
             write_errors: AtomicU64::new(0),
             warned: Mutex::new(None),
+            writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
+            writes_skipped: AtomicU64::new(0),
         };
         Ok((tier, done))
     }
@@ -255,6 +264,32 @@ impl DiskTier {
                 }
             }
         }
+    }
+
+    /// Writes a slice fetched during `epoch` in the background ([`Self::put`]), unless
+    /// [`WRITES_IN_FLIGHT`] writes are under way already: then it is not written, and counted.
+    pub fn put_later(
+        self: &Arc<Self>,
+        id: FileId,
+        index: u64,
+        object_len: u64,
+        data: Bytes,
+        epoch: u64,
+    ) {
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            self.writes_skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let tier = self.clone();
+        tokio::spawn(async move {
+            tier.put(&id, index, object_len, &data, epoch).await;
+            drop(permit);
+        });
+    }
+
+    /// Slices not written because as many writes as may be were under way.
+    pub fn writes_skipped(&self) -> u64 {
+        self.writes_skipped.load(Ordering::Relaxed)
     }
 
     /// Drops every slice of `ids`: those its directory holds leave the index, then the
@@ -582,6 +617,39 @@ mod tier_tests {
         tier.put(&fine, 0, 100, &data, tier.epoch()).await;
         assert_eq!(tier.get(&fine, 0).await, Ok((100, data)));
         assert_eq!((tier.write_errors(), tier.usage().await.1), (3, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_beyond_those_under_way_are_skipped_not_queued() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-busy-{}", std::process::id()));
+        let tier = Arc::new(DiskTier::open(&dir, 1 << 20, 1024).await.unwrap());
+        tier.scanned().await;
+        let data = Bytes::from(vec![4u8; 100]);
+        // As many writes under way as may be (a disk slower than the misses).
+        let busy = tier
+            .writes
+            .clone()
+            .acquire_many_owned(WRITES_IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        let (skipped, written) = (FileId::random(), FileId::random());
+        tier.put_later(skipped.clone(), 0, 100, data.clone(), tier.epoch());
+        assert_eq!(tier.writes_skipped(), 1);
+        drop(busy);
+        tier.put_later(written.clone(), 0, 100, data.clone(), tier.epoch());
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while !tier.holds(&written, 0) {
+            assert!(Instant::now() < deadline, "the write never landed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(tier.get(&written, 0).await, Ok((100, data)));
+        assert!(!tier.holds(&skipped, 0));
+        assert_eq!(tier.writes_skipped(), 1);
+        while tier.writes.available_permits() < WRITES_IN_FLIGHT {
+            assert!(Instant::now() < deadline, "a finished write kept its room");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,6 +28,8 @@ pub struct EdgeMetrics {
     /// Slice writes to the disk tier that failed (brought up to the tier's count when
     /// scraped).
     pub disk_write_errors: IntCounter,
+    /// Fetched slices not written to disk because as many writes as may be were under way.
+    pub disk_writes_skipped: IntCounter,
     /// Slice lookups that waited on another request's fetch of the same slice.
     pub collapsed: IntCounter,
     /// Read-ahead fetches started.
@@ -127,6 +129,13 @@ impl EdgeMetrics {
                 counter(
                     "disk_write_errors_total",
                     "Slice writes to the disk tier that failed (a full or failing disk)",
+                ),
+            ),
+            disk_writes_skipped: register(
+                &r,
+                counter(
+                    "disk_writes_skipped_total",
+                    "Fetched slices not written to disk because 64 writes were under way (a disk slower than the misses)",
                 ),
             ),
             collapsed: register(

@@ -236,7 +236,8 @@ impl SliceCache {
     }
 
     /// Fetches the first `slices` slices of `id` (all when `None`) into the cache, at most
-    /// four at a time. Returns how many slices the file has in that span.
+    /// four at a time, no faster than the disk tier writes them. Returns how many slices the
+    /// file has in that span.
     pub async fn warm(
         self: &Arc<Self>,
         id: &FileId,
@@ -249,6 +250,9 @@ impl SliceCache {
         while next < wanted {
             let batch: Vec<u64> = (next..(next + 4).min(wanted)).collect();
             next += batch.len() as u64;
+            if let Some(disk) = &self.disk {
+                disk.room_for(batch.len()).await;
+            }
             let fetches = batch.into_iter().map(|i| {
                 let this = self.clone();
                 let id = id.clone();

@@ -287,6 +287,13 @@ impl DiskTier {
         });
     }
 
+    /// Waits until `n` more writes could start: a pre-warm goes at the disk's pace rather
+    /// than have its slices skipped.
+    pub async fn room_for(&self, n: usize) {
+        let n = u32::try_from(n.min(WRITES_IN_FLIGHT)).unwrap_or(1);
+        let _ = self.writes.acquire_many(n).await;
+    }
+
     /// Slices not written because as many writes as may be were under way.
     pub fn writes_skipped(&self) -> u64 {
         self.writes_skipped.load(Ordering::Relaxed)
@@ -636,7 +643,18 @@ mod tier_tests {
         let (skipped, written) = (FileId::random(), FileId::random());
         tier.put_later(skipped.clone(), 0, 100, data.clone(), tier.epoch());
         assert_eq!(tier.writes_skipped(), 1);
+        // A pre-warm waits for room instead.
+        let waiting = tokio::spawn({
+            let tier = tier.clone();
+            async move { tier.room_for(4).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
         drop(busy);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the writes are done")
+            .unwrap();
         tier.put_later(written.clone(), 0, 100, data.clone(), tier.epoch());
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         while !tier.holds(&written, 0) {

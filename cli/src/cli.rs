@@ -148,6 +148,12 @@ pub struct EdgeArgs {
     /// Disk tier under --data, GiB (0: memory only).
     #[arg(long, default_value_t = 4)]
     pub disk_gib: u64,
+    /// A disk tier on its own device, `DIR:GIB` (repeat, one per device, in place of
+    /// --disk-gib's directory under --data): each file lives on one disk, picked by weighted
+    /// rendezvous hashing, and a disk whose writes keep failing is left out (its files go to
+    /// the others) and tried again after 60 s.
+    #[arg(long, value_name = "DIR:GIB", value_parser = disk_spec, conflicts_with = "disk_gib")]
+    pub disk: Vec<(PathBuf, u64)>,
     /// Slice size, KiB.
     #[arg(long, default_value_t = 256)]
     pub slice_kib: u64,
@@ -352,6 +358,21 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         Ok(d) if d <= LONGEST => Ok(d),
         _ => Err(format!("{text:?} is longer than 24h")),
     }
+}
+
+/// A disk tier, `DIR:GIB`: its directory and its size in bytes.
+fn disk_spec(text: &str) -> Result<(PathBuf, u64), String> {
+    let (dir, gib) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not DIR:GIB, e.g. /srv/cache1:900"))?;
+    let gib: u64 = gib
+        .trim()
+        .parse()
+        .map_err(|_| format!("{gib:?} is not a whole number of GiB"))?;
+    if dir.is_empty() || gib == 0 {
+        return Err(format!("{text:?}: a directory and at least 1 GiB"));
+    }
+    Ok((PathBuf::from(dir), gib.saturating_mul(1 << 30)))
 }
 
 /// A [`duration`] that is not zero.
@@ -614,6 +635,33 @@ mod tests {
         assert!(positive_duration("0ms").is_err());
         assert_eq!(leeway("1h"), Ok(secs(3600)));
         assert!(leeway("61m").is_err());
+    }
+
+    #[test]
+    fn disks_are_a_directory_and_a_size() {
+        assert_eq!(
+            disk_spec("/srv/nvme0/cache:900"),
+            Ok((PathBuf::from("/srv/nvme0/cache"), 900 << 30))
+        );
+        assert_eq!(
+            disk_spec("/mnt/a:b/c:2"),
+            Ok((PathBuf::from("/mnt/a:b/c"), 2 << 30))
+        );
+        for wrong in [
+            "/srv/cache",
+            "/srv/cache:",
+            "/srv/cache:0",
+            ":5",
+            "/srv:1.5",
+            "/srv:-1",
+        ] {
+            assert!(disk_spec(wrong).is_err(), "{wrong:?} was taken");
+        }
+        // One --disk per device, and not with --disk-gib.
+        let parsed = Cli::try_parse_from(["cadenza", "edge", "--disk", "/a:1", "--disk", "/b:2"]);
+        assert!(parsed.is_ok());
+        let both = Cli::try_parse_from(["cadenza", "edge", "--disk", "/a:1", "--disk-gib", "3"]);
+        assert!(both.is_err());
     }
 
     #[test]

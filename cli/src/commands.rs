@@ -573,11 +573,13 @@ async fn run_edge(
             .collect::<anyhow::Result<Vec<_>>>()?;
         config.ticket_keys = Some(cadenza_common::http::tls::TicketKeys::new(&secrets)?);
     }
-    if args.disk_gib > 0 {
-        config.disk = Some((
+    if !args.disk.is_empty() {
+        config.disk = args.disk.clone();
+    } else if args.disk_gib > 0 {
+        config.disk = vec![(
             args.data.join("cache"),
             args.disk_gib.saturating_mul(1 << 30),
-        ));
+        )];
     }
     make_data()?;
     // Sockets a service manager holds for the edge (systemd socket activation) are taken

@@ -14,7 +14,7 @@ use cadenza_common::http::client::https_client;
 use cadenza_common::http::tls::{self, CertPem};
 use cadenza_common::http::{ClientCap, ProxyProtocol, ServerLimits, Shutdown, serve_on};
 use cadenza_edge::{
-    CorsOrigins, DiskTier, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache,
+    CorsOrigins, Disks, Edge, EdgeAdmin, EdgeConfig, EdgeMetrics, H3Limits, Shield, SliceCache,
     SliceMath, UnknownCountry, UpstreamConfig, serve_h3,
 };
 use cadenza_geo::{Cidr, ReloadingGeo};
@@ -60,8 +60,9 @@ pub struct EdgeNodeConfig {
     pub slice_bytes: u64,
     /// Memory tier size.
     pub memory_bytes: u64,
-    /// Disk tier directory and size; `None` keeps memory only.
-    pub disk: Option<(PathBuf, u64)>,
+    /// Disk tiers, a directory and a size in bytes each (one per device); none keeps memory
+    /// only.
+    pub disk: Vec<(PathBuf, u64)>,
     /// Slices fetched ahead of a sequential reader.
     pub read_ahead: u64,
     /// Log every request (target `access`).
@@ -122,7 +123,7 @@ impl EdgeNodeConfig {
             unknown_country: UnknownCountry::Allow,
             slice_bytes: 256 * 1024,
             memory_bytes: 256 * 1024 * 1024,
-            disk: None,
+            disk: Vec::new(),
             read_ahead: 2,
             access_log: false,
             region: None,
@@ -194,11 +195,12 @@ pub async fn start(
         server_tls = tls::with_ticket_keys(&server_tls, keys.clone());
     }
     let client = https_client(tls::client_config(&config.upstream_ca)?);
-    let disk = match &config.disk {
-        Some((dir, bytes)) => Some(Arc::new(
-            DiskTier::open(dir, *bytes, config.slice_bytes).await?,
-        )),
-        None => None,
+    let disk = if config.disk.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            Disks::open(&config.disk, config.slice_bytes).await?,
+        ))
     };
     if config.sendfile && listeners.cleartext.is_some() {
         let files = sendfile_budget(&config);

@@ -874,7 +874,7 @@ impl Stack {
         edge_config.sendfile = config.edge_sendfile;
         edge_config.limits = limits.clone();
         if config.edge_disk_bytes > 0 {
-            edge_config.disk = Some((data.join("edge-cache"), config.edge_disk_bytes));
+            edge_config.disk = vec![(data.join("edge-cache"), config.edge_disk_bytes)];
         }
         let node = edge_node::start(
             edge_config,

@@ -11,7 +11,8 @@ use cadenza_common::http::empty;
 use http::{Method, StatusCode, header};
 use moka::future::Cache;
 
-use crate::disk::{DiskMiss, DiskTier};
+use crate::disk::DiskMiss;
+use crate::disks::Disks;
 use crate::metrics::EdgeMetrics;
 use crate::shield::Shield;
 use crate::slices::{SliceMath, SlicePart};
@@ -107,7 +108,7 @@ pub struct SliceCache {
     sizes: crate::memo::Memo<FileId, u64>,
     upstream: UpstreamConfig,
     origins: Upstreams,
-    disk: Option<Arc<DiskTier>>,
+    disk: Option<Arc<Disks>>,
     shield: Option<Shield>,
     client: HttpClient,
     origin_fetches: AtomicU64,
@@ -134,7 +135,7 @@ impl SliceCache {
         upstream: UpstreamConfig,
         client: HttpClient,
         metrics: Arc<EdgeMetrics>,
-        disk: Option<Arc<DiskTier>>,
+        disk: Option<Arc<Disks>>,
     ) -> Self {
         let bytes = Arc::new(AtomicU64::new(0));
         let gone = bytes.clone();
@@ -251,7 +252,7 @@ impl SliceCache {
             let batch: Vec<u64> = (next..(next + 4).min(wanted)).collect();
             next += batch.len() as u64;
             if let Some(disk) = &self.disk {
-                disk.room_for(batch.len()).await;
+                disk.room_for(id, batch.len()).await;
             }
             let fetches = batch.into_iter().map(|i| {
                 let this = self.clone();
@@ -286,6 +287,9 @@ impl SliceCache {
             .disk_index_bytes
             .set(gauge(disk.index_bytes() as u64));
         self.metrics.disk_scanning.set(i64::from(disk.scanning()));
+        let (up, of) = disk.in_service();
+        self.metrics.disks_in_service.set(gauge(up as u64));
+        self.metrics.disks.set(gauge(of as u64));
         for (counter, tally) in [
             (&self.metrics.disk_write_errors, disk.write_errors()),
             (&self.metrics.disk_writes_skipped, disk.writes_skipped()),

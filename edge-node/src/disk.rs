@@ -44,6 +44,13 @@ pub enum DiskMiss {
 /// Slices on disk.
 pub struct DiskTier {
     root: PathBuf,
+    /// How this process's slice files in the making end (`{slice}.{nonce}.tmp`): the
+    /// start-up scan, which runs while slices are written, deletes other `.tmp` files (a
+    /// crash's leftovers), never these.
+    tmp: String,
+    capacity_bytes: u64,
+    /// Writes failed in a row, and when the last of them took the disk out of service.
+    failing: Mutex<(u64, Option<Instant>)>,
     index: Arc<Mutex<SliceIndex>>,
     /// Bumped by every purge; a write begun before a purge must not land after it.
     purges: Arc<AtomicU64>,
@@ -102,10 +109,22 @@ impl DiskTier {
         capacity_bytes: u64,
         slice_size: u64,
     ) -> std::io::Result<Self> {
-        let (tier, done) = Self::unscanned(root.into(), capacity_bytes, slice_size).await?;
+        Self::open_sharing(root.into(), capacity_bytes, slice_size, Arc::default()).await
+    }
+
+    /// [`Self::open`], with a purge epoch shared with other tiers (see [`crate::Disks`]).
+    pub async fn open_sharing(
+        root: PathBuf,
+        capacity_bytes: u64,
+        slice_size: u64,
+        purges: Arc<AtomicU64>,
+    ) -> std::io::Result<Self> {
+        let (mut tier, done) = Self::unscanned(root, capacity_bytes, slice_size).await?;
+        tier.purges = purges;
         let (root, index, purges) = (tier.root.clone(), tier.index.clone(), tier.purges.clone());
+        let tmp = tier.tmp.clone();
         tokio::task::spawn_blocking(move || {
-            scan(&root, &index, &purges);
+            scan(&root, &index, &purges, &tmp);
             let _ = done.send(true);
         });
         Ok(tier)
@@ -122,8 +141,12 @@ impl DiskTier {
         let capacity = crate::cache::slice_capacity(capacity_bytes, slice_size + HEADER as u64);
         let index = SliceIndex::new(usize::try_from(capacity).unwrap_or(usize::MAX));
         let (done, scanned) = watch::channel(false);
+        let nonce: [u8; 8] = cadenza_common::random_bytes();
         let tier = Self {
             root,
+            tmp: format!("{}.tmp", cadenza_common::hex_encode(&nonce)),
+            capacity_bytes,
+            failing: Mutex::new((0, None)),
             index: Arc::new(Mutex::new(index)),
             purges: Arc::new(AtomicU64::new(0)),
             scanned,
@@ -138,6 +161,44 @@ impl DiskTier {
     /// Waits for the start-up scan to have indexed what the directory held.
     pub async fn scanned(&self) {
         let _ = self.scanned.clone().wait_for(|done| *done).await;
+    }
+
+    /// The bytes of slices this tier may hold.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// Notes a write's outcome: [`crate::disks::FAILURES_OUT`] failures in a row take the disk
+    /// out of service for [`crate::disks::COOLDOWN`]; a success brings it back.
+    fn wrote(&self, ok: bool) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            if failing.1.is_some() {
+                tracing::info!(dir = %self.root.display(), "disk tier back in service");
+            }
+            *failing = (0, None);
+            return;
+        }
+        failing.0 += 1;
+        if failing.0 >= crate::disks::FAILURES_OUT {
+            if failing.1.is_none() {
+                tracing::error!(
+                    dir = %self.root.display(),
+                    failures = failing.0,
+                    "disk tier out of service: its writes keep failing; its files go to the other disks, and it is tried again in 60 s"
+                );
+            }
+            failing.1 = Some(Instant::now());
+        }
+    }
+
+    /// Whether this disk is in service at `now`: not out after failed writes, or out long
+    /// enough to be tried again.
+    pub fn in_service(&self, now: Instant) -> bool {
+        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing
+            .1
+            .is_none_or(|at| now.duration_since(at) >= crate::disks::COOLDOWN)
     }
 
     /// Slice writes that failed since start.
@@ -222,7 +283,7 @@ impl DiskTier {
             return;
         }
         let path = slice_path(&self.root, id, index);
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(&self.tmp);
         let record = encode(object_len, data);
         let write = async {
             let mut made_dir = false;
@@ -246,9 +307,13 @@ impl DiskTier {
                 // A purge ran while this write was in flight.
                 let _ = tokio::fs::remove_file(&path).await;
             }
-            Ok(()) => self.insert(key, record.len() as u64).await,
+            Ok(()) => {
+                self.wrote(true);
+                self.insert(key, record.len() as u64).await;
+            }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
+                self.wrote(false);
                 let failed = self.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
                 let now = Instant::now();
                 let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,7 +397,7 @@ impl DiskTier {
 
 /// Indexes the slices under `root`, a file's directory at a time, deleting what a crash
 /// left (`.tmp` files) and what is not a slice of a file.
-fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64) {
+fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64, ours: &str) {
     let began = Instant::now();
     let dirs = match std::fs::read_dir(root) {
         Ok(dirs) => dirs,
@@ -361,6 +426,8 @@ fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64) {
                         batch.push(((id.to_bytes(), slice), len));
                     }
                 }
+                // A slice this process is writing now.
+                None if name.to_str().is_some_and(|n| n.ends_with(ours)) => {}
                 None => {
                     let _ = std::fs::remove_file(file.path());
                 }
@@ -561,7 +628,11 @@ mod tier_tests {
         // Once the scan is over, the index alone answers.
         let (scan_root, scan_index, scan_purges) =
             (tier.root.clone(), tier.index.clone(), tier.purges.clone());
-        tokio::task::spawn_blocking(move || scan(&scan_root, &scan_index, &scan_purges))
+        // One of this process's slices in the making is left alone.
+        let ours = tier.tmp.clone();
+        let in_flight = dir.join(id.as_str()).join(format!("3.{ours}"));
+        std::fs::write(&in_flight, b"being written").unwrap();
+        tokio::task::spawn_blocking(move || scan(&scan_root, &scan_index, &scan_purges, &ours))
             .await
             .unwrap();
         done.send(true).unwrap();
@@ -572,6 +643,11 @@ mod tier_tests {
             !dir.join(id.as_str()).join("2.tmp").exists(),
             "the scan deletes leftovers"
         );
+        assert!(
+            in_flight.exists(),
+            "the scan leaves a write under way alone"
+        );
+        std::fs::remove_file(&in_flight).unwrap();
         std::fs::remove_file(slice_path(&dir, &id, 1)).unwrap();
         assert_eq!(tier.get(&id, 1).await, Err(DiskMiss::Absent));
         assert_eq!(

@@ -10,6 +10,7 @@
 mod admin;
 mod cache;
 mod disk;
+mod disks;
 mod h3;
 mod memo;
 mod metrics;
@@ -23,6 +24,7 @@ mod upstream;
 pub use admin::EdgeAdmin;
 pub use cache::{SliceCache, UpstreamConfig, slice_capacity};
 pub use disk::DiskTier;
+pub use disks::Disks;
 pub use h3::{
     FrameTooLong, FrameWatch, H3Error, H3Limits, H3Listening, body_bytes as h3_body_bytes, serve_h3,
 };

@@ -53,6 +53,9 @@ pub struct EdgeMetrics {
     pub disk_slices: IntGauge,
     pub disk_index_bytes: IntGauge,
     pub disk_scanning: IntGauge,
+    /// Disks configured, and those in service (not out after failed writes).
+    pub disks: IntGauge,
+    pub disks_in_service: IntGauge,
     /// Open connections by listener, read from each listener's slots when scraped.
     open_connections: IntGaugeVec,
     /// 1 for each token key in service, by key id.
@@ -208,6 +211,19 @@ impl EdgeMetrics {
                 IntGauge::new(
                     "disk_index_bytes",
                     "Memory the disk tier's index of slices holds",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disks: register(
+                &r,
+                IntGauge::new("disks", "Disk tiers configured (one per --disk)")
+                    .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disks_in_service: register(
+                &r,
+                IntGauge::new(
+                    "disks_in_service",
+                    "Disk tiers in service (a disk whose writes keep failing is left out for 60 s at a time)",
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),

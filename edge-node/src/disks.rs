@@ -1,0 +1,269 @@
+//! Several disk tiers, one per device (`cadenza edge --disk DIR:GIB`, repeated), as nginx
+//! keeps a cache per disk and Traffic Server a volume: no RAID, so a device that fails takes
+//! only its own slices with it.
+//!
+//! Each file lives on one disk, picked by weighted rendezvous hashing over the disks in
+//! service (score `weight / -ln(u)`, `u` a hash of the file id and the disk's place in
+//! uniform in (0, 1)): disks fill in proportion to their size, a file's slices stay together
+//! (a purge lists one directory), and a disk taken out of service moves only its own files, to
+//! the disk each scores next. A disk whose writes fail [`FAILURES_OUT`] times in a row (gone,
+//! read-only, full) is out of service for [`COOLDOWN`], then tried again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cadenza_common::FileId;
+
+use crate::disk::{DiskMiss, DiskTier};
+
+/// Failed writes in a row that take a disk out of service.
+pub const FAILURES_OUT: u64 = 16;
+/// How long a disk is out of service before it is tried again.
+pub const COOLDOWN: Duration = Duration::from_secs(60);
+
+/// The edge's disk tiers.
+#[derive(Debug)]
+pub struct Disks {
+    tiers: Vec<Arc<DiskTier>>,
+    /// Each disk's share: its capacity in bytes.
+    weights: Vec<f64>,
+}
+
+impl Disks {
+    /// Opens a tier in each `(directory, capacity in bytes)`, sharing one purge epoch (a
+    /// write taken before a purge never lands after it, whichever disk it goes to).
+    pub async fn open(dirs: &[(PathBuf, u64)], slice_size: u64) -> std::io::Result<Self> {
+        let purges = Arc::new(AtomicU64::new(0));
+        let mut tiers = Vec::new();
+        for (dir, bytes) in dirs {
+            tiers.push(Arc::new(
+                DiskTier::open_sharing(dir.clone(), *bytes, slice_size, purges.clone()).await?,
+            ));
+        }
+        Ok(Self::of(tiers))
+    }
+
+    fn of(tiers: Vec<Arc<DiskTier>>) -> Self {
+        let weights = tiers.iter().map(|t| t.capacity_bytes() as f64).collect();
+        Self { tiers, weights }
+    }
+
+    /// The disk `id` lives on now: the highest score among the disks in service (among all
+    /// when none is).
+    fn pick(&self, id: &FileId) -> &Arc<DiskTier> {
+        let now = Instant::now();
+        let in_service: Vec<bool> = self.tiers.iter().map(|t| t.in_service(now)).collect();
+        let any = in_service.contains(&true);
+        let best = pick(id, &self.weights, |i| !any || in_service[i]);
+        &self.tiers[best]
+    }
+
+    /// Slice `index` of `id`, from the disk the file lives on.
+    pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
+        self.pick(id).get(id, index).await
+    }
+
+    /// Whether the disk `id` lives on holds slice `index`.
+    pub fn holds(&self, id: &FileId, index: u64) -> bool {
+        self.pick(id).holds(id, index)
+    }
+
+    /// The purge epoch (shared by every disk).
+    pub fn epoch(&self) -> u64 {
+        self.tiers.first().map_or(0, |t| t.epoch())
+    }
+
+    /// Writes a fetched slice to the disk its file lives on, in the background.
+    pub fn put_later(&self, id: FileId, index: u64, object_len: u64, data: Bytes, epoch: u64) {
+        self.pick(&id)
+            .put_later(id.clone(), index, object_len, data, epoch);
+    }
+
+    /// Waits until the disk `id` lives on could start `n` more writes.
+    pub async fn room_for(&self, id: &FileId, n: usize) {
+        self.pick(id).room_for(n).await;
+    }
+
+    /// Drops every slice of `ids`, from every disk (a file may have lived on another while
+    /// one was out of service).
+    pub async fn purge(&self, ids: &[FileId]) {
+        for tier in &self.tiers {
+            tier.purge(ids).await;
+        }
+    }
+
+    /// Bytes and slices on all disks.
+    pub async fn usage(&self) -> (u64, u64) {
+        let mut total = (0, 0);
+        for tier in &self.tiers {
+            let (bytes, slices) = tier.usage().await;
+            total = (total.0 + bytes, total.1 + slices);
+        }
+        total
+    }
+
+    /// Memory the disks' indexes hold.
+    pub fn index_bytes(&self) -> usize {
+        self.tiers.iter().map(|t| t.index_bytes()).sum()
+    }
+
+    /// Whether any disk's start-up scan is still running.
+    pub fn scanning(&self) -> bool {
+        self.tiers.iter().any(|t| t.scanning())
+    }
+
+    /// Failed and skipped slice writes, all disks.
+    pub fn write_errors(&self) -> u64 {
+        self.tiers.iter().map(|t| t.write_errors()).sum()
+    }
+
+    pub fn writes_skipped(&self) -> u64 {
+        self.tiers.iter().map(|t| t.writes_skipped()).sum()
+    }
+
+    /// Disks in service, of how many.
+    pub fn in_service(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let up = self.tiers.iter().filter(|t| t.in_service(now)).count();
+        (up, self.tiers.len())
+    }
+
+    /// Waits for every disk's start-up scan.
+    pub async fn scanned(&self) {
+        for tier in &self.tiers {
+            tier.scanned().await;
+        }
+    }
+}
+
+/// The disk `id` lives on among those `eligible`, by weighted rendezvous hashing (the first
+/// when none is eligible).
+fn pick(id: &FileId, weights: &[f64], eligible: impl Fn(usize) -> bool) -> usize {
+    let key = id.to_bytes();
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, &weight) in weights.iter().enumerate() {
+        if !eligible(i) {
+            continue;
+        }
+        let mut seed = [0u8; 28];
+        seed[..20].copy_from_slice(&key);
+        seed[20..].copy_from_slice(&(i as u64).to_le_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &seed);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
+        // 53 bits into (0, 1), never 0 or 1.
+        let u = ((u64::from_le_bytes(first) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = weight / -u.ln();
+        if score > best.1 {
+            best = (i, score);
+        }
+    }
+    best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_spread_by_size_and_a_disk_leaving_moves_only_its_own() {
+        let ids: Vec<FileId> = (0..3000).map(|_| FileId::random()).collect();
+        let weights = [1.0, 1.0, 2.0];
+        let all = |_| true;
+        let placed: Vec<usize> = ids.iter().map(|id| pick(id, &weights, all)).collect();
+        let counts: Vec<usize> = (0..3)
+            .map(|d| placed.iter().filter(|&&p| p == d).count())
+            .collect();
+        // Expect 750, 750, 1500.
+        assert!((600..900).contains(&counts[0]), "{counts:?}");
+        assert!((600..900).contains(&counts[1]), "{counts:?}");
+        assert!((1300..1700).contains(&counts[2]), "{counts:?}");
+        // Disk 1 out of service: its files move, the others' stay.
+        let without: Vec<usize> = ids
+            .iter()
+            .map(|id| pick(id, &weights, |d| d != 1))
+            .collect();
+        for (before, after) in placed.iter().zip(&without) {
+            assert_ne!(*after, 1);
+            if *before != 1 {
+                assert_eq!(before, after);
+            }
+        }
+        // Every disk the same again: the same places.
+        let again: Vec<usize> = ids.iter().map(|id| pick(id, &weights, all)).collect();
+        assert_eq!(placed, again);
+    }
+
+    fn dirs(name: &str, n: usize) -> Vec<(PathBuf, u64)> {
+        (0..n)
+            .map(|i| {
+                let dir = std::env::temp_dir()
+                    .join(format!("cadenza-disks-{name}-{}-{i}", std::process::id()));
+                (dir, 1 << 22)
+            })
+            .collect()
+    }
+
+    async fn landed(disks: &Disks, id: &FileId) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !disks.holds(id, 0) {
+            assert!(Instant::now() < deadline, "a write never landed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn slices_go_to_their_files_disk_and_a_failing_disk_is_left_out() {
+        let dirs = dirs("fail", 2);
+        let disks = Disks::open(&dirs, 1024).await.unwrap();
+        disks.scanned().await;
+        let data = Bytes::from(vec![8u8; 100]);
+        let ids: Vec<FileId> = (0..40).map(|_| FileId::random()).collect();
+        for id in &ids {
+            disks.put_later(id.clone(), 0, 100, data.clone(), disks.epoch());
+            landed(&disks, id).await;
+        }
+        let on = |d: usize| std::fs::read_dir(&dirs[d].0).unwrap().count();
+        assert_eq!(on(0) + on(1), 40);
+        assert!(on(0) > 5 && on(1) > 5, "{} and {}", on(0), on(1));
+        for id in &ids {
+            assert_eq!(disks.get(id, 0).await, Ok((100, data.clone())));
+        }
+        assert_eq!(disks.usage().await.1, 40);
+
+        // Disk 1 goes away: where its directory was is now a file, so writes there fail.
+        std::fs::remove_dir_all(&dirs[1].0).unwrap();
+        std::fs::write(&dirs[1].0, b"not a directory").unwrap();
+        let fresh: Vec<FileId> = (0..200).map(|_| FileId::random()).collect();
+        for id in &fresh {
+            disks.put_later(id.clone(), 0, 100, data.clone(), disks.epoch());
+            tokio::task::yield_now().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while disks.in_service() != (1, 2) {
+            assert!(
+                Instant::now() < deadline,
+                "the failing disk stayed in service"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(disks.write_errors() >= FAILURES_OUT);
+        // Now every file goes to the disk still in service.
+        let later = FileId::random();
+        // Once the burst's writes are done (past 64 under way a write would be skipped).
+        disks.room_for(&later, 64).await;
+        disks.put_later(later.clone(), 0, 100, data.clone(), disks.epoch());
+        landed(&disks, &later).await;
+        assert_eq!(disks.get(&later, 0).await, Ok((100, data.clone())));
+        // A purge reaches every disk.
+        disks.purge(&ids).await;
+        for id in &ids {
+            assert!(!disks.holds(id, 0));
+        }
+        std::fs::remove_dir_all(&dirs[0].0).unwrap();
+        std::fs::remove_file(&dirs[1].0).unwrap();
+    }
+}

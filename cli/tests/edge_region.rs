@@ -10,7 +10,7 @@ mod h2_credit;
 #[path = "../../tests/support/peers.rs"]
 mod peers;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cadenza::edge_node::{self, EdgeListeners, EdgeNode, EdgeNodeConfig};
@@ -2785,5 +2785,112 @@ async fn the_access_log_file_is_written_each_second_and_reopened_on_sighup() {
         !said.contains("\"target\":\"access\""),
         "access lines on stderr: {said}"
     );
+    stack.shutdown().await;
+}
+
+/// The slice files under each of `disks`.
+fn slices_on(disks: &[PathBuf]) -> Vec<usize> {
+    disks
+        .iter()
+        .map(|disk| {
+            std::fs::read_dir(disk)
+                .map(|files| {
+                    files
+                        .flatten()
+                        .filter_map(|file| std::fs::read_dir(file.path()).ok())
+                        .map(|slices| {
+                            slices
+                                .flatten()
+                                .filter(|s| {
+                                    s.file_name()
+                                        .to_str()
+                                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                                })
+                                .count()
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// An edge given a disk tier per device (`--disk DIR:GIB`, twice) spreads its files over
+/// both, serves them from disk after a restart, and counts both disks in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let client = stack.client().unwrap();
+    let mut files = Vec::new();
+    for n in 0..12 {
+        let data = bytes(300 + n, 300 * 1024);
+        files.push((put(&stack, dir.path(), data.clone()).await, data));
+    }
+    let disks = [edge_dir.path().join("nvme0"), edge_dir.path().join("nvme1")];
+    let state = edge_dir.path().join("state");
+    let start = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"));
+        command
+            .args(["edge", "--join"])
+            .arg(dir.path())
+            .arg("--data")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null());
+        for disk in &disks {
+            command.arg("--disk").arg(format!("{}:1", disk.display()));
+        }
+        Reaped(command.spawn().unwrap())
+    };
+    let mut child = start();
+    let about = edge_started(&mut child, &state).await;
+    for (id, data) in &files {
+        let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+        let (status, body) = get(&client, &url, &token(dir.path(), id)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == *data, "the edge served other bytes");
+    }
+    // Two slices a file, written in the background.
+    eventually("every slice on a disk", || {
+        slices_on(&disks).iter().sum::<usize>() == 24
+    })
+    .await;
+    let spread = slices_on(&disks);
+    assert!(
+        spread.iter().all(|&n| n >= 2),
+        "one disk took every file: {spread:?}"
+    );
+    assert!(
+        !state.join("cache").exists(),
+        "--disk replaces the directory under --data"
+    );
+    term(&child);
+    exited(&mut child, Instant::now()).await;
+
+    std::fs::remove_file(state.join("edge.json")).unwrap();
+    let mut child = start();
+    let about = edge_started(&mut child, &state).await;
+    for (id, data) in &files {
+        let url = format!("{}/a/{id}", about["edge"].as_str().unwrap());
+        let (status, headers, body) = get_headed(&client, &url, &token(dir.path(), id), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == *data, "the restarted edge served other bytes");
+        assert_eq!(headers["cache-status"], "cadenza; hit; detail=disk");
+    }
+    let metrics = format!("{}/metrics", about["edge_admin"].as_str().unwrap());
+    let (_, text) = get(&client, &metrics, about["admin_token"].as_str().unwrap()).await;
+    let text = String::from_utf8_lossy(&text);
+    for line in [
+        "cadenza_edge_disks 2",
+        "cadenza_edge_disks_in_service 2",
+        "cadenza_edge_disk_slices 24",
+        "cadenza_edge_disk_hits_total 24",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in /metrics");
+    }
+    term(&child);
+    exited(&mut child, Instant::now()).await;
     stack.shutdown().await;
 }

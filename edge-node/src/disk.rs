@@ -4,8 +4,9 @@
 //!
 //! File layout: `{root}/{file_id}/{slice}` holding a 48-byte header — magic `CZS1`, the
 //! object's total length (u64 LE), the slice length (u32 LE), the SHA-256 of those two
-//! lengths and the slice — then the slice. Files are written to a `.tmp` name and renamed, so a crash leaves either
-//! a whole slice or a `.tmp` that the next start deletes. Names come from validated ids.
+//! lengths and the slice — then the slice. Files are written to a `{slice}.{nonce}.tmp` name
+//! (the nonce is the process's) and renamed, so a crash leaves either a whole slice or a
+//! `.tmp` that the next start deletes. Names come from validated ids.
 //!
 //! What is on disk is known from [`SliceIndex`] (about 60 bytes a slice). At start the
 //! directory is scanned on a blocking thread while the edge serves: until the scan is done, a
@@ -26,11 +27,11 @@ use tokio::sync::watch;
 use crate::slice_index::{Key, SliceIndex};
 
 const MAGIC: &[u8; 4] = b"CZS1";
+const HEADER: usize = 4 + 8 + 4 + 32;
 /// Slice writes under way at once. Past it a fetched slice is not written (it is served, and
 /// kept in memory as ever): a miss storm on a slow disk would otherwise queue writes, each
 /// holding its slice, without bound.
 const WRITES_IN_FLIGHT: usize = 64;
-const HEADER: usize = 4 + 8 + 4 + 32;
 
 /// Why a slice file was not used.
 #[derive(Debug, PartialEq, Eq)]

@@ -1555,9 +1555,10 @@ async fn until_closed(addr: &str, request: &[u8]) -> (Vec<u8>, Duration) {
 /// `cadenza edge`'s timeouts and limits are the operator's: each flag set below changes what
 /// the edge does from its default. A token past its expiry by more than --token-leeway is
 /// refused where the default leeway (the stack's edge) takes it; a head slower than
-/// --header-timeout, a keep-alive connection idle past --idle-timeout and an HTTP/3 connection
-/// silent past --h3-idle-timeout are closed in about that time, not the defaults' 10 s, 75 s
-/// and 30 s; a head over --max-header-bytes is answered 431 where 16 KiB would pass; an origin
+/// --header-timeout, a keep-alive connection idle past --idle-timeout, an HTTP/3 connection
+/// silent past --h3-idle-timeout, and one pinging with no request past
+/// --h3-keepalive-timeout are closed in about that time, not the defaults' 10 s, 75 s,
+/// 30 s and 75 s; a head over --max-header-bytes is answered 431 where 16 KiB would pass; an origin
 /// that never answers costs --upstream-timeout, not 10 s. Values that make no sense are
 /// refused at start, naming the flag and why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1604,6 +1605,7 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
             .args(["--header-timeout", "1s", "--idle-timeout", "2s"])
             .args(["--h3-idle-timeout", "1s", "--max-header-bytes", "8192"])
             .args(["--handshake-timeout", "1s", "--h2-max-streams", "3"])
+            .args(["--h3-keepalive-timeout", "2s"])
             .spawn()
             .unwrap(),
     );
@@ -1710,6 +1712,35 @@ async fn the_edges_timeouts_and_limits_are_the_operators() {
     assert!(
         quiet.contains(&took),
         "a silent HTTP/3 connection closed after {took:?}"
+    );
+    // One that PINGs every 300 ms is not silent, but with no request it is closed after
+    // --h3-keepalive-timeout (H3_NO_ERROR).
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(300)));
+    let mut tls =
+        (*cadenza_common::http::tls::client_config(join.cert.cert.as_bytes()).unwrap()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut pinging = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    pinging.transport_config(std::sync::Arc::new(transport));
+    let conn = quic_endpoint(&join)
+        .connect_with(pinging, udp, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let opened = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+    let took = opened.elapsed();
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100));
+        }
+        other => panic!("a pinging HTTP/3 connection with no request got {other:?}"),
+    }
+    let kept = Duration::from_millis(1800)..Duration::from_secs(6);
+    assert!(
+        kept.contains(&took),
+        "a pinging HTTP/3 connection closed after {took:?}"
     );
 
     holding.abort();

@@ -38,6 +38,11 @@
 # segments it sends itself and which leave on the client's ACKs. Needs root and `ip`
 # (iproute2). The edge then runs standalone (`cadenza edge --join`) on core 0.
 #
+# EDGE_MEMORY_MIB (default: room for every object) with EDGE_DISK_GIB (default 0) measures hits
+# from the edge's disk tier instead: with a memory tier far smaller than the objects, most
+# requests find their slice on disk (read, checked, promoted to memory), where nginx reads
+# its files from the page cache either way. Standalone edge only (NETNS=on).
+#
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
 # CONNS (64), DURATION (10, per round), ROUNDS (4), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
 # cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2), NETNS (auto:
@@ -71,7 +76,7 @@ if [ "$NETNS" = on ]; then
   bench_up --edge-memory-mib 16
   taskset -a -cp 1 "$up_pid" >/dev/null
   veth_port=$(free_port)
-  EDGE_HOST=$host bench_edge 0 "$(free_port)" --memory-mib $((OBJECTS * OBJECT_MIB + 256)) \
+  EDGE_HOST=$host bench_edge 0 "$(free_port)" --memory-mib "${EDGE_MEMORY_MIB:-$((OBJECTS * OBJECT_MIB + 256))}" \
     --cleartext-listen "$host:$veth_port" "${sendfile_args[@]}"
   edge=http://$host:$veth_port
   edge_tls=$edge_main

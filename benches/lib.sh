@@ -134,7 +134,7 @@ bench_edge() {
   local cpus=$1 port=$2 dir="$work/${edge_name:-edge}"; shift 2
   mkdir -p "$dir"
   taskset -c "$cpus" "${edge_bin:-$bin}" edge --join "$work/data" --data "$dir" \
-    --listen "${EDGE_HOST:-127.0.0.1}:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib 0 "$@" \
+    --listen "${EDGE_HOST:-127.0.0.1}:$port" --admin-listen "127.0.0.1:$(free_port)" --disk-gib "${EDGE_DISK_GIB:-0}" "$@" \
     >"$dir.log" 2>&1 &
   edge_pid=$!
   pids+=("$edge_pid")

@@ -69,15 +69,15 @@ bench_netns
 # Both servers on core 0; the edge's memory tier holds every object.
 # Room for slices in memory files beside the connections: as many descriptors as allowed.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-sendfile_args=()
-[ "$SENDFILE" = off ] && sendfile_args=(--edge-no-sendfile)
+sendfile_args=() edge_sendfile_args=()
+[ "$SENDFILE" = off ] && sendfile_args=(--edge-no-sendfile) edge_sendfile_args=(--no-sendfile)
 if [ "$NETNS" = on ]; then
   # The stack's own edge idles on core 1; a standalone edge on core 0 serves the veth.
   bench_up --edge-memory-mib 16
   taskset -a -cp 1 "$up_pid" >/dev/null
   veth_port=$(free_port)
   EDGE_HOST=$host bench_edge 0 "$(free_port)" --memory-mib "${EDGE_MEMORY_MIB:-$((OBJECTS * OBJECT_MIB + 256))}" \
-    --cleartext-listen "$host:$veth_port" "${sendfile_args[@]}"
+    --cleartext-listen "$host:$veth_port" "${edge_sendfile_args[@]}"
   edge=http://$host:$veth_port
   edge_tls=$edge_main
   admin=$edge_admin

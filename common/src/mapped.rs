@@ -34,6 +34,11 @@ pub fn raise_descriptor_limit() -> std::io::Result<u64> {
     imp::raise_descriptor_limit()
 }
 
+/// Whether memory files may be made at all (a budget was set).
+pub fn budgeted() -> bool {
+    imp::BUDGET.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
 /// Memory files alive now.
 pub fn live() -> usize {
     imp::LIVE.load(std::sync::atomic::Ordering::Relaxed)

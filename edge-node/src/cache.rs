@@ -80,6 +80,9 @@ struct Held {
     data: Bytes,
     /// The object's size.
     total: u64,
+    /// A whole slice read from disk and not yet in a memory file: it goes into one when it
+    /// is read again from memory (see [`SliceCache::reused`]).
+    unshelved: bool,
 }
 
 impl Held {
@@ -378,6 +381,33 @@ impl SliceCache {
         self.resident.has(&id.to_bytes(), index)
     }
 
+    /// A whole slice read again from memory: one that came from disk goes into its
+    /// rendition's memory file now (for `sendfile`), and replaces the entry held.
+    async fn reused(&self, id: &FileId, index: u64, held: Held) -> Held {
+        if !held.unshelved {
+            return held;
+        }
+        let offset = index * self.math.slice_size();
+        let Some(data) = self
+            .shelves
+            .put(&id.to_bytes(), held.total, offset, &held.data)
+        else {
+            return held;
+        };
+        let shelved = Held {
+            data,
+            unshelved: false,
+            ..held
+        };
+        // The eviction listener takes the replaced entry's bytes off.
+        self.bytes
+            .fetch_add(shelved.data.len() as u64, Ordering::Relaxed);
+        self.slices
+            .insert((id.to_bytes(), index), shelved.clone())
+            .await;
+        shelved
+    }
+
     /// Slice `index` of file `id`, whole; concurrent callers for one missing slice share a
     /// single origin request.
     pub async fn slice(self: &Arc<Self>, id: &FileId, index: u64) -> Result<Bytes, FetchError> {
@@ -392,7 +422,7 @@ impl SliceCache {
     ) -> Result<(Bytes, Outcome), FetchError> {
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return Ok((held.data, Outcome::Memory));
+            return Ok((self.reused(id, index, held).await.data, Outcome::Memory));
         }
         let (held, outcome) = self.fill(id, index, None).await?;
         // A part a seek held is covered now.
@@ -434,7 +464,10 @@ impl SliceCache {
         };
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return Ok((whole(held.data)?, Outcome::Memory));
+            return Ok((
+                whole(self.reused(id, index, held).await.data)?,
+                Outcome::Memory,
+            ));
         }
         if !sequential {
             let slice_size = self.math.slice_size();
@@ -484,36 +517,47 @@ impl SliceCache {
             .slices
             .try_get_with(key, async move {
                 leader.store(LED_FETCHED, Ordering::Relaxed);
-                let held = match span {
+                let (held, from_disk) = match span {
                     None => {
                         let (held, from_disk) = this.load(&id, index).await?;
                         if from_disk {
                             leader.store(LED_DISK, Ordering::Relaxed);
                         }
-                        held
+                        (held, from_disk)
                     }
-                    Some(span) => this.fetch(&id, index, Some(span)).await?,
+                    Some(span) => (this.fetch(&id, index, Some(span)).await?, false),
                 };
                 this.bytes
                     .fetch_add(held.data.len() as u64, Ordering::Relaxed);
                 // In a memory file when the budget allows, so cleartext HTTP/1.1 can
                 // `sendfile` it: a whole slice in its rendition's file, beside its
                 // neighbours (a range across them is one `sendfile`), a seek's part in one
-                // of its own.
-                let mapped = match span {
+                // of its own. Not a slice read from disk, until it is read again from
+                // memory: the memory tier lost it once already, and when it is far smaller
+                // than what the disk serves, filling and punching memory files for slices
+                // that leave again at once cost four times nginx's CPU per byte
+                // (benches/README.md, disk-tier hits).
+                let (mapped, unshelved) = match span {
+                    None if from_disk => (None, true),
                     None => {
                         let offset = index * this.math.slice_size();
-                        this.shelves
-                            .put(&id.to_bytes(), held.total, offset, &held.data)
+                        let put = this
+                            .shelves
+                            .put(&id.to_bytes(), held.total, offset, &held.data);
+                        (put, false)
                     }
-                    Some(_) => cadenza_common::mapped::copy(&held.data),
+                    Some(_) => (cadenza_common::mapped::copy(&held.data), false),
                 };
                 let data = mapped.unwrap_or(held.data);
                 // Before moka admits it, so the eviction listener's clear comes after.
                 if span.is_none() {
                     this.resident.add(&key.0, index);
                 }
-                Ok(Held { data, ..held })
+                Ok(Held {
+                    data,
+                    unshelved: unshelved && cadenza_common::mapped::budgeted(),
+                    ..held
+                })
             })
             .await
             .map_err(|e: Arc<FetchError>| (*e).clone());
@@ -542,6 +586,7 @@ impl SliceCache {
                         skip: 0,
                         data,
                         total,
+                        unshelved: false,
                     };
                     return Ok((held, true));
                 }
@@ -686,6 +731,7 @@ impl SliceCache {
             skip: from,
             data: body,
             total,
+            unshelved: false,
         })
     }
 

@@ -2925,3 +2925,79 @@ async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_
     exited(&mut child, Instant::now()).await;
     stack.shutdown().await;
 }
+
+/// An edge with a cleartext listener and a disk tier, serving `slice_bytes`-byte slices;
+/// its node and the trigger that stops it.
+async fn sendfile_edge_with_disk(join: &JoinInfo, disk: &Path) -> (EdgeNode, ShutdownTrigger) {
+    let mut config = EdgeNodeConfig::joining(join);
+    config.limits.max_connections = 1000;
+    config.disk = vec![(disk.to_path_buf(), 1 << 30)];
+    let (trigger, shutdown) = Shutdown::new();
+    let listeners = EdgeListeners {
+        main: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cleartext: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        udp: None,
+    };
+    let node = edge_node::start(config, listeners, shutdown).await.unwrap();
+    (node, trigger)
+}
+
+/// A slice fetched from the origin goes into a memory file (for sendfile) at once; one read
+/// back from disk only once it is read again from memory (a memory tier far smaller than its
+/// disk would otherwise fill and punch memory files for slices that leave at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let data = bytes(41, 600_000);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let join = join_info(dir.path()).unwrap();
+    let mapped = |b: &bytes::Bytes| cadenza_common::mapped::file_of(b).is_some();
+
+    let (node, trigger) = sendfile_edge_with_disk(&join, disk.path()).await;
+    let cache = node.edge.cache().clone();
+    let fetched = cache.slice(&id, 0).await.unwrap();
+    assert!(fetched[..] == data[..fetched.len()]);
+    assert!(
+        mapped(&fetched),
+        "a slice from the origin is in a memory file"
+    );
+    drop(fetched);
+    eventually_async(|| async { cache.disk_usage().await.map(|u| u.1) == Some(1) }).await;
+    trigger.trigger();
+    for task in node.tasks {
+        let _ = task.await;
+    }
+    drop(cache);
+
+    let (node, trigger) = sendfile_edge_with_disk(&join, disk.path()).await;
+    let cache = node.edge.cache().clone();
+    let first = cache.slice(&id, 0).await.unwrap();
+    assert!(first[..] == data[..first.len()]);
+    assert!(!mapped(&first), "a slice from disk waits to be read again");
+    let again = cache.slice(&id, 0).await.unwrap();
+    assert!(again[..] == data[..again.len()]);
+    assert!(
+        mapped(&again),
+        "read again from memory, it goes into a memory file"
+    );
+    let third = cache.slice(&id, 0).await.unwrap();
+    assert!(mapped(&third));
+    assert_eq!(cache.metrics().disk_hits.get(), 1);
+    trigger.trigger();
+    for task in node.tasks {
+        let _ = task.await;
+    }
+    stack.shutdown().await;
+}
+
+/// Waits (at most 10 s) until `f` says so.
+async fn eventually_async<F: std::future::Future<Output = bool>>(f: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "never came true");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1488,6 +1488,16 @@ mod tests {
         }
     }
 
+    /// Waits up to `within` for `cap` to hold at most `n` connections; `why` it should.
+    async fn held_at_most(cap: &OpenConnections, n: usize, within: Duration, why: &str) {
+        let fell = async {
+            while cap.count() > n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(within, fell).await.expect(why);
+    }
+
     /// Asks `conn` for `len` bytes of pattern `seed`.
     async fn fetch(conn: &quinn::Connection, seed: u8, len: usize) -> Vec<u8> {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -1667,14 +1677,13 @@ mod tests {
         assert_eq!(cap.count(), 2, "refused connections take no place");
         assert_eq!((cap.refused(), cap.reclaimed()), (3, 0));
         first.close(0u32.into(), b"");
-        let freed = async {
-            while cap.count() > 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), freed)
-            .await
-            .expect("a closed connection gives its place back");
+        held_at_most(
+            &cap,
+            1,
+            Duration::from_secs(10),
+            "a closed connection gives its place back",
+        )
+        .await;
         let third = connect().await.expect("a place came free");
         assert_eq!(fetch(&third, 9, 70_000).await, pattern(9, 70_000));
         assert_eq!(fetch(&second, 4, 100).await, pattern(4, 100));
@@ -2215,14 +2224,13 @@ mod tests {
         assert_eq!(cap.count(), 2);
         gone_path.set(DARK);
         let went_dark = Instant::now();
-        let let_go = async {
-            while cap.count() > 1 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), let_go)
-            .await
-            .expect("a connection whose peer is gone is let go at its idle timeout");
+        held_at_most(
+            &cap,
+            1,
+            Duration::from_secs(15),
+            "a connection whose peer is gone is let go at its idle timeout",
+        )
+        .await;
         assert!(
             went_dark.elapsed() >= Duration::from_millis(1500),
             "not before its idle timeout ({:?})",

@@ -60,7 +60,7 @@ async fn edge(root: &Path) -> (u64, u64, u64) {
         .await
         .expect("open the disk tier");
     tier.scanned().await;
-    let (_, slices) = tier.usage().await;
+    let (_, slices) = tier.usage();
     (slices, tier.index_bytes() as u64, rss_kib())
 }
 

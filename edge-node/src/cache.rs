@@ -282,7 +282,7 @@ impl SliceCache {
     /// Bytes and slices in the disk tier, when there is one (and its gauges set).
     pub async fn disk_usage(&self) -> Option<(u64, u64)> {
         let disk = self.disk.as_ref()?;
-        let (bytes, slices) = disk.usage().await;
+        let (bytes, slices) = disk.usage();
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics.disk_bytes.set(gauge(bytes));
         self.metrics.disk_slices.set(gauge(slices));

@@ -57,20 +57,29 @@ pub struct DiskTier {
     /// crash's leftovers), never these.
     tmp: String,
     capacity_bytes: u64,
-    /// Writes failed in a row, and when the last of them took the disk out of service.
-    failing: Mutex<(u64, Option<Instant>)>,
+    /// What failed writes have done to this disk.
+    failures: Mutex<Failures>,
     index: Arc<Mutex<SliceIndex>>,
     /// Bumped by every purge; a write begun before a purge must not land after it.
     purges: Arc<AtomicU64>,
     /// Becomes true once the start-up scan has indexed what the directory held.
     scanned: watch::Receiver<bool>,
-    /// Slice writes that failed (a full or failing disk), and when one was last logged: at
-    /// most one warning each 10 s, not one for every slice fetched.
-    write_errors: AtomicU64,
-    warned: Mutex<Option<Instant>>,
     /// Room for writes under way, and the slices not written for want of it.
     writes: Arc<tokio::sync::Semaphore>,
     writes_skipped: AtomicU64,
+}
+
+/// Slice writes that failed (a full, read-only or failing disk).
+#[derive(Debug, Default)]
+struct Failures {
+    /// Since start.
+    total: u64,
+    /// In a row: [`crate::disks::FAILURES_OUT`] take the disk out of service.
+    in_a_row: u64,
+    /// When the last of them found the disk out of service.
+    out_since: Option<Instant>,
+    /// When one was last logged: at most one warning each 10 s, not one for every slice.
+    warned: Option<Instant>,
 }
 
 impl std::fmt::Debug for DiskTier {
@@ -127,8 +136,7 @@ impl DiskTier {
         slice_size: u64,
         purges: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
-        let (mut tier, done) = Self::unscanned(root, capacity_bytes, slice_size).await?;
-        tier.purges = purges;
+        let (tier, done) = Self::unscanned(root, capacity_bytes, slice_size, purges).await?;
         let (root, index, purges) = (tier.root.clone(), tier.index.clone(), tier.purges.clone());
         let tmp = tier.tmp.clone();
         tokio::task::spawn_blocking(move || {
@@ -144,6 +152,7 @@ impl DiskTier {
         root: PathBuf,
         capacity_bytes: u64,
         slice_size: u64,
+        purges: Arc<AtomicU64>,
     ) -> std::io::Result<(Self, watch::Sender<bool>)> {
         tokio::fs::create_dir_all(&root).await?;
         let capacity = crate::cache::slice_capacity(capacity_bytes, slice_size + HEADER as u64);
@@ -154,12 +163,10 @@ impl DiskTier {
             root,
             tmp: format!("{}.tmp", cadenza_common::hex_encode(&nonce)),
             capacity_bytes,
-            failing: Mutex::new((0, None)),
+            failures: Mutex::default(),
             index: Arc::new(Mutex::new(index)),
-            purges: Arc::new(AtomicU64::new(0)),
+            purges,
             scanned,
-            write_errors: AtomicU64::new(0),
-            warned: Mutex::new(None),
             writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             writes_skipped: AtomicU64::new(0),
         };
@@ -176,42 +183,61 @@ impl DiskTier {
         self.capacity_bytes
     }
 
-    /// Notes a write's outcome: [`crate::disks::FAILURES_OUT`] failures in a row take the disk
-    /// out of service for [`crate::disks::COOLDOWN`]; a success brings it back.
-    fn wrote(&self, ok: bool) {
-        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            if failing.1.is_some() {
+    fn failures(&self) -> MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a write's outcome. A failure is counted and warned of (at most once each
+    /// 10 s); [`crate::disks::FAILURES_OUT`] in a row take the disk out of service for
+    /// [`crate::disks::COOLDOWN`]; a success brings it back.
+    fn wrote(&self, outcome: Result<(), (&std::io::Error, &FileId, u64)>) {
+        let mut failures = self.failures();
+        let Err((error, id, index)) = outcome else {
+            if failures.out_since.is_some() {
                 tracing::info!(dir = %self.root.display(), "disk tier back in service");
             }
-            *failing = (0, None);
+            (failures.in_a_row, failures.out_since) = (0, None);
             return;
+        };
+        failures.total += 1;
+        failures.in_a_row += 1;
+        let now = Instant::now();
+        if failures
+            .warned
+            .is_none_or(|at| now.duration_since(at).as_secs() >= 10)
+        {
+            failures.warned = Some(now);
+            tracing::warn!(
+                file = %id,
+                slice = index,
+                error = %error,
+                failed_so_far = failures.total,
+                "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
+            );
         }
-        failing.0 += 1;
-        if failing.0 >= crate::disks::FAILURES_OUT {
-            if failing.1.is_none() {
+        if failures.in_a_row >= crate::disks::FAILURES_OUT {
+            if failures.out_since.is_none() {
                 tracing::error!(
                     dir = %self.root.display(),
-                    failures = failing.0,
+                    failures = failures.in_a_row,
                     "disk tier out of service: its writes keep failing; its files go to the other disks, and it is tried again in 60 s"
                 );
             }
-            failing.1 = Some(Instant::now());
+            failures.out_since = Some(now);
         }
     }
 
     /// Whether this disk is in service at `now`: not out after failed writes, or out long
     /// enough to be tried again.
     pub fn in_service(&self, now: Instant) -> bool {
-        let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
-        failing
-            .1
+        self.failures()
+            .out_since
             .is_none_or(|at| now.duration_since(at) >= crate::disks::COOLDOWN)
     }
 
     /// Slice writes that failed since start.
     pub fn write_errors(&self) -> u64 {
-        self.write_errors.load(Ordering::Relaxed)
+        self.failures().total
     }
 
     /// Memory the index holds.
@@ -320,25 +346,12 @@ impl DiskTier {
                 let _ = tokio::fs::remove_file(&path).await;
             }
             Ok(()) => {
-                self.wrote(true);
+                self.wrote(Ok(()));
                 self.insert(key, record.len() as u64).await;
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                self.wrote(false);
-                let failed = self.write_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = Instant::now();
-                let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-                if warned.is_none_or(|at| now.duration_since(at).as_secs() >= 10) {
-                    *warned = Some(now);
-                    tracing::warn!(
-                        file = %id,
-                        slice = index,
-                        error = %e,
-                        failed_so_far = failed,
-                        "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
-                    );
-                }
+                self.wrote(Err((&e, id, index)));
             }
         }
     }
@@ -401,7 +414,7 @@ impl DiskTier {
     }
 
     /// Bytes and slices on disk.
-    pub async fn usage(&self) -> (u64, u64) {
+    pub fn usage(&self) -> (u64, u64) {
         let index = lock(&self.index);
         (index.bytes(), index.len() as u64)
     }
@@ -659,7 +672,7 @@ mod tier_tests {
         let again = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         again.scanned().await;
         assert_eq!(again.get(&id, 1).await, Ok((100, data)));
-        assert_eq!(again.usage().await, ((HEADER + 100) as u64, 1));
+        assert_eq!(again.usage(), ((HEADER + 100) as u64, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -675,7 +688,7 @@ mod tier_tests {
         for index in 0..10 {
             tier.put(&id, index, 10 * slice, &data, tier.epoch()).await;
         }
-        let (bytes, slices) = tier.usage().await;
+        let (bytes, slices) = tier.usage();
         assert!((1..=4).contains(&slices), "{slices} slices held");
         assert_eq!(bytes, slices * (slice + HEADER as u64));
         let files = std::fs::read_dir(dir.join(id.as_str())).unwrap().count() as u64;
@@ -696,16 +709,16 @@ mod tier_tests {
         std::fs::write(dir.join(id.as_str()).join("2.tmp"), b"half a slice").unwrap();
 
         // A restart whose scan has not begun: what is asked for is looked for on disk.
-        let (tier, done) = DiskTier::unscanned(dir.clone(), 1 << 20, 1024)
+        let (tier, done) = DiskTier::unscanned(dir.clone(), 1 << 20, 1024, Arc::default())
             .await
             .unwrap();
-        assert_eq!(tier.usage().await, (0, 0));
+        assert_eq!(tier.usage(), (0, 0));
         assert!(tier.holds(&id, 1));
         assert!(!tier.holds(&id, 2));
         assert_eq!(tier.get(&id, 0).await, Ok((300, data.clone())));
         assert_eq!(tier.get(&id, 2).await, Err(DiskMiss::Absent));
         assert_eq!(
-            tier.usage().await,
+            tier.usage(),
             ((HEADER + 100) as u64, 1),
             "found, so indexed"
         );
@@ -726,7 +739,7 @@ mod tier_tests {
             .unwrap();
         done.send(true).unwrap();
         tier.scanned().await;
-        assert_eq!(tier.usage().await, (2 * (HEADER + 100) as u64, 2));
+        assert_eq!(tier.usage(), (2 * (HEADER + 100) as u64, 2));
         assert_eq!(tier.get(&id, 1).await, Ok((300, data)));
         assert!(
             !dir.join(id.as_str()).join("2.tmp").exists(),
@@ -740,7 +753,7 @@ mod tier_tests {
         std::fs::remove_file(slice_path(&dir, &id, 1)).unwrap();
         assert_eq!(tier.get(&id, 1).await, Err(DiskMiss::Absent));
         assert_eq!(
-            tier.usage().await,
+            tier.usage(),
             ((HEADER + 100) as u64, 1),
             "a vanished file is forgotten"
         );
@@ -760,7 +773,7 @@ mod tier_tests {
         for id in &ids {
             tier.put(id, 0, slice, &data, tier.epoch()).await;
         }
-        let (_, slices) = tier.usage().await;
+        let (_, slices) = tier.usage();
         assert!(slices <= 20);
         let dirs = std::fs::read_dir(&dir).unwrap().count() as u64;
         assert_eq!(
@@ -788,7 +801,7 @@ mod tier_tests {
         assert!(!tier.holds(&id, 0));
         tier.put(&fine, 0, 100, &data, tier.epoch()).await;
         assert_eq!(tier.get(&fine, 0).await, Ok((100, data)));
-        assert_eq!((tier.write_errors(), tier.usage().await.1), (3, 1));
+        assert_eq!((tier.write_errors(), tier.usage().1), (3, 1));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -54,11 +54,14 @@ impl Disks {
     /// The disk `id` lives on now: the highest score among the disks in service (among all
     /// when none is).
     fn pick(&self, id: &FileId) -> &Arc<DiskTier> {
+        // One disk (the default): nothing to pick, on every memory miss.
+        if let [only] = &self.tiers[..] {
+            return only;
+        }
         let now = Instant::now();
-        let in_service: Vec<bool> = self.tiers.iter().map(|t| t.in_service(now)).collect();
-        let any = in_service.contains(&true);
-        let best = pick(id, &self.weights, |i| !any || in_service[i]);
-        &self.tiers[best]
+        let up = |i: usize| self.tiers[i].in_service(now);
+        let any = (0..self.tiers.len()).any(up);
+        &self.tiers[pick(id, &self.weights, |i| !any || up(i))]
     }
 
     /// Slice `index` of `id`, from the disk the file lives on.
@@ -96,13 +99,11 @@ impl Disks {
     }
 
     /// Bytes and slices on all disks.
-    pub async fn usage(&self) -> (u64, u64) {
-        let mut total = (0, 0);
-        for tier in &self.tiers {
-            let (bytes, slices) = tier.usage().await;
-            total = (total.0 + bytes, total.1 + slices);
-        }
-        total
+    pub fn usage(&self) -> (u64, u64) {
+        self.tiers
+            .iter()
+            .map(|t| t.usage())
+            .fold((0, 0), |(b, s), (tb, ts)| (b + tb, s + ts))
     }
 
     /// Memory the disks' indexes hold.
@@ -115,11 +116,12 @@ impl Disks {
         self.tiers.iter().any(|t| t.scanning())
     }
 
-    /// Failed and skipped slice writes, all disks.
+    /// Slice writes that failed, all disks.
     pub fn write_errors(&self) -> u64 {
         self.tiers.iter().map(|t| t.write_errors()).sum()
     }
 
+    /// Slices not written for want of room, all disks.
     pub fn writes_skipped(&self) -> u64 {
         self.tiers.iter().map(|t| t.writes_skipped()).sum()
     }
@@ -232,7 +234,7 @@ mod tests {
         for id in &ids {
             assert_eq!(disks.get(id, 0).await, Ok((100, data.clone())));
         }
-        assert_eq!(disks.usage().await.1, 40);
+        assert_eq!(disks.usage().1, 40);
 
         // Disk 1 goes away: where its directory was is now a file, so writes there fail.
         std::fs::remove_dir_all(&dirs[1].0).unwrap();

@@ -10,6 +10,15 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+/// How often connections are looked at for having outstayed a `keepalive` time: a few times
+/// within it, at most once a second (TCP listeners and the edge's QUIC drivers alike).
+pub fn sweep_every(keepalive: std::time::Duration) -> std::time::Duration {
+    (keepalive / 8).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    )
+}
+
 /// One listener's idle connections; clones share the queue.
 #[derive(Debug, Clone, Default)]
 pub struct IdleQueue(Arc<Mutex<Waiting>>);

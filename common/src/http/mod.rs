@@ -31,7 +31,7 @@ pub use client_cap::{ClientAtLimit, ClientCap, ClientSlot};
 pub use cors::{Cors, CorsOrigins};
 pub use deadline::{Deadlines, MinRate};
 pub use error::ApiError;
-pub use idle::IdleQueue;
+pub use idle::{IdleQueue, sweep_every};
 pub use proxy_protocol::ProxyProtocol;
 pub use ranges::{Plan, plan_span, range_plan, ranged_response};
 pub use server::{ConnInfo, Handler, Listening, OpenConnections, ServerLimits, serve_on};

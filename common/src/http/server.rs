@@ -324,9 +324,7 @@ async fn accept_loop<H: Handler>(
     // for a few times a keep-alive time and at most once a second. Those moving no byte at
     // all are closed by their own deadline; this closes those kept alive by PINGs too.
     let keepalive = limits.idle_timeout;
-    let mut sweep = tokio::time::interval(
-        (keepalive / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)),
-    );
+    let mut sweep = tokio::time::interval(super::idle::sweep_every(keepalive));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {

@@ -553,6 +553,18 @@ impl ConnState {
         }
     }
 
+    /// Whether the connection is open, past its handshake, with no request open, and
+    /// inactive since `since` (its place in its driver's list when that was copied out: one
+    /// that moved since has just been active). Not `connected`, which waits for the next
+    /// drive: the handshake's last packet may have come in the same batch as a newcomer's
+    /// first.
+    fn idle_since(&mut self, since: Instant) -> bool {
+        self.last_active == since
+            && !self.conn.is_handshaking()
+            && self.lost.is_none()
+            && self.conn.streams().remote_open_streams(Dir::Bi) == 0
+    }
+
     /// Closes the connection from this side: the protocol sends CONNECTION_CLOSE, and every
     /// waiting task learns the connection is gone (the protocol reports no loss for a close
     /// it was asked for).
@@ -1091,8 +1103,8 @@ impl Driver {
     }
 
     /// Closes this driver's connections that have had no request open for the keep-alive
-    /// time (see [`Endpoint::close_idle_after`]), looking a few times a keep-alive time,
-    /// and at most once a second.
+    /// time (see [`Endpoint::close_idle_after`]), at the pace of
+    /// [`cadenza_common::http::sweep_every`].
     fn sweep(&mut self, now: Instant) {
         let keepalive = Duration::from_millis(self.shared.keepalive_ms.load(Ordering::Relaxed));
         if keepalive.is_zero() || self.closed {
@@ -1102,8 +1114,7 @@ impl Driver {
         if self.next_sweep.is_some_and(|at| now < at) {
             return;
         }
-        self.next_sweep =
-            Some(now + (keepalive / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        self.next_sweep = Some(now + cadenza_common::http::sweep_every(keepalive));
         let Some(cutoff) = now.checked_sub(keepalive) else {
             return;
         };
@@ -1116,11 +1127,7 @@ impl Driver {
         let mut closed = 0;
         for (member, inner) in stale {
             let mut st = lock(&inner.state);
-            let idle = st.last_active == member.0
-                && !st.conn.is_handshaking()
-                && st.lost.is_none()
-                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
-            if idle {
+            if st.idle_since(member.0) {
                 st.close(now, NO_ERROR, Bytes::new());
                 drop(st);
                 self.due.push(inner.handle);
@@ -1354,15 +1361,7 @@ fn first_idle(driver: &Shared) -> Option<(Instant, Arc<ConnInner>)> {
             if lock(&inner.slot).is_none() {
                 continue;
             }
-            let mut st = lock(&inner.state);
-            // Not `connected`, which waits for the next drive: the handshake's last packet
-            // may have come in the same batch as the newcomer's first. One that moved since
-            // it was copied out has just been active.
-            let idle = st.last_active == member.0
-                && !st.conn.is_handshaking()
-                && st.lost.is_none()
-                && st.conn.streams().remote_open_streams(Dir::Bi) == 0;
-            if idle {
+            if lock(&inner.state).idle_since(member.0) {
                 return Some((member.0, inner.clone()));
             }
         }
@@ -1449,14 +1448,13 @@ mod tests {
         client
     }
 
-    /// `drivers` drivers on a fresh local port under `cap`, each connection's requests
-    /// answered by [`answer`]: the port's address, and each driver's shared state.
-    fn serve_port(
+    /// `drivers` drivers on a fresh local port under `cap`, not yet serving.
+    fn local_endpoints(
         server: Arc<proto::ServerConfig>,
         drivers: usize,
         cap: &OpenConnections,
-    ) -> (SocketAddr, Vec<Arc<Shared>>) {
-        let endpoints = bind(
+    ) -> Vec<Endpoint> {
+        bind(
             "127.0.0.1:0".parse().unwrap(),
             None,
             drivers,
@@ -1464,7 +1462,21 @@ mod tests {
             server,
             cap,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// `drivers` drivers on a fresh local port under `cap`, each connection's requests
+    /// answered by [`answer`]: the port's address, and each driver's shared state.
+    fn serve_port(
+        server: Arc<proto::ServerConfig>,
+        drivers: usize,
+        cap: &OpenConnections,
+    ) -> (SocketAddr, Vec<Arc<Shared>>) {
+        serve(local_endpoints(server, drivers, cap))
+    }
+
+    /// Serves `endpoints` (one port's drivers) as [`serve_port`] does.
+    fn serve(endpoints: Vec<Endpoint>) -> (SocketAddr, Vec<Arc<Shared>>) {
         let addr = endpoints[0].local_addr();
         let shared = endpoints.iter().map(|e| e.shared.clone()).collect();
         for endpoint in endpoints {
@@ -1485,6 +1497,19 @@ mod tests {
                     tokio::spawn(answer(conn.clone(), id));
                 }
             });
+        }
+    }
+
+    /// Waits up to 5 s for the edge to close `conn` with H3_NO_ERROR; `why` it should.
+    async fn closed_with_no_error(conn: &quinn::Connection, why: &str) {
+        match tokio::time::timeout(Duration::from_secs(5), conn.closed())
+            .await
+            .expect(why)
+        {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, NO_ERROR, "{why}");
+            }
+            other => panic!("{why}: closed with {other:?}"),
         }
     }
 
@@ -1528,15 +1553,7 @@ mod tests {
     async fn sharded_drivers_keep_each_connection_when_its_client_changes_address() {
         let (server, client_config) = configs();
         let drivers = 4;
-        let endpoints = bind(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            drivers,
-            proto::EndpointConfig::default(),
-            server,
-            &OpenConnections::new(usize::MAX),
-        )
-        .unwrap();
+        let endpoints = local_endpoints(server, drivers, &OpenConnections::new(usize::MAX));
         assert_eq!(endpoints.len(), drivers, "steering is attached");
         let addr = endpoints[0].local_addr();
         assert!(endpoints.iter().all(|e| e.local_addr() == addr));
@@ -1789,15 +1806,7 @@ mod tests {
         // A real client follows the Retry and takes `a`'s place.
         let d = connect().await.expect("room made for a proven client");
         assert_eq!(fetch(&d, 4, 70_000).await, pattern(4, 70_000));
-        let closed = tokio::time::timeout(Duration::from_secs(5), a.closed())
-            .await
-            .expect("`a` closed");
-        match closed {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(close.error_code, NO_ERROR);
-            }
-            other => panic!("`a` ended with {other:?}"),
-        }
+        closed_with_no_error(&a, "`a` closed").await;
         assert_eq!((cap.reclaimed(), cap.refused(), cap.count()), (1, 0, 3));
         assert_eq!(fetch(&c, 5, 10).await, pattern(5, 10), "`c` still open");
 
@@ -2243,20 +2252,9 @@ mod tests {
     async fn a_connection_with_no_request_for_the_keepalive_time_is_closed_pings_or_not() {
         let (server, client_config) = configs();
         let cap = OpenConnections::new(usize::MAX);
-        let endpoints = bind(
-            "127.0.0.1:0".parse().unwrap(),
-            None,
-            1,
-            proto::EndpointConfig::default(),
-            server,
-            &cap,
-        )
-        .unwrap();
-        let addr = endpoints[0].local_addr();
+        let endpoints = local_endpoints(server, 1, &cap);
         endpoints[0].close_idle_after(Duration::from_millis(600));
-        for endpoint in endpoints {
-            tokio::spawn(serve_all(endpoint, Arc::default()));
-        }
+        let (addr, _) = serve(endpoints);
         // Clients that PING every 100 ms, so QUIC's idle timeout never closes them.
         let mut pinging = client_config;
         let mut transport = quinn::TransportConfig::default();
@@ -2277,15 +2275,11 @@ mod tests {
             }
             asking
         });
-        let closed = tokio::time::timeout(Duration::from_secs(5), idle.closed())
-            .await
-            .expect("closed once the keep-alive time passed with no request");
-        match closed {
-            quinn::ConnectionError::ApplicationClosed(close) => {
-                assert_eq!(close.error_code, NO_ERROR);
-            }
-            other => panic!("closed with {other}"),
-        }
+        closed_with_no_error(
+            &idle,
+            "closed once the keep-alive time passed with no request",
+        )
+        .await;
         assert!(
             began.elapsed() >= Duration::from_millis(500),
             "{:?}",

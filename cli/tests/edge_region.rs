@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/get.rs"]
+mod get;
 #[path = "../../tests/support/h2_credit.rs"]
 mod h2_credit;
 #[path = "../../tests/support/peers.rs"]
@@ -16,8 +18,9 @@ use std::time::{Duration, Instant};
 use cadenza::edge_node::{self, EdgeListeners, EdgeNode, EdgeNodeConfig};
 use cadenza::stack::{JoinInfo, Stack, StackConfig, join_info, signing_key};
 use cadenza_common::http::client::{self, HttpClient};
-use cadenza_common::http::{Shutdown, ShutdownTrigger, empty, full};
+use cadenza_common::http::{Shutdown, ShutdownTrigger, full};
 use cadenza_common::{FileId, Territories, TokenClaims, hex_encode};
+use get::get_headed;
 use http::{Method, StatusCode};
 use tokio::net::TcpListener;
 
@@ -92,24 +95,6 @@ async fn get_with(
 ) -> (StatusCode, Vec<u8>) {
     let (status, _, body) = get_headed(client, url, token, range).await;
     (status, body)
-}
-
-/// [`get_with`], with the response's headers.
-async fn get_headed(
-    client: &HttpClient,
-    url: &str,
-    token: &str,
-    range: Option<&str>,
-) -> (StatusCode, http::HeaderMap, Vec<u8>) {
-    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
-    if let Some(range) = range {
-        req.headers_mut()
-            .insert(http::header::RANGE, range.parse().unwrap());
-    }
-    let resp = client.request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = client::read_all(body, url).await.unwrap().to_vec();
-    (parts.status, parts.headers, body)
 }
 
 struct RegionEdge {
@@ -1409,23 +1394,9 @@ async fn cleartext_http1_sends_cached_slices_by_sendfile_byte_exact() {
     let data = bytes(12, len);
     let id = put(&stack, dir.path(), data.clone()).await;
     let join = join_info(dir.path()).unwrap();
-    let mut edge_config = EdgeNodeConfig::joining(&join);
-    // Few enough connections that this machine's descriptor limit leaves room for slices.
-    edge_config.limits.max_connections = 1000;
-    let cleartext = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", cleartext.local_addr().unwrap());
-    let (trigger, shutdown) = Shutdown::new();
-    let listeners = EdgeListeners {
-        main: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        cleartext: Some(cleartext),
-        udp: None,
-    };
-    let node = edge_node::start(edge_config, listeners, shutdown)
-        .await
-        .unwrap();
+    let edge = cleartext_edge(&join, |_| {}).await;
     let client = stack.client().unwrap();
-    let url = format!("{base}/a/{id}");
+    let url = format!("{}/a/{id}", edge.url);
     let t = token(dir.path(), &id);
     let before = cadenza_common::http::h1::sent_by_file();
     let mut expected_by_file = 0;
@@ -1463,10 +1434,7 @@ async fn cleartext_http1_sends_cached_slices_by_sendfile_byte_exact() {
     assert!(status.success());
     assert!(std::fs::read(&out).unwrap() == data[100..600_001]);
 
-    trigger.trigger();
-    for task in node.tasks {
-        let _ = task.await;
-    }
+    edge.stop().await;
     stack.shutdown().await;
 }
 
@@ -2926,21 +2894,27 @@ async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_
     stack.shutdown().await;
 }
 
-/// An edge with a cleartext listener and a disk tier, serving `slice_bytes`-byte slices;
-/// its node and the trigger that stops it.
-async fn sendfile_edge_with_disk(join: &JoinInfo, disk: &Path) -> (EdgeNode, ShutdownTrigger) {
+/// An edge with a cleartext listener (so its memory tier keeps slices in memory files, for
+/// `sendfile`), set up further by `configure`; its URL is the cleartext listener's.
+async fn cleartext_edge(
+    join: &JoinInfo,
+    configure: impl FnOnce(&mut EdgeNodeConfig),
+) -> RegionEdge {
     let mut config = EdgeNodeConfig::joining(join);
+    // Few enough connections that this machine's descriptor limit leaves room for slices.
     config.limits.max_connections = 1000;
-    config.disk = vec![(disk.to_path_buf(), 1 << 30)];
+    configure(&mut config);
+    let cleartext = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", cleartext.local_addr().unwrap());
     let (trigger, shutdown) = Shutdown::new();
     let listeners = EdgeListeners {
         main: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        cleartext: Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        cleartext: Some(cleartext),
         udp: None,
     };
     let node = edge_node::start(config, listeners, shutdown).await.unwrap();
-    (node, trigger)
+    RegionEdge { url, node, trigger }
 }
 
 /// A slice fetched from the origin goes into a memory file (for sendfile) at once; one read
@@ -2956,8 +2930,9 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     let join = join_info(dir.path()).unwrap();
     let mapped = |b: &bytes::Bytes| cadenza_common::mapped::file_of(b).is_some();
 
-    let (node, trigger) = sendfile_edge_with_disk(&join, disk.path()).await;
-    let cache = node.edge.cache().clone();
+    let with_disk = |c: &mut EdgeNodeConfig| c.disk = vec![(disk.path().to_path_buf(), 1 << 30)];
+    let edge = cleartext_edge(&join, with_disk).await;
+    let cache = edge.node.edge.cache().clone();
     let fetched = cache.slice(&id, 0).await.unwrap();
     assert!(fetched[..] == data[..fetched.len()]);
     assert!(
@@ -2966,14 +2941,11 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     );
     drop(fetched);
     eventually_async(|| async { cache.disk_usage().await.map(|u| u.1) == Some(1) }).await;
-    trigger.trigger();
-    for task in node.tasks {
-        let _ = task.await;
-    }
     drop(cache);
+    edge.stop().await;
 
-    let (node, trigger) = sendfile_edge_with_disk(&join, disk.path()).await;
-    let cache = node.edge.cache().clone();
+    let edge = cleartext_edge(&join, with_disk).await;
+    let cache = edge.node.edge.cache().clone();
     let first = cache.slice(&id, 0).await.unwrap();
     assert!(first[..] == data[..first.len()]);
     assert!(!mapped(&first), "a slice from disk waits to be read again");
@@ -2986,10 +2958,8 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     let third = cache.slice(&id, 0).await.unwrap();
     assert!(mapped(&third));
     assert_eq!(cache.metrics().disk_hits.get(), 1);
-    trigger.trigger();
-    for task in node.tasks {
-        let _ = task.await;
-    }
+    drop(cache);
+    edge.stop().await;
     stack.shutdown().await;
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "../../tests/support/get.rs"]
+mod get;
 #[path = "../../tests/support/peers.rs"]
 mod peers;
 
@@ -17,6 +19,7 @@ use cadenza_common::http::client::{self, HttpClient};
 use cadenza_common::http::empty;
 use cadenza_common::{PlaybackGrant, Quality, Territories, TrackStatus, TrackView};
 use cadenza_player::{PlayOptions, Player};
+use get::get_headed as fetch;
 use http::{Method, StatusCode, header};
 use peers::skip_or_fail;
 
@@ -130,23 +133,6 @@ fn meta(title: &str) -> TrackMeta {
         isrc: Some("GBAYE6300001".into()),
         release: Default::default(),
     }
-}
-
-async fn fetch(
-    client: &HttpClient,
-    url: &str,
-    token: &str,
-    range: Option<&str>,
-) -> (StatusCode, http::HeaderMap, Vec<u8>) {
-    let mut req = client::request(Method::GET, url, Some(token), empty()).unwrap();
-    if let Some(r) = range {
-        req.headers_mut().insert(header::RANGE, r.parse().unwrap());
-    }
-    let resp = client.request(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = client::read_all(resp.into_body(), url).await.unwrap();
-    (status, headers, body.to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -460,6 +460,13 @@ fn edge_command(stack: &Path, data: &Path) -> std::process::Command {
 
 /// [`edge_command`] with its players' port at `listen`.
 fn edge_command_on(stack: &Path, data: &Path, listen: &str) -> std::process::Command {
+    let mut command = edge_command_with_disks(stack, data, listen);
+    command.args(["--disk-gib", "0"]);
+    command
+}
+
+/// [`edge_command_on`] with no disk flag yet, for a caller giving `--disk`.
+fn edge_command_with_disks(stack: &Path, data: &Path, listen: &str) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"));
     command
         .args(["edge", "--join"])
@@ -467,7 +474,6 @@ fn edge_command_on(stack: &Path, data: &Path, listen: &str) -> std::process::Com
         .arg("--data")
         .arg(data)
         .args(["--listen", listen, "--admin-listen", "127.0.0.1:0"])
-        .args(["--disk-gib", "0"])
         .stdout(std::process::Stdio::null());
     command
 }
@@ -2830,14 +2836,7 @@ async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_
     let disks = [edge_dir.path().join("nvme0"), edge_dir.path().join("nvme1")];
     let state = edge_dir.path().join("state");
     let start = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"));
-        command
-            .args(["edge", "--join"])
-            .arg(dir.path())
-            .arg("--data")
-            .arg(&state)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::null());
+        let mut command = edge_command_with_disks(dir.path(), &state, "127.0.0.1:0");
         for disk in &disks {
             command.arg("--disk").arg(format!("{}:1", disk.display()));
         }

@@ -103,6 +103,13 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
     }
 
     pub(crate) fn insert(&self, key: K, value: V) {
+        let until = self.ttl.map(|ttl| Instant::now() + ttl);
+        self.insert_until(key, value, until);
+    }
+
+    /// Inserts an entry believed until `until`: [`Memo::insert`] with the deadline given,
+    /// which lets a test make expired entries without waiting for them to expire.
+    fn insert_until(&self, key: K, value: V, until: Option<Instant>) {
         let mut shard = self.shards.lock(&key);
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             let now = Instant::now();
@@ -111,7 +118,6 @@ impl<K: Hash + Eq, V: Clone> Memo<K, V> {
                 shard.clear();
             }
         }
-        let until = self.ttl.map(|ttl| Instant::now() + ttl);
         shard.insert(key, Entry { value, until });
     }
 
@@ -136,7 +142,7 @@ mod tests {
 
     #[test]
     fn holds_what_was_put_until_it_expires_or_is_removed() {
-        let memo: Memo<String, u64> = Memo::new(100, Some(Duration::from_millis(50)));
+        let memo: Memo<String, u64> = Memo::new(100, Some(Duration::from_secs(3600)));
         memo.insert("a".to_owned(), 1);
         memo.insert("b".to_owned(), 2);
         assert_eq!(memo.get("a"), Some(1));
@@ -144,8 +150,12 @@ mod tests {
         assert_eq!(memo.get("a"), Some(3));
         memo.remove("b");
         assert_eq!(memo.get("b"), None);
-        std::thread::sleep(Duration::from_millis(60));
+        memo.insert_until("a".to_owned(), 4, Some(Instant::now()));
         assert_eq!(memo.get("a"), None, "expired");
+        // The TTL is what `insert` believes an entry for: none at all here.
+        let at_once: Memo<String, u64> = Memo::new(100, Some(Duration::ZERO));
+        at_once.insert("a".to_owned(), 1);
+        assert_eq!(at_once.get("a"), None, "expired");
     }
 
     #[test]
@@ -164,12 +174,15 @@ mod tests {
 
     #[test]
     fn a_full_shard_drops_expired_entries_first() {
-        let memo: Memo<u64, u64> = Memo::new(SHARDS * 100, Some(Duration::from_secs(1)));
+        // The entries to be dropped are made already expired, not left to expire: a test
+        // that slept past a TTL and then raced it failed once on a loaded CI machine.
+        let memo: Memo<u64, u64> = Memo::new(SHARDS * 100, Some(Duration::from_secs(3600)));
         let n = SHARDS as u64 * 50;
+        let past = Instant::now();
         for i in 0..n {
-            memo.insert(i, i);
+            memo.insert_until(i, i, Some(past));
         }
-        std::thread::sleep(Duration::from_millis(1100));
+        assert!((0..n).all(|i| memo.get(&i).is_none()), "expired");
         for i in n..2 * n {
             memo.insert(i, i);
         }

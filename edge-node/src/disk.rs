@@ -35,6 +35,12 @@ const HEADER: usize = 4 + 8 + 4 + 4;
 /// Records of earlier builds: a SHA-256 in place of the CRC.
 const MAGIC_SHA: &[u8; 4] = b"CZS1";
 const HEADER_SHA: usize = 4 + 8 + 4 + 32;
+/// The file in a tier's directory that says the slice size its slices were cut at. Slice
+/// `i` is bytes `i × size ..` of its file, so a slice kept under another size is other bytes
+/// of the file under the same name: a directory whose marker names another size is emptied,
+/// not served from. A directory without one (written before the marker was) is taken to
+/// match, and marked once scanned.
+const MARKER: &str = "slice-size";
 /// Slice writes under way at once. Past it a fetched slice is not written (it is served, and
 /// kept in memory as ever): a miss storm on a slow disk would otherwise queue writes, each
 /// holding its slice, without bound.
@@ -64,6 +70,9 @@ pub struct DiskTier {
     purges: Arc<AtomicU64>,
     /// Becomes true once the start-up scan has indexed what the directory held.
     scanned: watch::Receiver<bool>,
+    /// The directory's slices were cut at another slice size than this edge's (its
+    /// [`MARKER`] says so): the scan removes them, and none is served meanwhile.
+    stale: bool,
     /// Room for writes under way, and the slices not written for want of it.
     writes: Arc<tokio::sync::Semaphore>,
     writes_skipped: AtomicU64,
@@ -138,9 +147,14 @@ impl DiskTier {
     ) -> std::io::Result<Self> {
         let (tier, done) = Self::unscanned(root, capacity_bytes, slice_size, purges).await?;
         let (root, index, purges) = (tier.root.clone(), tier.index.clone(), tier.purges.clone());
-        let tmp = tier.tmp.clone();
+        let (tmp, stale) = (tier.tmp.clone(), tier.stale);
         tokio::task::spawn_blocking(move || {
-            scan(&root, &index, &purges, &tmp);
+            scan(&root, &index, &purges, &tmp, stale);
+            // Only now: a crash during the scan of a stale directory leaves the old marker,
+            // and the next start empties it again.
+            if let Err(e) = mark(&root, slice_size) {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot write the disk tier's slice-size marker");
+            }
             let _ = done.send(true);
         });
         Ok(tier)
@@ -155,6 +169,20 @@ impl DiskTier {
         purges: Arc<AtomicU64>,
     ) -> std::io::Result<(Self, watch::Sender<bool>)> {
         tokio::fs::create_dir_all(&root).await?;
+        let stale = match tokio::fs::read_to_string(root.join(MARKER)).await {
+            Ok(marked) if marked.trim() == slice_size.to_string() => false,
+            Ok(marked) => {
+                tracing::warn!(
+                    dir = %root.display(),
+                    was = marked.trim(),
+                    now = slice_size,
+                    "the disk tier's slices were cut at another slice size: they are removed, not served"
+                );
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
         let capacity = crate::cache::slice_capacity(capacity_bytes, slice_size + HEADER as u64);
         let index = SliceIndex::new(usize::try_from(capacity).unwrap_or(usize::MAX));
         let (done, scanned) = watch::channel(false);
@@ -167,6 +195,7 @@ impl DiskTier {
             index: Arc::new(Mutex::new(index)),
             purges,
             scanned,
+            stale,
             writes: Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT)),
             writes_skipped: AtomicU64::new(0),
         };
@@ -254,7 +283,7 @@ impl DiskTier {
     pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
         let key = key_of(id, index).ok_or(DiskMiss::Absent)?;
         let indexed = lock(&self.index).get(&key).is_some();
-        if !indexed && !self.scanning() {
+        if !indexed && !self.unindexed_may_be_served() {
             return Err(DiskMiss::Absent);
         }
         let path = slice_path(&self.root, id, index);
@@ -292,7 +321,13 @@ impl DiskTier {
             return false;
         };
         lock(&self.index).contains(&key)
-            || (self.scanning() && slice_path(&self.root, id, index).exists())
+            || (self.unindexed_may_be_served() && slice_path(&self.root, id, index).exists())
+    }
+
+    /// Whether a slice the index lacks may still be on disk and good: while the start-up
+    /// scan of a directory cut at this edge's slice size runs.
+    fn unindexed_may_be_served(&self) -> bool {
+        !self.stale && self.scanning()
     }
 
     /// Indexes a slice file of `len` bytes, removing the files of slices evicted for it.
@@ -456,9 +491,17 @@ fn read_if_cached(_path: &Path) -> Option<Vec<u8>> {
     None
 }
 
+/// Writes the slice-size [`MARKER`] (through a temporary name, so it is whole or absent).
+fn mark(root: &Path, slice_size: u64) -> std::io::Result<()> {
+    let tmp = root.join(format!("{MARKER}.tmp"));
+    std::fs::write(&tmp, format!("{slice_size}\n"))?;
+    std::fs::rename(&tmp, root.join(MARKER))
+}
+
 /// Indexes the slices under `root`, a file's directory at a time, deleting what a crash
-/// left (`.tmp` files) and what is not a slice of a file.
-fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64, ours: &str) {
+/// left (`.tmp` files) and what is not a slice of a file. A `stale` directory (cut at another
+/// slice size) has its slices deleted instead, all but those written since the edge started.
+fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64, ours: &str, stale: bool) {
     let began = Instant::now();
     let dirs = match std::fs::read_dir(root) {
         Ok(dirs) => dirs,
@@ -481,6 +524,11 @@ fn scan(root: &Path, index: &Mutex<SliceIndex>, purges: &AtomicU64, ours: &str) 
         for file in files.flatten() {
             let name = file.file_name();
             match name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+                Some(slice) if stale => {
+                    if !lock(index).contains(&(id.to_bytes(), slice)) {
+                        let _ = std::fs::remove_file(file.path());
+                    }
+                }
                 Some(slice) => {
                     if let Ok(meta) = file.metadata() {
                         let len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
@@ -697,6 +745,63 @@ mod tier_tests {
     }
 
     #[tokio::test]
+    async fn slices_cut_at_another_slice_size_are_removed_not_served() {
+        let dir =
+            std::env::temp_dir().join(format!("cadenza-disk-resliced-{}", std::process::id()));
+        let id = FileId::random();
+        // 4,000 bytes in 1,024-byte slices: slice 1 is bytes 1,024..2,048.
+        let object: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
+        tier.scanned().await;
+        for index in 0..4u64 {
+            let at = (index * 1024) as usize;
+            let slice = Bytes::copy_from_slice(&object[at..(at + 1024).min(4000)]);
+            tier.put(&id, index, 4000, &slice, tier.epoch()).await;
+        }
+        drop(tier);
+        assert_eq!(std::fs::read_to_string(dir.join(MARKER)).unwrap(), "1024\n");
+
+        // The same directory under 2,048-byte slices: its slice 1 is not bytes 2,048..4,000.
+        let (tier, done) = DiskTier::unscanned(dir.clone(), 1 << 20, 2048, Arc::default())
+            .await
+            .unwrap();
+        assert!(tier.stale);
+        assert!(!tier.holds(&id, 1), "not served while the scan has not run");
+        assert_eq!(tier.get(&id, 1).await, Err(DiskMiss::Absent));
+        // A slice written at the new size before the scan gets to it stays.
+        let fresh = Bytes::copy_from_slice(&object[2048..]);
+        tier.put(&id, 1, 4000, &fresh, tier.epoch()).await;
+        let (root, index, purges, ours) = (
+            tier.root.clone(),
+            tier.index.clone(),
+            tier.purges.clone(),
+            tier.tmp.clone(),
+        );
+        let scan_root = root.clone();
+        tokio::task::spawn_blocking(move || scan(&scan_root, &index, &purges, &ours, true))
+            .await
+            .unwrap();
+        mark(&root, 2048).unwrap();
+        drop(done);
+        tier.scanned().await;
+        let left: Vec<String> = std::fs::read_dir(dir.join(id.as_str()))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["1"], "the old slices are gone, the new one stays");
+        assert_eq!(tier.get(&id, 1).await, Ok((4000, fresh.clone())));
+        assert_eq!(tier.get(&id, 0).await, Err(DiskMiss::Absent));
+        drop(tier);
+
+        // Opened as a whole at the new size: scanned, marked, and the new slice served.
+        let tier = DiskTier::open(&dir, 1 << 20, 2048).await.unwrap();
+        tier.scanned().await;
+        assert!(!tier.stale, "the marker says 2048 now");
+        assert_eq!(tier.get(&id, 1).await, Ok((4000, fresh)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn slices_are_served_from_disk_before_the_start_up_scan_reaches_them() {
         let dir = std::env::temp_dir().join(format!("cadenza-disk-early-{}", std::process::id()));
         let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
@@ -734,9 +839,11 @@ mod tier_tests {
         let ours = tier.tmp.clone();
         let in_flight = dir.join(id.as_str()).join(format!("3.{ours}"));
         std::fs::write(&in_flight, b"being written").unwrap();
-        tokio::task::spawn_blocking(move || scan(&scan_root, &scan_index, &scan_purges, &ours))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            scan(&scan_root, &scan_index, &scan_purges, &ours, false)
+        })
+        .await
+        .unwrap();
         done.send(true).unwrap();
         tier.scanned().await;
         assert_eq!(tier.usage(), (2 * (HEADER + 100) as u64, 2));
@@ -775,7 +882,11 @@ mod tier_tests {
         }
         let (_, slices) = tier.usage();
         assert!(slices <= 20);
-        let dirs = std::fs::read_dir(&dir).unwrap().count() as u64;
+        // File directories (beside the slice-size marker).
+        let dirs = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count() as u64;
         assert_eq!(
             dirs, slices,
             "a file whose slices all left leaves no directory"

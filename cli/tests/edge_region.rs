@@ -2917,8 +2917,9 @@ async fn cleartext_edge(
 }
 
 /// A slice fetched from the origin goes into a memory file (for sendfile) at once; one read
-/// back from disk only once it is read again from memory (a memory tier far smaller than its
-/// disk would otherwise fill and punch memory files for slices that leave at once).
+/// back from disk only once as many bytes as it holds are served from memory (a memory tier far
+/// smaller than its disk would otherwise fill and punch memory files for slices that leave
+/// at once, or are read once more in part).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -2948,14 +2949,30 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     let first = cache.slice(&id, 0).await.unwrap();
     assert!(first[..] == data[..first.len()]);
     assert!(!mapped(&first), "a slice from disk waits to be read again");
-    let again = cache.slice(&id, 0).await.unwrap();
-    assert!(again[..] == data[..again.len()]);
+    let len = first.len();
+    let part = |skip: usize, take: usize| cadenza_edge::SlicePart {
+        index: 0,
+        skip,
+        take,
+    };
+    let half = cache.part(&id, part(0, len / 2), true).await.unwrap();
+    assert!(half[..] == data[..len / 2]);
     assert!(
-        mapped(&again),
-        "read again from memory, it goes into a memory file"
+        !mapped(&half),
+        "half of it served from memory: not worth a memory file yet"
     );
-    let third = cache.slice(&id, 0).await.unwrap();
-    assert!(mapped(&third));
+    let rest = cache
+        .part(&id, part(len / 2, len - len / 2), true)
+        .await
+        .unwrap();
+    assert!(rest[..] == data[len / 2..len]);
+    assert!(
+        mapped(&rest),
+        "its length served from memory, it goes into a memory file"
+    );
+    let again = cache.slice(&id, 0).await.unwrap();
+    assert!(again[..] == data[..len]);
+    assert!(mapped(&again));
     assert_eq!(cache.metrics().disk_hits.get(), 1);
     drop(cache);
     edge.stop().await;

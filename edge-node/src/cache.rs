@@ -80,9 +80,10 @@ struct Held {
     data: Bytes,
     /// The object's size.
     total: u64,
-    /// A whole slice read from disk and not yet in a memory file: it goes into one when it
-    /// is read again from memory (see [`SliceCache::reused`]).
-    unshelved: bool,
+    /// For a whole slice read from disk and not yet in a memory file, the bytes of it served
+    /// from memory since: it goes into one once they reach its length (see
+    /// [`SliceCache::reused`]).
+    unshelved: Option<Arc<AtomicU64>>,
 }
 
 impl Held {
@@ -381,10 +382,19 @@ impl SliceCache {
         self.resident.has(&id.to_bytes(), index)
     }
 
-    /// A whole slice read again from memory: one that came from disk goes into its
-    /// rendition's memory file now (for `sendfile`), and replaces the entry held.
-    async fn reused(&self, id: &FileId, index: u64, held: Held) -> Held {
-        if !held.unshelved {
+    /// A whole slice read again from memory, `served` bytes of it: one that came from disk
+    /// goes into its rendition's memory file (for `sendfile`), replacing the entry held, once
+    /// the bytes served from memory since reach its length. Filling a memory file copies the
+    /// slice once, and `sendfile` then saves a copy of every byte served; a slice whose bytes
+    /// are served less than once over before the memory tier lets it go costs less copied
+    /// out of the heap each time. (When every slice read back from disk went in on its first
+    /// read from memory, filling and punching memory files was a tenth of what a disk-tier
+    /// hit cost: benches/README.md, disk-tier hits.)
+    async fn reused(&self, id: &FileId, index: u64, held: Held, served: u64) -> Held {
+        let Some(since) = &held.unshelved else {
+            return held;
+        };
+        if since.fetch_add(served, Ordering::Relaxed) + served < held.data.len() as u64 {
             return held;
         }
         let offset = index * self.math.slice_size();
@@ -396,7 +406,7 @@ impl SliceCache {
         };
         let shelved = Held {
             data,
-            unshelved: false,
+            unshelved: None,
             ..held
         };
         // The eviction listener takes the replaced entry's bytes off.
@@ -422,7 +432,9 @@ impl SliceCache {
     ) -> Result<(Bytes, Outcome), FetchError> {
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
-            return Ok((self.reused(id, index, held).await.data, Outcome::Memory));
+            let served = held.data.len() as u64;
+            let held = self.reused(id, index, held, served).await;
+            return Ok((held.data, Outcome::Memory));
         }
         let (held, outcome) = self.fill(id, index, None).await?;
         // A part a seek held is covered now.
@@ -465,7 +477,7 @@ impl SliceCache {
         if let Some(held) = self.slices.get(&(id.to_bytes(), index)).await {
             self.metrics.hits.inc();
             return Ok((
-                whole(self.reused(id, index, held).await.data)?,
+                whole(self.reused(id, index, held, take).await.data)?,
                 Outcome::Memory,
             ));
         }
@@ -555,7 +567,7 @@ impl SliceCache {
                 }
                 Ok(Held {
                     data,
-                    unshelved: unshelved && cadenza_common::mapped::budgeted(),
+                    unshelved: (unshelved && cadenza_common::mapped::budgeted()).then(Arc::default),
                     ..held
                 })
             })
@@ -586,7 +598,7 @@ impl SliceCache {
                         skip: 0,
                         data,
                         total,
-                        unshelved: false,
+                        unshelved: None,
                     };
                     return Ok((held, true));
                 }
@@ -731,7 +743,7 @@ impl SliceCache {
             skip: from,
             data: body,
             total,
-            unshelved: false,
+            unshelved: None,
         })
     }
 

@@ -32,7 +32,7 @@ pub use metrics::EdgeMetrics;
 pub use service::{CorsOrigins, Edge, EdgeConfig, UnknownCountry};
 pub use shield::Shield;
 pub use slice_index::SliceIndex;
-pub use slices::SliceMath;
+pub use slices::{SliceMath, SlicePart};
 pub use upstream::{Breaker, Upstreams};
 
 /// Checks the GeoIP database file every `every`, and at once on SIGHUP (`systemctl reload`

@@ -2885,8 +2885,28 @@ async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_
         "cadenza_edge_disks_in_service 2",
         "cadenza_edge_disk_slices 24",
         "cadenza_edge_disk_hits_total 24",
+        "cadenza_edge_disk_read_errors_total 0",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in /metrics");
+    }
+    // Each disk by its directory: in service, and the bytes of the slices it holds.
+    for (disk, slices) in disks.iter().zip(&spread) {
+        let up = format!(
+            "cadenza_edge_disk_dir_in_service{{dir=\"{}\"}} 1",
+            disk.display()
+        );
+        assert!(text.lines().any(|l| l == up), "no {up:?} in /metrics");
+        let held = format!("cadenza_edge_disk_dir_bytes{{dir=\"{}\"}} ", disk.display());
+        let bytes: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(held.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {held:?} in /metrics"));
+        assert!(
+            bytes >= *slices as u64 * 40 * 1024,
+            "{} holds {slices} slices in {bytes} bytes",
+            disk.display()
+        );
     }
     term(&child);
     exited(&mut child, Instant::now()).await;

@@ -294,8 +294,21 @@ impl SliceCache {
         let (up, of) = disk.in_service();
         self.metrics.disks_in_service.set(gauge(up as u64));
         self.metrics.disks.set(gauge(of as u64));
+        for (dir, up, bytes) in disk.each() {
+            let dir = dir.display().to_string();
+            let labels = [dir.as_str()];
+            self.metrics
+                .disk_dir_in_service
+                .with_label_values(&labels)
+                .set(i64::from(up));
+            self.metrics
+                .disk_dir_bytes
+                .with_label_values(&labels)
+                .set(gauge(bytes));
+        }
         for (counter, tally) in [
             (&self.metrics.disk_write_errors, disk.write_errors()),
+            (&self.metrics.disk_read_errors, disk.read_errors()),
             (&self.metrics.disk_writes_skipped, disk.writes_skipped()),
         ] {
             counter.inc_by(tally.saturating_sub(counter.get()));

@@ -46,6 +46,13 @@ const MARKER: &str = "slice-size";
 /// holding its slice, without bound.
 const WRITES_IN_FLIGHT: usize = 64;
 
+/// What a disk was asked to do.
+#[derive(Debug, Clone, Copy)]
+enum Io {
+    Read,
+    Write,
+}
+
 /// Why a slice file was not used.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DiskMiss {
@@ -80,12 +87,16 @@ pub struct DiskTier {
     writes_skipped: AtomicU64,
 }
 
-/// Slice writes that failed (a full, read-only or failing disk).
+/// Slice reads and writes that failed (a full, read-only or failing disk).
 #[derive(Debug, Default)]
 struct Failures {
-    /// Since start.
-    total: u64,
-    /// In a row: [`crate::disks::FAILURES_OUT`] take the disk out of service.
+    /// Writes, since start.
+    writes: u64,
+    /// Reads, since start (not those of slices that were not there).
+    reads: u64,
+    /// Failures of either since the last good write: [`crate::disks::FAILURES_OUT`] take
+    /// the disk out of service. A good read does not count against them: a disk that reads
+    /// what it has but cannot write (full, remounted read-only) is failing all the same.
     in_a_row: u64,
     /// When the last of them found the disk out of service.
     out_since: Option<Instant>,
@@ -219,19 +230,30 @@ impl DiskTier {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes a write's outcome. A failure is counted and warned of (at most once each
-    /// 10 s); [`crate::disks::FAILURES_OUT`] in a row take the disk out of service for
-    /// [`crate::disks::COOLDOWN`]; a success brings it back.
+    /// Notes a write's outcome: a success brings the disk back into service, a failure is
+    /// [`Self::failed`].
     fn wrote(&self, outcome: Result<(), (&std::io::Error, &FileId, u64)>) {
-        let mut failures = self.failures();
-        let Err((error, id, index)) = outcome else {
-            if failures.out_since.is_some() {
-                tracing::info!(dir = %self.root.display(), "disk tier back in service");
+        match outcome {
+            Ok(()) => {
+                let mut failures = self.failures();
+                if failures.out_since.is_some() {
+                    tracing::info!(dir = %self.root.display(), "disk tier back in service");
+                }
+                (failures.in_a_row, failures.out_since) = (0, None);
             }
-            (failures.in_a_row, failures.out_since) = (0, None);
-            return;
-        };
-        failures.total += 1;
+            Err((error, id, index)) => self.failed(Io::Write, error, id, index),
+        }
+    }
+
+    /// Counts a failed read or write and warns of it (at most once each 10 s);
+    /// [`crate::disks::FAILURES_OUT`] since the last good write take the disk out of service
+    /// for [`crate::disks::COOLDOWN`].
+    fn failed(&self, io: Io, error: &std::io::Error, id: &FileId, index: u64) {
+        let mut failures = self.failures();
+        match io {
+            Io::Read => failures.reads += 1,
+            Io::Write => failures.writes += 1,
+        }
         failures.in_a_row += 1;
         let now = Instant::now();
         if failures
@@ -239,20 +261,32 @@ impl DiskTier {
             .is_none_or(|at| now.duration_since(at).as_secs() >= 10)
         {
             failures.warned = Some(now);
-            tracing::warn!(
-                file = %id,
-                slice = index,
-                error = %error,
-                failed_so_far = failures.total,
-                "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
-            );
+            let failed_so_far = failures.reads + failures.writes;
+            match io {
+                Io::Write => tracing::warn!(
+                    dir = %self.root.display(),
+                    file = %id,
+                    slice = index,
+                    error = %error,
+                    failed_so_far,
+                    "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
+                ),
+                Io::Read => tracing::warn!(
+                    dir = %self.root.display(),
+                    file = %id,
+                    slice = index,
+                    error = %error,
+                    failed_so_far,
+                    "cannot read slice from disk (fetched again; next warning in 10 s at the earliest)"
+                ),
+            }
         }
         if failures.in_a_row >= crate::disks::FAILURES_OUT {
             if failures.out_since.is_none() {
                 tracing::error!(
                     dir = %self.root.display(),
                     failures = failures.in_a_row,
-                    "disk tier out of service: its writes keep failing; its files go to the other disks, and it is tried again in 60 s"
+                    "disk tier out of service: its reads or writes keep failing; its files go to the other disks, and it is tried again in 60 s"
                 );
             }
             failures.out_since = Some(now);
@@ -269,7 +303,17 @@ impl DiskTier {
 
     /// Slice writes that failed since start.
     pub fn write_errors(&self) -> u64 {
-        self.failures().total
+        self.failures().writes
+    }
+
+    /// Slice reads that failed since start (not those of slices no longer there).
+    pub fn read_errors(&self) -> u64 {
+        self.failures().reads
+    }
+
+    /// The tier's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Memory the index holds.
@@ -294,11 +338,18 @@ impl DiskTier {
             Some(raw) => Ok(raw),
             None => tokio::fs::read(&path).await.map(Bytes::from),
         };
-        let Ok(raw) = read else {
-            if indexed {
-                lock(&self.index).remove(&key);
+        let raw = match read {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Gone is a purge or an eviction that raced this read; anything else is the disk.
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    self.failed(Io::Read, &e, id, index);
+                }
+                if indexed {
+                    lock(&self.index).remove(&key);
+                }
+                return Err(DiskMiss::Absent);
             }
-            return Err(DiskMiss::Absent);
         };
         let file_len = raw.len() as u64;
         match decode(raw) {
@@ -988,6 +1039,46 @@ mod tier_tests {
         tier.put(&fine, 0, 100, &data, tier.epoch()).await;
         assert_eq!(tier.get(&fine, 0).await, Ok((100, data)));
         assert_eq!((tier.write_errors(), tier.usage().1), (3, 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn slices_that_cannot_be_read_are_counted_and_enough_take_the_disk_out() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-unread-{}", std::process::id()));
+        let tier = DiskTier::open(&dir, 1 << 22, 1024).await.unwrap();
+        tier.scanned().await;
+        let id = FileId::random();
+        let data = Bytes::from(vec![6u8; 100]);
+        let n = crate::disks::FAILURES_OUT;
+        for index in 0..=n {
+            tier.put(&id, index, 100, &data, tier.epoch()).await;
+        }
+        // A slice gone (evicted or purged as it was read) is a miss, not the disk failing.
+        std::fs::remove_file(slice_path(&dir, &id, n)).unwrap();
+        assert_eq!(tier.get(&id, n).await, Err(DiskMiss::Absent));
+        assert_eq!(tier.read_errors(), 0);
+        // Slices the disk cannot read (here each is a directory, where reading fails with
+        // EISDIR as a failing device fails with EIO): misses, counted, then out of service.
+        for index in 0..n {
+            let path = slice_path(&dir, &id, index);
+            std::fs::remove_file(&path).unwrap();
+            std::fs::create_dir(&path).unwrap();
+            assert!(tier.in_service(Instant::now()));
+            assert_eq!(tier.get(&id, index).await, Err(DiskMiss::Absent));
+            assert!(
+                !tier.holds(&id, index),
+                "an unreadable slice leaves the index"
+            );
+        }
+        assert_eq!((tier.read_errors(), tier.write_errors()), (n, 0));
+        assert!(
+            !tier.in_service(Instant::now()),
+            "{n} failed reads take it out"
+        );
+        // A good write brings it back.
+        tier.put(&FileId::random(), 0, 100, &data, tier.epoch())
+            .await;
+        assert!(tier.in_service(Instant::now()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,7 +9,7 @@
 //! the disk each scores next. A disk whose writes fail [`FAILURES_OUT`] times in a row (gone,
 //! read-only, full) is out of service for [`COOLDOWN`], then tried again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -119,6 +119,20 @@ impl Disks {
     /// Slice writes that failed, all disks.
     pub fn write_errors(&self) -> u64 {
         self.tiers.iter().map(|t| t.write_errors()).sum()
+    }
+
+    /// Slice reads that failed, all disks.
+    pub fn read_errors(&self) -> u64 {
+        self.tiers.iter().map(|t| t.read_errors()).sum()
+    }
+
+    /// Each disk's directory, whether it is in service, and the bytes of slices it holds.
+    pub fn each(&self) -> Vec<(&Path, bool, u64)> {
+        let now = Instant::now();
+        self.tiers
+            .iter()
+            .map(|t| (t.root(), t.in_service(now), t.usage().0))
+            .collect()
     }
 
     /// Slices not written for want of room, all disks.

@@ -30,6 +30,11 @@ pub struct EdgeMetrics {
     pub disk_write_errors: IntCounter,
     /// Fetched slices not written to disk because as many writes as may be were under way.
     pub disk_writes_skipped: IntCounter,
+    /// Slice reads from the disk tier that failed (as the write errors are kept).
+    pub disk_read_errors: IntCounter,
+    /// Each disk directory: 1 while in service, and the bytes of slices it holds.
+    pub disk_dir_in_service: IntGaugeVec,
+    pub disk_dir_bytes: IntGaugeVec,
     /// Slice lookups that waited on another request's fetch of the same slice.
     pub collapsed: IntCounter,
     /// Read-ahead fetches started.
@@ -211,6 +216,35 @@ impl EdgeMetrics {
                 IntGauge::new(
                     "disk_index_bytes",
                     "Memory the disk tier's index of slices holds",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_read_errors: register(
+                &r,
+                counter(
+                    "disk_read_errors_total",
+                    "Slice reads from the disk tier that failed (a failing disk; the slice is fetched again)",
+                ),
+            ),
+            disk_dir_in_service: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "disk_dir_in_service",
+                        "1 while the disk tier in this directory is in service, 0 while it is left out after failing reads or writes",
+                    ),
+                    &["dir"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            disk_dir_bytes: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "disk_dir_bytes",
+                        "Bytes of slice files in the disk tier in this directory",
+                    ),
+                    &["dir"],
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),

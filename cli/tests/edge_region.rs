@@ -2999,6 +2999,47 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     stack.shutdown().await;
 }
 
+/// Slice 1 is other bytes of a file at another slice size: an edge restarted on its disk
+/// directory with another `--slice-kib` must not serve what the directory holds as its own
+/// slices (it did, until the directory said its slice size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_restarted_at_another_slice_size_serves_the_right_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let data = bytes(43, 600_000);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let join = join_info(dir.path()).unwrap();
+    let at = |kib: u64| {
+        let disk = disk.path().to_path_buf();
+        move |c: &mut EdgeNodeConfig| {
+            c.disk = vec![(disk, 1 << 30)];
+            c.slice_bytes = kib * 1024;
+        }
+    };
+
+    let edge = cleartext_edge(&join, at(256)).await;
+    let cache = edge.node.edge.cache().clone();
+    for index in 0..3 {
+        cache.slice(&id, index).await.unwrap();
+    }
+    eventually_async(|| async { cache.disk_usage().await.map(|u| u.1) == Some(3) }).await;
+    drop(cache);
+    edge.stop().await;
+
+    // Slice 1 is bytes 262,144.. at 256 KiB, 524,288.. at 512 KiB.
+    let edge = cleartext_edge(&join, at(512)).await;
+    let cache = edge.node.edge.cache().clone();
+    let second = cache.slice(&id, 1).await.unwrap();
+    assert!(second[..] == data[512 * 1024..], "other bytes served");
+    let first = cache.slice(&id, 0).await.unwrap();
+    assert!(first[..] == data[..512 * 1024], "other bytes served");
+    assert_eq!(cache.metrics().disk_hits.get(), 0);
+    drop(cache);
+    edge.stop().await;
+    stack.shutdown().await;
+}
+
 /// Waits (at most 10 s) until `f` says so.
 async fn eventually_async<F: std::future::Future<Output = bool>>(f: impl Fn() -> F) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -485,15 +485,25 @@ impl DiskTier {
         for id in ids {
             let dir = self.root.join(id.as_str());
             let mut keys = Vec::new();
-            if let Ok(mut files) = tokio::fs::read_dir(&dir).await {
-                while let Ok(Some(file)) = files.next_entry().await {
+            let listed = async {
+                let mut files = tokio::fs::read_dir(&dir).await?;
+                while let Some(file) = files.next_entry().await? {
                     if let Some(slice) = file.file_name().to_str().and_then(|n| n.parse().ok()) {
                         keys.push((id.to_bytes(), slice));
                     }
                 }
-            }
+                std::io::Result::Ok(())
+            };
+            let listed = listed.await;
             {
                 let mut index = lock(&self.index);
+                match listed {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // The directory cannot be listed (a failing disk): whatever the index has
+                    // of the file, found by a pass over all of it.
+                    Err(_) => keys.extend(index.keys_of(&id.to_bytes())),
+                }
                 for key in &keys {
                     index.remove(key);
                 }

@@ -3,10 +3,13 @@
 //! only its own slices with it.
 //!
 //! Each file lives on one disk, picked by weighted rendezvous hashing over the disks in
-//! service (score `weight / -ln(u)`, `u` a hash of the file id and the disk's place in
+//! service (score `weight / -ln(u)`, `u` a hash of the file id and the disk's directory,
 //! uniform in (0, 1)): disks fill in proportion to their size, a file's slices stay together
-//! (a purge lists one directory), and a disk taken out of service moves only its own files, to
-//! the disk each scores next. A disk whose writes fail [`FAILURES_OUT`] times in a row (gone,
+//! (a purge lists one directory), and a disk taken out of service, or out of the
+//! configuration, moves only its own files, to the disk each scores next; disks listed in
+//! another order move none. A slice missing from its file's disk is looked for in the other
+//! disks' indexes, so copies written where a file lived before (while its disk was out of
+//! service, or under another configuration) are served until evicted, not fetched again. A disk whose writes fail [`FAILURES_OUT`] times in a row (gone,
 //! read-only, full) is out of service for [`COOLDOWN`], then tried again.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,8 @@ pub struct Disks {
     tiers: Vec<Arc<DiskTier>>,
     /// Each disk's share: its capacity in bytes.
     weights: Vec<f64>,
+    /// Each disk's name in the hash: its directory.
+    names: Vec<Vec<u8>>,
 }
 
 impl Disks {
@@ -48,7 +53,12 @@ impl Disks {
 
     fn of(tiers: Vec<Arc<DiskTier>>) -> Self {
         let weights = tiers.iter().map(|t| t.capacity_bytes() as f64).collect();
-        Self { tiers, weights }
+        let names = tiers.iter().map(|t| name(t.root())).collect();
+        Self {
+            tiers,
+            weights,
+            names,
+        }
     }
 
     /// The disk `id` lives on now: the highest score among the disks in service (among all
@@ -61,17 +71,35 @@ impl Disks {
         let now = Instant::now();
         let up = |i: usize| self.tiers[i].in_service(now);
         let any = (0..self.tiers.len()).any(up);
-        &self.tiers[pick(id, &self.weights, |i| !any || up(i))]
+        &self.tiers[pick(id, &self.weights, &self.names, |i| !any || up(i))]
     }
 
-    /// Slice `index` of `id`, from the disk the file lives on.
+    /// The disk other than `home` that holds slice `index` of `id`, if one does: where the
+    /// file lived while `home` was out of service, or before the disks were configured as
+    /// they are.
+    fn elsewhere(&self, home: &Arc<DiskTier>, id: &FileId, index: u64) -> Option<&Arc<DiskTier>> {
+        if self.tiers.len() == 1 {
+            return None;
+        }
+        self.tiers
+            .iter()
+            .find(|t| !Arc::ptr_eq(t, home) && t.holds(id, index))
+    }
+
+    /// Slice `index` of `id`, from the disk the file lives on, or another that has it.
     pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
-        self.pick(id).get(id, index).await
+        let home = self.pick(id);
+        let found = home.get(id, index).await;
+        match (&found, self.elsewhere(home, id, index)) {
+            (Err(DiskMiss::Absent), Some(other)) => other.get(id, index).await,
+            _ => found,
+        }
     }
 
-    /// Whether the disk `id` lives on holds slice `index`.
+    /// Whether any disk holds slice `index` of `id` (the file's own first).
     pub fn holds(&self, id: &FileId, index: u64) -> bool {
-        self.pick(id).holds(id, index)
+        let home = self.pick(id);
+        home.holds(id, index) || self.elsewhere(home, id, index).is_some()
     }
 
     /// The purge epoch (shared by every disk).
@@ -155,19 +183,32 @@ impl Disks {
     }
 }
 
-/// The disk `id` lives on among those `eligible`, by weighted rendezvous hashing (the first
-/// when none is eligible).
-fn pick(id: &FileId, weights: &[f64], eligible: impl Fn(usize) -> bool) -> usize {
+/// A disk's name in the hash: its directory, without a trailing `/` or `.` components (so
+/// `/mnt/ssd0/` is `/mnt/ssd0`). Not its place in the list: a disk dropped from the middle of
+/// the configuration would move every file of the disks after it.
+fn name(dir: &Path) -> Vec<u8> {
+    let normal: PathBuf = dir.components().collect();
+    normal.as_os_str().as_encoded_bytes().to_vec()
+}
+
+/// The disk `id` lives on among those `eligible` (of `weights` and `names`), by weighted
+/// rendezvous hashing (the first when none is eligible).
+fn pick(
+    id: &FileId,
+    weights: &[f64],
+    names: &[Vec<u8>],
+    eligible: impl Fn(usize) -> bool,
+) -> usize {
     let key = id.to_bytes();
     let mut best = (0, f64::NEG_INFINITY);
-    for (i, &weight) in weights.iter().enumerate() {
+    for (i, (&weight, name)) in weights.iter().zip(names).enumerate() {
         if !eligible(i) {
             continue;
         }
-        let mut seed = [0u8; 28];
-        seed[..20].copy_from_slice(&key);
-        seed[20..].copy_from_slice(&(i as u64).to_le_bytes());
-        let digest = ring::digest::digest(&ring::digest::SHA256, &seed);
+        let mut seed = ring::digest::Context::new(&ring::digest::SHA256);
+        seed.update(&key);
+        seed.update(name);
+        let digest = seed.finish();
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest.as_ref()[..8]);
         // 53 bits into (0, 1), never 0 or 1.
@@ -184,11 +225,19 @@ fn pick(id: &FileId, weights: &[f64], eligible: impl Fn(usize) -> bool) -> usize
 mod tests {
     use super::*;
 
+    fn names(dirs: &[&str]) -> Vec<Vec<u8>> {
+        dirs.iter().map(|d| name(Path::new(d))).collect()
+    }
+
     #[test]
     fn files_spread_by_size_and_a_disk_leaving_moves_only_its_own() {
         let ids: Vec<FileId> = (0..3000).map(|_| FileId::random()).collect();
         let weights = [1.0, 1.0, 2.0];
-        let all = |_| true;
+        let names = names(&["/mnt/ssd0", "/mnt/ssd1", "/mnt/ssd2"]);
+        let pick = |id, weights: &[f64], eligible: &dyn Fn(usize) -> bool| {
+            pick(id, weights, &names, eligible)
+        };
+        let all = &|_| true;
         let placed: Vec<usize> = ids.iter().map(|id| pick(id, &weights, all)).collect();
         let counts: Vec<usize> = (0..3)
             .map(|d| placed.iter().filter(|&&p| p == d).count())
@@ -200,7 +249,7 @@ mod tests {
         // Disk 1 out of service: its files move, the others' stay.
         let without: Vec<usize> = ids
             .iter()
-            .map(|id| pick(id, &weights, |d| d != 1))
+            .map(|id| pick(id, &weights, &|d| d != 1))
             .collect();
         for (before, after) in placed.iter().zip(&without) {
             assert_ne!(*after, 1);
@@ -211,6 +260,36 @@ mod tests {
         // Every disk the same again: the same places.
         let again: Vec<usize> = ids.iter().map(|id| pick(id, &weights, all)).collect();
         assert_eq!(placed, again);
+    }
+
+    #[test]
+    fn disks_are_known_by_their_directory_not_their_place_in_the_list() {
+        let ids: Vec<FileId> = (0..2000).map(|_| FileId::random()).collect();
+        let all = |_| true;
+        let place = |dirs: &[&str]| -> Vec<String> {
+            let (names, weights) = (names(dirs), vec![1.0; dirs.len()]);
+            ids.iter()
+                .map(|id| {
+                    dirs[pick(id, &weights, &names, all)]
+                        .trim_end_matches('/')
+                        .to_owned()
+                })
+                .collect()
+        };
+        let before = place(&["/mnt/a", "/mnt/b", "/mnt/c"]);
+        // Listed in another order, with a trailing slash: nothing moves.
+        assert_eq!(place(&["/mnt/c/", "/mnt/a", "/mnt/b"]), before);
+        // The middle disk dropped from the configuration: only its files move.
+        let after = place(&["/mnt/a", "/mnt/c"]);
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b == "/mnt/b" {
+                moved += 1;
+            } else {
+                assert_eq!(b, a, "a file of a disk still configured moved");
+            }
+        }
+        assert!((500..830).contains(&moved), "{moved} files lived on b");
     }
 
     fn dirs(name: &str, n: usize) -> Vec<(PathBuf, u64)> {
@@ -228,6 +307,29 @@ mod tests {
         while !disks.holds(id, 0) {
             assert!(Instant::now() < deadline, "a write never landed");
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slice_on_another_disk_than_its_files_is_served_from_there() {
+        let dirs = dirs("elsewhere", 2);
+        let disks = Disks::open(&dirs, 1024).await.unwrap();
+        disks.scanned().await;
+        let data = Bytes::from(vec![4u8; 100]);
+        let id = FileId::random();
+        let home = pick(&id, &disks.weights, &disks.names, |_| true);
+        // Written where the file lived before: the other disk (as while its own was out of
+        // service, or before the disks were configured as they are).
+        let other = &disks.tiers[1 - home];
+        other.put(&id, 0, 100, &data, disks.epoch()).await;
+        assert!(disks.holds(&id, 0));
+        assert_eq!(disks.get(&id, 0).await, Ok((100, data)));
+        assert!(!disks.holds(&id, 1));
+        assert_eq!(disks.get(&id, 1).await, Err(DiskMiss::Absent));
+        disks.purge(std::slice::from_ref(&id)).await;
+        assert!(!disks.holds(&id, 0));
+        for (dir, _) in &dirs {
+            std::fs::remove_dir_all(dir).unwrap();
         }
     }
 

@@ -196,6 +196,16 @@ impl SliceIndex {
         evicted
     }
 
+    /// The indexed slices of `file`, by a pass over every slot (for a purge that cannot list
+    /// the file's directory).
+    pub fn keys_of(&self, file: &[u8; 20]) -> Vec<Key> {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.place, Place::Small | Place::Main) && s.key.0 == *file)
+            .map(|s| s.key)
+            .collect()
+    }
+
     /// Forgets `key`; the bytes it had, if it was indexed.
     pub fn remove(&mut self, key: &Key) -> Option<u32> {
         let s = self.unlink(key)?;
@@ -346,6 +356,20 @@ mod tests {
             index.insert(key(3, i), 1);
         }
         assert!(index.contains(&key(1, 0)));
+    }
+
+    #[test]
+    fn a_files_slices_are_found_by_a_pass_over_the_index() {
+        let mut index = SliceIndex::new(100);
+        for slice in 0..5 {
+            index.insert(key(1, slice), 10);
+            index.insert(key(2, slice), 10);
+        }
+        index.remove(&key(1, 3));
+        let mut found = index.keys_of(&[1; 20]);
+        found.sort();
+        assert_eq!(found, [key(1, 0), key(1, 1), key(1, 2), key(1, 4)]);
+        assert!(index.keys_of(&[3; 20]).is_empty());
     }
 
     #[test]

@@ -526,19 +526,25 @@ impl DiskTier {
 #[derive(Debug)]
 struct Buffers {
     free: Mutex<Vec<Vec<u8>>>,
-    /// The longest record: a slice with the longest header.
+    /// One byte more than the longest record (a slice with the longest header), so that
+    /// reading one whole ends at the file's end, and a longer file is told by filling it.
     len: usize,
+    /// Buffers kept for reuse; more are freed.
+    keep: usize,
 }
 
-/// Buffers kept for reuse (4 MiB at the default slice size); more are freed.
-const BUFFERS_KEPT: usize = 16;
+/// Bytes of buffers kept for reuse (15 buffers at the default slice size, one at the largest).
+const BUFFERS_KEPT_BYTES: usize = 4 << 20;
 
 impl Buffers {
     fn new(slice_size: u64) -> Arc<Self> {
-        let len = usize::try_from(slice_size).unwrap_or(usize::MAX - HEADER_SHA) + HEADER_SHA;
+        let len = usize::try_from(slice_size)
+            .unwrap_or(usize::MAX / 2)
+            .saturating_add(HEADER_SHA + 1);
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             len,
+            keep: (BUFFERS_KEPT_BYTES / len).max(1),
         })
     }
 
@@ -549,7 +555,7 @@ impl Buffers {
 
     fn give_back(&self, buf: Vec<u8>) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < BUFFERS_KEPT {
+        if free.len() < self.keep {
             free.push(buf);
         }
     }
@@ -588,7 +594,7 @@ fn read_if_cached(path: &Path, buffers: &Arc<Buffers>) -> Option<Bytes> {
     let mut done = 0;
     let read = loop {
         if done == buf.len() {
-            // As long as the longest record, so maybe longer: read the ordinary way.
+            // Longer than any record: read the ordinary way (and refused as damaged).
             break false;
         }
         let mut iov = [std::io::IoSliceMut::new(&mut buf[done..])];
@@ -762,7 +768,7 @@ mod tests {
     use super::*;
 
     /// A record as builds before the CRC wrote it.
-    fn encode_sha(object_len: u64, data: &[u8]) -> Vec<u8> {
+    pub(super) fn encode_sha(object_len: u64, data: &[u8]) -> Vec<u8> {
         let mut out = MAGIC_SHA.to_vec();
         out.extend_from_slice(&object_len.to_le_bytes());
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -1157,8 +1163,13 @@ mod tier_tests {
         assert_eq!(buffers.free.lock().unwrap().len(), 1);
         // A file longer than a record is left to the blocking read, whole.
         let longer = dir.join("2");
-        std::fs::write(&longer, vec![1u8; buffers.len + 1]).unwrap();
+        std::fs::write(&longer, vec![1u8; buffers.len]).unwrap();
         assert_eq!(read_if_cached(&longer, &buffers), None);
+        // A whole slice in an earlier build's record (the longest header) is read in place.
+        let legacy = super::tests::encode_sha(300_000, &vec![2u8; 256 * 1024]);
+        std::fs::write(dir.join("4"), &legacy).unwrap();
+        assert!(read_if_cached(&dir.join("4"), &buffers) == Some(Bytes::from(legacy)));
+        assert_eq!(buffers.keep, 15, "4 MiB of 256 KiB buffers");
         // A short one is copied out of the buffer, which stays for the next read.
         let short = encode(100, &[5u8; 100]);
         std::fs::write(dir.join("3"), &short).unwrap();

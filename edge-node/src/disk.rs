@@ -261,25 +261,18 @@ impl DiskTier {
             .is_none_or(|at| now.duration_since(at).as_secs() >= 10)
         {
             failures.warned = Some(now);
-            let failed_so_far = failures.reads + failures.writes;
-            match io {
-                Io::Write => tracing::warn!(
-                    dir = %self.root.display(),
-                    file = %id,
-                    slice = index,
-                    error = %error,
-                    failed_so_far,
-                    "cannot write slice to disk (served from memory; next warning in 10 s at the earliest)"
-                ),
-                Io::Read => tracing::warn!(
-                    dir = %self.root.display(),
-                    file = %id,
-                    slice = index,
-                    error = %error,
-                    failed_so_far,
-                    "cannot read slice from disk (fetched again; next warning in 10 s at the earliest)"
-                ),
-            }
+            let what = match io {
+                Io::Write => "cannot write slice to disk (served from memory",
+                Io::Read => "cannot read slice from disk (fetched again",
+            };
+            tracing::warn!(
+                dir = %self.root.display(),
+                file = %id,
+                slice = index,
+                error = %error,
+                failed_so_far = failures.reads + failures.writes,
+                "{what}; next warning in 10 s at the earliest)"
+            );
         }
         if failures.in_a_row >= crate::disks::FAILURES_OUT {
             if failures.out_since.is_none() {

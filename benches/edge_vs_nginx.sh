@@ -43,6 +43,9 @@
 # requests find their slice on disk (read, checked, promoted to memory), where nginx reads
 # its files from the page cache either way. Standalone edge only (NETNS=on).
 #
+# PATTERN=sequential makes wrk's requests those of CONNS players, each reading a random object
+# front to back in 128 KiB ranges and then another, as players do, in place of random ranges.
+#
 # Needs: nginx, wrk, h2load, curl, python3, taskset. Knobs: OBJECTS (200), OBJECT_MIB (5),
 # CONNS (64), DURATION (10, per round), ROUNDS (4), RANGE_AT (1000000), SENDFILE (on), H1 (on; off skips HTTP/1.1
 # cleartext), H1TLS (on; off skips HTTP/1.1 over TLS), H2 (on; off skips HTTP/2), NETNS (auto:
@@ -138,7 +141,8 @@ http {
 EOF
 bench_nginx "$nginx_port" taskset -c 0
 
-# One request: a random object, a random 128 KiB range, that object's token.
+# One request: a random object, a random 128 KiB range, that object's token (or, with
+# PATTERN=sequential, a player's next 128 KiB).
 bench_wrk_ranges "$work/ranges.lua" "$RANGE"
 
 
@@ -247,14 +251,14 @@ EOF
 }
 
 if [ "$H1" != off ]; then
-  compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext (nginx: sendfile), $CONNS connections" \
+  compare "${PATTERN:-random} 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 cleartext (nginx: sendfile), $CONNS connections" \
     run "$edge" "http://$host:$nginx_port"
   echo "edge body bytes sent by sendfile: $(($(edge_stat sendfile_bytes) / 1048576)) MiB"
 fi
 
 tls_port=${edge_tls##*:}
 if [ "$H1TLS" != off ]; then
-  compare "random 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections" \
+  compare "${PATTERN:-random} 128 KiB ranges over $OBJECTS × $OBJECT_MIB MiB, HTTP/1.1 over TLS 1.3, $CONNS connections" \
     run "https://$host:$tls_port" "https://$host:$nginx_tls_port"
 fi
 

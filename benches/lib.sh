@@ -28,8 +28,10 @@
 #                                   connections
 #   bench_wrk_ranges FILE RANGE     a wrk script in FILE: each request a random object of $ids
 #                                   (tokens from $work/tokens), a random RANGE-byte range of
-#                                   its OBJECT_MIB MiB, seeded the same every run; it ends by
-#                                   printing "RESULT requests bytes errors p50_ms p99_ms"
+#                                   its OBJECT_MIB MiB, seeded the same every run (with
+#                                   PATTERN=sequential: CONNS players each reading a random
+#                                   object front to back in RANGE-byte ranges, then another);
+#                                   it ends by printing "RESULT requests bytes errors p50_ms p99_ms"
 #   bench_cpu PID                   the process's user + system time, clock ticks
 #   bench_round PID DRIVE ARG       one measured round of a proto_load driver: `DRIVE ARG 3`
 #                                   (warm-up), then `DRIVE ARG $DURATION`, which prints
@@ -164,11 +166,28 @@ for line in io.lines("$work/tokens") do
 end
 local size = $((OBJECT_MIB * 1048576))
 math.randomseed(7)
+-- PATTERN=sequential: as many players as connections, each reading a random object front to
+-- back in ranges of the given size, then another; requests go to them in turn.
+local sequential = "${PATTERN:-random}" == "sequential"
+local players, turn = {}, 0
 request = function()
-  local o = objects[math.random(#objects)]
-  local a = math.random(0, size - $2 - 1)
+  local o, a
+  if sequential then
+    turn = turn % ${CONNS:-64} + 1
+    local p = players[turn]
+    if p == nil or p.at >= size then
+      p = { o = objects[math.random(#objects)], at = 0 }
+      players[turn] = p
+    end
+    o, a = p.o, p.at
+    p.at = p.at + $2
+  else
+    o = objects[math.random(#objects)]
+    a = math.random(0, size - $2 - 1)
+  end
+  local last = math.min(a + $2, size) - 1
   return wrk.format("GET", "/a/" .. o.id, {
-    ["Range"] = "bytes=" .. a .. "-" .. (a + $2 - 1),
+    ["Range"] = "bytes=" .. a .. "-" .. last,
     ["Authorization"] = o.auth,
   })
 end

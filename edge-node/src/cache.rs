@@ -81,7 +81,7 @@ struct Held {
     /// The object's size.
     total: u64,
     /// For a whole slice read from disk and not yet in a memory file, the bytes of it served
-    /// from memory since: it goes into one once they reach its length (see
+    /// from memory since: it goes into one once they come to twice its length (see
     /// [`SliceCache::reused`]).
     unshelved: Option<Arc<AtomicU64>>,
 }
@@ -397,17 +397,20 @@ impl SliceCache {
 
     /// A whole slice read again from memory, `served` bytes of it: one that came from disk
     /// goes into its rendition's memory file (for `sendfile`), replacing the entry held, once
-    /// the bytes served from memory since reach its length. Filling a memory file copies the
-    /// slice once, and `sendfile` then saves a copy of every byte served; a slice whose bytes
-    /// are served less than once over before the memory tier lets it go costs less copied
-    /// out of the heap each time. (When every slice read back from disk went in on its first
-    /// read from memory, filling and punching memory files was a tenth of what a disk-tier
-    /// hit cost: benches/README.md, disk-tier hits.)
+    /// the bytes served from memory since come to twice its length. Filling a memory file
+    /// copies the slice and gives the kernel its pages to manage (and later punch out), about
+    /// two copies' worth, and `sendfile` then saves a copy of every byte sent: it pays for
+    /// a slice sent about twice over while held, and what was served so far is the guess at
+    /// what will be. One pass (a player reading it front to back, read-ahead having brought
+    /// it from disk) does not make it; a second listener does. (Filling one for every slice
+    /// read back from disk on its first read from memory was a tenth of what a disk-tier hit
+    /// cost, and at one length served, a player's single pass paid for a memory file each
+    /// slice: benches/README.md, disk-tier hits.)
     async fn reused(&self, id: &FileId, index: u64, held: Held, served: u64) -> Held {
         let Some(since) = &held.unshelved else {
             return held;
         };
-        if since.fetch_add(served, Ordering::Relaxed) + served < held.data.len() as u64 {
+        if since.fetch_add(served, Ordering::Relaxed) + served < 2 * held.data.len() as u64 {
             return held;
         }
         let offset = index * self.math.slice_size();

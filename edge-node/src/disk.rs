@@ -72,7 +72,7 @@ pub struct DiskTier {
     capacity_bytes: u64,
     /// What slices are read into.
     buffers: Arc<Buffers>,
-    /// What failed writes have done to this disk.
+    /// What failed reads and writes have done to this disk.
     failures: Mutex<Failures>,
     index: Arc<Mutex<SliceIndex>>,
     /// Bumped by every purge; a write begun before a purge must not land after it.
@@ -95,8 +95,8 @@ struct Failures {
     /// Reads, since start (not those of slices that were not there).
     reads: u64,
     /// Failures of either since the last good write: [`crate::disks::FAILURES_OUT`] take
-    /// the disk out of service. A good read does not count against them: a disk that reads
-    /// what it has but cannot write (full, remounted read-only) is failing all the same.
+    /// the disk out of service. A good read does not clear them: a disk that reads what it
+    /// has but cannot write (full, remounted read-only) is failing all the same.
     in_a_row: u64,
     /// When the last of them found the disk out of service.
     out_since: Option<Instant>,
@@ -182,12 +182,12 @@ impl DiskTier {
         purges: Arc<AtomicU64>,
     ) -> std::io::Result<(Self, watch::Sender<bool>)> {
         tokio::fs::create_dir_all(&root).await?;
-        let stale = match tokio::fs::read_to_string(root.join(MARKER)).await {
-            Ok(marked) if marked.trim() == slice_size.to_string() => false,
+        let stale = match tokio::fs::read(root.join(MARKER)).await {
+            Ok(marked) if marked.trim_ascii() == slice_size.to_string().as_bytes() => false,
             Ok(marked) => {
                 tracing::warn!(
                     dir = %root.display(),
-                    was = marked.trim(),
+                    was = %String::from_utf8_lossy(marked.trim_ascii()),
                     now = slice_size,
                     "the disk tier's slices were cut at another slice size: they are removed, not served"
                 );
@@ -329,7 +329,7 @@ impl DiskTier {
         let path = slice_path(&self.root, id, index);
         let read = match read_if_cached(&path, &self.buffers) {
             Some(raw) => Ok(raw),
-            None => tokio::fs::read(&path).await.map(Bytes::from),
+            None => read_on_pool(path.clone(), self.buffers.len).await,
         };
         let raw = match read {
             Ok(raw) => raw,
@@ -623,6 +623,21 @@ fn read_if_cached(path: &Path, buffers: &Arc<Buffers>) -> Option<Bytes> {
 #[cfg(not(target_os = "linux"))]
 fn read_if_cached(_path: &Path, _buffers: &Arc<Buffers>) -> Option<Bytes> {
     None
+}
+
+/// The file at `path` read on a blocking thread, at most `limit` bytes of it: a file longer
+/// than any record (not one this edge wrote) is not read whole into memory, and what is read
+/// of it fails its check.
+async fn read_on_pool(path: PathBuf, limit: usize) -> std::io::Result<Bytes> {
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut raw = Vec::new();
+        std::fs::File::open(&path)?
+            .take(limit as u64)
+            .read_to_end(&mut raw)?;
+        Ok(Bytes::from(raw))
+    });
+    read.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Writes the slice-size [`MARKER`] (through a temporary name, so it is whole or absent).
@@ -1088,6 +1103,29 @@ mod tier_tests {
         tier.put(&FileId::random(), 0, 100, &data, tier.epoch())
             .await;
         assert!(tier.in_service(Instant::now()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_longer_than_any_record_is_refused_after_a_records_length() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-long-{}", std::process::id()));
+        let id = FileId::random();
+        std::fs::create_dir_all(dir.join(id.as_str())).unwrap();
+        // Not a slice this edge wrote: 64 MiB where at most 1,024 bytes and a header belong.
+        let mut long = encode(4096, &[1u8; 1024]);
+        long.resize(64 << 20, 0);
+        std::fs::write(slice_path(&dir, &id, 0), &long).unwrap();
+        let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
+        tier.scanned().await;
+        assert!(tier.holds(&id, 0), "indexed by its name");
+        assert_eq!(tier.get(&id, 0).await, Err(DiskMiss::Corrupt));
+        assert!(!slice_path(&dir, &id, 0).exists(), "removed");
+        // Read on the blocking pool too (the page cache dropped its pages): bounded the same.
+        std::fs::write(slice_path(&dir, &id, 1), &long).unwrap();
+        let raw = read_on_pool(slice_path(&dir, &id, 1), tier.buffers.len)
+            .await
+            .unwrap();
+        assert_eq!(raw.len(), tier.buffers.len);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

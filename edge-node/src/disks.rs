@@ -9,8 +9,9 @@
 //! configuration, moves only its own files, to the disk each scores next; disks listed in
 //! another order move none. A slice missing from its file's disk is looked for in the other
 //! disks' indexes, so copies written where a file lived before (while its disk was out of
-//! service, or under another configuration) are served until evicted, not fetched again. A disk whose writes fail [`FAILURES_OUT`] times in a row (gone,
-//! read-only, full) is out of service for [`COOLDOWN`], then tried again.
+//! service, or under another configuration) are served until evicted, not fetched again.
+//! A disk whose reads or writes fail [`FAILURES_OUT`] times with no good write between (gone,
+//! read-only, full, failing) is out of service for [`COOLDOWN`], then tried again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,10 +90,12 @@ impl Disks {
     /// Slice `index` of `id`, from the disk the file lives on, or another that has it.
     pub async fn get(&self, id: &FileId, index: u64) -> Result<(u64, Bytes), DiskMiss> {
         let home = self.pick(id);
-        let found = home.get(id, index).await;
-        match (&found, self.elsewhere(home, id, index)) {
-            (Err(DiskMiss::Absent), Some(other)) => other.get(id, index).await,
-            _ => found,
+        match home.get(id, index).await {
+            Err(DiskMiss::Absent) => match self.elsewhere(home, id, index) {
+                Some(other) => other.get(id, index).await,
+                None => Err(DiskMiss::Absent),
+            },
+            found => found,
         }
     }
 

@@ -952,6 +952,18 @@ mod tier_tests {
     }
 
     #[tokio::test]
+    async fn a_garbled_slice_size_marker_empties_the_directory_rather_than_stop_the_edge() {
+        let dir = std::env::temp_dir().join(format!("cadenza-disk-garbled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(MARKER), [0xff, 0xfe, b'\n']).unwrap();
+        let (tier, _done) = DiskTier::unscanned(dir.clone(), 1 << 20, 1024, Arc::default())
+            .await
+            .unwrap();
+        assert!(tier.stale);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn slices_are_served_from_disk_before_the_start_up_scan_reaches_them() {
         let dir = std::env::temp_dir().join(format!("cadenza-disk-early-{}", std::process::id()));
         let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();

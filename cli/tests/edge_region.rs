@@ -1318,6 +1318,37 @@ async fn get_range_cached(
     (body, said.unwrap_or_default())
 }
 
+/// `Cache-Status` says a response whose first slice was held but a later one is fetched is a
+/// partial hit (RFC 9211's `fwd=partial`), not a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_whose_later_slice_is_fetched_is_a_partial_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = start_stack(dir.path()).await;
+    let client = stack.client().unwrap();
+    let data = bytes(78, 1024 * 1024 + 1000);
+    let id = put(&stack, dir.path(), data.clone()).await;
+    let t = token(dir.path(), &id);
+    let url = format!("{}/a/{id}", stack.info.edge);
+    let fetches = || stack.edge.cache().origin_fetches();
+
+    // Slice 2 whole (a seek: nothing read ahead).
+    let (body, said) = get_range_cached(&client, &url, &t, "bytes=524288-786431").await;
+    assert!(body == data[524_288..=786_431]);
+    assert_eq!(said, "cadenza; fwd=miss; stored");
+    let before = fetches();
+    // Slices 2 and 3: the first held, the second not.
+    let (body, said) = get_range_cached(&client, &url, &t, "bytes=524288-800000").await;
+    assert!(body == data[524_288..=800_000]);
+    assert_eq!(said, "cadenza; fwd=partial; stored");
+    assert_eq!(fetches() - before, 1, "slice 3 fetched");
+    // Again: both held.
+    let (body, said) = get_range_cached(&client, &url, &t, "bytes=524288-800000").await;
+    assert!(body == data[524_288..=800_000]);
+    assert_eq!(said, "cadenza; hit");
+    assert_eq!(fetches() - before, 1, "nothing fetched");
+    stack.shutdown().await;
+}
+
 /// Random seeks into a cold file fetch their own bytes (widened to 32 KiB), not whole
 /// 256 KiB slices; a crowd seeking to the same place makes one fetch per slice; a later
 /// read front to back gets every byte right, and a repeated seek is a hit.
@@ -1360,7 +1391,12 @@ async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
         Some(1),
         "{told:?}"
     );
-    let waited = ["cadenza; fwd=miss; stored; collapsed", "cadenza; hit"];
+    // (Partial: its first slice was in, its second still on its way.)
+    let waited = [
+        "cadenza; fwd=miss; stored; collapsed",
+        "cadenza; hit",
+        "cadenza; fwd=partial; stored",
+    ];
     assert!(
         told.keys().all(|said| waited.contains(&said.as_str())),
         "{told:?}"

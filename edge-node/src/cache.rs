@@ -395,6 +395,15 @@ impl SliceCache {
         self.resident.has(&id.to_bytes(), index)
     }
 
+    /// Whether slice `index` of `id` is held here at all: whole or in part in memory, or on
+    /// disk. What a response's later slices will find without a fetch, as far as can be told
+    /// before they are read (a seek's part may lack the bytes wanted).
+    pub fn held(&self, id: &FileId, index: u64) -> bool {
+        self.holds(id, index)
+            || self.slices.contains_key(&(id.to_bytes(), index | PART))
+            || self.disk.as_ref().is_some_and(|d| d.holds(id, index))
+    }
+
     /// A whole slice read again from memory, `served` bytes of it: one that came from disk
     /// goes into its rendition's memory file (for `sendfile`), replacing the entry held, once
     /// the bytes served from memory since come to twice its length. Filling a memory file
@@ -791,13 +800,16 @@ impl SliceCache {
     }
 }
 
-/// Where the bytes of a response's first slice came from, as its `Cache-Status` says (RFC 9211).
+/// Where the bytes of a response came from, as its `Cache-Status` says (RFC 9211): its first
+/// slice's source, unless that was held and a later one is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The memory tier held them.
     Memory,
     /// The disk tier held them (now in memory too).
     Disk,
+    /// The first slice was held, a later one is fetched.
+    Partial,
     /// Fetched from the region's owner or an origin for this request.
     Fetched,
     /// Another request's fetch, in flight, was waited for.
@@ -810,6 +822,7 @@ impl Outcome {
         match self {
             Self::Memory => "cadenza; hit",
             Self::Disk => "cadenza; hit; detail=disk",
+            Self::Partial => "cadenza; fwd=partial; stored",
             Self::Fetched => "cadenza; fwd=miss; stored",
             Self::Collapsed => "cadenza; fwd=miss; stored; collapsed",
         }

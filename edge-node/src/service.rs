@@ -268,8 +268,8 @@ impl Edge {
             body.take()
                 .map_or_else(cadenza_common::http::empty, |(body, _)| body)
         });
-        // Where the first slice came from (RFC 9211): a player's developer or an operator
-        // with curl sees a hit or a miss without the metrics.
+        // Where the bytes came from (RFC 9211): a player's developer or an operator with
+        // curl sees a hit, a partial hit or a miss without the metrics.
         if let Some(outcome) = outcome {
             resp.headers_mut().insert(
                 CACHE_STATUS,
@@ -296,6 +296,16 @@ impl Edge {
             return Ok((cadenza_common::http::empty(), Outcome::Memory));
         };
         let (first_bytes, outcome) = self.cache.part_from(&id, first, sequential).await?;
+        // A hit only if the later slices are held too (RFC 9211's `fwd=partial` otherwise).
+        let last = (offset + len - 1) / self.cache.math().slice_size();
+        let outcome = match outcome {
+            Outcome::Memory | Outcome::Disk
+                if (first.index + 1..=last).any(|i| !self.cache.held(&id, i)) =>
+            {
+                Outcome::Partial
+            }
+            outcome => outcome,
+        };
         let cache = self.cache.clone();
         let rest = futures_util::stream::unfold(
             (parts, cache, id),

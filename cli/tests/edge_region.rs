@@ -2927,6 +2927,27 @@ async fn an_edge_with_two_disks_spreads_files_over_them_and_serves_them_after_a_
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in /metrics");
     }
+    // The same in the admin stats.
+    let stats = format!("{}/admin/v1/stats", about["edge_admin"].as_str().unwrap());
+    let (_, stats) = get(&client, &stats, about["admin_token"].as_str().unwrap()).await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+    let listed: Vec<(String, bool)> = stats["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["dir"].as_str().unwrap().to_owned(),
+                d["in_service"] == true,
+            )
+        })
+        .collect();
+    let want: Vec<(String, bool)> = disks
+        .iter()
+        .map(|d| (d.display().to_string(), true))
+        .collect();
+    assert_eq!(listed, want, "{stats:#}");
+    assert_eq!(stats["disk_read_errors"], 0);
     // Each disk by its directory: in service, and the bytes of the slices it holds.
     for (disk, slices) in disks.iter().zip(&spread) {
         let up = format!(

@@ -106,6 +106,18 @@ impl EdgeAdmin {
                 let (bytes, entries) = self.cache.usage().await;
                 let (disk_bytes, disk_slices) = self.cache.disk_usage().await.unwrap_or((0, 0));
                 let m = self.cache.metrics();
+                let disks: Vec<_> = self
+                    .cache
+                    .disks()
+                    .into_iter()
+                    .map(|(dir, in_service, bytes)| {
+                        serde_json::json!({
+                            "dir": dir.display().to_string(),
+                            "in_service": in_service,
+                            "bytes": bytes,
+                        })
+                    })
+                    .collect();
                 Ok(json_response(
                     StatusCode::OK,
                     &serde_json::json!({
@@ -118,6 +130,9 @@ impl EdgeAdmin {
                         "disk_scanning": m.disk_scanning.get() == 1,
                         "disk_hits": m.disk_hits.get(),
                         "disk_corrupt": m.disk_corrupt.get(),
+                        "disk_read_errors": m.disk_read_errors.get(),
+                        "disk_write_errors": m.disk_write_errors.get(),
+                        "disks": disks,
                         "hits": m.hits.get(),
                         "misses": m.misses.get(),
                         "collapsed_waiters": m.collapsed.get(),

@@ -316,6 +316,17 @@ impl SliceCache {
         Some((bytes, slices))
     }
 
+    /// Each disk tier's directory, whether it is in service, and the bytes it holds.
+    pub fn disks(&self) -> Vec<(std::path::PathBuf, bool, u64)> {
+        self.disk.as_ref().map_or_else(Vec::new, |disks| {
+            disks
+                .each()
+                .into_iter()
+                .map(|(dir, up, bytes)| (dir.to_path_buf(), up, bytes))
+                .collect()
+        })
+    }
+
     /// The metrics this cache reports into.
     pub fn metrics(&self) -> &Arc<EdgeMetrics> {
         &self.metrics

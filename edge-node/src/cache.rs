@@ -107,6 +107,9 @@ pub struct SliceCache {
     slices: Cache<SliceKey, Held, Hasher>,
     /// Bytes in `slices`: added when a fetched slice goes in, taken off when any leaves.
     bytes: Arc<AtomicU64>,
+    /// Bumped by every purge: a slice whose load began before one is dropped again once in
+    /// (moka's invalidation covers only the entries there when it is asked).
+    purges: AtomicU64,
     /// Object sizes, learned with their first slice fetched (every slice held also knows
     /// its object's size, should this forget it).
     sizes: crate::memo::Memo<FileId, u64>,
@@ -161,6 +164,7 @@ impl SliceCache {
             metrics,
             slices,
             bytes,
+            purges: AtomicU64::new(0),
             sizes: crate::memo::Memo::new(1_000_000, None),
             origins: Upstreams::new(
                 upstream.origins.clone(),
@@ -220,6 +224,7 @@ impl SliceCache {
 
     /// Drops every cached slice of `ids` (takedowns). Returns how many files were named.
     pub async fn purge(&self, ids: &[FileId]) -> usize {
+        self.purges.fetch_add(1, Ordering::SeqCst);
         let doomed: std::collections::HashSet<FileId> = ids.iter().cloned().collect();
         for id in &doomed {
             self.sizes.remove(id);
@@ -561,6 +566,7 @@ impl SliceCache {
             if span.is_some() { index | PART } else { index },
         );
         let id = id.clone();
+        let purges = self.purges.load(Ordering::SeqCst);
         let result = self
             .slices
             .try_get_with(key, async move {
@@ -609,6 +615,12 @@ impl SliceCache {
             })
             .await
             .map_err(|e: Arc<FetchError>| (*e).clone());
+        // A purge since the load began may have run before the slice went in, and missed
+        // it: it goes now (this request still gets its bytes). Any purge will do, whatever
+        // files it named; they are rare.
+        if self.purges.load(Ordering::SeqCst) != purges {
+            self.slices.invalidate(&key).await;
+        }
         let outcome = match led.load(Ordering::Relaxed) {
             LED_DISK => Outcome::Disk,
             LED_FETCHED => Outcome::Fetched,

@@ -1,7 +1,8 @@
 //! What an edge takes from an upstream (an origin, or the edge owning a file in its region)
 //! before caching it: only the bytes it asked for. An upstream that answers a slice's range
 //! with another range of the object, or gives the object another length, is refused, and the
-//! slice comes from the next upstream instead.
+//! slice comes from the next upstream instead. Nor does a slice whose fetch a purge overtook
+//! stay cached.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -36,6 +37,8 @@ enum Answer {
     Longer,
     /// The first slice honestly; anything else, 503.
     FirstOnly,
+    /// The bytes asked for, half a second late.
+    Slow,
 }
 
 struct Upstream(Answer, Bytes);
@@ -63,6 +66,7 @@ impl Handler for Upstream {
                 return resp;
             }
             Answer::FirstOnly => {}
+            Answer::Slow => tokio::time::sleep(Duration::from_millis(500)).await,
         }
         let body = self.1.slice(first as usize..=last as usize);
         let mut resp = Response::new(full(body));
@@ -148,4 +152,35 @@ async fn only_the_bytes_asked_for_are_cached() {
         panic!("an answer giving the object another length was taken");
     };
     assert!(err.to_string().contains("earlier 307200"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slice_fetched_across_a_purge_is_served_but_not_kept() {
+    let (_stop, shutdown) = Shutdown::new();
+    let slow = upstream(Answer::Slow, &shutdown).await;
+    let cache = cache(vec![slow]);
+    let id = FileId::random();
+    let fetching = tokio::spawn({
+        let (cache, id) = (cache.clone(), id.clone());
+        async move { cache.slice(&id, 0).await }
+    });
+    // The purge lands once the fetch is under way (the upstream takes half a second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.origin_fetches() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fetch never began"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cache.purge(std::slice::from_ref(&id)).await;
+    let got = fetching.await.unwrap().unwrap();
+    assert!(
+        got == object().slice(..SLICE as usize),
+        "the request gets its bytes"
+    );
+    assert!(!cache.held(&id, 0), "a purged file's slice stayed cached");
+    // Fetched after the purge, it is kept.
+    cache.slice(&id, 0).await.unwrap();
+    assert!(cache.held(&id, 0));
 }

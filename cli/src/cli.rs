@@ -452,6 +452,10 @@ pub enum Command {
         /// Log every edge request to stderr (target `access`; JSON with --log-json).
         #[arg(long)]
         access_log: bool,
+        /// Log every edge request to this file instead of stderr (appended through a 64 KiB
+        /// buffer written out every second and at exit). Implies --access-log
+        #[arg(long, value_name = "PATH")]
+        access_log_file: Option<PathBuf>,
         /// The edge's memory cache, MiB (the disk tier adds 4 GiB under the data directory).
         #[arg(long, default_value_t = 256)]
         edge_memory_mib: u64,

@@ -75,6 +75,7 @@ pub async fn run(args: Cli, access: Option<crate::access_file::AccessFile>) -> a
             cors_origin,
             edge_cleartext,
             access_log,
+            access_log_file,
             edge_memory_mib,
             edge_read_ahead,
             edge_slice_kib,
@@ -107,11 +108,11 @@ pub async fn run(args: Cli, access: Option<crate::access_file::AccessFile>) -> a
             }
             config.edge_cleartext = edge_cleartext;
             config.edge_sendfile = !edge_no_sendfile;
-            config.access_log = access_log;
+            config.access_log = access_log || access_log_file.is_some();
             config.port_base = port_base;
             config.workers = workers;
             config.job_lease = Duration::from_secs(lease_secs.max(4));
-            up(config, demo.then_some(demo_dir), exit_after_demo).await
+            up(config, demo.then_some(demo_dir), exit_after_demo, access).await
         }
         Command::Edge(args) => run_edge(*args, access).await,
         Command::Worker {
@@ -697,6 +698,38 @@ fn apply_limits(config: &mut crate::edge_node::EdgeNodeConfig, args: &crate::cli
 }
 
 async fn up(
+    config: StackConfig,
+    demo: Option<Option<PathBuf>>,
+    exit_after_demo: bool,
+    access: Option<crate::access_file::AccessFile>,
+) -> anyhow::Result<()> {
+    // The access log file is written out every second, and once more when the stack is
+    // down (SIGHUP stops `up`, so it does not reopen the file as `cadenza edge` does).
+    let flushing = access.clone().map(|file| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = file.flush() {
+                    tracing::warn!(path = %file.path().display(), error = %e, "access log file: write failed");
+                }
+            }
+        })
+    });
+    let served = serve_up(config, demo, exit_after_demo).await;
+    if let Some(task) = flushing {
+        task.abort();
+    }
+    if let Some(file) = &access {
+        file.flush()
+            .with_context(|| format!("writing {}", file.path().display()))?;
+    }
+    served
+}
+
+/// `cadenza up` itself: starts the stack, runs the demo if asked, serves until stopped.
+async fn serve_up(
     config: StackConfig,
     demo: Option<Option<PathBuf>>,
     exit_after_demo: bool,

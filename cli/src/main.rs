@@ -7,6 +7,9 @@ async fn main() -> std::process::ExitCode {
     let args = cadenza::cli::Cli::parse();
     let access = match &args.command {
         cadenza::cli::Command::Edge(edge) => edge.access_log_file.as_deref(),
+        cadenza::cli::Command::Up {
+            access_log_file, ..
+        } => access_log_file.as_deref(),
         _ => None,
     };
     let access = match access

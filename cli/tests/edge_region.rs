@@ -2682,6 +2682,67 @@ fn term(child: &Reaped) {
     assert!(sent.success());
 }
 
+/// `cadenza up --access-log-file` writes its edge's requests to the file within a second,
+/// and the last ones at exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cadenza_up_writes_its_edges_access_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let access = dir.path().join("access.log");
+    let mut child = Reaped(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cadenza"))
+            .args(["up", "--port-base", "0", "--workers", "0", "--data"])
+            .arg(&data)
+            .arg("--access-log-file")
+            .arg(&access)
+            .arg("--log-json")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let info = loop {
+        if let Ok(info) = cadenza::stack::ClusterInfo::load(&data) {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "cadenza up did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let client = info.client().unwrap();
+    let object = bytes(17, 64 * 1024);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &object);
+    let id: FileId = hex_encode(digest.as_ref())[..40].parse().unwrap();
+    let url = format!("{}/internal/v1/objects/{id}", info.origin);
+    let service = cadenza::stack::service_token(&data).unwrap();
+    let req = client::request(Method::PUT, &url, Some(&service), full(object)).unwrap();
+    assert!(client.request(req).await.unwrap().status().is_success());
+    let url = format!("{}/a/{id}", info.edge);
+    // The rendition requests' lines (the control plane's health checks of the edge are
+    // logged too).
+    let statuses = || -> Vec<u64> {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["fields"]["path"].as_str().unwrap().starts_with("/a/"))
+            .map(|event| event["fields"]["status"].as_u64().unwrap())
+            .collect()
+    };
+    let (status, _) = get(&client, &url, &token(&data, &id)).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the line written within a second or so", || {
+        statuses() == [200]
+    })
+    .await;
+    // The last request's line is written at exit at the latest.
+    let (status, _) = get(&client, &url, "not a token").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    term(&child);
+    exited(&mut child, Instant::now()).await;
+    assert_eq!(statuses(), [200, 403]);
+}
+
 /// Waits until 20 s after `since` for `child` to exit; how it did.
 async fn exit_status(child: &mut Reaped, since: Instant) -> std::process::ExitStatus {
     loop {

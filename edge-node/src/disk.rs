@@ -844,12 +844,17 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tier_tests {
+pub(crate) mod tier_tests {
     use super::*;
+
+    /// A directory of this process's own for the test `name` (not yet made).
+    pub(crate) fn test_dir(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("cadenza-disk-{name}-{}", std::process::id()))
+    }
 
     #[tokio::test]
     async fn purge_removes_and_stale_writes_do_not_land() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-{}", std::process::id()));
+        let dir = test_dir("purge");
         let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         let id = FileId::random();
         let data = Bytes::from(vec![1u8; 100]);
@@ -876,7 +881,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn the_tier_holds_as_many_slices_as_fit_and_counts_their_bytes() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-full-{}", std::process::id()));
+        let dir = test_dir("full");
         let slice = 1024;
         let tier = DiskTier::open(&dir, 4 * (slice + HEADER as u64), slice)
             .await
@@ -896,8 +901,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn slices_cut_at_another_slice_size_are_removed_not_served() {
-        let dir =
-            std::env::temp_dir().join(format!("cadenza-disk-resliced-{}", std::process::id()));
+        let dir = test_dir("resliced");
         let id = FileId::random();
         // 4,000 bytes in 1,024-byte slices: slice 1 is bytes 1,024..2,048.
         let object: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
@@ -953,7 +957,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn a_garbled_slice_size_marker_empties_the_directory_rather_than_stop_the_edge() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-garbled-{}", std::process::id()));
+        let dir = test_dir("garbled");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(MARKER), [0xff, 0xfe, b'\n']).unwrap();
         let (tier, _done) = DiskTier::unscanned(dir.clone(), 1 << 20, 1024, Arc::default())
@@ -965,7 +969,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn slices_are_served_from_disk_before_the_start_up_scan_reaches_them() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-early-{}", std::process::id()));
+        let dir = test_dir("early");
         let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         let (id, other) = (FileId::random(), FileId::random());
         let data = Bytes::from(vec![3u8; 100]);
@@ -1031,7 +1035,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn evicted_slices_leave_the_disk_with_their_files_directory() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-dirs-{}", std::process::id()));
+        let dir = test_dir("dirs");
         let slice = 1024u64;
         let tier = DiskTier::open(&dir, 20 * (slice + HEADER as u64), slice)
             .await
@@ -1058,7 +1062,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn a_slice_that_cannot_be_written_is_counted_and_not_indexed() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-fail-{}", std::process::id()));
+        let dir = test_dir("fail");
         let tier = DiskTier::open(&dir, 1 << 20, 1024).await.unwrap();
         tier.scanned().await;
         let (id, fine) = (FileId::random(), FileId::random());
@@ -1080,7 +1084,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn slices_that_cannot_be_read_are_counted_and_enough_take_the_disk_out() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-unread-{}", std::process::id()));
+        let dir = test_dir("unread");
         let tier = DiskTier::open(&dir, 1 << 22, 1024).await.unwrap();
         tier.scanned().await;
         let id = FileId::random();
@@ -1120,7 +1124,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn a_file_longer_than_any_record_is_refused_after_a_records_length() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-long-{}", std::process::id()));
+        let dir = test_dir("long");
         let id = FileId::random();
         std::fs::create_dir_all(dir.join(id.as_str())).unwrap();
         // Not a slice this edge wrote: 64 MiB where at most 1,024 bytes and a header belong.
@@ -1143,7 +1147,7 @@ mod tier_tests {
 
     #[tokio::test]
     async fn writes_beyond_those_under_way_are_skipped_not_queued() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-busy-{}", std::process::id()));
+        let dir = test_dir("busy");
         let tier = Arc::new(DiskTier::open(&dir, 1 << 20, 1024).await.unwrap());
         tier.scanned().await;
         let data = Bytes::from(vec![4u8; 100]);
@@ -1188,7 +1192,7 @@ mod tier_tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_file_in_the_page_cache_is_read_in_place_and_a_missing_one_is_left_to_the_pool() {
-        let dir = std::env::temp_dir().join(format!("cadenza-disk-inline-{}", std::process::id()));
+        let dir = test_dir("inline");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("0");
         let record = encode(300_000, &vec![2u8; 256 * 1024]);

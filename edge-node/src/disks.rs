@@ -298,8 +298,7 @@ mod tests {
     fn dirs(name: &str, n: usize) -> Vec<(PathBuf, u64)> {
         (0..n)
             .map(|i| {
-                let dir = std::env::temp_dir()
-                    .join(format!("cadenza-disks-{name}-{}-{i}", std::process::id()));
+                let dir = crate::disk::tier_tests::test_dir(&format!("{name}-{i}"));
                 (dir, 1 << 22)
             })
             .collect()

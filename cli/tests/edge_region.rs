@@ -48,6 +48,15 @@ async fn start_stack(dir: &Path) -> Stack {
 }
 
 /// Stores `data` through the origin's service API; its id is the content hash.
+/// A stack running in `dir` with one object of `len` bytes made from `seed` put through its
+/// origin: the stack, the object's bytes and its id.
+async fn stack_with_file(dir: &Path, seed: u64, len: usize) -> (Stack, Vec<u8>, FileId) {
+    let stack = start_stack(dir).await;
+    let data = bytes(seed, len);
+    let id = put(&stack, dir, data.clone()).await;
+    (stack, data, id)
+}
+
 async fn put(stack: &Stack, dir: &Path, data: Vec<u8>) -> FileId {
     let digest = ring::digest::digest(&ring::digest::SHA256, &data);
     let id: FileId = hex_encode(digest.as_ref())[..40].parse().unwrap();
@@ -297,9 +306,7 @@ async fn a_region_asks_the_origin_once_per_slice_and_falls_back_past_a_dead_owne
 async fn cadenza_edge_joins_a_running_stack_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let edge_dir = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
-    let data = bytes(7, 300 * 1024);
-    let id = put(&stack, dir.path(), data.clone()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 7, 300 * 1024).await;
     // A region's shared session-ticket key; one too short to be a key is refused at start.
     let ticket_key = edge_dir.path().join("ticket.key");
     std::fs::write(&ticket_key, bytes(8, 80)).unwrap();
@@ -1195,9 +1202,7 @@ async fn slow_path(server: std::net::SocketAddr, delay: Duration) -> std::net::S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_http3_client_is_answered_within_one_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
-    let data = bytes(13, 100_000);
-    let id = put(&stack, dir.path(), data.clone()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 13, 100_000).await;
     let join = join_info(dir.path()).unwrap();
     let (main, base) = bind_main().await;
     let addr = main.local_addr().unwrap();
@@ -3064,9 +3069,7 @@ async fn cleartext_edge(
 async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
     let dir = tempfile::tempdir().unwrap();
     let disk = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
-    let data = bytes(41, 600_000);
-    let id = put(&stack, dir.path(), data.clone()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 41, 600_000).await;
     let join = join_info(dir.path()).unwrap();
     let mapped = |b: &bytes::Bytes| cadenza_common::mapped::file_of(b).is_some();
 
@@ -3131,9 +3134,7 @@ async fn a_slice_from_disk_goes_into_a_memory_file_once_it_is_read_again() {
 async fn an_edge_restarted_at_another_slice_size_serves_the_right_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let disk = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
-    let data = bytes(43, 600_000);
-    let id = put(&stack, dir.path(), data.clone()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 43, 600_000).await;
     let join = join_info(dir.path()).unwrap();
     let at = |kib: u64| {
         let disk = disk.path().to_path_buf();

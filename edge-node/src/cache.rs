@@ -414,7 +414,7 @@ impl SliceCache {
     /// Whether slice `index` of `id` is held here at all: whole or in part in memory, or on
     /// disk. What a response's later slices will find without a fetch, as far as can be told
     /// before they are read (a seek's part may lack the bytes wanted).
-    pub fn held(&self, id: &FileId, index: u64) -> bool {
+    pub fn holds_anywhere(&self, id: &FileId, index: u64) -> bool {
         self.holds(id, index)
             || self.slices.contains_key(&(id.to_bytes(), index | PART))
             || self.disk.as_ref().is_some_and(|d| d.holds(id, index))

@@ -304,6 +304,14 @@ mod tests {
             .collect()
     }
 
+    /// `n` disks for the test `name`, opened and scanned, and their directories.
+    async fn open_disks(name: &str, n: usize) -> (Vec<(PathBuf, u64)>, Disks) {
+        let dirs = dirs(name, n);
+        let disks = Disks::open(&dirs, 1024).await.unwrap();
+        disks.scanned().await;
+        (dirs, disks)
+    }
+
     async fn landed(disks: &Disks, id: &FileId) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !disks.holds(id, 0) {
@@ -314,9 +322,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slice_on_another_disk_than_its_files_is_served_from_there() {
-        let dirs = dirs("elsewhere", 2);
-        let disks = Disks::open(&dirs, 1024).await.unwrap();
-        disks.scanned().await;
+        let (dirs, disks) = open_disks("elsewhere", 2).await;
         let data = Bytes::from(vec![4u8; 100]);
         let id = FileId::random();
         let home = pick(&id, &disks.weights, &disks.names, |_| true);
@@ -337,9 +343,7 @@ mod tests {
 
     #[tokio::test]
     async fn slices_go_to_their_files_disk_and_a_failing_disk_is_left_out() {
-        let dirs = dirs("fail", 2);
-        let disks = Disks::open(&dirs, 1024).await.unwrap();
-        disks.scanned().await;
+        let (dirs, disks) = open_disks("fail", 2).await;
         let data = Bytes::from(vec![8u8; 100]);
         let ids: Vec<FileId> = (0..40).map(|_| FileId::random()).collect();
         for id in &ids {

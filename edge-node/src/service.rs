@@ -300,7 +300,7 @@ impl Edge {
         let last = (offset + len - 1) / self.cache.math().slice_size();
         let outcome = match outcome {
             Outcome::Memory | Outcome::Disk
-                if (first.index + 1..=last).any(|i| !self.cache.held(&id, i)) =>
+                if (first.index + 1..=last).any(|i| !self.cache.holds_anywhere(&id, i)) =>
             {
                 Outcome::Partial
             }

@@ -1328,10 +1328,8 @@ async fn get_range_cached(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_whose_later_slice_is_fetched_is_a_partial_hit() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 78, 1024 * 1024 + 1000).await;
     let client = stack.client().unwrap();
-    let data = bytes(78, 1024 * 1024 + 1000);
-    let id = put(&stack, dir.path(), data.clone()).await;
     let t = token(dir.path(), &id);
     let url = format!("{}/a/{id}", stack.info.edge);
     let fetches = || stack.edge.cache().origin_fetches();
@@ -1360,10 +1358,8 @@ async fn a_range_whose_later_slice_is_fetched_is_a_partial_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_seek_fetches_its_own_bytes_and_a_crowd_shares_them() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = start_stack(dir.path()).await;
+    let (stack, data, id) = stack_with_file(dir.path(), 77, 1024 * 1024 + 1000).await;
     let client = stack.client().unwrap();
-    let data = bytes(77, 1024 * 1024 + 1000);
-    let id = put(&stack, dir.path(), data.clone()).await;
     let t = token(dir.path(), &id);
     let url = format!("{}/a/{id}", stack.info.edge);
     let cache = stack.edge.cache();
